@@ -1,0 +1,58 @@
+# Thin wrappers around the projects' entry points. Every target bootstraps .venv itself, so `make test` or
+# `make reproduce-fpt` is a valid first command on a fresh clone.
+
+PROJECTS := fpt_plus spmix fedlppa aslseg pamsr prior joinedtrans octa_iqa yolocurvseg
+PYTHON_BOOT ?= python3.11
+VENV := .venv
+PY := $(CURDIR)/$(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint report clean $(addprefix test-,$(PROJECTS)) $(addprefix reproduce-,$(PROJECTS)) \
+        $(addprefix bench-,$(PROJECTS)) reproduce-fpt bench-fpt test-fpt
+
+help:
+	@echo "make install | test | test-<project> | lint | reproduce-<project> | bench-<project> | report | clean"
+	@echo "projects: $(PROJECTS)   (short alias: fpt = fpt_plus)"
+
+install: $(STAMP)
+
+# The contrib build of OpenCV (cv2.saliency, used by spmix) and the headless build that albumentations requires
+# both provide the `cv2` module; re-installing contrib last, at the same version, makes it the one that is imported.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[dev,all]'
+	$(VENV)/bin/pip install --no-deps --force-reinstall \
+	  "opencv-contrib-python-headless==$$($(PY) -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')"
+	$(PY) -c "import cv2; cv2.saliency.StaticSaliencyFineGrained_create()"
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+$(addprefix test-,$(PROJECTS)): test-%: $(STAMP)
+	$(PY) -m pytest $* -m "not gpu" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# A project is implemented once it has reproduce.py / bench.py; until then the target says so and fails.
+$(addprefix reproduce-,$(PROJECTS)): reproduce-%: $(STAMP)
+	@test -f $*/reproduce.py || { echo "$*: not implemented yet (planned, see $*/README.md)"; exit 1; }
+	cd $* && $(PY) reproduce.py $(ARGS)
+
+$(addprefix bench-,$(PROJECTS)): bench-%: $(STAMP)
+	@test -f $*/bench.py || { echo "$*: no benchmark yet (planned, see $*/README.md)"; exit 1; }
+	cd $* && $(PY) bench.py $(ARGS)
+
+reproduce-fpt: reproduce-fpt_plus
+bench-fpt: bench-fpt_plus
+test-fpt: test-fpt_plus
+
+report: $(STAMP)
+	$(PY) -m common.tracking report $(PROJECTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""ASLseg: semi-supervised liver tumour segmentation with SAM in the loop (planned)."""

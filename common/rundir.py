@@ -1,0 +1,145 @@
+"""Run directories and repository-rooted paths.
+
+``runs/`` and ``data/`` resolve to the repository root whatever the working directory, so
+``cd fpt_plus && python train.py`` and ``make reproduce-fpt`` write to the same place. A run lives in
+``runs/<project>/<experiment>/<timestamp>/`` with ``config.yaml``, ``env.json``, ``metrics.csv``, ``tb/``,
+``checkpoints/``, ``eval/`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import dump_config
+from common.runtime import broadcast_object, dist_info
+
+__all__ = ["repo_root", "resolve_path", "RunDir", "create_run_dir", "write_env_json", "latest_run", "git_sha"]
+
+_ENV_PACKAGES = ("torch", "torchvision", "timm", "monai", "numpy", "albumentations", "scikit-learn",
+                 "scikit-image", "opencv-python-headless", "opencv-contrib-python-headless", "pandas", "flwr",
+                 "segment-anything", "transformers")
+
+
+def repo_root() -> Path:
+    """The repository root: the folder above ``common/`` that holds ``pyproject.toml`` (editable install), else cwd."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    return Path.cwd()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Absolute paths stay; relative paths are taken from the repository root (``data/...``, ``runs/...``)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folders of one run; all exist once created."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def tb(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.path.parent
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def write_env_json(path: str | Path, device: torch.device | str | None = None, extra: dict[str, Any] | None = None
+                   ) -> Path:
+    """Versions of python and the key packages, git SHA, device and GPU name."""
+    versions = {}
+    for name in _ENV_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_sha": git_sha(),
+        "device": str(device) if device is not None else None,
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "world_size": dist_info().world_size,
+        "argv": sys.argv,
+    }
+    env.update(extra or {})
+    path = Path(path)
+    path.write_text(json.dumps(env, indent=2))
+    return path
+
+
+def create_run_dir(project: str, experiment: str, config: Any = None, *, root: str | Path = "runs",
+                   device: torch.device | str | None = None, timestamp: str | None = None,
+                   existing: str | Path | None = None) -> RunDir:
+    """Create ``<root>/<project>/<experiment>/<timestamp>/`` with its sub-folders, ``config.yaml`` and ``env.json``.
+
+    ``root`` is resolved from the repository root. ``existing`` reuses a run folder (resume). In a torchrun job
+    rank 0 chooses the folder and writes the files; every rank gets the same path back.
+    """
+    info = dist_info()
+    if existing is not None:
+        path = Path(existing)
+    else:
+        stamp = timestamp or datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        path = resolve_path(root) / project / experiment / stamp
+    path = Path(broadcast_object(str(path)))
+    run = RunDir(path)
+    if info.is_main:
+        for folder in (run.path, run.checkpoints, run.eval, run.figures, run.tb):
+            folder.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            dump_config(config, run.path / "config.yaml")
+        write_env_json(run.path / "env.json", device)
+    return run
+
+
+def latest_run(project: str, experiment: str, root: str | Path = "runs", require: str | None = None) -> Path | None:
+    """Newest run folder of an experiment (optionally one containing the relative file ``require``)."""
+    base = resolve_path(root) / project / experiment
+    runs = sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: p.name)
+    if require is not None:
+        runs = [p for p in runs if (p / require).exists()]
+    return runs[-1] if runs else None

@@ -1,0 +1,218 @@
+"""Device, mixed precision, torch.compile and torchrun/DDP helpers: one code path for 1 CPU, 1 GPU or N GPUs.
+
+Multi-GPU runs are launched with ``torchrun --nproc_per_node=N <project>/train.py --config ...``; everything here
+reads the torchrun environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) and is a no-op without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+AmpMode = Literal["off", "bf16", "fp16"]
+
+__all__ = [
+    "AmpMode",
+    "DistInfo",
+    "pick_device",
+    "autocast",
+    "make_grad_scaler",
+    "maybe_compile",
+    "init_distributed",
+    "dist_info",
+    "is_main_process",
+    "barrier",
+    "cleanup_distributed",
+    "wrap_ddp",
+    "unwrap_model",
+    "make_sampler",
+    "all_gather_arrays",
+    "gather_by_index",
+    "reduce_mean",
+    "broadcast_object",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in a torchrun job (world_size 1 when not distributed)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device={name} but CUDA is not available; use runtime.device=auto or cpu")
+    return device
+
+
+def autocast(device: torch.device, amp: AmpMode = "off") -> contextlib.AbstractContextManager:
+    """Autocast context for ``off|bf16|fp16``. fp16 on CPU is refused (no CPU fp16 autocast worth having)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"runtime.amp must be off, bf16 or fp16, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("runtime.amp=fp16 needs CUDA; use runtime.amp=bf16 or off on CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, amp: AmpMode = "off") -> torch.amp.GradScaler:
+    """GradScaler that is enabled only for fp16 (bf16 and fp32 need no loss scaling)."""
+    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """``torch.compile(model)`` when enabled, else the model unchanged."""
+    return torch.compile(model, **kwargs) if enabled else model
+
+
+# --------------------------------------------------------------------------------------------- distributed
+def dist_info() -> DistInfo:
+    """Rank / local rank / world size from an initialised process group or the torchrun environment."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_distributed(backend: str | None = None) -> DistInfo:
+    """Initialise the process group from the torchrun environment (nccl on CUDA, gloo on CPU); no-op otherwise."""
+    info = dist_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return dist_info()
+
+
+def is_main_process() -> bool:
+    return dist_info().is_main
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel when a process group is up, else the model itself."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                     find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def make_sampler(dataset: Dataset, shuffle: bool, seed: int = 0, drop_last: bool = False) -> Sampler | None:
+    """A DistributedSampler in a distributed run (call ``set_epoch`` each epoch), else None (use ``shuffle``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def all_gather_arrays(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Concatenate (along axis 0) arrays of possibly different lengths from every rank, in rank order."""
+    arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if not (dist.is_available() and dist.is_initialized()):
+        return arr
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, arr)
+    return np.concatenate(gathered, axis=0)
+
+
+def gather_by_index(indices: np.ndarray | torch.Tensor, *arrays: np.ndarray | torch.Tensor
+                    ) -> tuple[np.ndarray, ...]:
+    """Gather per-sample arrays from all ranks and return them sorted by dataset index, duplicates removed.
+
+    DistributedSampler pads the last shard by repeating samples; dropping repeated indices makes metrics computed on
+    the gathered arrays exactly equal to a single-process evaluation. Returns ``(indices, *arrays)``.
+    """
+    idx = all_gather_arrays(indices).astype(np.int64)
+    gathered = [all_gather_arrays(a) for a in arrays]
+    _, first = np.unique(idx, return_index=True)
+    order = first[np.argsort(idx[first])]
+    return (idx[order], *(g[order] for g in gathered))
+
+
+def reduce_mean(value: float | torch.Tensor) -> float:
+    """Mean of a scalar over all ranks (for logging losses)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    tensor = torch.as_tensor(float(value), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return float(tensor) / dist.get_world_size()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from rank ``src`` to every rank (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a synthetic dataset), the others wait and then run it."""
+    info = dist_info()
+    if not info.is_main:
+        barrier()
+    yield
+    if info.is_main:
+        barrier()
+
+
+def shard(items: Sequence[Any], info: DistInfo | None = None) -> list[Any]:
+    """The strided share of ``items`` that this rank handles (for embarrassingly parallel preprocessing)."""
+    info = info or dist_info()
+    return list(items[info.rank :: info.world_size])
+
+
+__all__ += ["main_process_first", "shard"]

@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.runtime import autocast, gather_by_index, make_grad_scaler, pick_device, reduce_mean, unwrap_model
+
+
+def test_device_and_amp_on_cpu():
+    dev = pick_device("auto") if not torch.cuda.is_available() else torch.device("cpu")
+    assert dev.type == "cpu" or torch.cuda.is_available()
+    cpu = torch.device("cpu")
+    a = torch.randn(4, 4)
+    with autocast(cpu, "bf16"):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast(cpu, "off"):
+        assert (a @ a).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        autocast(cpu, "fp16")
+    assert not make_grad_scaler(cpu, "bf16").is_enabled()
+
+
+def test_gather_by_index_single_process_sorts_and_dedupes():
+    idx, val = gather_by_index(np.array([3, 1, 2, 1]), np.array([30.0, 10.0, 20.0, 10.0]))
+    np.testing.assert_array_equal(idx, [1, 2, 3])
+    np.testing.assert_array_equal(val, [10.0, 20.0, 30.0])
+    assert reduce_mean(2.5) == 2.5
+
+
+def test_unwrap_model_strips_compile_wrapper():
+    model = torch.nn.Linear(2, 2)
+    assert unwrap_model(torch.compile(model)) is model
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_sync_gradients_and_gather_exact_metrics(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # DDP averaged the gradients: both ranks hold the same gradient, equal to the full-batch gradient
+    for res in results:
+        np.testing.assert_allclose(res["ddp_grad"], res["full_batch_grad"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0]["ddp_grad"], results[1]["ddp_grad"], rtol=0, atol=0)
+    # each rank saw only part of the data (with DistributedSampler padding), yet the gathered metric is exact
+    assert results[0]["local_count"] + results[1]["local_count"] == 6  # 5 samples padded to 6
+    for res in results:
+        assert res["gathered_count"] == 5
+        assert res["gathered_auc"] == pytest.approx(res["single_process_auc"], abs=0)
+        assert res["world_size"] == 2

@@ -1,0 +1,1 @@
+"""FedLPPA: personalized federated segmentation with learnable prompts and aggregation (planned)."""

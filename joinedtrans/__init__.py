@@ -1,0 +1,1 @@
+"""JOINEDTrans: joint optic disc/cup segmentation and fovea detection (planned)."""

@@ -1,0 +1,1 @@
+"""UNO-QA: unsupervised anomaly-aware OCTA image quality assessment (planned)."""

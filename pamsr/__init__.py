@@ -1,0 +1,1 @@
+"""PAMSR: super-resolution of rotationally scanned photoacoustic microscopy (planned)."""

@@ -1,0 +1,1 @@
+"""PRIOR: prototype representation joint learning from medical images and reports (planned)."""

@@ -1,0 +1,1 @@
+"""SPMix: saliency-guided patch mixup for long-tailed skin lesion classification (planned)."""

@@ -1,0 +1,1 @@
+"""YoloCurvSeg: curvilinear segmentation from one noisy skeleton (planned)."""
