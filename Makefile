@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint report clean $(addprefix test-,$(PROJECTS)) $(addprefix reproduce-,$(PROJECTS)) \
-        $(addprefix bench-,$(PROJECTS)) reproduce-fpt bench-fpt test-fpt
+        $(addprefix bench-,$(PROJECTS)) $(addsuffix -all,$(addprefix reproduce-,$(PROJECTS))) \
+        reproduce-fpt reproduce-fpt-all bench-fpt test-fpt
 
 help:
 	@echo "make install | test | test-<project> | lint | reproduce-<project> | bench-<project> | report | clean"
@@ -22,8 +23,8 @@ install: $(STAMP)
 # both provide the `cv2` module; re-installing contrib last, at the same version, makes it the one that is imported.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[dev,all]'
-	$(VENV)/bin/pip install --no-deps --force-reinstall \
+	$(VENV)/bin/pip install --quiet -e '.[dev,all]'
+	$(VENV)/bin/pip install --quiet --no-deps --force-reinstall \
 	  "opencv-contrib-python-headless==$$($(PY) -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')"
 	$(PY) -c "import cv2; cv2.saliency.StaticSaliencyFineGrained_create()"
 	touch $@
@@ -38,15 +39,24 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # A project is implemented once it has reproduce.py / bench.py; until then the target says so and fails.
+# `make reproduce-fpt DATA=/data/messidor2 CONFIG=configs/messidor2.yaml` runs the paper setting on real data;
+# `reproduce-<project>-all` adds every baseline and seed the project offers.
+REPRO_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data-root $(DATA)) $(ARGS)
+
 $(addprefix reproduce-,$(PROJECTS)): reproduce-%: $(STAMP)
 	@test -f $*/reproduce.py || { echo "$*: not implemented yet (planned, see $*/README.md)"; exit 1; }
-	cd $* && $(PY) reproduce.py $(ARGS)
+	cd $* && $(PY) reproduce.py $(REPRO_ARGS)
+
+$(addsuffix -all,$(addprefix reproduce-,$(PROJECTS))): reproduce-%-all: $(STAMP)
+	@test -f $*/reproduce.py || { echo "$*: not implemented yet (planned, see $*/README.md)"; exit 1; }
+	cd $* && $(PY) reproduce.py --all $(REPRO_ARGS)
 
 $(addprefix bench-,$(PROJECTS)): bench-%: $(STAMP)
 	@test -f $*/bench.py || { echo "$*: no benchmark yet (planned, see $*/README.md)"; exit 1; }
 	cd $* && $(PY) bench.py $(ARGS)
 
 reproduce-fpt: reproduce-fpt_plus
+reproduce-fpt-all: reproduce-fpt_plus-all
 bench-fpt: bench-fpt_plus
 test-fpt: test-fpt_plus
 
