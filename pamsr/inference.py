@@ -1,0 +1,61 @@
+"""Tiled inference for full-size polar images (official ``src/model/__init__.py::forward_tile``; spec 1.5).
+
+The LR image is covered by ``tile x tile`` windows with stride ``tile - overlap`` (the last window is aligned to the
+border); outputs of overlapping windows are averaged (sum / count). Official values: tile 64, overlap
+``64 - 32 // s`` in test mode (x2: 48) and 4 during training-time validation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["tile_starts", "forward_tiled", "super_resolve", "default_overlap"]
+
+
+def default_overlap(scale: int, tile: int = 64) -> int:
+    """Official test-mode overlap ``64 - 32 // s`` (for another tile size: ``tile - 32 // s``)."""
+    return max(tile - 32 // scale, 0)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering ``[0, length)`` with windows of ``tile`` and stride ``tile - overlap``."""
+    if tile >= length:
+        return [0]
+    stride = tile - overlap
+    if stride <= 0:
+        raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}")
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+@torch.no_grad()
+def forward_tiled(model: nn.Module, lr: torch.Tensor, scale: int, tile: int = 64, overlap: int = 48,
+                  batch: int = 16) -> torch.Tensor:
+    """``(B, C, h, w)`` LR -> ``(B, C', h*s, w*s)`` by averaging overlapping tile outputs."""
+    b, _, h, w = lr.shape
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    corners = [(y, x) for y in ys for x in xs]
+    out = weight = None
+    for i in range(0, len(corners), batch):
+        chunk = corners[i:i + batch]
+        tiles = torch.cat([lr[..., y:y + th, x:x + tw] for y, x in chunk], dim=0)
+        pred = model(tiles)
+        if out is None:
+            out = lr.new_zeros(b, pred.shape[1], h * scale, w * scale)
+            weight = lr.new_zeros(1, 1, h * scale, w * scale)
+        for j, (y, x) in enumerate(chunk):
+            sl = (..., slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale))
+            out[sl] += pred[j * b:(j + 1) * b]
+            weight[sl] += 1
+    return out / weight
+
+
+@torch.no_grad()
+def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int, tiled: bool = True, tile: int = 64,
+                  overlap: int = 48) -> torch.Tensor:
+    """Whole-image or tiled forward, clamped to [0, 1]: ``(B, 1, h, w)`` -> ``(B, 1, h*s, w*s)``."""
+    pred = forward_tiled(model, lr, scale, tile, overlap) if tiled else model(lr)
+    return pred.clamp(0, 1)

@@ -1,0 +1,30 @@
+"""Networks of PAMSR: SwinIR with adapters (the proposed network) and the CNN / interpolation baselines."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pamsr.models.cnn import EDSR, RCAN, Bicubic, bicubic_upsample
+from pamsr.models.swinir import SwinIR, swinir_m
+from pamsr.settings import ModelConfig
+
+__all__ = ["SwinIR", "swinir_m", "EDSR", "RCAN", "Bicubic", "bicubic_upsample", "build_model", "count_parameters"]
+
+
+def build_model(cfg: ModelConfig, scale: int, patch_size: int = 64) -> nn.Module:
+    """Model named by ``cfg.name`` for upscaling factor ``scale`` (single-channel in and out)."""
+    if cfg.name == "swinir":
+        return SwinIR(upscale=scale, img_size=patch_size, embed_dim=cfg.embed_dim, depths=cfg.depths,
+                      num_heads=cfg.num_heads, window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio,
+                      drop_path_rate=cfg.drop_path_rate, num_feat=cfg.num_feat)
+    if cfg.name == "edsr":
+        return EDSR(scale, cfg.n_resblocks, cfg.n_feats, cfg.res_scale)
+    if cfg.name == "rcan":
+        return RCAN(scale, cfg.n_resgroups, cfg.n_resblocks, cfg.n_feats, cfg.reduction)
+    if cfg.name == "bicubic":
+        return Bicubic(scale)
+    raise ValueError(f"model.name must be swinir, edsr, rcan or bicubic, got {cfg.name!r}")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
