@@ -1,0 +1,1 @@
+"""Networks of FPT / FPT+ and the baselines: frozen LPM with token selection, fusion module, side ViT, PETL."""

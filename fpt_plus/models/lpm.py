@@ -1,0 +1,167 @@
+"""Frozen large pre-trained model (LPM) with important-token selection (FPT+ paper Sec. III-B; spec 1.2-1.3).
+
+The LPM is a timm ``VisionTransformer`` built from explicit dimensions (no hub access). At each *tapped* block the
+block's own key and value projections ``K = W_k LN1(x) + b_k`` and ``V = W_v LN1(x) + b_v`` of shape
+``(B, H, N, d)`` are reduced to the ``k = floor(token_ratio * N)`` most important tokens per head:
+
+- ``global``: score of key token j = mean over all queries i of ``softmax(q_i k^T / sqrt(d))_j``;
+- ``class_token``: score of key token j = attention of the CLS query on j.
+
+The attention probabilities are only formed in tapped blocks, over query chunks, so the ``(B, H, N, N)`` matrix is
+never materialised (12.9 GB per tapped layer at 2048^2); untapped blocks run timm's fused attention. Blocks after
+the last tapped block are never run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fpt_plus.settings import LPMConfig
+
+__all__ = ["build_vit", "FrozenLPM", "num_tokens", "num_selected", "select_tokens", "chunked_attention",
+           "reference_frozen_params", "auto_chunk"]
+
+
+def num_tokens(img_size: int, patch_size: int) -> int:
+    """N = (S / p)^2 + 1 (patch tokens plus CLS)."""
+    return (img_size // patch_size) ** 2 + 1
+
+
+def num_selected(img_size: int, patch_size: int, token_ratio: float) -> int:
+    """k = floor(token_ratio * N), N including CLS (k = 205 at 512^2 with p = 16)."""
+    return max(1, int(math.floor(num_tokens(img_size, patch_size) * token_ratio + 1e-9)))
+
+
+def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None) -> nn.Module:
+    """A timm ViT with the LPM's dimensions at ``img_size`` (default ``cfg.img_size``); weights from ``pretrained``.
+
+    With a weight file, timm's checkpoint filter interpolates the position embeddings to the requested grid.
+    """
+    from common.weights import create_timm_model
+
+    kwargs = dict(img_size=img_size or cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+                  depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
+                  num_classes=num_classes, global_pool="token")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)  # a random LPM is the same network in preload, online and every baseline
+        return create_timm_model(cfg.name, pretrained=cfg.pretrained, config_key="model.lpm.pretrained", **kwargs)
+
+
+def reference_frozen_params(cfg: LPMConfig) -> int:
+    """Frozen parameter count the official code divides by: the LPM at its pre-training grid plus a 1000-class head.
+
+    ViT-B/16-384 gives 86,859,496 (spec 6.1); the learnable ratio is learnable / (learnable + this).
+    """
+    d, p = cfg.embed_dim, cfg.patch_size
+    hidden = int(d * cfg.mlp_ratio)
+    per_block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d)
+    embeddings = (3 * p * p * d + d) + d + num_tokens(cfg.pretrain_img_size, p) * d
+    return cfg.depth * per_block + embeddings + 2 * d + (d * 1000 + 1000)
+
+
+def auto_chunk(batch: int, heads: int, n: int, budget_bytes: int = 256 * 2**20, element_size: int = 4) -> int:
+    """Largest query-chunk size whose ``(B, H, chunk, N)`` probabilities fit in ``budget_bytes``."""
+    return max(1, min(n, budget_bytes // max(1, batch * heads * n * element_size)))
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int, need_output: bool = True
+                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Softmax attention over query chunks, accumulating the attention each key receives.
+
+    Args: q, k, v ``(B, H, N, d)``. Returns ``(out (B, H, N, d) or None, received (B, H, N))`` where
+    ``received[..., j] = mean_i softmax(q_i k^T / sqrt(d))_j``; never holds more than ``(B, H, chunk, N)``.
+    """
+    scale = q.shape[-1] ** -0.5
+    n = q.shape[-2]
+    received = torch.zeros(k.shape[:-1], dtype=torch.float32, device=k.device)
+    outs = []
+    kt = k.transpose(-2, -1)
+    for start in range(0, n, chunk):
+        probs = ((q[..., start:start + chunk, :] * scale) @ kt).softmax(dim=-1)
+        received += probs.sum(dim=-2, dtype=torch.float32)
+        if need_output:
+            outs.append(probs @ v)
+    out = torch.cat(outs, dim=-2) if need_output else None
+    return out, received / n
+
+
+def select_tokens(scores: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_keep: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the top-``num_keep`` tokens per head by ``scores`` ``(B, H, N)``, in descending score order.
+
+    Returns ``(k_sel, v_sel, index)`` with shapes ``(B, H, num_keep, d)``, ``(B, H, num_keep, d)``, ``(B, H, k)``.
+    """
+    index = scores.topk(num_keep, dim=-1, sorted=True).indices
+    gather = index.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1])
+    return k.gather(2, gather), v.gather(2, gather), index
+
+
+class FrozenLPM(nn.Module):
+    """Frozen ViT returning the selected keys/values of the tapped blocks.
+
+    ``forward(images (B, 3, S, S)) -> (keys, values)``, each ``(L, B, H, k, d)`` with L = ``len(layers)``.
+    The module is always in eval mode and holds no trainable parameter.
+    """
+
+    def __init__(self, cfg: LPMConfig, layers: list[int], token_ratio: float = 0.2,
+                 token_imp: str = "global", vit: nn.Module | None = None):
+        super().__init__()
+        if token_imp not in ("global", "class_token"):
+            raise ValueError(f"model.token_imp must be global or class_token, got {token_imp!r}")
+        self.cfg = cfg
+        self.layers = sorted(int(i) for i in layers)
+        if self.layers != list(layers):
+            raise ValueError(f"tapped layers must be given in increasing order, got {layers}")
+        self.token_ratio = token_ratio
+        self.token_imp = token_imp
+        self.num_keep = num_selected(cfg.img_size, cfg.patch_size, token_ratio)
+        self.vit = vit if vit is not None else build_vit(cfg, num_classes=0)
+        self.vit.requires_grad_(False)
+        self.vit.eval()
+
+    def train(self, mode: bool = True) -> FrozenLPM:  # the LPM stays in eval mode whatever the parent does
+        super().train(False)
+        return self
+
+    def _tapped_block(self, blk: nn.Module, x: torch.Tensor, need_output: bool
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One timm block with explicit attention; returns ``(x_next or None, k_sel, v_sel)``."""
+        attn = blk.attn
+        b, n, c = x.shape
+        qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        chunk = self.cfg.attn_chunk or auto_chunk(b, attn.num_heads, n, element_size=q.element_size())
+        if self.token_imp == "global":
+            out, scores = chunked_attention(q, k, v, chunk, need_output=need_output)
+        else:
+            scale = attn.head_dim ** -0.5
+            scores = ((q[..., :1, :] * scale) @ k.transpose(-2, -1)).softmax(dim=-1)[..., 0, :]
+            out = F.scaled_dot_product_attention(q, k, v) if need_output else None
+        k_sel, v_sel, _ = select_tokens(scores, k, v, self.num_keep)
+        if not need_output:
+            return None, k_sel, v_sel
+        out = attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, c)))
+        x = x + blk.ls1(out)
+        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return x, k_sel, v_sel
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vit = self.vit
+        x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+        keys, values = [], []
+        last = self.layers[-1]
+        tapped = set(self.layers)
+        for i, blk in enumerate(vit.blocks[: last + 1]):
+            if i in tapped:
+                x, k_sel, v_sel = self._tapped_block(blk, x, need_output=i != last)
+                keys.append(k_sel)
+                values.append(v_sel)
+            else:
+                x = blk(x)
+        return torch.stack(keys), torch.stack(values)

@@ -1,0 +1,167 @@
+"""Typed experiment configuration of the FPT / FPT+ reproduction (spec sections 1, 2 and 5.2).
+
+Every YAML file under ``configs/`` is loaded into :class:`ExperimentConfig` by ``common.config``; an unknown key,
+a wrong type or a missing value stops the run before any work with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Method = Literal["fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter", "lora"]
+METHODS: tuple[str, ...] = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter",
+                            "lora")
+FPT_METHODS: tuple[str, ...] = ("fpt_plus", "fpt")
+LPM_METHODS: tuple[str, ...] = ("linear_probe", "full_finetune", "vpt", "adapter", "lora")
+
+
+@dataclass
+class LPMConfig:
+    """The frozen large pre-trained model (a timm ViT built from explicit dims, spec 1.2)."""
+
+    name: str = "vit_base_patch16_384"  # timm architecture whose weights `pretrained` points at
+    img_size: int = 512  # input resolution of the LPM branch (position embeddings interpolated to it)
+    pretrain_img_size: int = 384  # resolution of the released weights (sets the official parameter denominator)
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    pretrained: str = "none"  # none | hub | /path/to/weights (.safetensors / .pth)
+    init_seed: int = 0  # seed of the random initialisation when pretrained=none (same LPM for every method)
+    attn_chunk: int = 0  # query-chunk size of tapped-layer attention; 0 = auto (bounded memory)
+
+
+@dataclass
+class VariantConfig:
+    """One fine-grained prompt tuning variant (FPT+ or FPT, spec 1.6)."""
+
+    layers: list[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])  # tapped LPM blocks (0-indexed)
+    side_img_size: int = 128
+    prompt_reduction: int = 1  # prompt dim = LPM width / prompt_reduction (FPT+ 1, FPT 8)
+    prompt_norm: bool = True
+    prompt_proj: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Networks: LPM, the two FPT variants, the side network and the PETL baselines' hyper-parameters."""
+
+    lpm: LPMConfig = field(default_factory=LPMConfig)
+    fpt_plus: VariantConfig = field(default_factory=VariantConfig)
+    fpt: VariantConfig = field(default_factory=lambda: VariantConfig(
+        layers=list(range(12)), side_img_size=224, prompt_reduction=8, prompt_norm=False, prompt_proj=True))
+    num_prompts: int = 16
+    side_reduction: int = 8  # side width = LPM width / side_reduction
+    token_ratio: float = 0.2
+    token_imp: Literal["global", "class_token"] = "global"
+    fusion_dropout: float = 0.5
+    vpt_prompts: int = 16  # VPT-deep prompts per layer (0.17 % for ViT-B, C = 5)
+    adapter_bottleneck: int = 48  # Houlsby adapters, two per block (2.02 % for ViT-B)
+    lora_rank: int = 16  # LoRA on q and v (0.68 % for ViT-B)
+    lora_alpha: float = 16.0
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic fine-grained grading task written by ``synth.py`` (see its docstring)."""
+
+    image_size: int = 256
+    num_train: int = 400
+    num_val: int = 100
+    num_test: int = 200
+    num_grades: int = 5
+    seed: int = 1234
+    lesion_radius: list[int] = field(default_factory=lambda: [9, 14])
+    texture_amplitude: list[float] = field(default_factory=lambda: [0.05, 0.09])
+    decoy_radius: list[int] = field(default_factory=lambda: [9, 14])
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are read (spec 3.1)."""
+
+    root: str = "data/synthetic/fpt_plus/default"
+    format: Literal["imagefolder", "csv"] = "imagefolder"
+    split_file: str | None = None  # csv format: (image, label, split) relative to root
+    classes: list[str] | None = None  # None = class folders of train/ in alphabetical order
+    synthetic: bool = False  # generate the synthetic dataset under `root` when it does not exist yet
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    mean: list[float] | str = "auto"  # per-channel mean in [0, 1], or auto = computed over the train split
+    std: list[float] | str = "auto"
+    preload: bool = True  # FPT variants and linear probing train from cached LPM outputs
+    preload_dir: str | None = None  # None = <runs.root>/../data/preload/fpt_plus/<dataset>/<method>
+    preload_dtype: Literal["fp32", "fp16"] = "fp32"
+    preload_batch_size: int = 16
+    mean_std_images: int = 1000  # images of the train split used for mean/std = auto (0 = all)
+    num_workers: int = 0
+    lpm_train_aug: Literal["weak", "flip", "none"] = "weak"  # augmentation of the LPM input of the PETL baselines
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of the official code (spec 2)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 0.0
+    grad_clip: float = 1.0
+    eval_every: int = 1
+    save_every: int = 10
+    eval_batch_size: int = 32
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the trainable path
+    lpm_amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the frozen LPM forward only
+    compile: bool = False
+    deterministic: bool = False
+    num_threads: int = 0  # 0 = torch default
+
+
+@dataclass
+class RunsConfig:
+    root: str = "runs"
+    experiment: str = "default"
+
+
+@dataclass
+class ExperimentConfig:
+    method: Method = "fpt_plus"
+    dataset: str = "synthetic"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
+
+    def __post_init__(self) -> None:
+        lpm = self.model.lpm
+        if lpm.embed_dim % lpm.num_heads:
+            raise ValueError(f"model.lpm.embed_dim={lpm.embed_dim} is not divisible by num_heads={lpm.num_heads}")
+        if lpm.img_size % lpm.patch_size:
+            raise ValueError(f"model.lpm.img_size={lpm.img_size} is not a multiple of patch_size={lpm.patch_size}")
+        for name in FPT_METHODS:
+            variant: VariantConfig = getattr(self.model, name)
+            bad = [i for i in variant.layers if not 0 <= i < lpm.depth]
+            if bad or not variant.layers:
+                raise ValueError(f"model.{name}.layers={variant.layers} must be non-empty indices in "
+                                 f"0..{lpm.depth - 1} (the LPM has {lpm.depth} blocks)")
+            if variant.side_img_size % lpm.patch_size:
+                raise ValueError(f"model.{name}.side_img_size={variant.side_img_size} is not a multiple of the "
+                                 f"patch size {lpm.patch_size}")
+        if not 0.0 < self.model.token_ratio <= 1.0:
+            raise ValueError(f"model.token_ratio={self.model.token_ratio} must lie in (0, 1]")
+        for key in ("mean", "std"):
+            value = getattr(self.data, key)
+            if isinstance(value, str) and value != "auto":
+                raise ValueError(f"data.{key}={value!r} must be `auto` or a list of 3 numbers")
+            if isinstance(value, list) and len(value) != 3:
+                raise ValueError(f"data.{key} must have 3 values (RGB), got {value}")
