@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     if checkpoint == "auto":
         run = latest_run("pamsr", cfg.experiment, root=cfg.runs_root, require="checkpoints/best.pt")
         if run is None:
-            parser.error(f"--checkpoint auto: no run of experiment {cfg.experiment} under {cfg.runs_root} has a best.pt")
+            parser.error(f"--checkpoint auto: no run of experiment {cfg.experiment} under {cfg.runs_root} "
+                         f"has a best.pt")
         checkpoint = run / "checkpoints" / "best.pt"
     if args.predict:
         out = resolve_path(args.out or f"{cfg.runs_root}/pamsr/{cfg.experiment}_predict")

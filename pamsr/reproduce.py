@@ -127,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     wall = (time.time() - tic) / 60
     by = {r["method"]: r for r in rows}
     lines = [f"Data: `{cfg.data.root}` (dataset `{cfg.data.dataset}`), x{cfg.data.scale}, fold {cfg.data.fold} of "
-             f"{cfg.data.n_folds} (KFold seed {cfg.data.split_seed}); config `{args.config}`; wall time {wall:.1f} min.",
+             f"{cfg.data.n_folds} (KFold seed {cfg.data.split_seed}); config `{args.config}`; "
+             f"wall time {wall:.1f} min.",
              "Metrics: psnr/ssim = official protocol (whole zero-padded polar image, SR quantised to 1/255); "
              "*_cart = after scan conversion to Cartesian; *_displaced = LR inputs whose odd rows are shifted by a "
              f"seeded offset in ±{cfg.data.displacement.max_shift} px. Figure columns: LR (nearest) | bicubic | "

@@ -18,8 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoint import find_resume_checkpoint, load_checkpoint, load_init_weights, restore_training_state, \
-    save_checkpoint
+from common.checkpoint import (
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_init_weights,
+    restore_training_state,
+    save_checkpoint,
+)
 from common.config import build_arg_parser, parse_cli, to_dict
 from common.rundir import create_run_dir, resolve_path
 from common.runtime import init_distributed, make_grad_scaler, make_sampler, maybe_compile, pick_device, wrap_ddp

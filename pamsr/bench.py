@@ -1,0 +1,110 @@
+"""Benchmark: tiled inference (official ``forward_tile``) vs whole-image inference on a full padded polar image
+(issue 7, ``make bench-pamsr``). Reports HR megapixels per second and peak memory for each mode, on the machine it
+runs on; writes ``runs/bench/pamsr/<timestamp>/bench.{json,csv}``.
+
+    python bench.py [--model paper|cpu] [--scale 2] [--size 1024] [--repeats 3] [--overlap N]
+
+``paper``: SwinIR-M (embed 180, 6x6 blocks; the official network); ``cpu``: the CPU-sized default network.
+Defaults: the paper network on CUDA, the CPU network on a 512 px image on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from common.config import load_config
+from common.rundir import resolve_path, write_env_json
+from common.runtime import pick_device
+from pamsr.inference import default_overlap, forward_tiled
+from pamsr.models import build_model, count_parameters
+from pamsr.settings import Config
+from pamsr.train import PROJECT_DIR
+
+__all__ = ["measure", "main"]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+@torch.no_grad()
+def measure(model: torch.nn.Module, lr: torch.Tensor, scale: int, mode: str, tile: int, overlap: int,
+            repeats: int, device: torch.device) -> dict[str, float]:
+    """Time ``repeats`` forwards (after one warm-up) of ``mode`` (tiled | whole) -> throughput and peak memory."""
+    def run() -> torch.Tensor:
+        return forward_tiled(model, lr, scale, tile, overlap) if mode == "tiled" else model(lr)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tic = time.perf_counter()
+        for _ in range(repeats):
+            out = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - tic) / repeats
+    except torch.OutOfMemoryError:
+        return {"mode": mode, "status": "out of memory", "seconds": float("nan"), "mpix_per_s": float("nan"),
+                "peak_memory_mb": _peak_memory_mb(device)}
+    mpix = out.shape[-1] * out.shape[-2] / 1e6
+    return {"mode": mode, "status": "ok", "seconds": seconds, "mpix_per_s": mpix / seconds,
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="PAMSR tiled vs whole-image inference benchmark")
+    parser.add_argument("--model", choices=["paper", "cpu"], default=None)
+    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--size", type=int, default=None, help="padded HR side (official 1024)")
+    parser.add_argument("--tile", type=int, default=64)
+    parser.add_argument("--overlap", type=int, default=None, help="LR tile overlap (default: official 64 - 32 // s)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="runs/bench/pamsr")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    kind = args.model or ("paper" if device.type == "cuda" else "cpu")
+    size = args.size or (1024 if device.type == "cuda" else 512)
+    config = "paper_x2.yaml" if kind == "paper" else "default.yaml"
+    cfg = load_config(Config, PROJECT_DIR / "configs" / config)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, args.scale, cfg.data.patch_size).to(device).eval()
+    overlap = default_overlap(args.scale, args.tile) if args.overlap is None else args.overlap
+    lr = torch.rand(1, 1, size // args.scale, size // args.scale, device=device)
+    rows = []
+    for mode in ("whole", "tiled"):
+        row = measure(model, lr, args.scale, mode, args.tile, overlap, args.repeats, device)
+        row |= {"model": kind, "params": count_parameters(model), "scale": args.scale, "hr_size": size,
+                "tile": args.tile, "overlap": overlap, "device": str(device),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = resolve_path(args.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    with (out / "bench.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_env_json(out / "env.json", device)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""SwinIR-M with adapters: parameter counts of the official configuration, shapes, gradients, progressive init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.checkpoint import load_init_weights
+from pamsr.models import EDSR, RCAN, Bicubic, SwinIR, build_model, count_parameters, swinir_m
+from pamsr.settings import ModelConfig
+
+
+def tiny(scale: int, **kw) -> SwinIR:
+    return SwinIR(upscale=scale, embed_dim=24, depths=[2, 2], num_heads=[2, 2], window_size=8, num_feat=16, **kw)
+
+
+@pytest.mark.parametrize("scale,expected", [(2, 11_752_545), (4, 11_900_257), (8, 12_047_969)])
+def test_official_parameter_counts(scale, expected):
+    assert count_parameters(swinir_m(scale)) == expected
+
+
+def test_official_structure_and_adapters():
+    model = swinir_m(2)
+    assert model.conv_first_0.in_channels == 1 and model.conv_first_0.out_channels == 3
+    assert model.conv_final.in_channels == 3 and model.conv_final.out_channels == 1
+    assert len(model.layers) == 6 and all(len(layer.residual_group.blocks) == 6 for layer in model.layers)
+    blocks = model.layers[0].residual_group.blocks
+    assert [b.shift_size for b in blocks[:2]] == [(0, 0), (4, 4)]
+    assert blocks[0].attn.num_heads == 6 and blocks[0].mlp.fc1.out_features == 360
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+def test_tiny_shapes(scale):
+    torch.manual_seed(0)
+    model = tiny(scale).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 16, 16))
+    assert out.shape == (2, 1, 16 * scale, 16 * scale)
+    assert torch.isfinite(out).all()
+
+
+def test_non_multiple_of_window_is_padded_and_cropped():
+    model = tiny(2).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 13, 21))
+    assert out.shape == (1, 1, 26, 42)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = tiny(2, drop_path_rate=0.0)
+    loss = (model(torch.rand(2, 1, 16, 16)) - torch.rand(2, 1, 32, 32)).abs().mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_cnn_baselines_and_bicubic():
+    x = torch.rand(1, 1, 12, 12)
+    assert EDSR(2, n_resblocks=2, n_feats=8)(x).shape == (1, 1, 24, 24)
+    assert RCAN(4, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4)(x).shape == (1, 1, 48, 48)
+    up = Bicubic(4)(x)
+    assert torch.allclose(up[..., ::4, ::4], x, atol=1e-5)  # LR pixel i sits on HR pixel s*i (decimation grid)
+    assert count_parameters(build_model(ModelConfig(name="edsr"), 2)) == 1_367_553  # EDSR baseline (1 channel)
+
+
+def test_x2_checkpoint_initialises_x4(tmp_path):
+    x2, x4 = tiny(2), tiny(4)
+    path = tmp_path / "x2.pt"
+    torch.save({"model": x2.state_dict()}, path)
+    report = load_init_weights(x4, path)
+    assert report["missing"] == ["upsample.2.weight", "upsample.2.bias"] and not report["shape_mismatch"]
+    for name, tensor in x4.state_dict().items():
+        if name in x2.state_dict() and not name.startswith("upsample.2"):
+            assert torch.equal(tensor, x2.state_dict()[name]), name
