@@ -1,0 +1,186 @@
+"""Feature-embedding-based low-quality representation module (UNO-QA abstract; spec 1.2 B-D, our concrete design).
+
+- Multi-scale feature extractor: a timm backbone with ``features_only`` (layers 1-3, strides 4/8/16), frozen.
+- Patch neighbourhood aggregation: ``k x k`` average pooling (stride 1) of every scale (as in PatchCore).
+- Trainable per-scale adaptors: 1x1 convolutions ``C_l -> D``; all scales upsampled to the layer-1 grid and
+  concatenated, giving one ``E = L * D`` embedding per patch.
+- Memory bank ``M`` of normal patch embeddings: k-means centres or a greedy coreset (:func:`kmeans_bank`,
+  :func:`greedy_coreset`).
+- Compactness objective (:func:`compactness_loss`): squared distance to the nearest centre, a margin hinge on the
+  second-nearest centre (CFA-style) and a variance floor (VICReg-style) that rules out the collapsed solution.
+- Quality score ``s(x)``: mean of the top 1 % nearest-centre patch distances (:func:`image_scores`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.weights import create_timm_model
+from octa_iqa.settings import BankConfig, LossConfig, ModelConfig
+
+__all__ = ["build_backbone", "LowQualityRepresentation", "Embedding", "nearest_distances", "compactness_loss",
+           "image_scores", "kmeans_bank", "greedy_coreset", "fit_bank", "count_trainable"]
+
+
+def build_backbone(cfg: ModelConfig, weights: str | None = None) -> nn.Module:
+    """timm ``features_only`` backbone. ``weights``: ``none``/``selfsup`` -> random init (selfsup weights are
+    trained later by :mod:`octa_iqa.selfsup`), ``hub`` -> clear offline error, a path -> local ImageNet weights."""
+    spec = cfg.pretrained if weights is None else weights
+    spec = "none" if spec in ("none", "selfsup") else spec
+    return create_timm_model(cfg.backbone, spec, config_key="model.pretrained", features_only=True,
+                             out_indices=tuple(cfg.out_indices))
+
+
+@dataclass
+class Embedding:
+    """``patches`` (B, E, H1, W1): concatenated adapted scales on the layer-1 grid; ``scales``: per scale
+    (B, D, H_l, W_l) adapted maps (for the clustering descriptor)."""
+
+    patches: torch.Tensor
+    scales: list[torch.Tensor]
+
+
+class LowQualityRepresentation(nn.Module):
+    """Frozen backbone + trainable adaptors + memory bank buffer ``bank`` (K, E)."""
+
+    def __init__(self, backbone: nn.Module, adaptor_dim: int = 128, aggregation_kernel: int = 3, bank_size: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        channels = backbone.feature_info.channels()
+        self.kernel = aggregation_kernel
+        self.adaptors = nn.ModuleList(nn.Conv2d(c, adaptor_dim, kernel_size=1) for c in channels)
+        self.embed_dim = adaptor_dim * len(channels)
+        self.register_buffer("bank", torch.zeros(bank_size, self.embed_dim))
+
+    def train(self, mode: bool = True) -> LowQualityRepresentation:
+        super().train(mode)
+        self.backbone.eval()  # frozen: BatchNorm statistics never move
+        return self
+
+    @torch.no_grad()
+    def backbone_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) -> per-scale (B, C_l, S / stride_l, S / stride_l), neighbourhood-aggregated."""
+        feats = self.backbone(x)
+        if self.kernel > 1:
+            feats = [F.avg_pool2d(f, self.kernel, stride=1, padding=self.kernel // 2, count_include_pad=False)
+                     for f in feats]
+        return feats
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        """(B, 3, S, S) -> :class:`Embedding` with patches (B, E, S/4, S/4)."""
+        feats = self.backbone_features(x)
+        scales = [adaptor(f) for adaptor, f in zip(self.adaptors, feats)]
+        size = scales[0].shape[-2:]
+        up = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+              for s in scales]
+        return Embedding(torch.cat(up, dim=1), scales)
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        """Replace the memory bank (K, E); K may change (coreset)."""
+        if bank.ndim != 2 or bank.shape[1] != self.embed_dim:
+            raise ValueError(f"bank must be (K, {self.embed_dim}), got {tuple(bank.shape)}")
+        self.bank = bank.detach().to(self.bank.device, self.bank.dtype).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch signature
+        key = prefix + "bank"
+        if key in state_dict and state_dict[key].shape != self.bank.shape:
+            self.bank = torch.zeros_like(state_dict[key], device=self.bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def patch_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, Embedding]:
+        """(B, 3, S, S) -> nearest-centre Euclidean distance per patch (B, H1 * W1) and the embedding."""
+        emb = self.embed(x)
+        flat = emb.patches.flatten(2).transpose(1, 2)  # (B, P, E)
+        dist = nearest_distances(flat.reshape(-1, self.embed_dim), self.bank, k=1)[0][:, 0]
+        return dist.sqrt().view(flat.shape[0], flat.shape[1]), emb
+
+
+def nearest_distances(points: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 8192
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared Euclidean distances (M, k) from each of (M, E) points to its k nearest rows of bank (K, E), and
+    their indices (M, k). Chunked so that M x K never has to fit in memory at once."""
+    k = min(k, bank.shape[0])
+    values, indices = [], []
+    bank_sq = (bank * bank).sum(1)
+    for start in range(0, points.shape[0], chunk):
+        p = points[start : start + chunk]
+        d = (p * p).sum(1, keepdim=True) - 2 * p @ bank.T + bank_sq[None]
+        v, i = d.clamp_min(0).topk(k, dim=1, largest=False)
+        values.append(v)
+        indices.append(i)
+    return torch.cat(values), torch.cat(indices)
+
+
+def compactness_loss(patches: torch.Tensor, bank: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Patches (M, E) vs fixed centres (K, E). Distances are squared L2 per dimension (divided by E) so that the
+    margin and the variance floor have a scale. Returns ``loss`` and its terms."""
+    dim = patches.shape[1]
+    d, _ = nearest_distances(patches, bank.detach(), k=2, chunk=patches.shape[0])
+    d = d / dim
+    compact = d[:, 0].mean()
+    hinge = F.relu(cfg.margin + d[:, 0] - d[:, 1]).mean() if d.shape[1] > 1 else torch.zeros((), device=d.device)
+    std = torch.sqrt(patches.var(dim=0) + 1e-4)
+    variance = F.relu(cfg.variance_floor - std).mean()
+    loss = compact + cfg.margin_weight * hinge + cfg.variance_weight * variance
+    return {"loss": loss, "compact": compact.detach(), "hinge": hinge.detach(), "variance": variance.detach()}
+
+
+def image_scores(patch_scores: torch.Tensor, top_fraction: float = 0.01, aggregate: str = "topk_mean"
+                 ) -> torch.Tensor:
+    """Patch scores (B, P) -> image score (B,): mean of the top ``ceil(top_fraction * P)`` patches, or the max."""
+    if aggregate == "max":
+        return patch_scores.max(dim=1).values
+    k = max(1, math.ceil(top_fraction * patch_scores.shape[1]))
+    return patch_scores.topk(k, dim=1).values.mean(dim=1)
+
+
+def kmeans_bank(points: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """K-means centres (size, E) of (M, E) patch embeddings (scikit-learn, one seeded k-means++ start)."""
+    from sklearn.cluster import KMeans
+
+    size = min(size, len(points))
+    km = KMeans(n_clusters=size, n_init=1, max_iter=50, random_state=seed).fit(points)
+    return km.cluster_centers_.astype(np.float32)
+
+
+def greedy_coreset(points: torch.Tensor, count: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """PatchCore's greedy k-center coreset: indices (count,) chosen on a seeded random projection of (M, E)."""
+    gen = torch.Generator().manual_seed(seed)
+    count = min(count, points.shape[0])
+    feats = points
+    if projection_dim and points.shape[1] > projection_dim:
+        proj = torch.randn(points.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
+        feats = points @ proj.to(points)
+    start = int(torch.randint(points.shape[0], (1,), generator=gen))
+    selected = [start]
+    min_dist = ((feats - feats[start]) ** 2).sum(1)
+    for _ in range(count - 1):
+        idx = int(min_dist.argmax())
+        selected.append(idx)
+        min_dist = torch.minimum(min_dist, ((feats - feats[idx]) ** 2).sum(1))
+    return torch.tensor(selected, dtype=torch.long)
+
+
+def fit_bank(points: torch.Tensor, cfg: BankConfig, seed: int) -> torch.Tensor:
+    """Memory bank from (M, E) normal patch embeddings: k-means centres on a seeded sub-sample, or a coreset."""
+    points = points.detach().float().cpu()
+    if cfg.kind == "coreset":
+        idx = greedy_coreset(points, max(1, int(round(cfg.coreset_ratio * len(points)))), cfg.projection_dim, seed)
+        return points[idx].clone()
+    if len(points) > cfg.fit_patches:
+        sel = torch.from_numpy(np.random.default_rng(seed).choice(len(points), cfg.fit_patches, replace=False))
+        points = points[sel]
+    return torch.from_numpy(kmeans_bank(points.numpy(), cfg.size, seed))
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
