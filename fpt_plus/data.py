@@ -288,8 +288,10 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, records: Sequence[Record], inputs: Sequence[str], *, side_tf: Callable | None = None,
                  lpm_tf: Callable | None = None, cache: PreloadCache | None = None,
-                 features: torch.Tensor | None = None):
+                 features: torch.Tensor | None = None, cache_images: bool = False):
         self.records = list(records)
+        self.cache_images = cache_images
+        self._images: dict[int, torch.Tensor] = {}
         self.inputs = tuple(inputs)
         self.side_tf, self.lpm_tf, self.cache, self.features = side_tf, lpm_tf, cache, features
         needs = {"side": side_tf, "lpm": lpm_tf, "keys": cache, "features": features}
@@ -300,10 +302,18 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _image(self, i: int) -> torch.Tensor:
+        """Decoded uint8 image; kept in memory after the first read when ``cache_images`` (per worker)."""
+        if not self.cache_images:
+            return load_rgb(self.records[i].path)
+        if i not in self._images:
+            self._images[i] = load_rgb(self.records[i].path)
+        return self._images[i]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         item: dict[str, Any] = {"index": i, "label": rec.label}
-        image = load_rgb(rec.path) if {"side", "lpm"} & set(self.inputs) else None
+        image = self._image(i) if {"side", "lpm"} & set(self.inputs) else None
         if "side" in self.inputs:
             item["side"] = self.side_tf(image)
         if "lpm" in self.inputs:

@@ -3,7 +3,12 @@ identity and DataLoaders (spec 1.1, 1.8, 2, 3.1)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +29,8 @@ from fpt_plus.data import (
 from fpt_plus.models.lpm import num_selected
 from fpt_plus.settings import FPT_METHODS, ExperimentConfig
 
-__all__ = ["DataBundle", "prepare_data", "uses_cache", "side_size", "cache_for", "model_inputs", "make_loader",
-           "build_dataset"]
+__all__ = ["lpm_threads", "DataBundle", "prepare_data", "preload_root", "uses_cache", "side_size", "cache_for",
+           "model_inputs", "make_loader", "build_dataset"]
 
 
 @dataclass
@@ -54,10 +59,48 @@ def prepare_data(cfg: ExperimentConfig) -> DataBundle:
     splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
     mean, std = cfg.data.mean, cfg.data.std
     if mean == "auto" or std == "auto":
-        auto_mean, auto_std = compute_mean_std(splits["train"], cfg.model.lpm.img_size, cfg.data.mean_std_images)
+        auto_mean, auto_std = _auto_mean_std(cfg, splits["train"])
         mean = auto_mean if mean == "auto" else mean
         std = auto_std if std == "auto" else std
     return DataBundle(splits, classes, list(mean), list(std))
+
+
+@contextlib.contextmanager
+def lpm_threads(cfg: ExperimentConfig) -> Iterator[None]:
+    """Use ``runtime.lpm_threads`` torch threads while the frozen LPM runs (big matmuls), then restore."""
+    before = torch.get_num_threads()
+    if cfg.runtime.lpm_threads > 0:
+        torch.set_num_threads(cfg.runtime.lpm_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def preload_root(cfg: ExperimentConfig) -> Path:
+    """Folder holding the preload caches (one sub-folder per variant) and the mean/std record."""
+    if cfg.data.preload_dir is not None:
+        return resolve_path(cfg.data.preload_dir).parent
+    root = resolve_path(cfg.data.root)
+    return root.parent / f"{root.name}_preload"
+
+
+def _auto_mean_std(cfg: ExperimentConfig, train: list[Record]) -> tuple[list[float], list[float]]:
+    """Mean/std over the train split at the LPM size, remembered in ``<preload root>/mean_std.json``."""
+    key = {"images": [r.key for r in train[: cfg.data.mean_std_images or None]], "size": cfg.model.lpm.img_size}
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()
+    path = preload_root(cfg) / "mean_std.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("digest") == digest:
+            return stored["mean"], stored["std"]
+    mean, std = compute_mean_std(train, cfg.model.lpm.img_size, cfg.data.mean_std_images)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"digest": digest, "mean": mean, "std": std}))
+    except OSError:  # a read-only location: recompute next time
+        pass
+    return mean, std
 
 
 def uses_cache(cfg: ExperimentConfig) -> bool:
@@ -77,11 +120,7 @@ def cache_for(cfg: ExperimentConfig, bundle: DataBundle, variant: str | None = N
         raise ValueError(f"preloading caches FPT/FPT+ keys and values; method `{variant}` has none")
     lpm = cfg.model.lpm
     layers = list(getattr(cfg.model, variant).layers)
-    if cfg.data.preload_dir is not None:
-        folder = resolve_path(cfg.data.preload_dir)
-    else:
-        root = resolve_path(cfg.data.root)
-        folder = root.parent / f"{root.name}_preload" / variant
+    folder = resolve_path(cfg.data.preload_dir) if cfg.data.preload_dir is not None else preload_root(cfg) / variant
     meta: dict[str, Any] = {
         "variant": variant, "layers": layers, "lpm": lpm.name, "img_size": lpm.img_size,
         "patch_size": lpm.patch_size, "embed_dim": lpm.embed_dim, "depth": lpm.depth, "num_heads": lpm.num_heads,
@@ -115,7 +154,8 @@ def build_dataset(cfg: ExperimentConfig, bundle: DataBundle, split: str, inputs:
     else:
         lpm_tf = None
     return ClassificationDataset(records if records is not None else bundle.splits[split], inputs, side_tf=side_tf,
-                                 lpm_tf=lpm_tf, cache=cache, features=features)
+                                 lpm_tf=lpm_tf, cache=cache, features=features,
+                                 cache_images=cfg.data.cache_images and train)
 
 
 def make_loader(dataset: ClassificationDataset, batch_size: int, *, train: bool, seed: int, num_workers: int = 0

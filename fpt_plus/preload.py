@@ -17,7 +17,7 @@ import torch
 from common.config import build_arg_parser, parse_cli
 from common.runtime import autocast, dist_info, pick_device, shard
 from fpt_plus.data import PreloadCache
-from fpt_plus.experiment import DataBundle, build_dataset, cache_for, make_loader, prepare_data
+from fpt_plus.experiment import DataBundle, build_dataset, cache_for, lpm_threads, make_loader, prepare_data
 from fpt_plus.models.lpm import FrozenLPM
 from fpt_plus.settings import FPT_METHODS, ExperimentConfig
 
@@ -51,12 +51,13 @@ def run_preload(cfg: ExperimentConfig, bundle: DataBundle, variant: str | None =
         from tqdm import tqdm
 
         loader = tqdm(loader, desc=f"preload {variant}", leave=False)
-    for batch in loader:
-        with autocast(device, cfg.runtime.lpm_amp):
-            keys, values = lpm(batch["lpm"].to(device))  # (L, B, H, k, d)
-        keys, values = keys.float().cpu(), values.float().cpu()
-        for j, i in enumerate(batch["index"].tolist()):
-            cache.save(todo[i].key, keys[:, j], values[:, j])
+    with lpm_threads(cfg):
+        for batch in loader:
+            with autocast(device, cfg.runtime.lpm_amp):
+                keys, values = lpm(batch["lpm"].to(device))  # (L, B, H, k, d)
+            keys, values = keys.float().cpu(), values.float().cpu()
+            for j, i in enumerate(batch["index"].tolist()):
+                cache.save(todo[i].key, keys[:, j], values[:, j])
     return cache
 
 

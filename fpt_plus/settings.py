@@ -91,11 +91,12 @@ class DataConfig:
     mean: list[float] | str = "auto"  # per-channel mean in [0, 1], or auto = computed over the train split
     std: list[float] | str = "auto"
     preload: bool = True  # FPT variants and linear probing train from cached LPM outputs
-    preload_dir: str | None = None  # None = <runs.root>/../data/preload/fpt_plus/<dataset>/<method>
+    preload_dir: str | None = None  # cache of this variant; None = <data.root>_preload/<method>
     preload_dtype: Literal["fp32", "fp16"] = "fp32"
     preload_batch_size: int = 16
     mean_std_images: int = 1000  # images of the train split used for mean/std = auto (0 = all)
     num_workers: int = 0
+    cache_images: bool = False  # keep decoded images in memory (small datasets; per DataLoader worker)
     lpm_train_aug: Literal["weak", "flip", "none"] = "weak"  # augmentation of the LPM input of the PETL baselines
 
 
@@ -122,7 +123,8 @@ class RuntimeConfig:
     lpm_amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the frozen LPM forward only
     compile: bool = False
     deterministic: bool = False
-    num_threads: int = 0  # 0 = torch default
+    num_threads: int = 0  # torch threads of training (0 = torch default); 1 is fastest for the tiny side network
+    lpm_threads: int = 0  # torch threads while the frozen LPM runs (preloading, feature caching); 0 = default
 
 
 @dataclass

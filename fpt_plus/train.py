@@ -37,7 +37,15 @@ from common.runtime import (
 from common.seed import seed_everything
 from common.tracking import Tracker, plot_curves
 from fpt_plus.engine import compute_metrics, make_optimizer, make_scheduler, predict, prepare_batch, train_one_epoch
-from fpt_plus.experiment import DataBundle, build_dataset, make_loader, model_inputs, prepare_data, uses_cache
+from fpt_plus.experiment import (
+    DataBundle,
+    build_dataset,
+    lpm_threads,
+    make_loader,
+    model_inputs,
+    prepare_data,
+    uses_cache,
+)
 from fpt_plus.models.factory import build_model, count_learnable, learnable_percent
 from fpt_plus.settings import ExperimentConfig
 
@@ -54,7 +62,8 @@ def _cached_features(model: torch.nn.Module, cfg: ExperimentConfig, bundle: Data
     loader = make_loader(dataset, cfg.data.preload_batch_size, train=False, seed=cfg.seed,
                          num_workers=cfg.data.num_workers)
     model.eval()
-    feats = [model.encode(batch["lpm"].to(device)).float().cpu() for batch in loader]
+    with lpm_threads(cfg):
+        feats = [model.encode(batch["lpm"].to(device)).float().cpu() for batch in loader]
     return torch.cat(feats)
 
 

@@ -26,3 +26,9 @@ def ci_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = ci_config(tmp)
     ensure_dataset(tmp / "data", cfg.data.synth)
     return tmp
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    """``make_cfg(tmp, *overrides)`` -> the ci config with data/runs under ``tmp``."""
+    return ci_config

@@ -1,0 +1,208 @@
+"""``make reproduce-fpt``: generate (or read) the data, preload, train FPT+, FPT and the baselines, evaluate, and
+write ``runs/fpt_plus/reproduce/<timestamp>/comparison.{csv,md}`` plus figures (FPT+ paper Sec. IV; README table).
+
+Default (embedded, CPU): synthetic fine-grained grading data and a small random-initialised LPM (configs/default.yaml)
+with ``fpt_plus``, ``fpt``, ``side_only``, ``linear_probe`` and ``full_finetune`` (the last with fewer epochs:
+back-propagating through the LPM is the expensive part on a CPU). ``--all`` adds VPT-deep, Adapter and LoRA and
+three seeds for the cheap methods. ``--config configs/messidor2.yaml --data-root /data/messidor2`` runs the paper
+setting on real data (every method for the configured epochs).
+
+    python reproduce.py [--config CFG] [--data-root DIR] [--all] [--methods fpt_plus side_only] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import ConfigError, load_config
+from common.rundir import resolve_path
+from common.tracking import write_comparison
+from fpt_plus.engine import pme, ppe
+from fpt_plus.settings import ExperimentConfig
+
+__all__ = ["main", "OFFICIAL", "CORE_METHODS", "EXTRA_METHODS"]
+
+PROJECT_DIR = Path(__file__).resolve().parent
+CORE_METHODS = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune")
+EXTRA_METHODS = ("vpt", "adapter", "lora")
+CHEAP_METHODS = ("fpt_plus", "fpt", "side_only", "linear_probe")
+# official README (ViT-B, 8-dataset average): learnable %, memory, AUC (percent)
+OFFICIAL = {"full_finetune": (100.0, 23128, 88.82), "vpt": (0.17, 20582, 83.68), "adapter": (2.03, 19360, 84.14),
+            "lora": (0.68, 20970, 85.94), "fpt": (1.81, 1824, 86.40), "fpt_plus": (1.03, 736, 87.12)}
+
+
+def _vitb_percent(method: str, num_classes: int) -> float:
+    """Learnable % of ``method`` with the paper's ViT-B/16 at 512 (built on the meta device: no memory)."""
+    from fpt_plus.models.factory import build_model, count_learnable, learnable_percent
+
+    cfg = ExperimentConfig(method=method)
+    with torch.device("meta"):
+        n = count_learnable(build_model(cfg, num_classes, preloaded=True))
+    return learnable_percent(method, n, cfg.model.lpm)
+
+
+def _macro_roc(per_case: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Macro-averaged one-vs-rest ROC of the best checkpoint from ``eval/per_case.csv`` (softmax probabilities)."""
+    import pandas as pd
+    from sklearn.metrics import roc_curve
+
+    frame = pd.read_csv(per_case)
+    frame = frame[frame["checkpoint"] == "best"]
+    grid = np.linspace(0, 1, 201)
+    curves = []
+    for c, name in enumerate(classes):
+        positives = frame["label"].to_numpy() == c
+        if 0 < positives.sum() < len(frame):
+            fpr, tpr, _ = roc_curve(positives, frame[f"prob_{name}"].to_numpy())
+            curves.append(np.interp(grid, fpr, tpr))
+    return grid, np.mean(curves, axis=0) if curves else grid
+
+
+def _figures(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for method, runs in results.items():
+        first = runs[0]
+        fpr, tpr = _macro_roc(Path(first["run_dir"]) / "eval" / "per_case.csv", first["classes"])
+        ax.plot(fpr, tpr, label=f"{method} (AUC {first['test_best']['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (macro one-vs-rest)")
+    ax.set_title("test ROC, best-validation checkpoint, seed 1 of each method")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "roc_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, runs in results.items():
+        frame = pd.read_csv(Path(runs[0]["run_dir"]) / "metrics.csv")
+        axes[0].plot(frame["step"], frame["train/loss"], label=method)
+        if "val/auc" in frame:
+            axes[1].plot(frame["step"], frame["val/auc"], label=method)
+    axes[0].set_title("training loss")
+    axes[1].set_title("validation AUC (logits, macro OvR)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "training_curves.png", dpi=110)
+    plt.close(fig)
+    return ["figures/roc_curves.png", "figures/training_curves.png"]
+
+
+def _row(method: str, runs: list[dict[str, Any]], cfg: ExperimentConfig, full_peak: float | None) -> dict[str, Any]:
+    aucs = np.array([r["test_best"]["auc"] for r in runs])
+    first = runs[0]
+    official = OFFICIAL.get(method, (float("nan"), float("nan"), float("nan")))
+    row: dict[str, Any] = {
+        "method": method,
+        "auc": float(aucs.mean()),
+        "auc_std": float(aucs.std()) if len(aucs) > 1 else float("nan"),
+        "auc_final": float(np.mean([r["test_final"]["auc"] for r in runs])),
+        "auc_prob": float(np.mean([r["test_best"]["auc_prob"] for r in runs])),
+        "accuracy": float(np.mean([r["test_best"]["accuracy"] for r in runs])),
+        "f1_macro": float(np.mean([r["test_best"]["f1_macro"] for r in runs])),
+        "kappa": float(np.mean([r["test_best"]["kappa"] for r in runs])),
+        "seeds": len(runs),
+        "epochs": first["epochs"],
+        "learnable_params": first["learnable"],
+        "learnable_percent": first["learnable_percent"],
+        "learnable_percent_vitb": _vitb_percent(method, len(first["classes"])),
+        "learnable_percent_official": official[0],
+        "peak_mib": first["peak_mib"],
+        "memory_vs_full": first["peak_mib"] / full_peak if full_peak else float("nan"),
+        "step_time_s": float(np.mean([r["step_time_s"] for r in runs])),
+        "ppe": ppe(float(aucs.mean()), first["learnable_percent"] / 100.0),
+        "pme": pme(float(aucs.mean()), first["peak_mib"], full_peak) if full_peak else float("nan"),
+        "official_auc": official[2] / 100.0,
+    }
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Reproduce the FPT+ comparison (all methods, one table).")
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--data-root", default=None, help="real dataset root (sets data.root, data.synthetic=false)")
+    parser.add_argument("--all", action="store_true", help="add VPT, Adapter, LoRA and 3 seeds of the cheap methods")
+    parser.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds of the cheap methods (default 1, --all 3)")
+    parser.add_argument("--lpm-epochs", type=int, default=None,
+                        help="epochs of the methods that back-propagate through the LPM (default: 6 on the "
+                             "synthetic CPU default, else train.epochs)")
+    parser.add_argument("--runs-root", default=None)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides += [f"data.root={args.data_root}", "data.synthetic=false"]
+    if args.runs_root:
+        overrides.append(f"runs.root={args.runs_root}")
+    try:
+        base = load_config(ExperimentConfig, args.config, overrides, search_dirs=[PROJECT_DIR])
+    except ConfigError as exc:
+        parser.error(str(exc))
+    methods = list(args.methods or (CORE_METHODS + (EXTRA_METHODS if args.all else ())))
+    seeds = args.seeds or (3 if args.all else 1)
+    lpm_epochs = args.lpm_epochs or (6 if base.data.synthetic else base.train.epochs)
+    on_cpu = not torch.cuda.is_available() or base.runtime.device == "cpu"
+
+    from fpt_plus.train import run_training
+
+    start = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        cheap = method in CHEAP_METHODS
+        extra = [f"method={method}", f"runs.experiment=reproduce-{method}"]
+        if not cheap:
+            extra.append(f"train.epochs={lpm_epochs}")
+        if on_cpu and not cheap:  # the LPM is trained through: give it the LPM's thread count
+            extra.append(f"runtime.num_threads={base.runtime.lpm_threads}")
+        runs = []
+        for s in range(seeds if cheap else 1):
+            cfg = load_config(ExperimentConfig, args.config, overrides + extra + [f"seed={base.seed + s}"],
+                              search_dirs=[PROJECT_DIR])
+            t0 = time.perf_counter()
+            result = run_training(cfg)
+            result["epochs"] = cfg.train.epochs
+            result["wall_s"] = time.perf_counter() - t0
+            print(f"== {method} seed {cfg.seed}: test auc {result['test_best']['auc']:.4f} "
+                  f"({result['wall_s']:.0f} s)", flush=True)
+            runs.append(result)
+        results[method] = runs
+    full_peak = results["full_finetune"][0]["peak_mib"] if "full_finetune" in results else None
+    rows = [_row(m, results[m], base, full_peak) for m in methods]
+    wall = time.perf_counter() - start
+    out = resolve_path(base.runs.root) / "fpt_plus" / "reproduce" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    figures = _figures(results, out)
+    notes = (f"Config `{args.config}` ({base.dataset}); LPM {base.model.lpm.embed_dim}-wide x {base.model.lpm.depth} "
+             f"blocks at {base.model.lpm.img_size}^2, pretrained={base.model.lpm.pretrained}. `auc` = test AUC "
+             f"(macro one-vs-rest on logits) of the best-validation checkpoint, `auc_final` of the last one; "
+             f"`learnable_percent` is for this config's LPM, `learnable_percent_vitb` for the paper's ViT-B/16 at "
+             f"512 and `learnable_percent_official` the official README's. `peak_mib`: "
+             f"{rows[0] and results[methods[0]][0]['memory_method']} of one training step; `memory_vs_full` = ratio "
+             f"to full fine-tuning in this run. Wall time {wall / 60:.1f} min on "
+             f"{'CUDA' if not on_cpu else f'CPU ({torch.get_num_threads()} threads)'}.")
+    write_comparison(rows, out, "FPT+ reproduction: methods compared on the same data", figures, notes)
+    print((out / "comparison.md").read_text())
+    print(f"comparison written to {out} (wall {wall / 60:.1f} min)")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Data tests: the ImageFolder/CSV readers on synth.py output, converters, transforms, and every kind of bad input
+raising a clear error (spec 6.4; issue 3 "Bad inputs")."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from common.readers import ImageReadError
+from fpt_plus.convert import convert, stratified_split
+from fpt_plus.data import (DatasetError, load_records, load_rgb, lpm_transform, read_split_csv, scan_imagefolder,
+                           side_transform)
+from fpt_plus.synth import grade_names, render_image
+from fpt_plus.settings import SynthConfig
+
+
+def test_imagefolder_reader_on_synthetic_layout(ci_root: Path) -> None:
+    records, classes = scan_imagefolder(ci_root / "data")
+    assert classes == grade_names(5)
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+    assert counts == {"train": 20, "val": 10, "test": 10}
+    assert all(classes[r.label] == Path(r.key).parent.name for r in records)
+    assert len({r.key for r in records}) == len(records)
+
+
+def test_synthetic_cue_vanishes_at_side_resolution() -> None:
+    """The period-2 texture is the only grade cue and the 4x side down-sampling removes it."""
+    cfg = SynthConfig(image_size=64, lesion_radius=[5, 6], decoy_radius=[5, 6])
+    image = render_image(4, cfg, np.random.default_rng(0)).astype(np.float32)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    checker = torch.from_numpy(np.indices((64, 64)).sum(0) % 2 * 2 - 1.0).float()
+    high = (x[0, 1] * checker).mean().abs()
+    low_img = torch.nn.functional.interpolate(x, size=16, mode="bilinear", antialias=True)
+    up = torch.nn.functional.interpolate(low_img, size=64, mode="nearest")
+    low = (up[0, 1] * checker).mean().abs()
+    assert high > 0.3 and low < 0.05 * high
+
+
+def test_missing_class_folder_in_one_split(ci_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(ci_root / "data", root)
+    shutil.rmtree(root / "val" / "3_severe")
+    with pytest.raises(DatasetError, match=r"3_severe.*missing from .*val"):
+        scan_imagefolder(root)
+
+
+def test_unknown_class_folder(ci_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(ci_root / "data", root)
+    (root / "test" / "9_other").mkdir()
+    with pytest.raises(DatasetError, match="9_other"):
+        scan_imagefolder(root)
+
+
+def test_missing_split_folder(tmp_path: Path) -> None:
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="val"):
+        scan_imagefolder(tmp_path)
+
+
+def test_image_that_is_not_an_image(tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageReadError, match="x.png"):
+        load_rgb(bad)
+    with pytest.raises(ImageReadError, match="not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def _csv_dataset(tmp_path: Path, labels: list[str]) -> Path:
+    for i in range(len(labels)):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    splits = (["train", "val", "test"] * len(labels))[: len(labels)]
+    pd.DataFrame({"image": [f"{i}.png" for i in range(len(labels))], "label": labels, "split": splits}).to_csv(
+        tmp_path / "split.csv", index=False)
+    return tmp_path / "split.csv"
+
+
+def test_split_csv_reader_and_unknown_label(tmp_path: Path) -> None:
+    _csv_dataset(tmp_path, ["benign", "malignant", "benign", "malignant", "benign", "malignant"])
+    records, classes = read_split_csv(tmp_path, "split.csv")
+    assert classes == ["benign", "malignant"] and [r.label for r in records] == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(DatasetError, match=r"label 'malignant' is not in the class list"):
+        read_split_csv(tmp_path, "split.csv", classes=["benign", "nevus"])
+
+
+def test_split_csv_wrong_column(tmp_path: Path) -> None:
+    path = _csv_dataset(tmp_path, ["a", "b", "a"])
+    pd.read_csv(path).rename(columns={"label": "diagnosis"}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['label'\]"):
+        load_records(tmp_path, "csv", "split.csv")
+
+
+def test_chncxr_converter_and_seeded_split(tmp_path: Path) -> None:
+    src = tmp_path / "ChinaSet_AllFiles" / "CXR_png"
+    src.mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / f"CHNCXR_{i:04d}_{i % 2}.png")
+    out = convert("chncxr", tmp_path / "ChinaSet_AllFiles", seed=3)
+    frame = pd.read_csv(out)
+    assert set(frame["label"]) == {"normal", "tuberculosis"}
+    assert frame.loc[frame["image"].str.endswith("_1.png"), "label"].eq("tuberculosis").all()
+    assert set(frame["split"]) == {"train", "val", "test"}
+    again = pd.read_csv(convert("chncxr", tmp_path / "ChinaSet_AllFiles", tmp_path / "again.csv", seed=3))
+    assert frame.equals(again)
+    records, classes = read_split_csv(tmp_path / "ChinaSet_AllFiles", out)
+    assert classes == ["normal", "tuberculosis"] and len(records) == 20
+
+
+def test_ddr_converter_drops_ungradable_and_keeps_official_split(tmp_path: Path) -> None:
+    base = tmp_path / "DR_grading"
+    for native, grades in (("train", [0, 1, 5]), ("valid", [2, 3]), ("test", [4, 0])):
+        (base / native).mkdir(parents=True)
+        lines = []
+        for i, g in enumerate(grades):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(base / native / f"{native}{i}.jpg")
+            lines.append(f"{native}{i}.jpg {g}")
+        (base / f"{native}.txt").write_text("\n".join(lines) + "\n")
+    frame = pd.read_csv(convert("ddr", tmp_path))
+    assert len(frame) == 6 and "5" not in set(frame["label"].astype(str))
+    assert frame.groupby("split").size().to_dict() == {"test": 2, "train": 2, "val": 2}
+
+
+def test_isic2018_converter_one_hot(tmp_path: Path) -> None:
+    folder = tmp_path / "ISIC2018_Task3_Training_Input"
+    folder.mkdir()
+    classes = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    rows = []
+    for i in range(70):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"ISIC_{i:07d}.jpg")
+        rows.append({"image": f"ISIC_{i:07d}", **{c: float(j == i % 7) for j, c in enumerate(classes)}})
+    pd.DataFrame(rows).to_csv(tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv", index=False)
+    frame = pd.read_csv(convert("isic2018", tmp_path))
+    assert frame["label"].tolist()[:7] == classes
+    assert set(frame["split"]) == {"train", "val", "test"}
+
+
+def test_stratified_split_keeps_groups_together() -> None:
+    labels = ["a"] * 10 + ["b"] * 10
+    groups = [f"case{i // 2}" for i in range(20)]
+    splits = stratified_split(labels, seed=0, groups=groups)
+    for g in set(groups):
+        assert len({s for s, gg in zip(splits, groups) if gg == g}) == 1
+
+
+def test_transforms_sizes_and_determinism() -> None:
+    image = torch.randint(0, 255, (3, 90, 140), dtype=torch.uint8)
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    assert side_transform(32, mean, std, train=True)(image).shape == (3, 32, 32)
+    assert side_transform(32, mean, std, train=False)(image).shape == (3, 32, 32)
+    lpm = lpm_transform(64, mean, std)
+    assert lpm(image).shape == (3, 64, 64)
+    assert torch.equal(lpm(image), lpm(image))

@@ -1,0 +1,72 @@
+"""Preloading (spec 6.3): cache round trip, bitwise-equal logits of the cached and the online path in fp32, unique
+keys, and clear errors for a cache of the wrong shape or from the other variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fpt_plus.data import CacheError
+from fpt_plus.engine import prepare_batch
+from fpt_plus.experiment import build_dataset, cache_for, make_loader, prepare_data
+from fpt_plus.models.factory import build_model
+from fpt_plus.preload import run_preload
+
+
+def test_cached_and_online_logits_are_bitwise_equal(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}", "data.preload_batch_size=4")
+    bundle = prepare_data(cfg)
+    cache = run_preload(cfg, bundle)
+    records = bundle.splits["val"][:4]
+    file = cache.path(records[0].key)
+    tensors = load_file(str(file))
+    lpm = cfg.model.lpm
+    assert tensors["key_states"].shape == (2, lpm.num_heads, 13, lpm.embed_dim // lpm.num_heads)  # 65 tokens -> 13
+    assert tensors["key_states"].dtype == torch.float32
+    assert file.relative_to(cache.folder).as_posix() == records[0].key + ".safetensors"
+
+    torch.manual_seed(0)
+    online = build_model(cfg, bundle.num_classes, preloaded=False).eval()
+    cached = build_model(cfg, bundle.num_classes, preloaded=True).eval()
+    cached.load_state_dict(online.state_dict())
+    assert cached.lpm is None
+    ds_cached = build_dataset(cfg, bundle, "val", ("side", "keys", "values"), train=False, cache=cache,
+                              records=records)
+    ds_online = build_dataset(cfg, bundle, "val", ("side", "lpm"), train=False, records=records)
+    b_cached = prepare_batch(next(iter(make_loader(ds_cached, 4, train=False, seed=0))), torch.device("cpu"))
+    b_online = prepare_batch(next(iter(make_loader(ds_online, 4, train=False, seed=0))), torch.device("cpu"))
+    with torch.no_grad():
+        logits_cached = cached(b_cached["side"], b_cached["keys"], b_cached["values"])
+        logits_online = online(b_online["side"], lpm=b_online["lpm"])
+    assert torch.equal(logits_cached, logits_online)
+    assert not torch.equal(logits_cached, torch.zeros_like(logits_cached))
+
+
+def test_cache_of_wrong_shape_or_other_variant_is_refused(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}")
+    bundle = prepare_data(cfg)
+    cache = run_preload(cfg, bundle)
+    key = bundle.splits["train"][0].key
+    save_file({"key_states": torch.zeros(4, 3, 13, 16), "value_states": torch.zeros(4, 3, 13, 16)},
+              str(cache.path(key)))
+    with pytest.raises(CacheError, match=r"shape \(4, 3, 13, 16\), expected \(2, 3, 13, 16\)"):
+        cache.load(key)
+    fpt_cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}", "method=fpt")
+    with pytest.raises(CacheError, match="not interchangeable"):
+        cache_for(fpt_cfg, bundle).check_meta()
+    meta = json.loads((cache.folder / "meta.json").read_text())
+    assert meta["variant"] == "fpt_plus" and meta["layers"] == [2, 3]
+
+
+def test_fp16_cache_option(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'c16'}", "data.preload_dtype=fp16")
+    bundle = prepare_data(cfg)
+    cache = run_preload(cfg, bundle)
+    raw = load_file(str(cache.path(bundle.splits["test"][0].key)))
+    assert raw["value_states"].dtype == torch.float16
+    keys, _ = cache.load(bundle.splits["test"][0].key)
+    assert keys.dtype == torch.float32
