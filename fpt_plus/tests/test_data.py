@@ -14,10 +14,17 @@ from PIL import Image
 
 from common.readers import ImageReadError
 from fpt_plus.convert import convert, stratified_split
-from fpt_plus.data import (DatasetError, load_records, load_rgb, lpm_transform, read_split_csv, scan_imagefolder,
-                           side_transform)
-from fpt_plus.synth import grade_names, render_image
+from fpt_plus.data import (
+    DatasetError,
+    load_records,
+    load_rgb,
+    lpm_transform,
+    read_split_csv,
+    scan_imagefolder,
+    side_transform,
+)
 from fpt_plus.settings import SynthConfig
+from fpt_plus.synth import grade_names, render_image
 
 
 def test_imagefolder_reader_on_synthetic_layout(ci_root: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from fpt_plus.engine import compute_metrics, cosine_factor, make_scheduler, ppe, pme
+from fpt_plus.engine import compute_metrics, cosine_factor, make_scheduler, pme, ppe
 
 
 def test_cosine_schedule_per_iteration() -> None:
