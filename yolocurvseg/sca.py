@@ -283,8 +283,10 @@ def render_tree(tree: SCATree, shape: tuple[int, int], supersample: int = 4) -> 
         (r0, c0), (r1, c1) = tree.pos[a], tree.pos[b]
         ra, rb = tree.radius[a], tree.radius[b]
         pad = max(ra, rb) + 1.0
-        top, bot = max(int(math.floor((min(r0, r1) - pad + 0.5) * s)), 0), min(int(math.ceil((max(r0, r1) + pad + 0.5) * s)), h * s)
-        lef, rig = max(int(math.floor((min(c0, c1) - pad + 0.5) * s)), 0), min(int(math.ceil((max(c0, c1) + pad + 0.5) * s)), w * s)
+        top = max(int(math.floor((min(r0, r1) - pad + 0.5) * s)), 0)
+        bot = min(int(math.ceil((max(r0, r1) + pad + 0.5) * s)), h * s)
+        lef = max(int(math.floor((min(c0, c1) - pad + 0.5) * s)), 0)
+        rig = min(int(math.ceil((max(c0, c1) + pad + 0.5) * s)), w * s)
         if top >= bot or lef >= rig:
             continue
         yy = (np.arange(top, bot) + 0.5) / s - 0.5

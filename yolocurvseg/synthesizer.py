@@ -6,7 +6,9 @@ composite (extracted background + SCA curves, domain A) into an image in the sty
 ECCV 2020; spec §2.4):
 
 - generator: ResNet encoder-decoder (reflect-pad 7x7 conv, 2 anti-aliased stride-2 downsamplings, ``n_blocks``
-  residual blocks, 2 upsamplings, 7x7 conv, tanh), instance norm; PatchNCE features are taken from the encoder
+  residual blocks, 2 upsamplings, 7x7 conv, tanh), instance norm; optional (OURS, ``residual``) global skip
+  ``clamp(x + G(x))`` with a zero-initialised last conv, so that a short CPU-budget training starts from the
+  identity instead of from noise; PatchNCE features are taken from the encoder
   layers listed in ``nce_layers`` (indices into the flat layer list, official default 0,4,8,12,16);
 - PatchSampleF: per layer, the same ``num_patches`` random locations in source and output, an MLP
   Linear-ReLU-Linear to ``netF_nc`` features, L2 normalisation;
@@ -42,6 +44,7 @@ class CUTConfig:
     num_patches: int = 256
     netf_nc: int = 256
     nce_t: float = 0.07
+    residual: bool = False  # OURS option: output = clamp(input + tanh(G(input))), last conv zero-initialised
     lambda_gan: float = 1.0
     lambda_nce: float = 1.0
     nce_idt: bool = True
@@ -68,8 +71,9 @@ class ResnetGenerator(nn.Module):
     conv, norm, relu, blur-pool (4 layers each: 4-7, 8-11), then the residual blocks (12, 13, ...), then the decoder.
     """
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9):
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
         super().__init__()
+        self.residual = residual
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         ch = ngf
@@ -86,10 +90,16 @@ class ResnetGenerator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.n_encoder = 12 + n_blocks
 
+    def zero_init_output(self) -> None:
+        """Zero the last conv so that a residual generator starts as the identity."""
+        nn.init.zeros_(self.layers[-2].weight)
+        nn.init.zeros_(self.layers[-2].bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
         for layer in self.layers:
-            x = layer(x)
-        return x
+            h = layer(h)
+        return torch.clamp(x + h, -1.0, 1.0) if self.residual else h
 
     def encode(self, x: torch.Tensor, nce_layers: list[int]) -> list[torch.Tensor]:
         """Features ``[(B, C_l, H_l, W_l)]`` after each layer index in ``nce_layers`` (index 0 = padded input)."""
@@ -181,10 +191,12 @@ class CUTModel(nn.Module):
     def __init__(self, cfg: CUTConfig, in_ch: int = 1):
         super().__init__()
         self.cfg = cfg
-        self.netG = ResnetGenerator(in_ch, in_ch, cfg.ngf, cfg.n_blocks)
+        self.netG = ResnetGenerator(in_ch, in_ch, cfg.ngf, cfg.n_blocks, cfg.residual)
         self.netD = PatchGANDiscriminator(in_ch, cfg.ndf, cfg.n_layers_d)
         _init_weights(self.netG, cfg.init_gain)
         _init_weights(self.netD, cfg.init_gain)
+        if cfg.residual:
+            self.netG.zero_init_output()
         self.netF: PatchSampleF | None = None
 
     def build_f(self, sample: torch.Tensor) -> PatchSampleF:
@@ -243,8 +255,9 @@ class CUTModel(nn.Module):
         loss_g = loss_gan + loss_nce_both
         loss_g.backward()
         opt_g.step()
-        return {"loss_d": float(loss_d.detach()), "loss_gan": float(loss_gan.detach()), "loss_nce": float(loss_nce.detach()),
-                "loss_nce_idt": float(loss_nce_y.detach()), "loss_g": float(loss_g.detach())}
+        losses = {"loss_d": loss_d, "loss_gan": loss_gan, "loss_nce": loss_nce, "loss_nce_idt": loss_nce_y,
+                  "loss_g": loss_g}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
     def translate(self, x: torch.Tensor) -> torch.Tensor:

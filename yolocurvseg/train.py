@@ -19,8 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import (find_resume_checkpoint, load_checkpoint, load_init_weights, restore_training_state,
-                               save_checkpoint)
+from common.checkpoint import (
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_init_weights,
+    restore_training_state,
+    save_checkpoint,
+)
 from common.config import build_arg_parser, parse_cli, to_dict
 from common.rundir import RunDir, create_run_dir, resolve_path
 from common.runtime import pick_device
@@ -29,8 +34,7 @@ from common.tracking import Tracker, image_grid, overlay_mask, save_png
 from yolocurvseg.data import PairSampler
 from yolocurvseg.engine import evaluate_cases, poly_lambda, predict_probs, pseudo_labels, train_steps
 from yolocurvseg.model import build_segmenter, masked_ce_dice_loss
-from yolocurvseg.pipeline import (Prepared, build_background, generate_pairs, pce_labels, prepare_data,
-                                  synthesis_figure)
+from yolocurvseg.pipeline import Prepared, build_background, generate_pairs, pce_labels, prepare_data, synthesis_figure
 from yolocurvseg.settings import Config, StageConfig
 from yolocurvseg.synthesizer import CUTModel
 

@@ -5,8 +5,14 @@ import pytest
 from skimage.filters import frangi
 
 from common.synthetic import smooth_field
-from yolocurvseg.background import (BackgroundAug, augment_background, composite, estimate_curve_contrast, inpaint,
-                                    inpainting_mask)
+from yolocurvseg.background import (
+    BackgroundAug,
+    augment_background,
+    composite,
+    estimate_curve_contrast,
+    inpaint,
+    inpainting_mask,
+)
 from yolocurvseg.sca import SCAParams, generate_curves
 from yolocurvseg.skeleton import simulate_noisy_skeleton
 

@@ -20,7 +20,7 @@ def test_drive_reader_on_synth_output(drive_root):
     assert [c.case_id for c in test] == ["01", "02"] and [c.case_id for c in train] == ["03", "04", "05"]
     assert all(c.skeleton is not None for c in train)
     case = load_case(train[0], "drive")
-    assert case.image.shape == (48, 48) and case.image.dtype == np.float32 and 0 <= case.image.min()
+    assert case.image.shape == (48, 48) and case.image.dtype == np.float32 and case.image.min() >= 0
     assert set(np.unique(case.label).tolist()) <= {0, 1} and case.label.sum() > 0
     assert case.fov.dtype == bool and 0.5 < case.fov.mean() < 0.9
     assert case.skeleton.sum() > 0

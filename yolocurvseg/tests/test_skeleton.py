@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yolocurvseg.skeleton import (SkeletonError, read_noisy_skeleton, scribble_from_skeleton,
-                                  simulate_noisy_skeleton, skeleton_stats)
+from yolocurvseg.skeleton import (
+    SkeletonError,
+    read_noisy_skeleton,
+    scribble_from_skeleton,
+    simulate_noisy_skeleton,
+    skeleton_stats,
+)
 from yolocurvseg.synth import render_hidden_case
 
 
