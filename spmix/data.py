@@ -1,0 +1,334 @@
+"""ISIC 2018 Task 3 reader, splits, paired image/saliency augmentation and the two samplers (spec §1.1, §2, §3).
+
+On-disk layout (the official challenge archives; the ground-truth CSV may sit in its folder or next to it)::
+
+    <root>/
+      ISIC2018_Task3_Training_Input/ISIC_0024306.jpg ...
+      ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv  image,MEL,...,VASC
+      ISIC2018_Task3_Training_LesionGroupings.csv      image,lesion_id,diagnosis_confirm_type
+      ISIC2018_Task3_Validation_Input/ + ..._Validation_GroundTruth(.csv)
+      ISIC2018_Task3_Test_Input/       + ..._Test_GroundTruth(.csv)
+      splits/<split>_seed<seed>.csv    (written by us: image,label,subset,part)
+      saliency/<same relative path as the image>.png  (+ saliency.json: the method that ran)
+
+Splits (``data.split``): ``official`` (train / validation / test sets as released), ``spmix_repo`` (the released
+code: train ∪ validation pooled, a seeded held-out set of ``holdout_per_class`` = 46 images per class used for
+evaluation and model selection), ``lesion_disjoint`` (the same 46/class test set but drawn by ``lesion_id`` so no
+lesion is in two subsets, plus a separate lesion-disjoint validation set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
+SPLITS = ("official", "spmix_repo", "lesion_disjoint")
+ISIC_MEAN = (0.765, 0.545, 0.569)
+ISIC_STD = (0.140, 0.151, 0.169)
+RANDAUG_FILL = (0.7893, 0.5683, 0.5930)
+
+
+class DatasetFormatError(ValueError):
+    """The dataset on disk does not follow the ISIC 2018 Task 3 layout; the message names the file and fix."""
+
+
+def input_dir(root: Path, part: str) -> Path:
+    return root / f"ISIC2018_Task3_{PARTS[part]}_Input"
+
+
+def ground_truth_csv(root: Path, part: str) -> Path:
+    """The GT CSV of a part, inside ``..._GroundTruth/`` or directly under ``root``."""
+    name = f"ISIC2018_Task3_{PARTS[part]}_GroundTruth"
+    for candidate in (root / name / f"{name}.csv", root / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    raise DatasetFormatError(f"ground truth for the {PARTS[part]} set not found: expected "
+                             f"{root / name / (name + '.csv')}"
+                             f" (or {root / (name + '.csv')}). Unzip the official ISIC 2018 Task 3 archives there "
+                             f"or generate a synthetic set with `python -m spmix.synth --out {root}`")
+
+
+def read_ground_truth(csv_path: Path, image_dir: Path, check_files: bool = True) -> pd.DataFrame:
+    """Parse an ISIC Task 3 one-hot CSV -> DataFrame(image, label, path); label = index in :data:`CLASSES`."""
+    from common.readers import require_columns
+
+    frame = pd.read_csv(csv_path)
+    require_columns(frame, ["image", *CLASSES], csv_path)
+    extra = [c for c in frame.columns if c not in ("image", *CLASSES)]
+    if extra:
+        raise DatasetFormatError(f"{csv_path}: unknown column(s) {extra}; ISIC 2018 Task 3 has exactly image,"
+                                 f"{','.join(CLASSES)}")
+    onehot = frame[list(CLASSES)].to_numpy(dtype=np.float64)
+    if not np.isin(onehot, (0.0, 1.0)).all():
+        raise DatasetFormatError(f"{csv_path}: class columns must hold 0/1 (or 0.0/1.0) values")
+    positives = onehot.sum(axis=1)
+    bad = np.flatnonzero(positives != 1)
+    if bad.size:
+        row = bad[0]
+        raise DatasetFormatError(f"{csv_path}: row {row + 2} (image {frame['image'].iloc[row]}) has "
+                                 f"{int(positives[row])} positive classes; every image needs exactly one")
+    out = pd.DataFrame({"image": frame["image"].astype(str), "label": onehot.argmax(axis=1).astype(int)})
+    out["path"] = [str(image_dir / f"{name}.jpg") for name in out["image"]]
+    if check_files:
+        missing = [p for p in out["path"] if not Path(p).is_file()]
+        if missing:
+            raise DatasetFormatError(f"{csv_path} lists {len(missing)} image(s) absent from {image_dir}, e.g. "
+                                     f"{missing[0]}. Re-extract the images or remove the rows")
+    return out
+
+
+def read_part(root: str | Path, part: str, check_files: bool = True) -> pd.DataFrame:
+    """One released part (``train``/``val``/``test``) -> DataFrame(image, label, path, part)."""
+    root = Path(root)
+    frame = read_ground_truth(ground_truth_csv(root, part), input_dir(root, part), check_files)
+    frame["part"] = part
+    return frame
+
+
+def read_lesion_groups(root: Path) -> pd.DataFrame:
+    from common.readers import require_columns
+
+    path = root / "ISIC2018_Task3_Training_LesionGroupings.csv"
+    if not path.is_file():
+        raise DatasetFormatError(f"split lesion_disjoint needs {path} (HAM10000 metadata: image,lesion_id,...)")
+    frame = pd.read_csv(path)
+    require_columns(frame, ["image", "lesion_id"], path)
+    return frame[["image", "lesion_id"]]
+
+
+def _holdout(frame: pd.DataFrame, per_class: int, rng: np.random.Generator, group: str | None) -> np.ndarray:
+    """Boolean mask of a held-out set with ``per_class`` images per class (fewer where a class is smaller);
+    with ``group`` whole groups (lesions) are taken until the class quota is reached."""
+    chosen = np.zeros(len(frame), dtype=bool)
+    for c in range(len(CLASSES)):
+        idx = np.flatnonzero(frame["label"].to_numpy() == c)
+        if idx.size == 0:
+            continue
+        quota = min(per_class, idx.size // 2)
+        if group is None:
+            chosen[rng.choice(idx, size=quota, replace=False)] = True
+            continue
+        groups = frame[group].to_numpy()[idx]
+        taken = 0
+        for g in rng.permutation(np.unique(groups)):
+            if taken >= quota:
+                break
+            members = idx[groups == g]
+            chosen[members] = True
+            taken += members.size
+    return chosen
+
+
+def make_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46) -> pd.DataFrame:
+    """DataFrame(image, label, path, part, subset) with subset in train/val/test for ``split``."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise ValueError(f"data.split={split!r} is unknown; use one of {SPLITS}")
+    train, val = read_part(root, "train"), read_part(root, "val")
+    if split == "official":
+        test = read_part(root, "test")
+        for frame, subset in ((train, "train"), (val, "val"), (test, "test")):
+            frame["subset"] = subset
+        return pd.concat([train, val, test], ignore_index=True)
+    pool = pd.concat([train, val], ignore_index=True)
+    rng = np.random.default_rng(seed)
+    if split == "spmix_repo":
+        held = _holdout(pool, holdout_per_class, rng, None)
+        pool["subset"] = np.where(held, "test", "train")
+        extra = pool[held].copy()
+        extra["subset"] = "val"  # the released code selects the best epoch on the reported list
+        return pd.concat([pool, extra], ignore_index=True)
+    groups = read_lesion_groups(root)
+    pool = pool.merge(groups, on="image", how="left")
+    pool["lesion_id"] = pool["lesion_id"].fillna(pool["image"])  # validation images have no grouping row
+    test = _holdout(pool, holdout_per_class, rng, "lesion_id")
+    rest = pool[~test]
+    val_mask = _holdout(rest, max(holdout_per_class // 4, 1), rng, "lesion_id")
+    subset = np.full(len(pool), "train", dtype=object)
+    subset[test] = "test"
+    subset[np.flatnonzero(~test)[val_mask]] = "val"
+    pool["subset"] = subset
+    return pool.drop(columns=["lesion_id"])
+
+
+def load_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46) -> pd.DataFrame:
+    """Read ``<root>/splits/<split>_seed<seed>.csv`` or create and write it (paths resolved against ``root``)."""
+    root = Path(root)
+    path = root / "splits" / f"{split}_seed{seed}.csv"
+    if path.is_file():
+        frame = pd.read_csv(path)
+        from common.readers import require_columns
+
+        require_columns(frame, ["image", "label", "part", "subset"], path)
+        frame["path"] = [str(input_dir(root, p) / f"{i}.jpg") for i, p in zip(frame["image"], frame["part"])]
+        return frame
+    frame = make_split(root, split, seed, holdout_per_class)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame[["image", "label", "part", "subset"]].to_csv(path, index=False)
+    return frame
+
+
+def class_counts(labels: Sequence[int], num_classes: int = len(CLASSES)) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+
+
+# --------------------------------------------------------------------------------------------- samplers
+def class_balanced_weights(labels: Sequence[int], power: float = 1.0) -> torch.Tensor:
+    """Per-sample weights ``1 / n_c^power`` rescaled to sum to C (released code's ``weighted_alpha`` = 1)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels).astype(np.float64)
+    w = 1.0 / np.power(counts[labels], power)
+    w = w / w.sum() * np.count_nonzero(counts)
+    return torch.as_tensor(w, dtype=torch.double)
+
+
+def make_train_sampler(labels: Sequence[int], kind: str, seed: int, num_samples: int | None = None
+                       ) -> WeightedRandomSampler | None:
+    """``instance`` -> None (plain shuffling); ``class_balanced`` -> WeightedRandomSampler with replacement."""
+    if kind == "instance":
+        return None
+    if kind != "class_balanced":
+        raise ValueError(f"sampler {kind!r} is unknown; use instance or class_balanced")
+    from common.seed import make_generator
+
+    weights = class_balanced_weights(labels)
+    return WeightedRandomSampler(weights, num_samples or len(weights), replacement=True,
+                                 generator=make_generator(seed))
+
+
+# --------------------------------------------------------------------------------------------- transforms
+@dataclass
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    randaug_n: int = 2
+    randaug_magnitude: float = 10.0
+    color_jitter: float = 0.4
+    eval_resize_ratio: float = 256 / 224
+
+
+def _randaugment_ops(m: float) -> list:
+    """RandAugment (n ops of this list at magnitude m/10 of the maximum). Affine ops move image and saliency
+    together (mask target); colour ops are image-only transforms in albumentations, so saliency is untouched."""
+    import albumentations as A
+
+    f = m / 10.0
+    fill = tuple(int(round(v * 255)) for v in RANDAUG_FILL)
+    aff = {"fill": fill, "fill_mask": 0, "p": 1.0, "mask_interpolation": 1}
+    return [
+        A.Affine(rotate=(-30 * f, 30 * f), **aff),
+        A.Affine(shear={"x": (-16.7 * f, 16.7 * f), "y": (0, 0)}, **aff),
+        A.Affine(shear={"x": (0, 0), "y": (-16.7 * f, 16.7 * f)}, **aff),
+        A.Affine(translate_percent={"x": (-0.45 * f, 0.45 * f), "y": (0, 0)}, **aff),
+        A.Affine(translate_percent={"x": (0, 0), "y": (-0.45 * f, 0.45 * f)}, **aff),
+        A.AutoContrast(p=1.0),
+        A.Equalize(p=1.0),
+        A.Posterize(num_bits=max(1, int(round(8 - 4 * f))), p=1.0),
+        A.Solarize(threshold_range=(1 - 0.5 * f, 1 - 0.5 * f), p=1.0),
+        A.ColorJitter(brightness=0.9 * f, contrast=0.9 * f, saturation=0.9 * f, hue=0, p=1.0),
+        A.Sharpen(alpha=(0.1, 0.9 * f), p=1.0),
+    ]
+
+
+def train_transforms(size: int, aug: AugmentConfig) -> tuple:
+    """The two training views (released ``ISICImageFolder``): q = crop, flip, jitter, RandAugment; k = crop,
+    jitter, grey, blur, flip. Geometry is shared by ``image`` and the ``sal`` target."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    cj = aug.color_jitter
+    crop = {"size": (size, size), "scale": tuple(aug.crop_scale), "mask_interpolation": 1}
+    tail = [A.Normalize(mean=ISIC_MEAN, std=ISIC_STD), ToTensorV2()]
+    q = A.Compose([A.RandomResizedCrop(**crop), A.HorizontalFlip(p=0.5),
+                   A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0, p=1.0),
+                   A.SomeOf(_randaugment_ops(aug.randaug_magnitude), n=aug.randaug_n, p=1.0), *tail],
+                  additional_targets={"sal": "mask"})
+    k = A.Compose([A.RandomResizedCrop(**crop), A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0, p=1.0),
+                   A.ToGray(p=0.2), A.GaussianBlur(sigma_limit=(0.1, 2.0), p=0.5), A.HorizontalFlip(p=0.5), *tail],
+                  additional_targets={"sal": "mask"})
+    return q, k
+
+
+def eval_transform(size: int, aug: AugmentConfig):
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    resize = int(round(size * aug.eval_resize_ratio))
+    return A.Compose([A.Resize(resize, resize), A.CenterCrop(size, size), A.Normalize(mean=ISIC_MEAN, std=ISIC_STD),
+                      ToTensorV2()], additional_targets={"sal": "mask"})
+
+
+# --------------------------------------------------------------------------------------------- datasets
+def saliency_file(image_path: str | Path, data_root: Path, saliency_root: Path) -> Path:
+    return (saliency_root / Path(image_path).relative_to(data_root)).with_suffix(".png")
+
+
+class ISICDataset(Dataset):
+    """Items: ``image (3,H,W)`` float, ``sal (1,H,W)`` in [0,1], ``label`` int, ``index``; with ``two_views`` also
+    ``image_k``/``sal_k``. ``saliency_root=None`` -> no saliency (eval/predict); labels -1 for unlabeled images."""
+
+    def __init__(self, frame: pd.DataFrame, transforms: Sequence, data_root: str | Path | None = None,
+                 saliency_root: str | Path | None = None, cache: bool = True):
+        self.paths = [str(p) for p in frame["path"]]
+        self.labels = [int(v) for v in frame["label"]] if "label" in frame else [-1] * len(frame)
+        self.names = [str(v) for v in frame["image"]] if "image" in frame else [Path(p).stem for p in self.paths]
+        self.transforms = list(transforms)
+        self.data_root = Path(data_root) if data_root is not None else None
+        self.saliency_root = Path(saliency_root) if saliency_root is not None else None
+        self.cache = cache
+        self._images: dict[int, np.ndarray] = {}
+        self._sals: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        from common.readers import read_image
+
+        if i in self._images:
+            return self._images[i], self._sals.get(i)
+        image = read_image(self.paths[i], mode="RGB")
+        sal = None
+        if self.saliency_root is not None:
+            path = saliency_file(self.paths[i], self.data_root, self.saliency_root)
+            if not path.is_file():
+                raise FileNotFoundError(f"saliency map {path} missing for {self.paths[i]}; run "
+                                        f"`python -m spmix.saliency_maps --images {self.data_root} "
+                                        f"--out {self.saliency_root}` (train.py does it when saliency.precompute=true)")
+            sal = read_image(path, mode="L")
+            if sal.shape != image.shape[:2]:
+                raise ValueError(f"saliency map {path} is {sal.shape}, image {self.paths[i]} is {image.shape[:2]}")
+        if self.cache:
+            self._images[i] = image
+            if sal is not None:
+                self._sals[i] = sal
+        return image, sal
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, sal = self._load(i)
+        item: dict[str, torch.Tensor] = {"label": torch.tensor(self.labels[i]), "index": torch.tensor(i)}
+        sal_f = (sal.astype(np.float32) / 255.0) if sal is not None else np.zeros(image.shape[:2], np.float32)
+        for k, transform in enumerate(self.transforms):
+            out = transform(image=image, sal=sal_f)
+            suffix = "" if k == 0 else "_k"
+            item[f"image{suffix}"] = out["image"]
+            item[f"sal{suffix}"] = torch.as_tensor(out["sal"], dtype=torch.float32).unsqueeze(0)
+        return item
+
+
+def list_unlabeled(folder: str | Path) -> pd.DataFrame:
+    """Images of a folder (``*.jpg|*.jpeg|*.png``) -> DataFrame(image, path) for predict mode."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"predict folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise FileNotFoundError(f"no .jpg/.png images in {folder}")
+    return pd.DataFrame({"image": [p.stem for p in paths], "path": [str(p) for p in paths]})
