@@ -26,7 +26,7 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import build_arg_parser, parse_cli, to_dict
-from common.rundir import create_run_dir, resolve_path
+from common.rundir import create_run_dir, latest_run, resolve_path
 from common.runtime import init_distributed, make_grad_scaler, make_sampler, maybe_compile, pick_device, wrap_ddp
 from common.seed import loader_seed_kwargs, seed_everything
 from common.tracking import Tracker, plot_curves
@@ -37,11 +37,28 @@ from pamsr.losses import RecLoss, SRLoss
 from pamsr.models import build_model, count_parameters
 from pamsr.settings import Config
 
-__all__ = ["PROJECT_DIR", "SWINIR_SOURCE", "run_training", "main"]
+__all__ = ["PROJECT_DIR", "SWINIR_SOURCE", "resolve_init_from", "run_training", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 SWINIR_SOURCE = ("001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth (github.com/JingyunLiang/SwinIR releases, v0.0); "
                  "re-save its `params` dict with torch.save so that it loads as a plain state dict")
+
+
+def resolve_init_from(cfg: Config) -> Path | None:
+    """``model.init_from``: a checkpoint path, or ``latest:<experiment>`` = best.pt of that experiment's newest run
+    (the progressive x2 -> x4/x8 initialisation of the official code)."""
+    spec = cfg.model.init_from
+    if not spec:
+        return None
+    if spec.startswith("latest:"):
+        experiment = spec.split(":", 1)[1]
+        run = latest_run("pamsr", experiment, root=cfg.runs_root, require="checkpoints/best.pt")
+        if run is None:
+            raise FileNotFoundError(f"model.init_from={spec}: no run of experiment `{experiment}` under "
+                                    f"{resolve_path(cfg.runs_root) / 'pamsr'} has checkpoints/best.pt; train it first "
+                                    f"(python train.py --config configs/{experiment}.yaml) or give a checkpoint path")
+        return run / "checkpoints" / "best.pt"
+    return resolve_path(spec)
 
 
 def _init_model(model: torch.nn.Module, cfg: Config, init_weights: str | None) -> None:
@@ -49,7 +66,7 @@ def _init_model(model: torch.nn.Module, cfg: Config, init_weights: str | None) -
         report = load_pretrained(model, cfg.model.pretrained, what="SwinIR-M (classical SR, DF2K)",
                                  source=SWINIR_SOURCE)
         print(f"pretrained weights: {report}")
-    for path in (cfg.model.init_from, init_weights):
+    for path in (resolve_init_from(cfg), init_weights):
         if path:
             report = load_init_weights(model, resolve_path(path))
             print(f"init weights from {path}: skipped (shape) {report['shape_mismatch']}, missing {report['missing']}")

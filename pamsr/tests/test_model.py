@@ -74,3 +74,17 @@ def test_x2_checkpoint_initialises_x4(tmp_path):
     for name, tensor in x4.state_dict().items():
         if name in x2.state_dict() and not name.startswith("upsample.2"):
             assert torch.equal(tensor, x2.state_dict()[name]), name
+
+
+def test_init_from_latest_experiment(tmp_path):
+    from common.config import load_config
+    from pamsr.settings import Config
+    from pamsr.train import PROJECT_DIR, resolve_init_from
+
+    cfg = load_config(Config, PROJECT_DIR / "configs" / "paper_x4.yaml", [f"runs_root={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="paper_x2"):
+        resolve_init_from(cfg)
+    best = tmp_path / "pamsr" / "paper_x2" / "20260101-000000" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    torch.save({"model": tiny(2).state_dict()}, best)
+    assert resolve_init_from(cfg) == best
