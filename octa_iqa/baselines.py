@@ -1,0 +1,187 @@
+"""Baselines of the comparison (spec section 4, our choices; UNO-QA's own baselines are not available).
+
+All anomaly baselines use the same frozen backbone as UNO-QA (so the comparison isolates the adaptors + bank +
+clustering), the same outstanding-only training images and the same tau rule (95th percentile of the held-out
+outstanding scores). The ungradable/gradable split is a second threshold on the same score (Otsu over the
+non-outstanding scores, or the upper cut of a 3-component GMM): this shows what test-time clustering adds.
+
+- ``padim``: per-position Gaussian of layers 1-3 (random 100-channel subset), Mahalanobis distance, image score =
+  max of the map (Defard et al., ICPR 2021; anomalib defaults);
+- ``patchcore``: layers 2-3 with 3x3 neighbourhood aggregation, greedy coreset (10 %), nearest-neighbour distance,
+  image score = max (Roth et al., CVPR 2022; without the re-weighting step);
+- ``kmeans_raw``: k-means (k = 3) on PCA of pooled raw backbone features; clusters named by their distance to the
+  mean of the outstanding training images (nearest = outstanding, farthest = ungradable);
+- ``supervised``: the same backbone + a linear head fine-tuned with cross-entropy on all training labels (the upper
+  bound, as in the dataset's own paper, COIPS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from octa_iqa.data import QualityDataset, Record
+from octa_iqa.engine import make_loader
+from octa_iqa.model import greedy_coreset, nearest_distances
+from octa_iqa.settings import Config
+from octa_iqa.thresholds import quantile_threshold, second_threshold
+
+__all__ = ["BaselineOutput", "backbone_features", "two_threshold_labels", "padim", "patchcore", "kmeans_raw",
+           "supervised"]
+
+
+@dataclass
+class BaselineOutput:
+    """``pred`` (N,) in {0, 1, 2}; ``score`` (N,) outstanding-vs-rest score (higher = worse); ``ug_score`` (N,)."""
+
+    pred: np.ndarray
+    score: np.ndarray
+    ug_score: np.ndarray
+
+
+@torch.no_grad()
+def backbone_features(backbone: nn.Module, records: Sequence[Record], cfg: Config, device: torch.device
+                      ) -> list[torch.Tensor]:
+    """Frozen backbone outputs per scale, each (N, C_l, H_l, W_l) on CPU."""
+    backbone.eval()
+    loader = make_loader(QualityDataset(records, cfg.data, cfg.model.pretrained), cfg.optim.batch_size, False,
+                         cfg.seed, cfg.data.num_workers)
+    outs: list[list[torch.Tensor]] = []
+    for batch in loader:
+        feats = backbone(batch["image"].to(device))
+        outs.append([f.cpu() for f in feats])
+    return [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def two_threshold_labels(scores: np.ndarray, tau: float, rule: str = "otsu", seed: int = 0) -> np.ndarray:
+    """s <= tau: outstanding (2); above: a second cut splits gradable (1) from ungradable (0)."""
+    non = scores > tau
+    pred = np.full(len(scores), 2, np.int64)
+    if non.any():
+        cut = second_threshold(scores[non] if rule == "otsu" else scores, rule, seed)
+        pred[non] = np.where(scores[non] > cut, 0, 1)
+    return pred
+
+
+def _concat_scales(feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    size = feats[0].shape[-2:]
+    return torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear",
+                                                                   align_corners=False) for f in feats], dim=1)
+
+
+def _padim_maps(feats: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """(N, d, H, W) features -> (N, H*W) Mahalanobis distances."""
+    x = feats.flatten(2).permute(2, 0, 1)  # (P, N, d)
+    delta = x - mean[:, None, :]
+    dist = torch.einsum("pnd,pde,pne->pn", delta, inv_cov, delta).clamp_min(0).sqrt()
+    return dist.T
+
+
+def padim(train: Sequence[torch.Tensor], hold: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config
+          ) -> BaselineOutput:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fit = _concat_scales(train)
+    idx = torch.randperm(fit.shape[1], generator=gen)[: cfg.baselines.padim_dims]
+    fit = fit[:, idx].double()
+    x = fit.flatten(2).permute(2, 0, 1)  # (P, N, d)
+    mean = x.mean(1)
+    centred = x - mean[:, None]
+    cov = centred.transpose(1, 2) @ centred / max(x.shape[1] - 1, 1)
+    cov += 0.01 * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    inv_cov = torch.linalg.inv(cov)
+
+    def score(feats: Sequence[torch.Tensor]) -> np.ndarray:
+        maps = _padim_maps(_concat_scales(feats)[:, idx].double(), mean, inv_cov)
+        return maps.max(1).values.numpy()
+
+    return _finish(score(hold), score(test), cfg)
+
+
+def _patchcore_embed(feats: Sequence[torch.Tensor], k: int = 3) -> torch.Tensor:
+    pooled = [F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False) for f in feats[-2:]]
+    emb = _concat_scales(pooled)
+    return emb.flatten(2).transpose(1, 2)  # (N, P, C)
+
+
+def patchcore(train: Sequence[torch.Tensor], hold: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config
+              ) -> BaselineOutput:
+    fit = _patchcore_embed(train)
+    points = fit.reshape(-1, fit.shape[-1])
+    count = max(1, int(round(cfg.baselines.patchcore_coreset_ratio * len(points))))
+    bank = points[greedy_coreset(points, count, cfg.bank.projection_dim, cfg.seed)]
+
+    def score(feats: Sequence[torch.Tensor]) -> np.ndarray:
+        emb = _patchcore_embed(feats)
+        d = nearest_distances(emb.reshape(-1, emb.shape[-1]), bank, k=1)[0][:, 0].sqrt()
+        return d.view(emb.shape[0], emb.shape[1]).max(1).values.numpy()
+
+    return _finish(score(hold), score(test), cfg)
+
+
+def _finish(hold_scores: np.ndarray, test_scores: np.ndarray, cfg: Config) -> BaselineOutput:
+    tau = quantile_threshold(hold_scores, cfg.threshold.quantile)
+    pred = two_threshold_labels(test_scores, tau, cfg.baselines.second_split, cfg.seed)
+    return BaselineOutput(pred, test_scores, test_scores)
+
+
+def kmeans_raw(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config) -> BaselineOutput:
+    """k-means (k = 3) on raw pooled backbone features of the test images; named by distance to the normal mean."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    def pooled(feats: Sequence[torch.Tensor]) -> np.ndarray:
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1).numpy().astype(np.float64)
+
+    x_test, x_train = pooled(test), pooled(train)
+    scaler = StandardScaler().fit(x_test)
+    pca = PCA(min(cfg.cluster.n_components, len(x_test) - 1), random_state=cfg.seed).fit(scaler.transform(x_test))
+    z_test, z_train = pca.transform(scaler.transform(x_test)), pca.transform(scaler.transform(x_train))
+    km = KMeans(3, n_init=cfg.cluster.n_init, random_state=cfg.seed).fit(z_test)
+    normal = z_train.mean(0)
+    order = np.argsort(np.linalg.norm(km.cluster_centers_ - normal, axis=1))  # nearest first
+    name = {int(order[0]): 2, int(order[1]): 1, int(order[2]): 0}
+    pred = np.array([name[int(c)] for c in km.labels_], np.int64)
+    dist = np.linalg.norm(z_test - normal, axis=1)
+    return BaselineOutput(pred, dist, dist)
+
+
+def supervised(backbone_state: dict, train_records: Sequence[Record], test_records: Sequence[Record], cfg: Config,
+               device: torch.device) -> BaselineOutput:
+    """Fine-tune backbone + linear head on all three classes (cross-entropy, flips/+-5 deg/brightness)."""
+    from common.weights import create_timm_model
+
+    spec = cfg.model.pretrained if cfg.model.pretrained not in ("none", "selfsup") else "none"
+    net = create_timm_model(cfg.model.backbone, spec, num_classes=3)
+    if cfg.model.pretrained == "selfsup":
+        net.load_state_dict(backbone_state, strict=False)
+    net.to(device)
+    loader = make_loader(QualityDataset(train_records, cfg.data, cfg.model.pretrained, augment=True, seed=cfg.seed),
+                         cfg.baselines.supervised_batch_size, True, cfg.seed, cfg.data.num_workers)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.baselines.supervised_lr)
+    counts = np.bincount([r.label for r in train_records], minlength=3).astype(np.float64)
+    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / 3, dtype=torch.float32, device=device)
+    for epoch in range(cfg.baselines.supervised_epochs):
+        net.train()
+        total = 0.0
+        for batch in loader:
+            logits = net(batch["image"].to(device))
+            loss = F.cross_entropy(logits, torch.as_tensor(batch["label"], device=device), weight=weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(logits)
+        print(f"[supervised] epoch {epoch + 1}/{cfg.baselines.supervised_epochs} loss={total / len(train_records):.4f}",
+              flush=True)
+    net.eval()
+    test_loader = make_loader(QualityDataset(test_records, cfg.data, cfg.model.pretrained),
+                              cfg.baselines.supervised_batch_size, False, cfg.seed, cfg.data.num_workers)
+    with torch.no_grad():
+        probs = torch.cat([net(b["image"].to(device)).softmax(1).cpu() for b in test_loader]).numpy()
+    ug = probs[:, 0] / np.maximum(probs[:, 0] + probs[:, 1], 1e-12)
+    return BaselineOutput(probs.argmax(1), 1.0 - probs[:, 2], ug)

@@ -1,0 +1,139 @@
+"""Readers on files written by synth.py, the generator's properties, and every kind of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from common.readers import ImageReadError
+from octa_iqa.data import (
+    DataError,
+    QualityDataset,
+    class_counts,
+    read_drac,
+    read_manifest,
+    scan_socta,
+    split_outstanding,
+)
+from octa_iqa.settings import DataConfig, SynthConfig
+from octa_iqa.synth import apply_artefact, render_outstanding, write_dataset
+
+
+@pytest.fixture(scope="module")
+def socta(tmp_path_factory):
+    root = tmp_path_factory.mktemp("socta")
+    write_dataset(root, SynthConfig(size=48, train_counts=[2, 3, 5], test_counts=[1, 1, 2], seed=3))
+    return root
+
+
+def test_reader_counts_labels_and_normal_only(socta):
+    recs = scan_socta(socta, "train")
+    assert class_counts(recs) == {"ungradable": 2, "gradable": 3, "outstanding": 5}
+    assert all(r.path.parent.name == str(r.label) for r in recs)
+    fit, hold = split_outstanding(recs, 0.2, seed=0)
+    assert {r.label for r in fit + hold} == {2}
+    assert len(fit) + len(hold) == 5 and not set(fit) & set(hold)
+
+
+def test_dataset_item_shape_and_range(socta):
+    ds = QualityDataset(scan_socta(socta, "test"), DataConfig(image_size=32))
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+
+
+def test_missing_label_folder_raises(tmp_path, socta):
+    import shutil
+
+    shutil.copytree(socta / "train", tmp_path / "train")
+    shutil.rmtree(tmp_path / "train" / "1")
+    with pytest.raises(DataError, match=r"label folder missing: .*train/1"):
+        scan_socta(tmp_path, "train")
+    with pytest.raises(DataError, match="split folder not found"):
+        scan_socta(tmp_path, "test")
+
+
+def test_unknown_label_folder_raises(tmp_path, socta):
+    import shutil
+
+    shutil.copytree(socta / "train", tmp_path / "train")
+    (tmp_path / "train" / "3").mkdir()
+    with pytest.raises(DataError, match=r"\['3'\]"):
+        scan_socta(tmp_path, "train")
+
+
+def test_unreadable_image_raises_naming_file(tmp_path, socta):
+    import shutil
+
+    shutil.copytree(socta / "test", tmp_path / "test")
+    bad = tmp_path / "test" / "0" / "broken.png"
+    bad.write_bytes(b"not a png")
+    ds = QualityDataset(scan_socta(tmp_path, "test"), DataConfig(image_size=32))
+    index = [r.path for r in ds.records].index(bad)
+    with pytest.raises(ImageReadError, match="broken.png"):
+        ds[index]
+
+
+def test_manifest_reader_and_unknown_label(tmp_path, socta):
+    img = next((socta / "train" / "2").iterdir())
+    good = tmp_path / "m.csv"
+    pd.DataFrame({"path": [str(img), str(img)], "label": ["outstanding", "1"], "split": ["train", "train"]}).to_csv(
+        good, index=False)
+    assert [r.label for r in read_manifest(good, "train")] == [2, 1]
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"path": [str(img)], "label": ["excellent-ish"], "split": ["train"]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"bad.csv row 2: unknown label 'excellent-ish'"):
+        read_manifest(bad, "train")
+    wrong = tmp_path / "wrong.csv"
+    pd.DataFrame({"file": [str(img)], "label": [2], "split": ["train"]}).to_csv(wrong, index=False)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['path'\]"):
+        read_manifest(wrong, "train")
+
+
+def test_drac_reader_with_seeded_split(tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    names = [f"{i}.png" for i in range(12)]
+    for name in names:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / name)
+    pd.DataFrame({"image name": names, "image quality level": [0, 1, 2] * 4}).to_csv(tmp_path / "labels.csv",
+                                                                                     index=False)
+    train = read_drac(tmp_path, "labels.csv", "imgs", "train", 0.25, seed=1)
+    test = read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1)
+    assert len(train) == 9 and len(test) == 3 and {r.label for r in test} == {0, 1, 2}
+    assert (tmp_path / "octa_iqa_split_seed1.csv").is_file()
+    assert read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1) == test
+
+
+def test_synth_deterministic_and_in_range(tmp_path):
+    a = render_outstanding(64, 5)["image"]
+    b = render_outstanding(64, 5)["image"]
+    assert a.tobytes() == b.tobytes()
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    write_dataset(tmp_path / "x", SynthConfig(size=32, train_counts=[1, 1, 1], test_counts=[0, 0, 1], seed=2))
+    write_dataset(tmp_path / "y", SynthConfig(size=32, train_counts=[1, 1, 1], test_counts=[0, 0, 1], seed=2))
+    for f in (tmp_path / "x").rglob("*.png"):
+        assert f.read_bytes() == (tmp_path / "y" / f.relative_to(tmp_path / "x")).read_bytes()
+
+
+def test_synth_faz_is_dark_and_artefacts_are_detectable():
+    sample = render_outstanding(96, 1)
+    img, faz = sample["image"], sample["faz"]
+    assert img[faz].mean() < 0.5 * img.mean()
+
+    def row_jump(x):
+        return float(np.abs(np.diff(x.mean(axis=1))).max())
+
+    def lap_var(x):
+        return float(ndimage.laplace(x).var())
+
+    jumps = [row_jump(apply_artefact(img, "motion", t, 7)) for t in (0.0, 0.5, 1.0)]
+    assert jumps[0] < jumps[1] <= jumps[2]
+    laps = [lap_var(apply_artefact(img, "blur", t, 7)) for t in (0.0, 0.3, 1.0)]
+    assert laps[0] > laps[1] > laps[2]
+    with pytest.raises(ValueError, match="unknown artefact"):
+        apply_artefact(img, "glare", 0.5)
