@@ -89,3 +89,17 @@ def test_config_errors_name_the_key():
         load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", ["data.scale=5"])
     for name in ("default", "paper_x2", "paper_x4", "paper_x8", "paper_x2_rec", "edsr_paper_x2", "rcan_paper_x2"):
         load_config(Config, PROJECT_DIR / "configs" / f"{name}.yaml")
+
+
+def test_preprocess_entry_point_registers_a_folder(synth_root, tmp_path):
+    from pamsr import preprocess
+
+    shutil.copytree(synth_root / "raw", tmp_path / "raw")
+    out = preprocess.main(["--root", str(tmp_path), "--src", "raw", "--dst", "reg", "--subpixel"])
+    assert len(list_samples(tmp_path, "reg")) == 5
+    text = (out / "registration.csv").read_text()
+    truth = (synth_root / "shifts.csv").read_text().splitlines()[1:]
+    for line in truth:
+        sample, shift = line.split(",")
+        row = next(r for r in text.splitlines() if r.startswith(sample + ","))
+        assert abs(float(row.split(",")[1]) - float(shift)) < 0.1
