@@ -78,11 +78,11 @@ def render_image(label: int, lesion: dict, rng: np.random.Generator, size: tuple
     lesion_rgb = lesion["colour"] * (0.9 + 0.2 * smooth_field((H, W), scale=3, rng=rng))[..., None]
     image = image * (1 - soft) + soft * lesion_rgb
     dots = np.zeros((H, W), np.float32)
-    for _ in range(rng.integers(3, 6)):  # the class cue: dots of the class hue inside the lesion
-        r = rng.uniform(0.0, 0.55)
+    for _ in range(rng.integers(4, 8)):  # the class cue: dots of the class hue inside the lesion
+        r = rng.uniform(0.0, 0.5)
         phi = rng.uniform(0, 2 * np.pi)
         dy, dx = r * ay * np.sin(phi), r * ax * np.cos(phi)
-        dots = np.maximum(dots, _disc(rows, cols, cy + dy, cx + dx, rng.uniform(1.8, 2.6)))
+        dots = np.maximum(dots, _disc(rows, cols, cy + dy, cx + dx, rng.uniform(2.8, 4.0)))
     dots = dots[..., None]
     image = image * (1 - dots) + dots * _hue_rgb(CLASS_HUES[label])
     image += rng.normal(0, 0.015, image.shape).astype(np.float32)

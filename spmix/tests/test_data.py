@@ -1,0 +1,126 @@
+"""ISIC 2018 Task 3 reader, splits, samplers and paired augmentation (spec §3, §6.6–6.8)."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from spmix.data import (
+    CLASSES,
+    AugmentConfig,
+    DatasetFormatError,
+    ISICDataset,
+    class_balanced_weights,
+    load_split,
+    make_split,
+    make_train_sampler,
+    read_part,
+    train_transforms,
+)
+from spmix.synth import long_tailed_counts
+
+GT = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv"
+
+
+def test_reader_on_synthetic_set(synth_root):
+    train = read_part(synth_root, "train")
+    counts = np.bincount(train["label"], minlength=7)
+    assert counts.tolist() == long_tailed_counts(120)
+    assert counts[CLASSES.index("NV")] == counts.max()
+    csv = pd.read_csv(synth_root / GT)
+    assert list(csv.columns) == ["image", *CLASSES]
+    first = csv.iloc[0]
+    assert train["label"].iloc[0] == int(np.argmax(first[list(CLASSES)].to_numpy()))
+    assert all(name.startswith("ISIC_") for name in train["image"])
+
+
+def _copy(synth_root, tmp_path):
+    root = tmp_path / "isic"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("splits", "saliency"))
+    return root
+
+
+def test_missing_class_column_is_named(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path)
+    pd.read_csv(root / GT).drop(columns=["DF"]).to_csv(root / GT, index=False)
+    with pytest.raises(Exception, match="DF"):
+        read_part(root, "train")
+
+
+def test_row_with_two_positives(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path)
+    frame = pd.read_csv(root / GT)
+    frame.loc[3, ["MEL", "NV"]] = 1.0
+    frame.to_csv(root / GT, index=False)
+    with pytest.raises(DatasetFormatError, match=r"row 5 .* 2 positive classes"):
+        read_part(root, "train")
+
+
+def test_listed_image_absent(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path)
+    victim = sorted((root / "ISIC2018_Task3_Training_Input").glob("*.jpg"))[7]
+    victim.unlink()
+    with pytest.raises(DatasetFormatError, match=victim.stem):
+        read_part(root, "train")
+
+
+def test_missing_ground_truth_names_the_fix(tmp_path):
+    with pytest.raises(DatasetFormatError, match="spmix.synth"):
+        read_part(tmp_path, "train")
+
+
+def test_splits(synth_root, tmp_path):
+    root = _copy(synth_root, tmp_path)
+    official = make_split(root, "official")
+    assert set(official["subset"]) == {"train", "val", "test"}
+    repo = make_split(root, "spmix_repo", seed=0, holdout_per_class=3)
+    test = repo[repo["subset"] == "test"]
+    assert np.bincount(test["label"], minlength=7).tolist() == [3] * 7  # every class has >= 6 images here
+    assert not set(test["image"]) & set(repo[repo["subset"] == "train"]["image"])
+    lesion = make_split(root, "lesion_disjoint", seed=0, holdout_per_class=3)
+    groups = pd.read_csv(root / "ISIC2018_Task3_Training_LesionGroupings.csv").set_index("image")["lesion_id"]
+    by_subset = {s: set(groups.reindex(lesion[lesion["subset"] == s]["image"]).dropna()) for s in ("train", "test")}
+    assert by_subset["test"] and not by_subset["train"] & by_subset["test"]
+    written = load_split(root, "spmix_repo", seed=0, holdout_per_class=3)
+    assert (root / "splits" / "spmix_repo_seed0.csv").is_file()
+    assert load_split(root, "spmix_repo", seed=0)["image"].tolist() == written["image"].tolist()
+    with pytest.raises(ValueError, match="split"):
+        make_split(root, "random")
+
+
+def test_class_balanced_sampler_near_uniform():
+    counts = (1113, 6705, 514, 327, 1099, 115, 142)
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    w = class_balanced_weights(labels)
+    assert abs(float(w.sum()) - 7) < 1e-6
+    sampler = make_train_sampler(labels, "class_balanced", seed=0, num_samples=70_000)
+    freq = np.bincount(labels[np.fromiter(iter(sampler), dtype=np.int64)], minlength=7) / 70_000
+    assert np.all(np.abs(freq - 1 / 7) < 0.01)
+    assert make_train_sampler(labels, "instance", seed=0) is None
+
+
+def test_paired_augmentation_moves_saliency_with_image(synth_root):
+    frame = read_part(synth_root, "train").iloc[:4]
+    aug = AugmentConfig(crop_scale=(0.3, 1.0), randaug_magnitude=10)
+    q, k = train_transforms(64, aug)
+
+    class GreySaliency(ISICDataset):  # saliency = a copy of the red channel, so geometry must match exactly
+        def _load(self, i):
+            from common.readers import read_image
+
+            image = read_image(self.paths[i], mode="RGB")
+            return image, image[..., 0].copy()
+
+    ds = GreySaliency(frame, [q, k], cache=False)
+    import albumentations as A
+
+    geometric = A.Compose([t for t in q.transforms if not isinstance(t, (A.ColorJitter, A.SomeOf, A.Normalize))
+                           and t.__class__.__name__ != "ToTensorV2"], additional_targets={"sal": "mask"})
+    image, sal = ds._load(0)
+    out = geometric(image=image, sal=sal.astype(np.float32))
+    assert np.allclose(out["image"][..., 0].astype(np.float32), out["sal"], atol=1.0)
+    item = ds[1]
+    assert item["image"].shape == (3, 64, 64) and item["sal"].shape == (1, 64, 64)
+    assert item["image_k"].shape == (3, 64, 64) and item["sal_k"].shape == (1, 64, 64)
+    assert torch.is_tensor(item["label"])
