@@ -63,7 +63,8 @@ def test_eval_and_predict_modes(tmp_path):
 def test_config_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(_args(tmp_path, "coarse.stepz=3"))
-    assert "coarse.steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "coarse.stepz" in err and "steps" in err
     from common.config import ConfigError
 
     with pytest.raises(ConfigError, match="curves.overrides"):
