@@ -114,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         rows.append({"method": method, **{k: v for k, v in summary.items() if k != "n_cases"},
                      "params": params, "minutes": (time.time() - t0) / 60})
         print(f"== {method}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()), flush=True)
+        write_comparison(rows, out.path, "PAMSR (partial: run in progress)", notes="Rows so far; the run continues.")
 
     figures = []
     if any(k[0] == "pamsr" for k in preds) and any(k[0] == "bicubic" for k in preds):
