@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--n-synth", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/bench/yolocurvseg")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     rows = [bench_curves(args.size, args.n_curves, name) for name in sorted(PRESETS)]
     rows += [bench_synthesis(args.size, args.n_synth, 64, 9, device),

@@ -212,11 +212,11 @@ def grow_tree(shape: tuple[int, int], params: SCAParams, rng: int | np.random.Ge
     nearest = np.full(len(attractors), -1, np.int64)
     near_d = np.full(len(attractors), np.inf)
     new_idx = np.arange(len(roots))
+    pos_np = np.asarray(roots, dtype=np.float64).reshape(-1, 2)  # array mirror of ``pos`` for vectorised lookups
     for _ in range(p.max_iter):
         if len(attractors) == 0:
             break
-        new_pos = np.asarray([pos[i] for i in new_idx])
-        d, j = cKDTree(new_pos).query(attractors)
+        d, j = cKDTree(pos_np[new_idx]).query(attractors)
         closer = d < near_d
         near_d[closer], nearest[closer] = d[closer], new_idx[j[closer]]
         alive &= near_d > p.kill
@@ -225,7 +225,7 @@ def grow_tree(shape: tuple[int, int], params: SCAParams, rng: int | np.random.Ge
             break
         grown: list[int] = []
         owners = nearest[assoc]
-        vecs = attractors[assoc] - np.asarray(pos)[owners]
+        vecs = attractors[assoc] - pos_np[owners]
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-12
         order = np.argsort(owners, kind="stable")
         owners, vecs = owners[order], vecs[order]
@@ -248,6 +248,7 @@ def grow_tree(shape: tuple[int, int], params: SCAParams, rng: int | np.random.Ge
         if not grown:
             break
         new_idx = np.asarray(grown)
+        pos_np = np.concatenate([pos_np, np.asarray(pos[len(pos_np):])])
     pos_arr = np.asarray(pos, dtype=np.float64).reshape(-1, 2)
     parent_arr = np.asarray(parent, dtype=np.int64)
     return SCATree(pos_arr, parent_arr, _pipe_radii(parent_arr, p))
