@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from fpt_plus.train import run_training
 
+    threads = torch.get_num_threads()
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
@@ -195,9 +196,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
              f"(macro one-vs-rest on logits) of the best-validation checkpoint, `auc_final` of the last one; "
              f"`learnable_percent` is for this config's LPM, `learnable_percent_vitb` for the paper's ViT-B/16 at "
              f"512 and `learnable_percent_official` the official README's. `peak_mib`: "
-             f"{rows[0] and results[methods[0]][0]['memory_method']} of one training step; `memory_vs_full` = ratio "
+             f"{results[methods[0]][0]['memory_method']} of one training step; `memory_vs_full` = ratio "
              f"to full fine-tuning in this run. Wall time {wall / 60:.1f} min on "
-             f"{'CUDA' if not on_cpu else f'CPU ({torch.get_num_threads()} threads)'}.")
+             f"{'CUDA' if not on_cpu else f'CPU ({threads} threads available)'}.")
     write_comparison(rows, out, "FPT+ reproduction: methods compared on the same data", figures, notes)
     print((out / "comparison.md").read_text())
     print(f"comparison written to {out} (wall {wall / 60:.1f} min)")
