@@ -17,8 +17,17 @@ from pamsr.models import SwinIR
 from pamsr.settings import DataConfig
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one thread is as fast and immune to oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_tiny_swinir_learns_and_beats_nearest(synth_root):
+def test_tiny_swinir_learns_and_beats_nearest(synth_root, one_thread):
     torch.manual_seed(0)
     cfg = DataConfig(root=str(synth_root), patch_size=16, epoch_size=960, displacement_aug=False,
                      patch_select="random")  # uniform patches also teach the empty background of the scan
