@@ -210,11 +210,12 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     randaug_n: int = 2
     randaug_magnitude: float = 10.0
+    randaug_ops: str = "all"               # all | geometric (affine ops only: keeps colour cues intact)
     color_jitter: float = 0.4
     eval_resize_ratio: float = 256 / 224
 
 
-def _randaugment_ops(m: float) -> list:
+def _randaugment_ops(m: float, which: str = "all") -> list:
     """RandAugment (n ops of this list at magnitude m/10 of the maximum). Affine ops move image and saliency
     together (mask target); colour ops are image-only transforms in albumentations, so saliency is untouched."""
     import albumentations as A
@@ -222,12 +223,18 @@ def _randaugment_ops(m: float) -> list:
     f = m / 10.0
     fill = tuple(int(round(v * 255)) for v in RANDAUG_FILL)
     aff = {"fill": fill, "fill_mask": 0, "p": 1.0, "mask_interpolation": 1}
-    return [
+    geometric = [
         A.Affine(rotate=(-30 * f, 30 * f), **aff),
         A.Affine(shear={"x": (-16.7 * f, 16.7 * f), "y": (0, 0)}, **aff),
         A.Affine(shear={"x": (0, 0), "y": (-16.7 * f, 16.7 * f)}, **aff),
         A.Affine(translate_percent={"x": (-0.45 * f, 0.45 * f), "y": (0, 0)}, **aff),
         A.Affine(translate_percent={"x": (0, 0), "y": (-0.45 * f, 0.45 * f)}, **aff),
+    ]
+    if which == "geometric":
+        return geometric
+    if which != "all":
+        raise ValueError(f"augment.randaug_ops={which!r} is unknown; use all or geometric")
+    return geometric + [
         A.AutoContrast(p=1.0),
         A.Equalize(p=1.0),
         A.Posterize(num_bits=max(1, int(round(8 - 4 * f))), p=1.0),
@@ -246,9 +253,11 @@ def train_transforms(size: int, aug: AugmentConfig) -> tuple:
     cj = aug.color_jitter
     crop = {"size": (size, size), "scale": tuple(aug.crop_scale), "mask_interpolation": 1}
     tail = [A.Normalize(mean=ISIC_MEAN, std=ISIC_STD), ToTensorV2()]
+    ops = _randaugment_ops(aug.randaug_magnitude, aug.randaug_ops)
+    randaug = [A.SomeOf(ops, n=aug.randaug_n, p=1.0)] if aug.randaug_n > 0 else []
     q = A.Compose([A.RandomResizedCrop(**crop), A.HorizontalFlip(p=0.5),
                    A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0, p=1.0),
-                   A.SomeOf(_randaugment_ops(aug.randaug_magnitude), n=aug.randaug_n, p=1.0), *tail],
+                   *randaug, *tail],
                   additional_targets={"sal": "mask"})
     k = A.Compose([A.RandomResizedCrop(**crop), A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0, p=1.0),
                    A.ToGray(p=0.2), A.GaussianBlur(sigma_limit=(0.1, 2.0), p=0.5), A.HorizontalFlip(p=0.5), *tail],

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 HYBRIDS = ("vit_small_resnet50d_s16_224", "tiny_hybrid")
 CNNS = ("resnet50", "resnet18", "tiny_resnet")
+R50D_SOURCE = "timm resnet50d.ra2_in1k (model.safetensors of hf-hub timm/resnet50d.ra2_in1k)"
 
 
 @dataclass
@@ -71,10 +72,12 @@ def _build_backbone(cfg: ModelConfig, img_size: int) -> tuple[nn.Module, int]:
     from common.weights import create_timm_model, load_pretrained
 
     if cfg.backbone == "vit_small_resnet50d_s16_224":
+        if cfg.pretrained == "hub":  # fail before building 57 M parameters
+            load_pretrained(nn.Identity(), "hub", what="the ResNet-50D stages of the hybrid ViT", source=R50D_SOURCE)
         model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, img_size=img_size,
                                   drop_path_rate=cfg.drop_path)
         load_pretrained(model.patch_embed.backbone, cfg.pretrained, what="the ResNet-50D stages of the hybrid ViT",
-                        source="timm resnet50d.ra2_in1k (model.safetensors from hf-hub timm/resnet50d.ra2_in1k)")
+                        source=R50D_SOURCE)
         return model, model.num_features
     if cfg.backbone == "tiny_hybrid":
         from timm.layers import HybridEmbed

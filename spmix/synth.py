@@ -134,16 +134,26 @@ def generate(out: str | Path, train: int = 700, val_per_class: int = 8, test_per
     groups.to_csv(root / "ISIC2018_Task3_Training_LesionGroupings.csv", index=False)
     _, next_id = write_part(root, "val", [val_per_class] * len(CLASSES), rng, next_id, size=size)
     write_part(root, "test", [test_per_class] * len(CLASSES), rng, next_id, size=size)
-    (root / "SYNTHETIC.txt").write_text(f"synthetic ISIC-2018-like set: train={train} val={val_per_class}/class "
-                                        f"test={test_per_class}/class seed={seed} size={size}\n")
+    (root / "SYNTHETIC.txt").write_text(_stamp(train, val_per_class, test_per_class, seed, size))
     return root
 
 
-def ensure_synthetic(out: str | Path, **kwargs) -> Path:
-    """Generate the set unless ``out/SYNTHETIC.txt`` already exists."""
+def _stamp(train: int, val_per_class: int, test_per_class: int, seed: int, size: tuple[int, int]) -> str:
+    return (f"synthetic ISIC-2018-like set: train={train} val={val_per_class}/class test={test_per_class}/class "
+            f"seed={seed} size={tuple(size)}\n")
+
+
+def ensure_synthetic(out: str | Path, train: int = 700, val_per_class: int = 8, test_per_class: int = 30,
+                     seed: int = 0, size: tuple[int, int] = (96, 128)) -> Path:
+    """Generate the set unless ``out/SYNTHETIC.txt`` exists; a set written with other parameters is an error."""
     root = Path(out)
-    if not (root / "SYNTHETIC.txt").is_file():
-        generate(root, **kwargs)
+    stamp = root / "SYNTHETIC.txt"
+    if not stamp.is_file():
+        return generate(root, train, val_per_class, test_per_class, seed, size)
+    wanted = _stamp(train, val_per_class, test_per_class, seed, size)
+    if stamp.read_text() != wanted:
+        raise FileExistsError(f"{root} holds a synthetic set with other parameters ({stamp.read_text().strip()}); "
+                              f"the config asks for: {wanted.strip()}. Delete {root} or set data.root elsewhere")
     return root
 
 

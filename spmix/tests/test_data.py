@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from spmix.data import (
     CLASSES,
     AugmentConfig,

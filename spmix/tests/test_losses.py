@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+
 from spmix.losses import ClassificationLoss, LabelQueue, PaCoLoss, effective_number_weights, soft_cross_entropy
 
 COUNTS = (1113, 6705, 514, 327, 1099, 115, 142)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from spmix.model import ModelConfig, SPMixNet, count_parameters
 
 SMALL = dict(tiny_channels=(8, 16, 32, 64), tiny_embed_dim=32, tiny_depth=2, tiny_heads=2, proj_hidden=32,

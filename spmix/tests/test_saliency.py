@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from spmix.mixing import patch_scores
 from spmix.saliency_maps import (
     SaliencyUnavailableError,
@@ -27,24 +28,32 @@ def test_opencv_contrib_saliency_is_importable():
 
 
 @pytest.mark.parametrize("method", ["fine_grained", "spectral_residual"])
-def test_saliency_peaks_on_the_lesion(method):
+def test_saliency_peaks_on_a_dark_disc(method):
+    """Spec §6.1: one dark disc on skin at 224 px -> the best of the 14 x 14 patch scores is within one patch of it."""
+    from common.synthetic import ellipse_mask, smooth_field
+
+    rng = np.random.default_rng(1)
+    for center in ((60, 150), (170, 80), (112, 112)):
+        skin = np.array([0.86, 0.68, 0.58], np.float32) * (0.9 + 0.1 * smooth_field((224, 224), 20, rng))[..., None]
+        disc = ellipse_mask((224, 224), center, (22, 22))
+        image = np.where(disc[..., None], np.array([0.3, 0.18, 0.12], np.float32), skin)
+        sal = compute_saliency((image * 255).astype(np.uint8), method)
+        scores = patch_scores(torch.from_numpy(sal)[None], 16, tie_noise=0.0)[0].reshape(14, 14)
+        row, col = np.unravel_index(int(scores.argmax()), (14, 14))
+        assert abs(row - center[0] // 16) <= 1 and abs(col - center[1] // 16) <= 1, (method, center, (row, col))
+
+
+@pytest.mark.parametrize("method", ["fine_grained", "spectral_residual"])
+def test_saliency_follows_the_lesion_on_synthetic_images(method):
+    """Patch scores correlate with how much lesion a patch holds (hair, freckles and shading are distractors)."""
     rng = np.random.default_rng(0)
-    hits = 0
     for _ in range(5):
         image, mask = render_image(2, _random_lesion(rng), rng, size=(96, 128))
-        image, mask = image[:, 16:112], mask[:, 16:112]  # 96 x 96 -> 6 x 6 patch grid
-        if mask.sum() < 200:
-            continue
         sal = compute_saliency(image, method)
         assert sal.shape == image.shape[:2] and sal.min() >= 0 and sal.max() <= 1
-        scores = patch_scores(torch.from_numpy(sal)[None], 16, tie_noise=0.0)[0].reshape(6, 6)
-        lesion_frac = torch.nn.functional.avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], 16)[0, 0]
-        top = np.unravel_index(int(scores.argmax()), (6, 6))
-        # the most salient patch lies on, or within one patch of, the lesion
-        near = lesion_frac[max(top[0] - 1, 0):top[0] + 2, max(top[1] - 1, 0):top[1] + 2].max()
-        hits += int(near > 0.2)
-        assert lesion_frac[scores > scores.median()].mean() > lesion_frac[scores <= scores.median()].mean()
-    assert hits >= 4
+        scores = patch_scores(torch.from_numpy(sal)[None], 16, tie_noise=0.0)[0]
+        lesion = torch.nn.functional.avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], 16).flatten()
+        assert np.corrcoef(scores.numpy(), lesion.numpy())[0, 1] > 0.25
 
 
 def test_explicit_method_without_contrib_fails_loudly(monkeypatch):
