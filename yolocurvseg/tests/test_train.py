@@ -26,15 +26,14 @@ def test_yolocurvseg_pipeline_smoke_and_resume(tmp_path):
     assert (res.run_dir / "eval" / "summary.csv").is_file() and (res.run_dir / "eval" / "coarse_summary.csv").is_file()
     assert 0.0 <= res.summary["dice"] <= 1.0 and "cldice" in res.summary and "hd95" in res.summary
     assert load_checkpoint(ckpts / "last.pt")["extra"]["stage"] == "fine1"
-    # interrupt in the middle of the fine stage: drop its final checkpoint, rewind last.pt to step 2
+    # as if killed before the fine stage finished: drop its final checkpoint, resume with a longer schedule
     (ckpts / "fine1.pt").unlink()
     state = load_checkpoint(ckpts / "last.pt")
     assert state["step"] == 4
     res2 = train.main(_args(tmp_path, "fine.steps=6", "--resume", "auto"))
     assert res2.run_dir == res.run_dir
     assert load_checkpoint(ckpts / "fine1.pt")["step"] == 6
-    rows = (res.run_dir / "metrics.csv").read_text().splitlines()
-    assert any(r.startswith("5,") or ",5," in r for r in rows) or len(rows) > 5
+    assert (ckpts / "cut.pt").stat().st_mtime < (ckpts / "fine1.pt").stat().st_mtime  # finished stages reused
 
 
 @pytest.mark.parametrize("method", ["full_supervision", "pce_skeleton", "synthetic_only"])
