@@ -104,7 +104,8 @@ def read_manifest(path: str | Path, split: str) -> list[Record]:
     require_columns(frame, ["path", "label", "split"], path)
     rows = frame[frame["split"].str.strip() == split]
     if rows.empty:
-        raise DataError(f"{path} has no rows with split == {split!r}; splits present: {sorted(frame['split'].unique())}")
+        present = sorted(frame["split"].unique())
+        raise DataError(f"{path} has no rows with split == {split!r}; splits present: {present}")
     records = []
     for i, row in rows.iterrows():
         label = _parse_label(row["label"], f"{path} row {i + 2}")

@@ -18,8 +18,8 @@ from common.seed import loader_seed_kwargs
 from octa_iqa.model import LowQualityRepresentation, compactness_loss, image_scores
 from octa_iqa.settings import LossConfig
 
-__all__ = ["ScoredSet", "make_loader", "train_one_epoch", "evaluate_loss", "collect_patches", "score_loader",
-           "stack_images"]
+__all__ = ["ScoredSet", "FeatureCache", "cache_features", "make_loader", "train_one_epoch", "evaluate_loss",
+           "collect_patches", "score_loader", "stack_images"]
 
 
 @dataclass
@@ -44,6 +44,34 @@ class ScoredSet:
                                                              "maps")))
 
 
+class FeatureCache(Dataset):
+    """Frozen-backbone features of a record list, computed once: items ``{"feats": [(C_l, H_l, W_l)], "label",
+    "index"}`` (the default collate stacks them per scale). Used when ``data.augment`` is off."""
+
+    def __init__(self, scales: list[torch.Tensor], records: Sequence):
+        self.scales = scales
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"feats": [s[index] for s in self.scales], "label": self.records[index].label, "index": index}
+
+
+@torch.no_grad()
+def cache_features(model: LowQualityRepresentation, loader: DataLoader, device: torch.device) -> FeatureCache:
+    model.eval()
+    outs = [[f.cpu() for f in model.backbone_features(b["image"].to(device))] for b in loader]
+    return FeatureCache([torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))], loader.dataset.records)
+
+
+def _embed(model: LowQualityRepresentation, batch: dict, device: torch.device):
+    if "feats" in batch:
+        return model.embed(feats=[f.to(device) for f in batch["feats"]])
+    return model.embed(batch["image"].to(device))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       **loader_seed_kwargs(seed))
@@ -56,15 +84,15 @@ def train_one_epoch(model: LowQualityRepresentation, loader: DataLoader, optimiz
     totals: dict[str, float] = {}
     n = 0
     for batch in loader:
-        x = batch["image"].to(device)
-        patches = model.embed(x).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim)
-        terms = compactness_loss(patches, model.bank, loss_cfg)
+        n_img = len(batch["label"])
+        patches = _embed(model, batch, device).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim)
+        terms = compactness_loss(patches, model.bank, loss_cfg, model.scale)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
         for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + float(value.detach()) * len(x)
-        n += len(x)
+            totals[key] = totals.get(key, 0.0) + float(value.detach()) * n_img
+        n += n_img
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
@@ -75,10 +103,9 @@ def evaluate_loss(model: LowQualityRepresentation, loader: DataLoader, loss_cfg:
     model.eval()
     total, n = 0.0, 0
     for batch in loader:
-        x = batch["image"].to(device)
-        patches = model.embed(x).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim)
-        total += float(compactness_loss(patches, model.bank, loss_cfg)["loss"]) * len(x)
-        n += len(x)
+        patches = _embed(model, batch, device).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim)
+        total += float(compactness_loss(patches, model.bank, loss_cfg, model.scale)["loss"]) * len(batch["label"])
+        n += len(batch["label"])
     return total / max(n, 1)
 
 
@@ -87,7 +114,7 @@ def collect_patches(model: LowQualityRepresentation, loader: DataLoader, device:
                     max_patches: int | None = None, seed: int = 0) -> torch.Tensor:
     """All adapted patch embeddings (M, E) of a loader (CPU), optionally a seeded sub-sample of ``max_patches``."""
     model.eval()
-    chunks = [model.embed(b["image"].to(device)).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim).cpu()
+    chunks = [_embed(model, b, device).patches.flatten(2).transpose(1, 2).reshape(-1, model.embed_dim).cpu()
               for b in loader]
     points = torch.cat(chunks)
     if max_patches is not None and len(points) > max_patches:
@@ -102,14 +129,15 @@ def score_loader(model: LowQualityRepresentation, loader: DataLoader, device: to
     model.eval()
     out: dict[str, list] = {k: [] for k in ("scores", "patch_mean", "patch_p99", "pooled", "labels", "maps")}
     for batch in loader:
-        x = batch["image"].to(device)
-        dist, emb = model.patch_scores(x)
+        emb = _embed(model, batch, device)
+        dist = model.distances(emb)
+        n_img = len(dist)
         out["scores"].append(image_scores(dist, top_fraction, aggregate).cpu())
         out["patch_mean"].append(dist.mean(1).cpu())
         out["patch_p99"].append(torch.quantile(dist, 0.99, dim=1).cpu())
         out["pooled"].append(torch.cat([s.mean(dim=(2, 3)) for s in emb.scales], dim=1).cpu())
         out["labels"].append(torch.as_tensor(batch["label"]))
-        out["maps"].append(dist.view(len(x), *emb.patches.shape[-2:]).cpu())
+        out["maps"].append(dist.view(n_img, *emb.patches.shape[-2:]).cpu())
     return ScoredSet(*(torch.cat(out[k]).numpy() for k in ("scores", "patch_mean", "patch_p99", "pooled", "labels",
                                                             "maps")))
 

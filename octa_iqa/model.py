@@ -59,6 +59,7 @@ class LowQualityRepresentation(nn.Module):
         self.adaptors = nn.ModuleList(nn.Conv2d(c, adaptor_dim, kernel_size=1) for c in channels)
         self.embed_dim = adaptor_dim * len(channels)
         self.register_buffer("bank", torch.zeros(bank_size, self.embed_dim))
+        self.register_buffer("scale", torch.ones(()))  # mean per-dimension std of the initial normal embeddings
 
     def train(self, mode: bool = True) -> LowQualityRepresentation:
         super().train(mode)
@@ -74,9 +75,10 @@ class LowQualityRepresentation(nn.Module):
                      for f in feats]
         return feats
 
-    def embed(self, x: torch.Tensor) -> Embedding:
-        """(B, 3, S, S) -> :class:`Embedding` with patches (B, E, S/4, S/4)."""
-        feats = self.backbone_features(x)
+    def embed(self, x: torch.Tensor | None = None, feats: list[torch.Tensor] | None = None) -> Embedding:
+        """(B, 3, S, S) images, or their cached :meth:`backbone_features`, -> :class:`Embedding` with patches
+        (B, E, S/4, S/4)."""
+        feats = self.backbone_features(x) if feats is None else feats
         scales = [adaptor(f) for adaptor, f in zip(self.adaptors, feats)]
         size = scales[0].shape[-2:]
         up = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
@@ -99,9 +101,14 @@ class LowQualityRepresentation(nn.Module):
     def patch_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, Embedding]:
         """(B, 3, S, S) -> nearest-centre Euclidean distance per patch (B, H1 * W1) and the embedding."""
         emb = self.embed(x)
+        return self.distances(emb), emb
+
+    @torch.no_grad()
+    def distances(self, emb: Embedding) -> torch.Tensor:
+        """Nearest-centre Euclidean distance per patch (B, H1 * W1) of an embedding."""
         flat = emb.patches.flatten(2).transpose(1, 2)  # (B, P, E)
         dist = nearest_distances(flat.reshape(-1, self.embed_dim), self.bank, k=1)[0][:, 0]
-        return dist.sqrt().view(flat.shape[0], flat.shape[1]), emb
+        return dist.sqrt().view(flat.shape[0], flat.shape[1])
 
 
 def nearest_distances(points: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 8192
@@ -120,15 +127,20 @@ def nearest_distances(points: torch.Tensor, bank: torch.Tensor, k: int = 1, chun
     return torch.cat(values), torch.cat(indices)
 
 
-def compactness_loss(patches: torch.Tensor, bank: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Patches (M, E) vs fixed centres (K, E). Distances are squared L2 per dimension (divided by E) so that the
-    margin and the variance floor have a scale. Returns ``loss`` and its terms."""
+def compactness_loss(patches: torch.Tensor, bank: torch.Tensor, cfg: LossConfig, scale: torch.Tensor | float = 1.0
+                     ) -> dict[str, torch.Tensor]:
+    """Patches (M, E) vs fixed centres (K, E). Everything is measured in units of ``scale`` (the per-dimension std
+    of the initial normal embeddings): squared L2 distances divided by ``E * scale**2``, a hinge asking the second
+    nearest centre to be ``margin`` further than the nearest, and a floor ``variance_floor * scale`` on every
+    dimension's std so that shrinking the embedding (the collapsed solution) is not a way to be compact.
+    Returns ``loss`` and its terms."""
     dim = patches.shape[1]
+    scale = torch.as_tensor(scale, dtype=patches.dtype, device=patches.device).detach()
     d, _ = nearest_distances(patches, bank.detach(), k=2, chunk=patches.shape[0])
-    d = d / dim
+    d = d / (dim * scale**2)
     compact = d[:, 0].mean()
     hinge = F.relu(cfg.margin + d[:, 0] - d[:, 1]).mean() if d.shape[1] > 1 else torch.zeros((), device=d.device)
-    std = torch.sqrt(patches.var(dim=0) + 1e-4)
+    std = torch.sqrt(patches.var(dim=0) + 1e-8) / scale
     variance = F.relu(cfg.variance_floor - std).mean()
     loss = compact + cfg.margin_weight * hinge + cfg.variance_weight * variance
     return {"loss": loss, "compact": compact.detach(), "hinge": hinge.detach(), "variance": variance.detach()}
@@ -143,13 +155,39 @@ def image_scores(patch_scores: torch.Tensor, top_fraction: float = 0.01, aggrega
     return patch_scores.topk(k, dim=1).values.mean(dim=1)
 
 
-def kmeans_bank(points: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """K-means centres (size, E) of (M, E) patch embeddings (scikit-learn, one seeded k-means++ start)."""
-    from sklearn.cluster import KMeans
+def kmeans_bank(points: np.ndarray | torch.Tensor, size: int, seed: int, iters: int = 15,
+                init: torch.Tensor | None = None) -> torch.Tensor:
+    """K-means centres (size, E) of (M, E) patch embeddings: seeded k-means++ initialisation (or a warm start from
+    ``init``, the previous bank) + Lloyd iterations in torch (matrix products; scikit-learn's KMeans is several
+    times slower at K = 256 on a CPU)."""
+    x = torch.as_tensor(points, dtype=torch.float32)
+    size = min(size, len(x))
+    if init is not None and init.shape == (size, x.shape[1]):
+        return _lloyd(x, init.float().clone(), iters)
+    gen = torch.Generator().manual_seed(seed)
+    x_sq = (x * x).sum(1)
+    first = int(torch.randint(len(x), (1,), generator=gen))
+    centres = [x[first]]
+    d_min = (x_sq - 2 * x @ x[first] + x_sq[first]).clamp_min(0)
+    for _ in range(size - 1):
+        probs = d_min / d_min.sum() if float(d_min.sum()) > 0 else torch.full_like(d_min, 1 / len(d_min))
+        idx = int(torch.multinomial(probs, 1, generator=gen))
+        centres.append(x[idx])
+        d_min = torch.minimum(d_min, (x_sq - 2 * x @ x[idx] + x_sq[idx]).clamp_min(0))
+    return _lloyd(x, torch.stack(centres), iters)
 
-    size = min(size, len(points))
-    km = KMeans(n_clusters=size, n_init=1, max_iter=50, random_state=seed).fit(points)
-    return km.cluster_centers_.astype(np.float32)
+
+def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int) -> torch.Tensor:
+    size = len(c)
+    for _ in range(iters):
+        assign = nearest_distances(x, c, k=1)[1][:, 0]
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=size).to(x.dtype)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        if torch.allclose(moved, c):
+            break
+        c = moved
+    return c
 
 
 def greedy_coreset(points: torch.Tensor, count: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -170,8 +208,9 @@ def greedy_coreset(points: torch.Tensor, count: int, projection_dim: int = 128, 
     return torch.tensor(selected, dtype=torch.long)
 
 
-def fit_bank(points: torch.Tensor, cfg: BankConfig, seed: int) -> torch.Tensor:
-    """Memory bank from (M, E) normal patch embeddings: k-means centres on a seeded sub-sample, or a coreset."""
+def fit_bank(points: torch.Tensor, cfg: BankConfig, seed: int, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Memory bank from (M, E) normal patch embeddings: k-means centres on a seeded sub-sample (warm-started from
+    the ``previous`` bank when given), or a coreset."""
     points = points.detach().float().cpu()
     if cfg.kind == "coreset":
         idx = greedy_coreset(points, max(1, int(round(cfg.coreset_ratio * len(points)))), cfg.projection_dim, seed)
@@ -179,7 +218,7 @@ def fit_bank(points: torch.Tensor, cfg: BankConfig, seed: int) -> torch.Tensor:
     if len(points) > cfg.fit_patches:
         sel = torch.from_numpy(np.random.default_rng(seed).choice(len(points), cfg.fit_patches, replace=False))
         points = points[sel]
-    return torch.from_numpy(kmeans_bank(points.numpy(), cfg.size, seed))
+    return kmeans_bank(points, cfg.size, seed, init=previous)
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.config import ConfigError, load_config
 from common.rundir import create_run_dir

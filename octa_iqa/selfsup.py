@@ -35,7 +35,8 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, cfg: SelfSupConfig) -> dict[
         off = c - torch.diag(torch.diag(c))
         cov = cov + (off**2).sum() / z.shape[1] / 2
     loss = cfg.sim_weight * sim + cfg.var_weight * var + cfg.cov_weight * cov
-    return {"loss": loss, "sim": sim.detach(), "var": torch.as_tensor(var).detach(), "cov": torch.as_tensor(cov).detach()}
+    return {"loss": loss, "sim": sim.detach(), "var": torch.as_tensor(var).detach(),
+            "cov": torch.as_tensor(cov).detach()}
 
 
 def make_views(images: torch.Tensor, crop_fraction: float, gen: torch.Generator) -> torch.Tensor:

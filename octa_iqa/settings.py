@@ -65,7 +65,8 @@ class DataConfig:
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.format == "manifest" and not self.manifest:
-            raise ValueError("data.format=manifest needs data.manifest=/path/to/manifest.csv (columns path,label,split)")
+            raise ValueError("data.format=manifest needs data.manifest=/path/to/manifest.csv "
+                             "(columns path,label,split)")
 
 
 @dataclass
@@ -104,18 +105,19 @@ class BankConfig:
     kind: Literal["kmeans", "coreset"] = "kmeans"
     size: int = 256
     coreset_ratio: float = 0.1
-    fit_patches: int = 40000  # patches sub-sampled for k-means (all are used by the coreset)
+    fit_patches: int = 10000  # patches sub-sampled for k-means (all are used by the coreset)
     projection_dim: int = 128  # coreset selection runs on a random projection (PatchCore)
 
 
 @dataclass
 class LossConfig:
-    """Compactness (squared distance to the nearest centre) + margin hinge + variance floor (ours, non-collapse)."""
+    """Compactness (squared distance to the nearest centre) + margin hinge + variance floor (ours, non-collapse);
+    all in units of the initial per-dimension std of the normal embeddings."""
 
     margin: float = 0.1
     margin_weight: float = 1.0
     variance_weight: float = 1.0
-    variance_floor: float = 1.0
+    variance_floor: float = 0.5
 
 
 @dataclass

@@ -10,6 +10,7 @@ compactness objective, bank refreshed, compactness loss on the held-out 10 % of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -32,7 +33,15 @@ from common.runtime import pick_device
 from common.seed import seed_everything
 from common.tracking import Tracker, plot_curves
 from octa_iqa.data import QualityDataset, format_counts, load_records, prepare_data, split_outstanding
-from octa_iqa.engine import collect_patches, evaluate_loss, make_loader, score_loader, stack_images, train_one_epoch
+from octa_iqa.engine import (
+    cache_features,
+    collect_patches,
+    evaluate_loss,
+    make_loader,
+    score_loader,
+    stack_images,
+    train_one_epoch,
+)
 from octa_iqa.model import LowQualityRepresentation, build_backbone, count_trainable, fit_bank
 from octa_iqa.selfsup import pretrain_backbone
 from octa_iqa.settings import Config
@@ -62,6 +71,24 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _bank_patches(cfg: Config) -> int | None:
+    """k-means sees a seeded sub-sample of ``bank.fit_patches`` patches; the coreset selects from all of them."""
+    return cfg.bank.fit_patches if cfg.bank.kind == "kmeans" else None
+
+
+def _cached(model: LowQualityRepresentation, cfg: Config, fit_loader, hold_loader, train_loader, device):
+    """The backbone is frozen from here on: compute its features once for the un-augmented loaders (and for
+    training too when ``data.augment`` is off)."""
+    fit_cache = cache_features(model, fit_loader, device)
+    hold_cache = cache_features(model, hold_loader, device)
+    bs, workers = cfg.optim.batch_size, cfg.data.num_workers
+    fit_loader = make_loader(fit_cache, bs, False, cfg.seed, workers)
+    hold_loader = make_loader(hold_cache, bs, False, cfg.seed, workers)
+    if not cfg.data.augment:
+        train_loader = make_loader(fit_cache, bs, True, cfg.seed, workers)
+    return fit_loader, hold_loader, train_loader
 
 
 def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
@@ -106,6 +133,7 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
         best = math.inf if best_metric is None else best_metric
         extra.update(ckpt.get("extra", {}))
         print(f"[train] resumed from {resume_path} at epoch {start_epoch}", flush=True)
+        fit_loader, hold_loader, train_loader = _cached(model, cfg, fit_loader, hold_loader, train_loader, device)
     else:
         if init_weights:
             report = load_init_weights(model, resolve_path(init_weights))
@@ -119,7 +147,10 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
             for i, h in enumerate(history):
                 tracker.log({f"selfsup/{k}": v for k, v in h.items()}, step=i - len(history))
             print(f"[train] self-supervised backbone: {time.time() - tic:.0f}s", flush=True)
-        model.set_bank(fit_bank(collect_patches(model, fit_loader, device), cfg.bank, cfg.seed))
+        fit_loader, hold_loader, train_loader = _cached(model, cfg, fit_loader, hold_loader, train_loader, device)
+        points = collect_patches(model, fit_loader, device, _bank_patches(cfg), cfg.seed)
+        model.scale.fill_(float(points.std(dim=0).mean()))
+        model.set_bank(fit_bank(points, cfg.bank, cfg.seed))
         best = evaluate_loss(model, hold_loader, cfg.loss, device)
         save("best.pt", 0)
         save("last.pt", 0)
@@ -133,7 +164,8 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
         tic = time.time()
         terms = train_one_epoch(model, train_loader, optimizer, cfg.loss, device)
         step += len(train_loader)
-        model.set_bank(fit_bank(collect_patches(model, fit_loader, device), cfg.bank, cfg.seed + epoch + 1))
+        points = collect_patches(model, fit_loader, device, _bank_patches(cfg), cfg.seed + epoch + 1)
+        model.set_bank(fit_bank(points, cfg.bank, cfg.seed + epoch + 1, previous=model.bank))
         val = evaluate_loss(model, hold_loader, cfg.loss, device)
         improved = val < best
         if improved:
@@ -156,10 +188,8 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
                     step=best_ckpt["step"], best_metric=best, extra=extra)
     tracker.close()
     if epochs > 0 and run.metrics_csv.is_file():
-        try:
+        with contextlib.suppress(KeyError):
             plot_curves(run.metrics_csv, ["train/compact", "val/compactness"], run.figures / "loss.png")
-        except KeyError:
-            pass
     print(f"[train] done: {run.path}", flush=True)
     return run.path
 

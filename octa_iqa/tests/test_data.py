@@ -43,7 +43,7 @@ def test_dataset_item_shape_and_range(socta):
     ds = QualityDataset(scan_socta(socta, "test"), DataConfig(image_size=32))
     item = ds[0]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
-    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
 
 
 def test_missing_label_folder_raises(tmp_path, socta):
@@ -113,7 +113,7 @@ def test_synth_deterministic_and_in_range(tmp_path):
     a = render_outstanding(64, 5)["image"]
     b = render_outstanding(64, 5)["image"]
     assert a.tobytes() == b.tobytes()
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.min() >= 0.0 and a.max() <= 1.0
     write_dataset(tmp_path / "x", SynthConfig(size=32, train_counts=[1, 1, 1], test_counts=[0, 0, 1], seed=2))
     write_dataset(tmp_path / "y", SynthConfig(size=32, train_counts=[1, 1, 1], test_counts=[0, 0, 1], seed=2))
     for f in (tmp_path / "x").rglob("*.png"):

@@ -51,7 +51,7 @@ def test_variance_floor_penalises_collapse():
     bank = torch.zeros(4, 8)
     collapsed = compactness_loss(torch.zeros(100, 8), bank, LossConfig())
     spread = compactness_loss(torch.randn(100, 8) * 2, torch.randn(4, 8) * 2, LossConfig())
-    assert collapsed["compact"] == 0 and collapsed["variance"] > 0.9
+    assert collapsed["compact"] == 0 and collapsed["variance"] > 0.4
     assert spread["variance"] < 0.1
 
 
