@@ -37,11 +37,13 @@ __all__ = ["BaselineOutput", "backbone_features", "two_threshold_labels", "padim
 
 @dataclass
 class BaselineOutput:
-    """``pred`` (N,) in {0, 1, 2}; ``score`` (N,) outstanding-vs-rest score (higher = worse); ``ug_score`` (N,)."""
+    """``pred`` (N,) in {0, 1, 2}; ``score`` (N,) outstanding-vs-rest score (higher = worse); ``ug_score`` (N,);
+    ``tau`` the outstanding threshold (NaN where the method has none)."""
 
     pred: np.ndarray
     score: np.ndarray
     ug_score: np.ndarray
+    tau: float = float("nan")
 
 
 @torch.no_grad()
@@ -126,7 +128,7 @@ def patchcore(train: Sequence[torch.Tensor], hold: Sequence[torch.Tensor], test:
 def _finish(hold_scores: np.ndarray, test_scores: np.ndarray, cfg: Config) -> BaselineOutput:
     tau = quantile_threshold(hold_scores, cfg.threshold.quantile)
     pred = two_threshold_labels(test_scores, tau, cfg.baselines.second_split, cfg.seed)
-    return BaselineOutput(pred, test_scores, test_scores)
+    return BaselineOutput(pred, test_scores, test_scores, tau)
 
 
 def kmeans_raw(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config) -> BaselineOutput:

@@ -29,7 +29,6 @@ from octa_iqa.assessment import example_grid, plot_embedding, plot_score_histogr
 from octa_iqa.data import load_image, load_records, prepare_data, split_outstanding
 from octa_iqa.eval import assess, load_trained, score_records
 from octa_iqa.settings import CLASS_NAMES, Config
-from octa_iqa.thresholds import quantile_threshold
 from octa_iqa.train import PROJECT_DIR, run_training
 
 __all__ = ["METRIC_COLUMNS", "main"]
@@ -109,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         res = fn(feats["fit"], feats["hold"], feats["test"], cfg)
         rows.append(_row(name, quality_metrics(y_test, res.pred, res.score, res.ug_score), (time.time() - t0) / 60))
         if name == "patchcore":
-            tau = quantile_threshold(fn(feats["fit"], feats["hold"], feats["hold"], cfg).score, cfg.threshold.quantile)
-            plot_score_histograms(res.score, y_test, [tau], out.figures / "score_hist_patchcore.png",
+            plot_score_histograms(res.score, y_test, [res.tau], out.figures / "score_hist_patchcore.png",
                                   "PatchCore image score")
     t0 = time.time()
     res = baselines.kmeans_raw(feats["fit"], feats["test"], cfg)
