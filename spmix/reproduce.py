@@ -3,7 +3,8 @@
 SPMix and every baseline (CE, class-balanced re-sampling, re-weighting, balanced softmax, Mixup, CutMix,
 SaliencyMix, CMO) run through the same train.py with the same budget and seeds. ``--all`` adds the extra rows:
 ``spmix_paco`` (the official PaCo training, two views: the most expensive row), the released code's label rule
-(``spmix_instance``) and uniform 50/50 token mixing without saliency (``spmix_uniform``, alpha = 0.5).
+(``spmix_instance``), uniform 50/50 token mixing without saliency (``spmix_uniform``, alpha = 0.5) and mixing
+only half of the steps (``spmix_half``, spmix.prob = 0.5; the released code mixes every step).
 
     python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--seeds 3] [--jobs 2] [--all] [k=v ...]
 
@@ -37,6 +38,7 @@ ABLATIONS: dict[str, list[str]] = {
     "spmix_paco": ["method=spmix", "loss.name=paco"],
     "spmix_instance": ["method=spmix", "spmix.dominant=instance"],
     "spmix_uniform": ["method=spmix", "spmix.alpha=0.5"],
+    "spmix_half": ["method=spmix", "spmix.prob=0.5"],
 }
 METRICS = ("balanced_accuracy", "f1_macro", "tail_recall", "medium_recall", "head_recall", "accuracy", "auc")
 
