@@ -271,7 +271,7 @@ def update_readme_results(readme: str | Path, runs_root: str | Path, projects: S
     lines = readme.read_text().splitlines()
     updated: dict[str, str] = {}
     for project in projects:
-        runs = sorted(Path(runs_root, project, "reproduce").glob("*/comparison.csv"))
+        runs = sorted(Path(runs_root, project, "reproduce").glob("*/comparison.csv"), key=lambda p: p.stat().st_mtime)
         if not runs:
             continue
         newest = runs[-1]
