@@ -120,3 +120,15 @@ def test_pair_sampler_shapes_and_padding():
     assert (y == 2).any() and (y == 1).any()  # padding is ignored
     with pytest.raises(ValueError, match="matching"):
         PairSampler(imgs, [], 8)
+
+
+def test_synth_cli_writes_and_regenerates(tmp_path):
+    import json
+
+    from yolocurvseg import synth
+
+    root = synth.main(["--out", str(tmp_path / "h"), "--n-train", "2", "--n-test", "1", "--size", "32"])
+    assert len(list_cases("drive", root, "train")) == 2
+    assert json.loads((root / "synth.json").read_text())["size"] == 32
+    root = synth.main(["--out", str(tmp_path / "h"), "--n-train", "3", "--n-test", "1", "--size", "32"])
+    assert len(list_cases("drive", root, "train")) == 3  # parameters changed -> regenerated

@@ -37,9 +37,10 @@ def test_yolocurvseg_pipeline_smoke_and_resume(tmp_path):
     assert (ckpts / "cut.pt").stat().st_mtime_ns == cut_mtime  # finished stages are reused, not retrained
 
 
-@pytest.mark.parametrize("method", ["full_supervision", "pce_skeleton", "synthetic_only"])
+@pytest.mark.parametrize("method", ["full_supervision", "pce_skeleton", "pce_skeleton_all", "synthetic_only"])
 def test_baselines_smoke(tmp_path, method):
-    res = train.main(_args(tmp_path, f"method={method}", "curves.n_samples=4"))
+    extra = ["method=pce_skeleton", "pce.images=all"] if method == "pce_skeleton_all" else [f"method={method}"]
+    res = train.main(_args(tmp_path, *extra, "curves.n_samples=4"))
     assert (res.run_dir / "checkpoints" / "best.pt").is_file()
     assert np.isfinite(res.summary["dice"])
     if method == "synthetic_only":
