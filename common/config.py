@@ -126,11 +126,11 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _closest(key: str, candidates: Sequence[str]) -> str:
+def _closest(key: str, candidates: Sequence[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if match:
-        return f"; did you mean `{match[0]}`?"
-    return f"; valid keys: {', '.join(sorted(candidates))}"
+        return f"; did you mean `{prefix}{match[0]}`?"
+    return f"; valid keys under `{prefix.rstrip('.') or '(top level)'}`: {', '.join(sorted(candidates))}"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -221,7 +221,7 @@ def from_dict(cls: type[T], data: Mapping, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields))}")
+            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields), prefix)}")
     kwargs = {}
     for name, fld in fields.items():
         full = f"{prefix}{name}"
