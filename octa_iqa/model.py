@@ -198,13 +198,14 @@ def greedy_coreset(points: torch.Tensor, count: int, projection_dim: int = 128, 
     if projection_dim and points.shape[1] > projection_dim:
         proj = torch.randn(points.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
         feats = points @ proj.to(points)
+    sq = (feats * feats).sum(1)
     start = int(torch.randint(points.shape[0], (1,), generator=gen))
     selected = [start]
-    min_dist = ((feats - feats[start]) ** 2).sum(1)
+    min_dist = (sq - 2 * feats @ feats[start] + sq[start]).clamp_min(0)
     for _ in range(count - 1):
         idx = int(min_dist.argmax())
         selected.append(idx)
-        min_dist = torch.minimum(min_dist, ((feats - feats[idx]) ** 2).sum(1))
+        torch.minimum(min_dist, (sq - 2 * feats @ feats[idx] + sq[idx]).clamp_min(0), out=min_dist)
     return torch.tensor(selected, dtype=torch.long)
 
 

@@ -21,7 +21,8 @@ def _blobs(n0: int, n1: int, seed: int = 0):
     return pooled, feats, truth
 
 
-@pytest.mark.parametrize("method,reduce", [("kmeans", "pca"), ("gmm", "pca"), ("kmeans", "tsne")])
+@pytest.mark.parametrize("method,reduce", [("kmeans", "pca"), ("gmm", "pca"),
+                                           pytest.param("kmeans", "tsne", marks=pytest.mark.slow)])
 def test_two_blobs_perfect_and_named_by_score(method, reduce):
     pooled, feats, truth = _blobs(40, 30)
     cfg = ClusterConfig(method=method, reduce=reduce, n_components=4)
