@@ -137,3 +137,11 @@ def test_synth_faz_is_dark_and_artefacts_are_detectable():
     assert laps[0] > laps[1] > laps[2]
     with pytest.raises(ValueError, match="unknown artefact"):
         apply_artefact(img, "glare", 0.5)
+
+
+def test_wrong_config_key_stops_before_work(capsys):
+    from octa_iqa.train import main as train_main
+
+    with pytest.raises(SystemExit):
+        train_main(["--config", "configs/ci.yaml", "model.adaptor_dims=8"])
+    assert "did you mean `model.adaptor_dim`" in capsys.readouterr().err
