@@ -83,7 +83,7 @@ def _figures(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate (macro one-vs-rest)")
-    ax.set_title("test ROC, best-validation checkpoint, seed 1 of each method")
+    ax.set_title("test ROC, best-validation checkpoint, first seed of each method")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(fig_dir / "roc_curves.png", dpi=110)
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
     parser.add_argument("--seeds", type=int, default=None, help="seeds of the cheap methods (default 1, --all 3)")
     parser.add_argument("--lpm-epochs", type=int, default=None,
-                        help="epochs of the methods that back-propagate through the LPM (default: 6 on the "
+                        help="epochs of the methods that back-propagate through the LPM (default: 4 on the "
                              "synthetic CPU default, else train.epochs)")
     parser.add_argument("--runs-root", default=None)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error(str(exc))
     methods = list(args.methods or (CORE_METHODS + (EXTRA_METHODS if args.all else ())))
     seeds = args.seeds or (3 if args.all else 1)
-    lpm_epochs = args.lpm_epochs or (6 if base.data.synthetic else base.train.epochs)
+    lpm_epochs = args.lpm_epochs or (4 if base.data.synthetic else base.train.epochs)
     on_cpu = not torch.cuda.is_available() or base.runtime.device == "cpu"
 
     from fpt_plus.train import run_training
