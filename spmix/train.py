@@ -83,13 +83,14 @@ def prepare_data(cfg: Config) -> Prepared:
 
 def make_loaders(cfg: Config, prep: Prepared, two_views: bool) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """(primary training loader, class-balanced loader or None, validation loader)."""
-    from common.seed import loader_seed_kwargs
+    from common.seed import loader_seed_kwargs, reseed_transforms
 
     frame = prep.frame
     train = frame[frame["subset"] == "train"].reset_index(drop=True)
     val = frame[frame["subset"] == "val"].reset_index(drop=True)
     q, k = train_transforms(cfg.data.img_size, cfg.augment)
     ds = ISICDataset(train, [q, k] if two_views else [q], prep.data_root, prep.saliency_root, cfg.data.cache)
+    reseed_transforms(ds, cfg.seed)  # albumentations keeps its own RNG; workers reseed via loader_seed_kwargs
     sampler_kind, mixing, _ = METHODS[cfg.method]
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, drop_last=True)
     sampler = make_train_sampler(ds.labels, sampler_kind, cfg.seed)
