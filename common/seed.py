@@ -52,7 +52,10 @@ def reseed_transforms(obj: Any, seed: int) -> int:
     The search follows attributes, lists and dict values (depth <= 6) and stops at a reseeded object: an
     albumentations ``Compose`` passes its seed on to its children itself. Returns how many objects were reseeded.
     """
-    from monai.transforms import Randomizable
+    try:
+        from monai.transforms import Randomizable
+    except ImportError:  # a project without MONAI still gets its albumentations pipelines reseeded
+        Randomizable = ()
 
     seen: set[int] = set()
     count = 0

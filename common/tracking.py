@@ -264,7 +264,8 @@ def update_readme_results(readme: str | Path, runs_root: str | Path, projects: S
     """Fill the last column ("ours") of each project's row in the README results table.
 
     A project's row is the table row whose first cell links ``<project>/``; the value is the headline of the newest
-    ``runs/<project>/reproduce/<timestamp>/comparison.csv`` (first row, first metric), with the run folder. Rows of
+    ``runs/<project>/reproduce/<run>/comparison.csv`` (by modification time; first row, first metric), with the run
+    folder as text (``runs/`` is not versioned, so no link). Rows of
     projects without a reproduce run are left as they are. Returns ``{project: new cell}``.
     """
     readme = Path(readme)
@@ -275,7 +276,7 @@ def update_readme_results(readme: str | Path, runs_root: str | Path, projects: S
         if not runs:
             continue
         newest = runs[-1]
-        cell = f"{_headline(newest)} ([{newest.parent.name}]({newest.parent.relative_to(readme.parent)}/comparison.md))"
+        cell = f"{_headline(newest)} (`{newest.parent.relative_to(readme.parent)}`)"
         for i, line in enumerate(lines):
             cells = line.split("|")
             if line.startswith("|") and len(cells) > 3 and f"({project}/)" in cells[1]:

@@ -65,5 +65,5 @@ def test_comparison_and_readme_report(tmp_path):
     updated = update_readme_results(readme, tmp_path / "runs", ["fpt_plus", "spmix"])
     assert set(updated) == {"fpt_plus"}
     text = readme.read_text()
-    assert "auc 0.912 ± 0.010" in text and "runs/fpt_plus/reproduce/20260101-000000/comparison.md" in text
+    assert "auc 0.912 ± 0.010 (`runs/fpt_plus/reproduce/20260101-000000`)" in text
     assert "| [spmix](spmix/) | ? | — |" in text
