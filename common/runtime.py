@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,8 @@ AmpMode = Literal["off", "bf16", "fp16"]
 __all__ = [
     "AmpMode",
     "DistInfo",
+    "RuntimeConfig",
+    "backward_and_step",
     "pick_device",
     "autocast",
     "make_grad_scaler",
@@ -39,6 +41,38 @@ __all__ = [
     "reduce_mean",
     "broadcast_object",
 ]
+
+
+@dataclass
+class RuntimeConfig:
+    """The ``runtime:`` section shared by every project's config (subclass it to add project fields)."""
+
+    device: str = "auto"
+    amp: AmpMode = "off"
+    compile: bool = False
+    deterministic: bool = False
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
+                      parameters: Iterable[torch.nn.Parameter] | None = None, grad_clip: float = 0.0) -> None:
+    """One optimisation step: zero grads, backward (loss-scaled for fp16), unscale, clip the gradient norm of
+    ``parameters`` to ``grad_clip`` when > 0, step and update the scaler."""
+    optimizer.zero_grad(set_to_none=True)
+    scaling = scaler is not None and scaler.is_enabled()
+    if scaling:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        if parameters is None:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+    if scaling:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 @dataclass(frozen=True)

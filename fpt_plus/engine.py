@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from common.metrics import auc_per_class, classification_metrics, softmax_np
-from common.runtime import autocast, gather_by_index, reduce_mean, unwrap_model
+from common.runtime import autocast, backward_and_step, gather_by_index, reduce_mean, unwrap_model
 
 __all__ = ["cosine_factor", "make_scheduler", "make_optimizer", "prepare_batch", "train_one_epoch", "predict",
            "compute_metrics", "ppe", "pme"]
@@ -81,19 +81,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             loss = criterion(logits.float(), batch["label"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {steps}; lower train.lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler, [p for p in model.parameters() if p.requires_grad], grad_clip)
         scheduler.step()
         total += float(loss.detach())
         steps += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.runtime import RuntimeConfig as BaseRuntimeConfig
+
 Method = Literal["fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter", "lora"]
 METHODS: tuple[str, ...] = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter",
                             "lora")
@@ -117,12 +119,10 @@ class TrainConfig:
 
 
 @dataclass
-class RuntimeConfig:
-    device: str = "auto"
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the trainable path
+class RuntimeConfig(BaseRuntimeConfig):
+    """``runtime:``: device, ``amp`` (autocast of the trainable path), compile, deterministic, plus:"""
+
     lpm_amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the frozen LPM forward only
-    compile: bool = False
-    deterministic: bool = False
     num_threads: int = 0  # torch threads of training (0 = torch default); 1 is fastest for the tiny side network
     lpm_threads: int = 0  # torch threads while the frozen LPM runs (preloading, feature caching); 0 = default
 

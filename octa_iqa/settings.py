@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.runtime import RuntimeConfig
+
 __all__ = ["SynthConfig", "DataConfig", "SelfSupConfig", "ModelConfig", "BankConfig", "LossConfig", "OptimConfig",
            "ThresholdConfig", "ClusterConfig", "BaselineConfig", "RuntimeConfig", "Config", "CLASS_NAMES"]
 
@@ -163,14 +165,6 @@ class BaselineConfig:
     supervised_epochs: int = 8
     supervised_lr: float = 1e-3
     supervised_batch_size: int = 32
-
-
-@dataclass
-class RuntimeConfig:
-    device: str = "auto"
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    compile: bool = False
-    deterministic: bool = False
 
 
 @dataclass

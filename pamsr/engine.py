@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.metrics import psnr, ssim
-from common.runtime import autocast
+from common.runtime import autocast, backward_and_step
 from pamsr.degradation import displace_odd_rows
 from pamsr.geometry import polar_to_cartesian, unpad_image
 from pamsr.inference import super_resolve
@@ -39,19 +39,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_
         loss, parts = loss_fn(sr.float(), hr, batch["corner"].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {float(loss)} at step {steps}; lower optim.lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler, model.parameters(), grad_clip)
         for k, v in {"loss": float(loss.detach()), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.runtime import RuntimeConfig
+
 __all__ = ["RegistrationConfig", "DisplacementConfig", "SynthConfig", "DataConfig", "ModelConfig", "LossConfig",
            "OptimConfig", "EvalConfig", "RuntimeConfig", "Config"]
 
@@ -140,14 +142,6 @@ class EvalConfig:
     tiled: bool = True
     cartesian: bool = True
     val_every: int = 1
-
-
-@dataclass
-class RuntimeConfig:
-    device: str = "auto"
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    compile: bool = False
-    deterministic: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from common.runtime import backward_and_step
 from spmix.data import CLASSES
 from spmix.losses import LabelQueue, PaCoLoss
 from spmix.mixing import (
@@ -194,19 +195,7 @@ def train_one_epoch(model: SPMixNet, loader, balanced_iter: Iterator | None, ste
                 loss = criterion(out.logits, out.targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {ctx.epoch}; lower optim.lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler, model.parameters(), grad_clip)
         scheduler.step()
         n = out.logits.shape[0]
         total += float(loss.detach()) * n

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.runtime import RuntimeConfig as BaseRuntimeConfig
 from spmix.data import AugmentConfig
 from spmix.model import ModelConfig
 
@@ -99,11 +100,9 @@ class OptimConfig:
 
 
 @dataclass
-class RuntimeConfig:
-    device: str = "auto"
-    amp: str = "off"                     # off | bf16 | fp16
-    compile: bool = False
-    deterministic: bool = False
+class RuntimeConfig(BaseRuntimeConfig):
+    """``runtime:``: device, amp (off | bf16 | fp16), compile, deterministic, plus:"""
+
     threads: int = 0                     # 0 = torch default
 
 

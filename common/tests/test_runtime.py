@@ -56,3 +56,15 @@ def test_torchrun_two_processes_sync_gradients_and_gather_exact_metrics(tmp_path
         assert res["gathered_count"] == 5
         assert res["gathered_auc"] == pytest.approx(res["single_process_auc"], abs=0)
         assert res["world_size"] == 2
+
+
+def test_backward_and_step_clips_and_steps():
+    from common.runtime import backward_and_step
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = (model(torch.full((1, 3), 100.0)) - 1.0).pow(2).sum()  # gradient norm far above 1
+    backward_and_step(loss, opt, make_grad_scaler(torch.device("cpu"), "off"), grad_clip=1.0)
+    # with clipping the update has norm exactly 1 (SGD, lr 1); without it would be ~346
+    assert float(model.weight.norm()) == pytest.approx(1.0, rel=1e-5)
