@@ -18,7 +18,7 @@ import numpy as np
 from common.runtime import dist_info
 
 __all__ = ["Tracker", "to_uint8_rgb", "overlay_mask", "image_grid", "save_png", "plot_curves",
-           "plot_confusion_matrix", "write_comparison", "update_readme_results", "main"]
+           "plot_confusion_matrix", "save_figure", "write_comparison", "update_readme_results", "main"]
 
 
 class Tracker:
@@ -157,6 +157,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Tight layout, write a matplotlib figure to ``path`` (folders created) and close it."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(metrics_csv: str | Path, keys: Sequence[str], path: str | Path, x: str = "step") -> Path:
     """Line plot of the given columns of a ``metrics.csv`` against ``x``; missing values are left as gaps."""
     import pandas as pd
@@ -173,12 +184,7 @@ def plot_curves(metrics_csv: str | Path, keys: Sequence[str], path: str | Path, 
     ax.set_xlabel(x)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = True
@@ -197,12 +203,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
         for j in range(cm.shape[1]):
             ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
                     color="white" if shown[i, j] > 0.5 * np.nanmax(shown) else "black", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------------- comparison + report

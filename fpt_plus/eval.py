@@ -20,7 +20,7 @@ from common.checkpoint import load_checkpoint
 from common.config import ConfigError, load_config
 from common.rundir import RunDir, resolve_path
 from common.runtime import pick_device
-from common.tracking import plot_confusion_matrix
+from common.tracking import plot_confusion_matrix, save_figure
 from fpt_plus.data import IMAGE_SUFFIXES, Record
 from fpt_plus.engine import compute_metrics, predict
 from fpt_plus.experiment import DataBundle, build_dataset, make_loader, prepare_data
@@ -53,12 +53,7 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str], pat
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_evaluation(run: RunDir, tag: str, metrics: dict[str, Any], indices: np.ndarray, labels: np.ndarray,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.tracking import save_figure
 from octa_iqa.settings import CLASS_NAMES
 
 __all__ = ["quality_metrics", "plot_score_histograms", "plot_embedding", "example_grid"]
@@ -99,12 +100,7 @@ def plot_score_histograms(scores: np.ndarray, labels: np.ndarray, thresholds: Se
     ax.set_xlabel(title)
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_embedding(embedding: np.ndarray, clusters: np.ndarray, truth: np.ndarray, path: str | Path) -> Path:
@@ -119,12 +115,7 @@ def plot_embedding(embedding: np.ndarray, clusters: np.ndarray, truth: np.ndarra
                        label=CLASS_NAMES[int(value)])
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def example_grid(images: Sequence[np.ndarray], y_pred: np.ndarray, y_true: np.ndarray, path: str | Path,
