@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "read_mask", "read_nifti", "NiftiVolume", "require_columns"]
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "list_images", "read_image", "read_mask", "read_nifti", "NiftiVolume",
+           "require_columns"]
 
 
 class ImageReadError(OSError):
@@ -18,6 +19,29 @@ class ImageReadError(OSError):
 
 
 _MODES = {"L", "RGB", "I", "I;16", "F"}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def list_images(paths: Sequence[str | Path], suffixes: Sequence[str] = IMAGE_SUFFIXES, recursive: bool = True,
+                what: str = "--predict") -> list[Path]:
+    """Expand files and folders (searched recursively by default) into a sorted list of image files.
+
+    A path that does not exist, or an input that yields no image, raises FileNotFoundError naming ``what``.
+    """
+    files: list[Path] = []
+    wanted = {s.lower() for s in suffixes}
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            files += sorted(f for f in found if f.is_file() and f.suffix.lower() in wanted)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{what} {path}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"{what} {[str(p) for p in paths]}: no images ({sorted(wanted)}) found")
+    return files
 
 
 def read_image(path: str | Path, mode: str | None = None, allowed_modes: Sequence[str] | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.config import ConfigError, load_config
+from common.readers import list_images
 from common.rundir import RunDir, resolve_path
 from common.runtime import pick_device
 from common.tracking import plot_confusion_matrix, save_figure
@@ -105,20 +106,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, split: st
     return compute_metrics(labels, logits, bundle.num_classes)
 
 
-def _image_files(paths: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--predict {p}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"--predict {list(paths)}: no images ({sorted(IMAGE_SUFFIXES)}) found")
-    return files
-
-
 def predict_images(cfg: ExperimentConfig, checkpoint: str | Path, paths: Sequence[str], out: str | Path
                    ) -> Path:
     """Class probabilities of unlabelled images -> CSV ``(image, pred, pred_class, prob_<class>...)``."""
@@ -134,7 +121,7 @@ def predict_images(cfg: ExperimentConfig, checkpoint: str | Path, paths: Sequenc
     classes = list(extra["classes"])
     bundle = DataBundle({"train": [], "val": [], "test": []}, classes, list(extra["mean"]), list(extra["std"]))
     model = _load_model(cfg, checkpoint, len(classes), device)
-    files = _image_files(paths)
+    files = list_images(paths, IMAGE_SUFFIXES)
     records = [Record(f, f.name, 0, "test") for f in files]
     dataset = build_dataset(cfg, bundle, "test", tuple(model.input_keys), train=False, records=records)
     _, _, logits = predict(model, make_loader(dataset, cfg.train.eval_batch_size, train=False, seed=0), device)

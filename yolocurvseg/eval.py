@@ -19,7 +19,7 @@ from PIL import Image
 
 from common.checkpoint import load_checkpoint
 from common.config import build_arg_parser, parse_cli
-from common.readers import read_image
+from common.readers import list_images, read_image
 from common.rundir import resolve_path
 from common.runtime import pick_device
 from yolocurvseg.data import DATASETS
@@ -31,7 +31,6 @@ from yolocurvseg.settings import Config
 __all__ = ["load_segmenter", "predict_files", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
 
 
 def load_segmenter(cfg: Config, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
@@ -43,21 +42,6 @@ def load_segmenter(cfg: Config, checkpoint: str | Path, device: torch.device) ->
         raise RuntimeError(f"{checkpoint} does not fit model {cfg.model}; pass the config the run used "
                            f"(<run>/config.yaml)") from exc
     return model
-
-
-def _expand(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--predict {item}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"--predict {list(inputs)}: no images found")
-    return files
 
 
 def predict_files(model: torch.nn.Module, files: list[Path], out_dir: Path, cfg: Config, device: torch.device
@@ -93,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     run_dir = Path(args.checkpoint).resolve().parent.parent
     if args.predict:
         out = resolve_path(args.out) if args.out else run_dir / "predictions"
-        path = predict_files(model, _expand(args.predict), out, cfg, device)
+        path = predict_files(model, list_images(args.predict, recursive=False), out, cfg, device)
         print(f"[yolocurvseg] predictions -> {path}")
         return path
     prep = prepare_data(cfg)

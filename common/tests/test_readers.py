@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.readers import ImageReadError, read_image, read_mask, read_nifti
+from common.readers import ImageReadError, list_images, read_image, read_mask, read_nifti
 
 
 def test_png_jpeg_tiff_round_trip(tmp_path):
@@ -64,3 +64,15 @@ def test_nifti_round_trip_and_truncation(tmp_path):
         read_nifti(tmp_path / "cut.nii.gz")
     with pytest.raises(ImageReadError, match="volume not found"):
         read_nifti(tmp_path / "none.nii.gz")
+
+
+def test_list_images_expands_folders_and_names_missing_inputs(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.png", "a/b/y.JPG", "a/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_images([tmp_path / "a"])] == ["y.JPG", "x.png"]
+    assert [p.name for p in list_images([tmp_path / "a"], recursive=False)] == ["x.png"]
+    with pytest.raises(FileNotFoundError, match="--predict .*nope: no such file or folder"):
+        list_images([tmp_path / "nope"])
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images([tmp_path / "a" / "b"], suffixes=(".tif",))
