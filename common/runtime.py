@@ -37,6 +37,7 @@ __all__ = [
     "unwrap_model",
     "make_sampler",
     "all_gather_arrays",
+    "all_gather_tensor",
     "gather_by_index",
     "reduce_mean",
     "broadcast_object",
@@ -196,6 +197,17 @@ def all_gather_arrays(array: np.ndarray | torch.Tensor) -> np.ndarray:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, arr)
     return np.concatenate(gathered, axis=0)
+
+
+@torch.no_grad()
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate (along dim 0) a same-shaped tensor from every rank, in rank order, on its device (no gradient;
+    e.g. the keys a MoCo-style queue enqueues). The tensor itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def gather_by_index(indices: np.ndarray | torch.Tensor, *arrays: np.ndarray | torch.Tensor

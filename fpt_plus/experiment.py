@@ -59,7 +59,8 @@ def prepare_data(cfg: ExperimentConfig) -> DataBundle:
     splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
     mean, std = cfg.data.mean, cfg.data.std
     if mean == "auto" or std == "auto":
-        auto_mean, auto_std = _auto_mean_std(cfg, splits["train"])
+        with main_process_first():  # rank 0 computes and stores them, the others read the stored values
+            auto_mean, auto_std = _auto_mean_std(cfg, splits["train"])
         mean = auto_mean if mean == "auto" else mean
         std = auto_std if std == "auto" else std
     return DataBundle(splits, classes, list(mean), list(std))
@@ -158,10 +159,12 @@ def build_dataset(cfg: ExperimentConfig, bundle: DataBundle, split: str, inputs:
                                  cache_images=cfg.data.cache_images and train)
 
 
-def make_loader(dataset: ClassificationDataset, batch_size: int, *, train: bool, seed: int, num_workers: int = 0
-                ) -> DataLoader:
-    """Shuffled, drop_last loader for training (DistributedSampler under torchrun); ordered otherwise."""
-    sampler = make_sampler(dataset, shuffle=train, seed=seed, drop_last=train)
+def make_loader(dataset: ClassificationDataset, batch_size: int, *, train: bool, seed: int, num_workers: int = 0,
+                split_across_ranks: bool = True) -> DataLoader:
+    """Shuffled, drop_last loader for training; ordered otherwise. Under torchrun each rank reads its share
+    (DistributedSampler) unless ``split_across_ranks`` is False (every rank needs the whole dataset, or the caller
+    already sharded it)."""
+    sampler = make_sampler(dataset, shuffle=train, seed=seed, drop_last=train) if split_across_ranks else None
     drop_last = train and len(dataset) >= batch_size
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       drop_last=drop_last, num_workers=num_workers, pin_memory=torch.cuda.is_available(),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from common.config import build_arg_parser, parse_cli
-from common.runtime import autocast, dist_info, pick_device, shard
+from common.runtime import autocast, barrier, broadcast_object, dist_info, pick_device, shard
 from fpt_plus.data import PreloadCache
 from fpt_plus.experiment import DataBundle, build_dataset, cache_for, lpm_threads, make_loader, prepare_data
 from fpt_plus.models.lpm import FrozenLPM
@@ -32,21 +32,30 @@ def run_preload(cfg: ExperimentConfig, bundle: DataBundle, variant: str | None =
     """Write the cache of ``variant`` (default ``cfg.method``) for every split; returns the cache."""
     variant = variant or cfg.method
     cache = cache_for(cfg, bundle, variant)
-    if (cache.folder / "meta.json").is_file():
-        cache.check_meta()
-    elif dist_info().is_main:
+    if dist_info().is_main and not (cache.folder / "meta.json").is_file():
         cache.write_meta()
+    barrier()  # under torchrun: meta.json exists before any rank checks it
+    cache.check_meta()
     records = [r for split in ("train", "val", "test") for r in bundle.splits[split]]
-    todo = shard([r for r in records if not cache.path(r.key).is_file()])
-    if not todo:
-        return cache
+    # rank 0 decides what is missing (the others would race with its writes), every rank writes its share
+    missing = broadcast_object([i for i, r in enumerate(records) if not cache.path(r.key).is_file()])
+    todo = shard([records[i] for i in missing])
+    if todo:
+        _write_cache(cfg, variant, bundle, cache, todo, device, lpm, progress)
+    barrier()  # the cache is complete before any rank trains from it
+    return cache
+
+
+def _write_cache(cfg: ExperimentConfig, variant: str, bundle: DataBundle, cache: PreloadCache, todo: list,
+                 device: torch.device | None, lpm: FrozenLPM | None, progress: bool) -> None:
+    """Run the frozen LPM over ``todo`` (no augmentation) and save each image's selected keys/values."""
     device = device or pick_device(cfg.runtime.device)
     if lpm is None:
         v = getattr(cfg.model, variant)
         lpm = FrozenLPM(cfg.model.lpm, v.layers, cfg.model.token_ratio, cfg.model.token_imp).to(device)
     dataset = build_dataset(cfg, bundle, "train", ("lpm",), train=False, records=todo)
     loader = make_loader(dataset, cfg.data.preload_batch_size, train=False, seed=cfg.seed,
-                         num_workers=cfg.data.num_workers)
+                         num_workers=cfg.data.num_workers, split_across_ranks=False)  # ``todo`` is this rank's shard
     if progress:
         from tqdm import tqdm
 
@@ -58,7 +67,6 @@ def run_preload(cfg: ExperimentConfig, bundle: DataBundle, variant: str | None =
             keys, values = keys.float().cpu(), values.float().cpu()
             for j, i in enumerate(batch["index"].tolist()):
                 cache.save(todo[i].key, keys[:, j], values[:, j])
-    return cache
 
 
 def main(argv: Sequence[str] | None = None) -> PreloadCache:

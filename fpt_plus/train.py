@@ -60,7 +60,7 @@ def _cached_features(model: torch.nn.Module, cfg: ExperimentConfig, bundle: Data
     """Linear probing: CLS features ``(N, D)`` of one split from the frozen LPM (no augmentation), computed once."""
     dataset = build_dataset(cfg, bundle, split, ("lpm",), train=False)
     loader = make_loader(dataset, cfg.data.preload_batch_size, train=False, seed=cfg.seed,
-                         num_workers=cfg.data.num_workers)
+                         num_workers=cfg.data.num_workers, split_across_ranks=False)  # every rank needs all features
     model.eval()
     with lpm_threads(cfg):
         feats = [model.encode(batch["lpm"].to(device)).float().cpu() for batch in loader]

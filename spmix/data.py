@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
@@ -191,17 +191,28 @@ def class_balanced_weights(labels: Sequence[int], power: float = 1.0) -> torch.T
 
 
 def make_train_sampler(labels: Sequence[int], kind: str, seed: int, num_samples: int | None = None
-                       ) -> WeightedRandomSampler | None:
-    """``instance`` -> None (plain shuffling); ``class_balanced`` -> WeightedRandomSampler with replacement."""
+                       ) -> Sampler | None:
+    """``instance`` -> None (plain shuffling), or under torchrun a DistributedSampler giving each rank a disjoint
+    share; ``class_balanced`` -> WeightedRandomSampler with replacement, under torchrun each rank drawing its
+    ``1/world_size`` share of the draws from its own generator (the union is one class-balanced draw)."""
+    from common.runtime import dist_info
+
+    info = dist_info()
     if kind == "instance":
-        return None
+        if not info.distributed:
+            return None
+        from torch.utils.data import DistributedSampler
+
+        return DistributedSampler(range(len(labels)), info.world_size, info.rank, shuffle=True, seed=seed,
+                                  drop_last=True)
     if kind != "class_balanced":
         raise ValueError(f"sampler {kind!r} is unknown; use instance or class_balanced")
     from common.seed import make_generator
 
     weights = class_balanced_weights(labels)
-    return WeightedRandomSampler(weights, num_samples or len(weights), replacement=True,
-                                 generator=make_generator(seed))
+    total = num_samples or len(weights)
+    return WeightedRandomSampler(weights, -(-total // info.world_size), replacement=True,
+                                 generator=make_generator(seed + 1_000_003 * info.rank))
 
 
 # --------------------------------------------------------------------------------------------- transforms

@@ -153,7 +153,10 @@ NEEDS_BALANCED = ("spmix", "cmo")
 
 def paco_loss(model: SPMixNet, out: StepOutput, criterion: PaCoLoss, queue: LabelQueue, faithful_code: bool
               ) -> torch.Tensor:
-    """PaCo on [q; k; queue] (spec §1.8). Queries go through projector+predictor, keys through the projector."""
+    """PaCo on [q; k; queue] (spec §1.8). Queries go through projector+predictor, keys through the projector.
+    Under torchrun the keys of every rank are enqueued (as PaCo/MoCo do), so all ranks keep the same queue."""
+    from common.runtime import all_gather_tensor
+
     q = model.contrastive(out.feat_q, query=True)
     k = model.contrastive(out.feat_k, query=False)
     queued, queued_labels = queue.contents()
@@ -161,8 +164,33 @@ def paco_loss(model: SPMixNet, out: StepOutput, criterion: PaCoLoss, queue: Labe
     labels = torch.cat([out.labels, out.labels, queued_labels])
     logits_k = out.logits if faithful_code else out.logits_k
     loss = criterion(features, labels, torch.cat([out.logits, logits_k]))
-    queue.push(k, out.labels)
+    queue.push(all_gather_tensor(k.detach()), all_gather_tensor(out.labels))
     return loss
+
+
+class TrainStep(nn.Module):
+    """One training step's forward (mixing, network, loss) as a single module call: ``(inst, bal) -> (loss,
+    logits, targets)``. DistributedDataParallel synchronises the gradients of what runs inside ``forward``, and the
+    step functions call the network's parts (``tokens``, ``encode_tokens``, heads) rather than its ``forward``.
+
+    Only ``model`` is a sub-module: the losses and the PaCo queue stay outside DDP's buffer broadcast.
+    """
+
+    def __init__(self, model: SPMixNet, step: Callable, criterion: nn.Module, ctx: StepContext,
+                 paco: tuple[PaCoLoss, LabelQueue] | None = None):
+        super().__init__()
+        self.model = model
+        self.step, self.ctx = step, ctx
+        self._losses = (criterion, paco)  # a tuple: not registered as sub-modules
+
+    def forward(self, inst: Batch, bal: Batch | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        criterion, paco = self._losses
+        out = self.step(self.model, inst, bal, self.ctx)
+        if paco is not None:
+            loss = paco_loss(self.model, out, paco[0], paco[1], self.ctx.cfg.loss.paco.faithful_code)
+        else:
+            loss = criterion(out.logits, out.targets)
+        return loss, out.logits.detach(), out.targets
 
 
 def cycle(loader: Iterator | Sequence) -> Iterator:
@@ -175,41 +203,38 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train_one_epoch(model: SPMixNet, loader, balanced_iter: Iterator | None, step: Callable, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, ctx: StepContext, device: torch.device,
-                    scaler=None, amp: str = "off", paco: tuple[PaCoLoss, LabelQueue] | None = None,
-                    grad_clip: float = 0.0) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and train accuracy (w.r.t. the step's hard/argmax targets)."""
-    from common.runtime import autocast
+def train_one_epoch(step_module: nn.Module, loader, balanced_iter: Iterator | None, optimizer: torch.optim.Optimizer,
+                    scheduler, device: torch.device, scaler=None, amp: str = "off", grad_clip: float = 0.0
+                    ) -> dict[str, float]:
+    """One pass over ``loader`` with a ``TrainStep`` (or its DDP wrapper); returns mean loss and train accuracy
+    (w.r.t. the step's hard/argmax targets), averaged over ranks under torchrun."""
+    from common.runtime import autocast, reduce_mean
 
-    model.train()
+    step_module.train()
     total, correct, seen = 0.0, 0, 0
     for inst in loader:
         inst = to_device(inst, device)
         bal = to_device(next(balanced_iter), device) if balanced_iter is not None else None
         with autocast(device, amp):
-            out = step(model, inst, bal, ctx)
-            if paco is not None:
-                loss = paco_loss(model, out, paco[0], paco[1], ctx.cfg.loss.paco.faithful_code)
-            else:
-                loss = criterion(out.logits, out.targets)
+            loss, logits, targets = step_module(inst, bal)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {ctx.epoch}; lower optim.lr")
-        backward_and_step(loss, optimizer, scaler, model.parameters(), grad_clip)
+            raise FloatingPointError(f"loss became {loss.item()}; lower optim.lr")
+        backward_and_step(loss, optimizer, scaler, step_module.parameters(), grad_clip)
         scheduler.step()
-        n = out.logits.shape[0]
+        n = logits.shape[0]
         total += float(loss.detach()) * n
-        correct += int((out.logits.argmax(1) == out.targets.argmax(1)).sum())
+        correct += int((logits.argmax(1) == targets.argmax(1)).sum())
         seen += n
-    return {"train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
+    return {"train_loss": reduce_mean(total / max(seen, 1)), "train_acc": reduce_mean(correct / max(seen, 1)),
             "lr": optimizer.param_groups[0]["lr"]}
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device, amp: str = "off"
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (logits ``(N, C)``, labels ``(N,)``, dataset indices ``(N,)``)."""
-    from common.runtime import autocast
+    """-> (logits ``(N, C)``, labels ``(N,)``, dataset indices ``(N,)``) in dataset order; under torchrun the
+    shards of a DistributedSampler are gathered from every rank (padding duplicates removed)."""
+    from common.runtime import autocast, gather_by_index
 
     model.eval()
     logits, labels, index = [], [], []
@@ -218,7 +243,8 @@ def predict(model: nn.Module, loader, device: torch.device, amp: str = "off"
             logits.append(model(batch["image"].to(device)).float().cpu())
         labels.append(batch["label"])
         index.append(batch["index"])
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(index).numpy()
+    index_all, logits_all, labels_all = gather_by_index(torch.cat(index), torch.cat(logits), torch.cat(labels))
+    return logits_all, labels_all, index_all
 
 
 def group_metrics(y_true: np.ndarray, logits: np.ndarray, groups: dict[str, Sequence[str]],

@@ -1,6 +1,7 @@
 """Train SPMix or one of its baselines on ISIC 2018 Task 3 (or the synthetic stand-in) — paper Sec. II/III.
 
     python train.py --config configs/default.yaml [method=cmo seed=1 ...] [--resume auto|PATH] [--init-weights PATH]
+    torchrun --nproc_per_node=4 train.py --config configs/isic2018.yaml data.root=/data/isic2018   # DDP, batch per GPU
 
 Writes ``runs/spmix/<experiment>/<timestamp>/`` (config.yaml with ``saliency.resolved``, env.json, metrics.csv,
 tb/, checkpoints/{last,best}.pt, eval/summary.csv + per_case.csv on the test subset, figures/).
@@ -82,7 +83,9 @@ def prepare_data(cfg: Config) -> Prepared:
 
 
 def make_loaders(cfg: Config, prep: Prepared, two_views: bool) -> tuple[DataLoader, DataLoader | None, DataLoader]:
-    """(primary training loader, class-balanced loader or None, validation loader)."""
+    """(primary training loader, class-balanced loader or None, validation loader); under torchrun every loader
+    reads this rank's share."""
+    from common.runtime import make_sampler
     from common.seed import loader_seed_kwargs, reseed_transforms
 
     frame = prep.frame
@@ -100,7 +103,8 @@ def make_loaders(cfg: Config, prep: Prepared, two_views: bool) -> tuple[DataLoad
         balanced = DataLoader(ds, sampler=make_train_sampler(ds.labels, "class_balanced", cfg.seed + 17), **kw,
                               **loader_seed_kwargs(cfg.seed + 17))
     val_ds = ISICDataset(val, [eval_transform(cfg.data.img_size, cfg.augment)], cache=cfg.data.cache)
-    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+                            sampler=make_sampler(val_ds, shuffle=False))  # each rank its share under torchrun
     return primary, balanced, val_loader
 
 
@@ -124,10 +128,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     from common.config import ConfigError, build_arg_parser, parse_cli, to_dict
     from common.rundir import create_run_dir, resolve_path
-    from common.runtime import make_grad_scaler, maybe_compile, pick_device
+    from common.runtime import (
+        cleanup_distributed,
+        init_distributed,
+        main_process_first,
+        make_grad_scaler,
+        maybe_compile,
+        pick_device,
+        wrap_ddp,
+    )
     from common.seed import seed_everything
     from common.tracking import Tracker
-    from spmix.engine import group_metrics, predict
+    from spmix.engine import TrainStep, group_metrics, predict
     from spmix.eval import evaluate_subset
 
     parser = build_arg_parser("Train SPMix / baselines on ISIC 2018 Task 3")
@@ -138,9 +150,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(exc))
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
-    seed_everything(cfg.seed, deterministic=cfg.runtime.deterministic)
-    device = pick_device(cfg.runtime.device)
-    prep = prepare_data(cfg)
+    info = init_distributed()  # torchrun: one process per GPU, data.batch_size per process
+    seed_everything(cfg.seed, info.rank, deterministic=cfg.runtime.deterministic)
+    device = pick_device(cfg.runtime.device, info.local_rank)
+    with main_process_first():  # rank 0 writes the synthetic set, split file and saliency maps
+        prep = prepare_data(cfg)
     loss_name = method_loss(cfg)
     two_views = loss_name == "paco"
     primary, balanced, val_loader = make_loaders(cfg, prep, two_views)
@@ -172,26 +186,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                       scaler=scaler)
         if paco is not None and "queue" in ckpt.get("extra", {}):
             paco[1].load_state_dict(ckpt["extra"]["queue"])
-        print(f"resumed from {resume} at epoch {start_epoch}")
-    train_model = maybe_compile(model, cfg.runtime.compile)
+        if info.is_main:
+            print(f"resumed from {resume} at epoch {start_epoch}")
 
     ctx = StepContext(num_classes=len(CLASSES), epoch=start_epoch, epochs=cfg.optim.epochs,
-                      rng=np.random.default_rng(cfg.seed + 1000 * start_epoch),
-                      generator=torch.Generator().manual_seed(cfg.seed + start_epoch), cfg=cfg, two_views=two_views)
-    step = STEPS[METHODS[cfg.method][1]]
+                      rng=np.random.default_rng(cfg.seed + 1000 * start_epoch + 1_000_003 * info.rank),
+                      generator=torch.Generator().manual_seed(cfg.seed + start_epoch + 1_000_003 * info.rank),
+                      cfg=cfg, two_views=two_views)
+    step_module = TrainStep(model, STEPS[METHODS[cfg.method][1]], criterion, ctx, paco)
+    # without PaCo the projector/predictor heads get no gradient, which DDP must be told about
+    step_module = maybe_compile(wrap_ddp(step_module, device, find_unused_parameters=not two_views),
+                                cfg.runtime.compile)
     balanced_iter = cycle(balanced) if balanced is not None else None
     groups = {"head": cfg.eval.head, "medium": cfg.eval.medium, "tail": cfg.eval.tail}
-    tracker = Tracker(run.path)
+    tracker = Tracker(run.path) if info.is_main else None
     cfg_dict = to_dict(cfg)
     for epoch in range(start_epoch, cfg.optim.epochs):
         ctx.epoch = epoch
-        stats = train_one_epoch(train_model, primary, balanced_iter, step, criterion, optimizer, scheduler, ctx,
-                                device, scaler, cfg.runtime.amp, paco, cfg.optim.grad_clip)
-        logits, labels, _ = predict(model, val_loader, device, cfg.runtime.amp)
+        for loader in (primary, balanced):
+            if loader is not None and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(step_module, primary, balanced_iter, optimizer, scheduler, device, scaler,
+                                cfg.runtime.amp, cfg.optim.grad_clip)
+        logits, labels, _ = predict(model, val_loader, device, cfg.runtime.amp)  # gathered: same on every rank
         val = group_metrics(labels, logits, groups)
         score = val[cfg.eval.select_metric]
         improved = best is None or score > best
         best = score if improved else best
+        if not info.is_main:
+            continue
         row = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
         tracker.log(row, step=epoch + 1)
         print(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {stats['train_loss']:.4f} val "
@@ -203,13 +226,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             save_checkpoint(run.checkpoints / "best.pt", **kw)
         if cfg.save_every_epoch or epoch + 1 == cfg.optim.epochs:
             save_checkpoint(run.checkpoints / "last.pt", **kw)
+    cleanup_distributed()  # the test evaluation below runs on rank 0 alone
+    if not info.is_main:
+        return {"run_dir": run.path, "test": None, "best_val": best, "saliency": cfg.saliency.resolved}
     tracker.close()
     best_path = run.checkpoints / "best.pt"
     if best_path.is_file():
         model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     test = evaluate_subset(model, cfg, prep.frame, "test", device, run.eval, run.figures)
     return {"run_dir": run.path, "test": test, "best_val": best, "saliency": cfg.saliency.resolved}
-
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.metrics import auc_macro_ovr
-from common.runtime import cleanup_distributed, gather_by_index, init_distributed, make_sampler, wrap_ddp
+from common.runtime import (
+    all_gather_tensor,
+    cleanup_distributed,
+    gather_by_index,
+    init_distributed,
+    make_sampler,
+    wrap_ddp,
+)
 
 
 def main() -> None:
@@ -46,6 +53,7 @@ def main() -> None:
         "gathered_count": int(len(idx)),
         "gathered_auc": auc_macro_ovr(labels[idx], probs),
         "single_process_auc": auc_macro_ovr(labels, np.stack([1 - scores, scores], 1)),
+        "gathered_tensor": all_gather_tensor(torch.full((2,), float(info.rank))).tolist(),
     }
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
     cleanup_distributed()
