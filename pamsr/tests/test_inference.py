@@ -60,3 +60,16 @@ def test_overlap_averaging_of_constant_and_linear_models():
     assert torch.allclose(out, torch.full_like(out, 0.3))
     ramp = torch.rand(1, 1, 70, 50)
     assert torch.allclose(forward_tiled(Up(), ramp, 2, tile=32, overlap=20), Up()(ramp))
+
+
+def test_bench_reports_both_modes_and_ratios_from_fresh_processes(tmp_path):
+    """``make bench-pamsr`` on CPU: each mode in its own process, tiled relative to whole in the same run."""
+    import pandas as pd
+
+    from pamsr.bench import main as bench_main
+
+    out = bench_main(["--size", "128", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    rows = pd.read_csv(out / "bench.csv").set_index("mode")
+    assert list(rows.index) == ["whole", "tiled"] and (rows["status"] == "ok").all()
+    assert rows.loc["whole", "speed_vs_whole"] == 1.0 and rows.loc["whole", "memory_vs_whole"] == 1.0
+    assert rows.loc["tiled", "speed_vs_whole"] == rows.loc["tiled", "mpix_per_s"] / rows.loc["whole", "mpix_per_s"]
