@@ -158,7 +158,10 @@ def barrier() -> None:
 
 
 def cleanup_distributed() -> None:
+    """Tear the process group down once every rank got here (a rank that leaves while a peer still exchanges the
+    last collective's data can abort gloo's transport thread)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -78,15 +78,29 @@ def _setup(kind: str, scale: int, size: int, device: torch.device) -> tuple[torc
     return model, lr
 
 
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def _measure_fresh_process(kind: str, scale: int, size: int, mode: str, tile: int, overlap: int, repeats: int
                            ) -> dict[str, float]:
-    """CPU: one mode in a new process, so that its peak RSS is its own; ``forward_memory_mb`` = peak RSS minus the
-    RSS after building the model and the input."""
+    """CPU: one mode in a new process; ``forward_memory_mb`` = peak RSS during the forwards minus the RSS after
+    building the model and the input (the peak counter is reset first via /proc/self/clear_refs; where that is not
+    available, the process's lifetime peak is used instead)."""
     device = torch.device("cpu")
     model, lr = _setup(kind, scale, size, device)
-    before = _peak_memory_mb(device)
+    before = _status_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
     row = measure(model, lr, scale, mode, tile, overlap, repeats, device)
-    row["forward_memory_mb"] = row["peak_memory_mb"] - before
+    row["forward_memory_mb"] = (_status_mb("VmHWM") if reset else row["peak_memory_mb"]) - before
     return row
 
 

@@ -68,8 +68,10 @@ def test_bench_reports_both_modes_and_ratios_from_fresh_processes(tmp_path):
 
     from pamsr.bench import main as bench_main
 
-    out = bench_main(["--size", "128", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    out = bench_main(["--size", "256", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     rows = pd.read_csv(out / "bench.csv").set_index("mode")
     assert list(rows.index) == ["whole", "tiled"] and (rows["status"] == "ok").all()
     assert rows.loc["whole", "speed_vs_whole"] == 1.0 and rows.loc["whole", "memory_vs_whole"] == 1.0
     assert rows.loc["tiled", "speed_vs_whole"] == rows.loc["tiled", "mpix_per_s"] / rows.loc["whole", "mpix_per_s"]
+    # each forward's own peak: whole-image activations of a 128^2 LR input take well over a megabyte
+    assert (rows["forward_memory_mb"] > 1).all()
