@@ -35,8 +35,12 @@ test: $(STAMP)
 $(addprefix test-,$(PROJECTS)): test-%: $(STAMP)
 	$(PY) -m pytest $* -m "not gpu" $(PYTEST_ARGS)
 
+# ruff; the import architecture (import-linter contracts in pyproject.toml); repeated code across the projects
+# (pylint's duplicate-code, configured in pyproject.toml). Each fails the target on a violation.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pylint --rcfile=pyproject.toml --jobs=1 common $(PROJECTS)
 
 # A project is implemented once it has reproduce.py / bench.py; until then the target says so and fails.
 # `make reproduce-fpt DATA=/data/messidor2 CONFIG=configs/messidor2.yaml` runs the paper setting on real data;
@@ -61,7 +65,7 @@ bench-fpt: bench-fpt_plus
 test-fpt: test-fpt_plus
 
 report: $(STAMP)
-	$(PY) -m common.tracking report $(PROJECTS)
+	$(PY) -m common.report $(PROJECTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

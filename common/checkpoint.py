@@ -10,6 +10,7 @@ Layout of a checkpoint (``SCHEMA_VERSION`` 1)::
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -43,20 +44,41 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
+def _save_error(path: Path, exc: OSError) -> CheckpointError:
+    causes = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+    cause = causes.get(exc.errno or -1, exc.strerror or str(exc))
+    return CheckpointError(f"cannot write checkpoint {path}: {cause}. Free space or point runs_root at a writable "
+                           f"folder; the previous {path.name}, if any, is intact.")
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: never a torn file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: never a torn file.
+
+    Temporary files that a killed save left behind (``.<name>.*.tmp``) are removed first; write errors become a
+    :class:`CheckpointError` naming the file and the likely cause (full disk, read-only folder).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _save_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _save_error(path, exc) from exc
+        if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "write failed" in str(exc)):
+            raise _save_error(path, OSError(errno.ENOSPC, "write failed")) from exc
         raise
     return path
 

@@ -51,6 +51,9 @@ __all__ = [
     "build_arg_parser",
     "parse_cli",
     "resolve_config_path",
+    "all_keys",
+    "load_from_checkpoint",
+    "print_config_and_exit",
 ]
 
 
@@ -213,15 +216,69 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"`{key}` = {value!r} has unsupported type for annotation {_type_name(tp)}")
 
 
+def _dataclass_of(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a (nested) config dataclass: ``["optim.lr", "runtime.device", ...]``."""
+    keys: list[str] = []
+    for name, tp in get_type_hints(cls).items():
+        if name not in {f.name for f in dataclasses.fields(cls) if f.init}:
+            continue
+        sub = _dataclass_of(tp)
+        keys += all_keys(sub, f"{prefix}{name}.") if sub is not None else [f"{prefix}{name}"]
+    return keys
+
+
+def _leaves(key: str, value: Any) -> list[str]:
+    if isinstance(value, Mapping) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{key}.{k}", v)]
+    return [key]
+
+
+def _closest_anywhere(unknown: str, root: type) -> str | None:
+    """The valid dotted key most like ``unknown`` in the whole config (``optim.lrr`` -> ``train.lr``)."""
+    candidates = all_keys(root)
+    leaf = unknown.rsplit(".", 1)[-1]
+    by_leaf = {c: c.rsplit(".", 1)[-1] for c in candidates}
+    same_leaf = [c for c, name in by_leaf.items() if difflib.SequenceMatcher(None, leaf, name).ratio() >= 0.75]
+    pool = same_leaf or candidates
+    match = difflib.get_close_matches(unknown, pool, n=1, cutoff=0.0 if same_leaf else 0.6)
+    return match[0] if match else None
+
+
+_ROOT: list[type] = []  # the root config class of the from_dict call in progress (for "did you mean")
+
+
 def from_dict(cls: type[T], data: Mapping, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested mapping, validating every key (see module docstring)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    if not prefix:
+        _ROOT.append(cls)
+        try:
+            return _from_dict(cls, data, prefix)
+        finally:
+            _ROOT.pop()
+    return _from_dict(cls, data, prefix)
+
+
+def _from_dict(cls: type[T], data: Mapping, prefix: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields), prefix)}")
+            unknown = _leaves(f"{prefix}{key}", data[key])[0]
+            anywhere = _closest_anywhere(unknown, _ROOT[-1]) if _ROOT else None
+            hint = f"; did you mean `{anywhere}`?" if anywhere else _closest(str(key), list(fields), prefix)
+            raise ConfigError(f"unknown config key `{unknown}`{hint}")
     kwargs = {}
     for name, fld in fields.items():
         full = f"{prefix}{name}"
@@ -299,3 +356,23 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None, parser: argparse.Argumen
     except ConfigError as exc:
         parser.error(str(exc))
     return cfg, args
+
+
+def load_from_checkpoint(cls: type[T], checkpoint: str | Path, overrides: Sequence[str] = ()) -> T:
+    """The config a checkpoint was trained with (its stored plain dict), plus dotted overrides, validated.
+
+    ``eval.py --checkpoint PATH`` rebuilds its model from this, so evaluating never depends on a YAML file that
+    may have changed since training.
+    """
+    from common.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(checkpoint).get("config")
+    if not isinstance(stored, Mapping):
+        raise ConfigError(f"checkpoint {checkpoint} holds no config dict; pass --config FILE as well")
+    return from_dict(cls, apply_overrides(dict(stored), overrides))
+
+
+def print_config_and_exit(cfg: Any) -> None:
+    """``--print-config``: the resolved config as YAML on stdout, then exit 0 without doing any work."""
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    raise SystemExit(0)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -17,13 +18,15 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from collections.abc import Sequence
 
 import torch
 
 from common.config import dump_config
 from common.runtime import broadcast_object, dist_info
 
-__all__ = ["repo_root", "resolve_path", "RunDir", "create_run_dir", "write_env_json", "latest_run", "git_sha"]
+__all__ = ["repo_root", "resolve_path", "RunDir", "create_run_dir", "write_env_json", "latest_run", "git_sha",
+           "RunFolderError", "check_writable", "OpenedRun", "open_run", "newest_checkpoint"]
 
 _ENV_PACKAGES = ("torch", "torchvision", "timm", "monai", "numpy", "albumentations", "scikit-learn",
                  "scikit-image", "opencv-python-headless", "opencv-contrib-python-headless", "pandas", "flwr",
@@ -143,3 +146,68 @@ def latest_run(project: str, experiment: str, root: str | Path = "runs", require
     if require is not None:
         runs = [p for p in runs if (p / require).exists()]
     return runs[-1] if runs else None
+
+
+class RunFolderError(RuntimeError):
+    """The runs folder cannot be written; the message names the config key and the fix."""
+
+
+def check_writable(folder: str | Path, key: str = "runs_root") -> Path:
+    """Create ``folder`` if needed and prove it is writable (a probe file), before any work is done."""
+    folder = resolve_path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunFolderError(f"{key}={folder} is not writable ({exc.strerror or exc}); point {key} at a folder "
+                             f"you can write, e.g. `{key}=/tmp/runs`") from exc
+    return folder
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run folder and, when resuming, the checkpoint to continue from."""
+
+    run: RunDir
+    resume_from: Path | None
+
+
+def open_run(project: str, cfg: Any, *, resume: str | Path | None = None, device: torch.device | str | None = None,
+             experiment: str | None = None) -> OpenedRun:
+    """Create a run folder, or reopen the one a resumed checkpoint lives in, and say which on stdout.
+
+    ``cfg`` is the project's root ``Config`` (``experiment`` and ``runs_root`` are read from it; ``experiment``
+    overrides the name). ``resume``: ``None`` (fresh), ``auto`` (newest ``last.pt`` of the experiment; fresh when
+    there is none, and the message says so) or a path to a checkpoint, whose run folder is reused.
+    ``config.yaml`` is written again on resume so that it matches the run's current config.
+    """
+    from common.checkpoint import find_resume_checkpoint  # checkpoint imports runtime only; no cycle either way
+
+    name = experiment or cfg.experiment
+    runs_root = check_writable(cfg.runs_root)
+    experiment_dir = runs_root / project / name
+    checkpoint = find_resume_checkpoint(resume, experiment_dir)
+    info = dist_info()
+    if checkpoint is None:
+        run = create_run_dir(project, name, cfg, root=runs_root, device=device)
+        if info.is_main:
+            why = f" (--resume auto: no last.pt under {experiment_dir})" if str(resume) == "auto" else ""
+            print(f"[{project}] new run {run.path}{why}")
+        return OpenedRun(run, None)
+    run = create_run_dir(project, name, cfg, root=runs_root, device=device, existing=checkpoint.parent.parent)
+    if info.is_main:
+        print(f"[{project}] resuming {run.path} from {checkpoint}")
+    return OpenedRun(run, checkpoint)
+
+
+def newest_checkpoint(project: str, experiment: str, root: str | Path = "runs",
+                      names: Sequence[str] = ("best.pt", "last.pt")) -> Path | None:
+    """``--checkpoint auto``: the newest run of the experiment holding one of ``names`` (first name preferred)."""
+    base = resolve_path(root) / project / experiment
+    for run in sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: p.name, reverse=True):
+        for name in names:
+            if (run / "checkpoints" / name).is_file():
+                return run / "checkpoints" / name
+    return None

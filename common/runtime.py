@@ -23,6 +23,9 @@ __all__ = [
     "AmpMode",
     "DistInfo",
     "RuntimeConfig",
+    "setup_runtime",
+    "apply_threads",
+    "refuse_unsupported",
     "backward_and_step",
     "pick_device",
     "autocast",
@@ -44,14 +47,53 @@ __all__ = [
 ]
 
 
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 @dataclass
 class RuntimeConfig:
-    """The ``runtime:`` section shared by every project's config (subclass it to add project fields)."""
+    """The ``runtime:`` section shared by every project's config (subclass it to add project fields).
+
+    ``threads``: intra-op CPU threads; 0 keeps (or restores) torch's default for this machine.
+    ``progress``: tqdm bars on long loops (one plain log line per epoch is printed either way).
+    """
 
     device: str = "auto"
     amp: AmpMode = "off"
     compile: bool = False
     deterministic: bool = False
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"runtime.threads must be >= 0 (0 = torch default), got {self.threads}")
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's intra-op thread count; ``0`` restores the default torch chose at start-up. Returns the count."""
+    torch.set_num_threads(int(threads) if threads > 0 else _TORCH_DEFAULT_THREADS)
+    return torch.get_num_threads()
+
+
+def refuse_unsupported(runtime: RuntimeConfig, *, amp: bool = True, compile: bool = True,
+                       project: str = "this project") -> None:
+    """Raise for a runtime key the project cannot honour (never accept a key and ignore it)."""
+    if not amp and runtime.amp != "off":
+        raise ValueError(f"runtime.amp={runtime.amp}: {project} has no mixed-precision path; use runtime.amp=off")
+    if not compile and runtime.compile:
+        raise ValueError(f"runtime.compile=true: {project} does not compile its models; use runtime.compile=false")
+
+
+def setup_runtime(runtime: RuntimeConfig, seed: int) -> torch.device:
+    """The one place a run applies its ``runtime:`` section: process group (under torchrun), threads, seeds and
+    determinism, then the device (``cuda:<local_rank>`` when CUDA is present and ``device: auto``)."""
+    from common.seed import seed_everything  # common.seed imports nothing from here; keep the import local anyway
+
+    info = init_distributed()
+    apply_threads(runtime.threads)
+    seed_everything(seed, rank=info.rank, deterministic=runtime.deterministic)
+    return pick_device(runtime.device, info.local_rank)
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "worker_init_fn", "make_generator", "loader_seed_kwargs", "reseed_transforms"]
+__all__ = ["seed_everything", "worker_init_fn", "make_generator", "loader_seed_kwargs", "reseed_transforms",
+           "epoch_seed", "seed_loader_epoch"]
 
 _MAX_SEED = 2**32 - 1
 
@@ -104,3 +105,27 @@ def make_generator(seed: int) -> torch.Generator:
 def loader_seed_kwargs(seed: int, rank: int = 0) -> dict[str, Any]:
     """``DataLoader(**loader_seed_kwargs(seed, rank))``: seeded generator plus the reseeding worker init."""
     return {"generator": make_generator(seed + 1000 * rank), "worker_init_fn": worker_init_fn}
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A seed that is a pure function of ``(seed, epoch, salt)``: what an epoch draws never depends on history."""
+    return int(np.random.SeedSequence([int(seed) % _MAX_SEED, int(epoch), int(salt)]).generate_state(1)[0])
+
+
+def seed_loader_epoch(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
+    """Make one epoch of ``loader`` a function of ``(seed, epoch)`` only, so ``--resume`` replays it exactly.
+
+    Reseeds the loader's generator (shuffling order and worker base seeds) and calls ``set_epoch`` on a
+    ``DistributedSampler`` (or any sampler / batch sampler that has it). Call it before iterating each epoch.
+    """
+    if loader.generator is not None:
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
+    for sampler in (loader.sampler, getattr(loader, "batch_sampler", None)):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        inner = getattr(sampler, "sampler", None)
+        if inner is not None and inner is not loader.sampler and hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+        gen = getattr(sampler, "generator", None)
+        if isinstance(gen, torch.Generator) and gen is not loader.generator:
+            gen.manual_seed(epoch_seed(seed, epoch, salt=1))

@@ -1,4 +1,4 @@
-"""Experiment tracking: scalars to TensorBoard and ``metrics.csv`` in one call, image grids, figures, README report.
+"""Experiment tracking: scalars to TensorBoard and ``metrics.csv`` in one call, image grids, figures, eval tables.
 
 Only rank 0 writes; on other ranks a :class:`Tracker` is silent. Tags are namespaced (``train/loss``,
 ``val/auc``); the CSV gets one row per ``log`` call with the union of all columns seen so far.
@@ -6,7 +6,6 @@ Only rank 0 writes; on other ranks a :class:`Tracker` is silent. Tags are namesp
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from collections.abc import Mapping, Sequence
@@ -17,8 +16,8 @@ import numpy as np
 
 from common.runtime import dist_info
 
-__all__ = ["Tracker", "to_uint8_rgb", "overlay_mask", "image_grid", "save_png", "plot_curves",
-           "plot_confusion_matrix", "save_figure", "write_comparison", "update_readme_results", "main"]
+__all__ = ["Tracker", "to_uint8_rgb", "overlay_mask", "image_grid", "save_png", "pyplot", "plot_curves", "plot_roc",
+           "plot_confusion_matrix", "save_figure", "write_comparison", "write_eval_tables", "markdown_table"]
 
 
 class Tracker:
@@ -148,7 +147,8 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- figures
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (figures are written to files, never shown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +159,7 @@ def _pyplot():
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """Tight layout, write a matplotlib figure to ``path`` (folders created) and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def plot_curves(metrics_csv: str | Path, keys: Sequence[str], path: str | Path, 
     """Line plot of the given columns of a ``metrics.csv`` against ``x``; missing values are left as gaps."""
     import pandas as pd
 
-    plt = _pyplot()
+    plt = pyplot()
     frame = pd.read_csv(metrics_csv)
     missing = [k for k in keys if k not in frame.columns]
     if missing:
@@ -190,7 +190,7 @@ def plot_curves(metrics_csv: str | Path, keys: Sequence[str], path: str | Path, 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = True
                           ) -> Path:
     """Confusion matrix (rows = truth, columns = prediction), row-normalised by default, counts annotated."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(class_names), 0.8 + 0.6 * len(class_names)))
@@ -224,7 +224,7 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, tit
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "comparison.csv"
     frame.to_csv(csv_path, index=False)
-    lines = [f"# {title}", "", _markdown_table(frame), ""]
+    lines = [f"# {title}", "", markdown_table(frame), ""]
     if notes:
         lines += [notes, ""]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
@@ -239,70 +239,57 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _markdown_table(frame: Any) -> str:
+def markdown_table(frame: Any) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     sep = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, sep, *body])
 
 
-def _headline(csv_path: Path) -> str:
+def plot_roc(y_true: Sequence[int] | np.ndarray, scores: np.ndarray, path: str | Path,
+             class_names: Sequence[str] | None = None) -> Path:
+    """One-vs-rest ROC curves (scikit-learn ``roc_curve``) of ``scores`` ``(N,)`` (binary) or ``(N, C)``, with AUCs.
+
+    Classes absent from ``y_true`` (or present alone) have no ROC curve and are left out of the legend.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = pyplot()
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    columns = scores[:, None] if scores.ndim == 1 else scores
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for c in range(columns.shape[1]):
+        positive = (y_true == (1 if columns.shape[1] == 1 else c)).astype(int)
+        if positive.min() == positive.max():
+            continue
+        fpr, tpr, _ = roc_curve(positive, columns[:, c])
+        name = class_names[c] if class_names is not None else (str(c) if columns.shape[1] > 1 else "positive")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positive, columns[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_eval_tables(eval_dir: str | Path, summary: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                      per_case: Sequence[Mapping[str, Any]] | Any = (), *, prefix: str = "") -> tuple[Path, Path]:
+    """Write ``<eval_dir>/<prefix>summary.csv`` and ``<eval_dir>/<prefix>per_case.csv``: the one file scheme.
+
+    ``summary``: one mapping (one row: metric -> value) or several rows (e.g. one per split or checkpoint).
+    ``per_case``: rows (one per image / case / volume) or a DataFrame; written even when empty (header only), so
+    a consumer never has to guess whether evaluation ran. Only rank 0 writes. Returns both paths.
+    """
     import pandas as pd
 
-    frame = pd.read_csv(csv_path)
-    metrics = [c for c in frame.columns if c != "method" and not c.endswith("_std")
-               and pd.api.types.is_numeric_dtype(frame[c])]
-    if frame.empty or not metrics:
-        return ""
-    row = frame.iloc[0]
-    value = f"{metrics[0]} {row[metrics[0]]:.3f}"
-    if f"{metrics[0]}_std" in frame.columns and not pd.isna(row[f"{metrics[0]}_std"]):
-        value += f" ± {row[f'{metrics[0]}_std']:.3f}"
-    return value
-
-
-def update_readme_results(readme: str | Path, runs_root: str | Path, projects: Sequence[str]) -> dict[str, str]:
-    """Fill the last column ("ours") of each project's row in the README results table.
-
-    A project's row is the table row whose first cell links ``<project>/``; the value is the headline of the newest
-    ``runs/<project>/reproduce/<run>/comparison.csv`` (by modification time; first row, first metric), with the run
-    folder as text (``runs/`` is not versioned, so no link). Rows of
-    projects without a reproduce run are left as they are. Returns ``{project: new cell}``.
-    """
-    readme = Path(readme)
-    lines = readme.read_text().splitlines()
-    updated: dict[str, str] = {}
-    for project in projects:
-        runs = sorted(Path(runs_root, project, "reproduce").glob("*/comparison.csv"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            continue
-        newest = runs[-1]
-        cell = f"{_headline(newest)} (`{newest.parent.relative_to(readme.parent)}`)"
-        for i, line in enumerate(lines):
-            cells = line.split("|")
-            if line.startswith("|") and len(cells) > 3 and f"({project}/)" in cells[1]:
-                cells[-2] = f" {cell} "
-                lines[i] = "|".join(cells)
-                updated[project] = cell
-    readme.write_text("\n".join(lines) + "\n")
-    return updated
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.tracking report``: the ``make report`` target."""
-    from common.rundir import repo_root
-
-    parser = argparse.ArgumentParser(description="Copy every project's newest reproduce result into README.md")
-    parser.add_argument("command", choices=["report"])
-    parser.add_argument("--readme", default=str(repo_root() / "README.md"))
-    parser.add_argument("--runs", default=str(repo_root() / "runs"))
-    parser.add_argument("projects", nargs="+")
-    args = parser.parse_args(argv)
-    updated = update_readme_results(args.readme, args.runs, args.projects)
-    for project in args.projects:
-        print(f"{project:12s} {updated.get(project, '(no reproduce run yet)')}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    eval_dir = Path(eval_dir)
+    rows = [dict(summary)] if isinstance(summary, Mapping) else [dict(r) for r in summary]
+    per_case_frame = per_case if isinstance(per_case, pd.DataFrame) else pd.DataFrame(list(per_case))
+    summary_path = eval_dir / f"{prefix}summary.csv"
+    per_case_path = eval_dir / f"{prefix}per_case.csv"
+    if dist_info().is_main:
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(summary_path, index=False)
+        per_case_frame.to_csv(per_case_path, index=False)
+    return summary_path, per_case_path

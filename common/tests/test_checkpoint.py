@@ -113,3 +113,24 @@ def test_init_weights_strips_ddp_prefix_and_reports_mismatches(tmp_path):
     assert set(report["shape_mismatch"]) == {"2.weight", "2.bias"}
     with pytest.raises(CheckpointError):
         load_init_weights(other, tmp_path / "w.pt", strict=True)
+
+
+def test_a_failed_save_names_the_file_and_cause_and_cleans_stale_tmp(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+    import torch
+
+    from common import checkpoint as ck
+
+    target = tmp_path / "last.pt"
+    stale = tmp_path / ".last.pt.abc.tmp"
+    stale.write_bytes(b"half")
+
+    def full_disk(obj, handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(ck.CheckpointError, match=r"last.pt: the disk is full"):
+        ck.atomic_torch_save({"a": torch.zeros(1)}, target)
+    assert not stale.exists() and not list(tmp_path.glob("*.tmp")) and not target.exists()

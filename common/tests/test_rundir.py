@@ -44,3 +44,48 @@ def test_project_modules_import_from_inside_a_project_folder():
                               cwd=Path(repo_root(), project), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert Path(proc.stdout.strip()) == repo_root()
+
+
+def test_open_run_fresh_then_resume_auto_reuses_the_folder(tmp_path, capsys):
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from common.rundir import open_run
+
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    @dataclass
+    class Cfg:
+        experiment: str = "exp"
+        runs_root: Path = tmp_path / "runs"
+
+    first = open_run("proj", Cfg(), resume="auto")
+    assert first.resume_from is None and "no last.pt" in capsys.readouterr().out
+    save_checkpoint(first.run.checkpoints / "last.pt", model=torch.nn.Linear(1, 1), config={}, epoch=1, step=1)
+    again = open_run("proj", Cfg(), resume="auto")
+    assert again.run.path == first.run.path and again.resume_from == first.run.checkpoints / "last.pt"
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_a_read_only_runs_root_fails_at_startup_naming_the_key(tmp_path):
+    import os
+
+    import pytest
+
+    from common.rundir import RunFolderError, check_writable
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root ignores permission bits: use a path under a file instead
+            target = tmp_path / "file"
+            target.write_text("")
+            with pytest.raises(RunFolderError, match="runs_root="):
+                check_writable(target / "runs")
+        else:
+            with pytest.raises(RunFolderError, match="runs_root="):
+                check_writable(folder / "runs")
+    finally:
+        folder.chmod(0o700)

@@ -69,3 +69,26 @@ def test_backward_and_step_clips_and_steps():
     backward_and_step(loss, opt, make_grad_scaler(torch.device("cpu"), "off"), grad_clip=1.0)
     # with clipping the update has norm exactly 1 (SGD, lr 1); without it would be ~346
     assert float(model.weight.detach().norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_threads_zero_restores_the_torch_default():
+    import torch
+
+    from common.runtime import _TORCH_DEFAULT_THREADS, apply_threads
+
+    assert apply_threads(1) == 1 == torch.get_num_threads()
+    assert apply_threads(0) == _TORCH_DEFAULT_THREADS
+
+
+def test_unsupported_runtime_keys_are_refused():
+    import pytest
+
+    from common.runtime import RuntimeConfig, refuse_unsupported
+
+    refuse_unsupported(RuntimeConfig(), amp=False, compile=False)
+    with pytest.raises(ValueError, match="runtime.amp=bf16"):
+        refuse_unsupported(RuntimeConfig(amp="bf16"), amp=False)
+    with pytest.raises(ValueError, match="runtime.compile"):
+        refuse_unsupported(RuntimeConfig(compile=True), compile=False)
+    with pytest.raises(ValueError, match="threads"):
+        RuntimeConfig(threads=-1)

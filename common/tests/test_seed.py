@@ -59,3 +59,23 @@ def test_reseed_transforms_finds_nested_pipelines():
     a = ds[0]
     reseed_transforms(ds, 5)
     assert torch.equal(a, ds[0])
+
+
+def test_seed_loader_epoch_makes_the_order_a_function_of_seed_and_epoch():
+    import torch
+    from torch.utils.data import DataLoader
+
+    from common.seed import make_generator, seed_loader_epoch
+
+    def order(epochs):
+        loader = DataLoader(list(range(20)), batch_size=20, shuffle=True, generator=make_generator(0))
+        out = []
+        for epoch in epochs:
+            seed_loader_epoch(loader, 3, epoch)
+            out.append(next(iter(loader)).tolist())
+        return out
+
+    straight = order([0, 1, 2])
+    assert order([2]) == [straight[2]]  # epoch 2 alone (a resumed run) equals epoch 2 after 0 and 1
+    assert straight[0] != straight[1]
+    assert torch.equal(torch.tensor(order([1])[0]), torch.tensor(straight[1]))

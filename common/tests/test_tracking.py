@@ -9,9 +9,9 @@ from common.tracking import (
     overlay_mask,
     plot_confusion_matrix,
     plot_curves,
-    update_readme_results,
     write_comparison,
 )
+from common.report import update_readme_results
 
 
 def test_tracker_writes_csv_rows_and_tensorboard(tmp_path):
