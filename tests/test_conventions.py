@@ -115,7 +115,8 @@ def test_project_has_the_standard_rooms(project):
     missing = [n for n in need if not (folder / n).exists()]
     assert not missing, f"{project}/ lacks {missing}"
     assert (folder / "model.py").is_file() or (folder / "models").is_dir(), f"{project}/ has no model.py or models/"
-    assert not (folder / "experiment.py").exists(), f"{project}/experiment.py: config goes to settings.py, glue to pipeline.py"
+    assert not (folder / "experiment.py").exists(), \
+        f"{project}/experiment.py: config goes to settings.py, glue to pipeline.py"
     assert "## Design notes" in (folder / "README.md").read_text(), f"{project}/README.md has no 'Design notes'"
 
 

@@ -23,7 +23,8 @@ def _commands(readme: Path) -> list[str]:
     lines = []
     for block in FENCE.findall(readme.read_text()):
         joined = re.sub(r"\\\n\s*", " ", block)
-        lines += [ln.split(" #")[0].strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        lines += [ln.split(" #")[0].strip() for ln in joined.splitlines()
+                  if ln.strip() and not ln.lstrip().startswith("#")]
     return lines
 
 
