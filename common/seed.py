@@ -115,9 +115,13 @@ def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
 def seed_loader_epoch(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
     """Make one epoch of ``loader`` a function of ``(seed, epoch)`` only, so ``--resume`` replays it exactly.
 
-    Reseeds the loader's generator (shuffling order and worker base seeds) and calls ``set_epoch`` on a
-    ``DistributedSampler`` (or any sampler / batch sampler that has it). Call it before iterating each epoch.
+    Reseeds the loader's generator (shuffling order and worker base seeds; workers then reseed their transforms
+    through :func:`worker_init_fn`), calls ``set_epoch`` on a ``DistributedSampler`` (or any sampler / batch sampler
+    that has it) and, when the loader has no workers, reseeds the dataset's albumentations / MONAI transforms in
+    this process. Call it before iterating each epoch.
     """
+    if loader.num_workers == 0:
+        reseed_transforms(loader.dataset, epoch_seed(seed, epoch, salt=2))
     if loader.generator is not None:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
     for sampler in (loader.sampler, getattr(loader, "batch_sampler", None)):
