@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from scipy import ndimage
 
-from aslseg.settings import OptimConfig, SSLConfig
+from aslseg.settings import ModelConfig, OptimConfig, SSLConfig
 
 __all__ = ["SEGMENTER_PARAMS", "build_segmenter", "generate_mask", "masked_dice_loss", "mix_loss", "dice_ce_loss",
            "ema_update", "filter_components", "pseudo_labels", "sigmoid_rampup", "uncertainty_mask", "SSLBatch",
@@ -38,7 +38,7 @@ __all__ = ["SEGMENTER_PARAMS", "build_segmenter", "generate_mask", "masked_dice_
 SEGMENTER_PARAMS = 1_625_161
 
 
-def build_segmenter(cfg: SSLConfig, in_channels: int = 1, out_channels: int = 2) -> UNet:
+def build_segmenter(cfg: ModelConfig, in_channels: int = 1, out_channels: int = 2) -> UNet:
     """MONAI 2D UNet ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits (H, W multiples of 16)."""
     return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(cfg.channels),
                 strides=tuple(cfg.strides), num_res_units=cfg.num_res_units)
@@ -164,7 +164,7 @@ class SSLTrainer:
     def __init__(self, cfg: SSLConfig, optim: OptimConfig, device: torch.device,
                  student: torch.nn.Module | None = None):
         self.cfg, self.optim_cfg, self.device = cfg, optim, device
-        self.student = (student if student is not None else build_segmenter(cfg)).to(device)
+        self.student = (student if student is not None else build_segmenter(ModelConfig())).to(device)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -13,8 +13,9 @@ from typing import Literal
 
 from common.runtime import RuntimeConfig as _BaseRuntime
 
-__all__ = ["Config", "DataConfig", "SynthConfig", "OptimConfig", "SSLConfig", "SAMConfig", "SAMPretrainConfig",
-           "PromptConfig", "AdapterConfig", "SelectionConfig", "LoopConfig", "EvalConfig", "RuntimeConfig",
+__all__ = ["Config", "DataConfig", "ModelConfig", "SynthConfig", "OptimConfig", "SSLConfig", "SAMConfig",
+           "SAMPretrainConfig", "PromptConfig", "AdapterConfig", "SelectionConfig", "LoopConfig", "EvalConfig",
+           "RuntimeConfig",
            "SSL_METHODS", "METHODS"]
 
 SSL_METHODS = ("bcp", "mean_teacher", "ua_mt", "supervised")
@@ -97,6 +98,19 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The segmenter: MONAI 2D ``UNet`` (1 input channel, 2 classes)."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+
+    def __post_init__(self) -> None:
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError("model.strides needs one entry fewer than model.channels")
+
+
+@dataclass
 class OptimConfig:
     """The segmenter's SGD (BCP ACDC script: lr 0.01, momentum 0.9, wd 1e-4, constant lr). ``batch_size`` images
     per step of which ``labelled_bs`` labelled; ``lr_step`` > 0 multiplies the lr by 0.1 every ``lr_step``
@@ -136,9 +150,6 @@ class SSLConfig:
     consistency_rampup: float = 40.0
     uncertainty_passes: int = 8
     teacher_noise: float = 0.1
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
-    num_res_units: int = 2
 
     def __post_init__(self) -> None:
         _non_negative("ssl", pretrain_iters=self.pretrain_iters, self_iters=self.self_iters, min_area=self.min_area,
@@ -146,8 +157,6 @@ class SSLConfig:
         _fraction("ssl", ema_decay=self.ema_decay, u_weight=self.u_weight)
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"ssl.mask_ratio must lie in (0, 1), got {self.mask_ratio}")
-        if len(self.strides) != len(self.channels) - 1:
-            raise ValueError("ssl.strides needs one entry fewer than ssl.channels")
         _positive("ssl", uncertainty_passes=self.uncertainty_passes)
 
 
@@ -314,6 +323,7 @@ class Config:
     seed: int = 0
     runs_root: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)

@@ -18,12 +18,12 @@ from aslseg.semisup import (
     sigmoid_rampup,
     uncertainty_mask,
 )
-from aslseg.settings import OptimConfig, SSLConfig
+from aslseg.settings import ModelConfig, OptimConfig, SSLConfig
 
 
 def test_segmenter_parameter_count_on_meta_device():
     with torch.device("meta"):
-        model = build_segmenter(SSLConfig())
+        model = build_segmenter(ModelConfig())
     assert sum(p.numel() for p in model.parameters()) == SEGMENTER_PARAMS == 1_625_161
 
 

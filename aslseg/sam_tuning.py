@@ -1,0 +1,161 @@
+"""Fine-tuning SAM on the labelled slices ("fine-tunes SAM on labeled data") and the SAM training step it shares
+with ``pretrain_sam.py``.
+
+Each training example is (slice, box, target): a ground-truth tumour component with its tight box jittered by up
+to ``sam.box_jitter`` of the side per edge (MedSAM ``bbox_shift``), or, with probability ``sam.pseudo_box_prob``,
+a component of the SSL segmenter's prediction on that labelled slice with the ground-truth components it touches
+as the target (empty for an SSL false positive), so SAM meets the prompt noise it will see and learns to answer a
+wrong box with nothing. Loss: Dice + BCE (MedSAM) for ``decoder``/``full``, 0.2 CE + 0.8 Dice (SAMed) for
+``lora``; AdamW, SAMed's linear warm-up and poly-0.9 decay for ``lora``, a constant rate otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aslseg.prompts import boxes_from_mask, components, jitter_box
+from aslseg.sam_model import SAMSegmenter, add_lora, default_lr, set_trainable
+from aslseg.settings import SAMConfig
+
+__all__ = ["SAMExample", "soft_dice_loss", "sam_loss", "sam_train_step", "sample_finetune_examples",
+           "lr_factor", "finetune_sam"]
+
+
+@dataclass
+class SAMExample:
+    """One prompt: slice index, XYXY box (slice pixels), binary target ``(H, W)``, optional XY point."""
+
+    index: int
+    box: np.ndarray
+    target: np.ndarray
+    point: np.ndarray | None = None
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Per-mask soft Dice of ``sigmoid(logits)`` vs ``target``, both ``(N, 1, H, W)``, averaged over masks."""
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+
+
+def sam_loss(logits: torch.Tensor, target: torch.Tensor, dice_w: float, bce_w: float) -> torch.Tensor:
+    return dice_w * soft_dice_loss(logits, target) + bce_w * F.binary_cross_entropy_with_logits(logits, target)
+
+
+def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                   examples: list[SAMExample], dice_w: float = 1.0, bce_w: float = 1.0, iou_w: float = 0.0,
+                   embeddings: torch.Tensor | None = None) -> dict[str, float]:
+    """One AdamW step on ``examples`` (their ``index`` points into ``images (N, 1, H, W)``, or into cached
+    ``embeddings``). One decoder call per example (the package decoder cannot pair B images with B boxes).
+    ``iou_w`` > 0 also regresses the IoU head on the true IoU of the thresholded mask."""
+    model.train()
+    device = model.mean.device
+    idx = sorted({e.index for e in examples})
+    pos = {i: k for k, i in enumerate(idx)}
+    if embeddings is None:
+        emb = model.embed(images[idx].to(device))
+    else:
+        emb = embeddings[idx].to(device)
+    h, w = images.shape[-2:]
+    logits, ious, targets = [], [], []
+    for ex in examples:
+        pts = None
+        if ex.point is not None:
+            pts = (torch.as_tensor(ex.point, dtype=torch.float32).view(1, 1, 2), torch.ones(1, 1, dtype=torch.int))
+        lg, iou = model.decode(emb[pos[ex.index]][None], torch.as_tensor(ex.box, dtype=torch.float32)[None], (h, w),
+                               pts)
+        logits.append(lg)
+        ious.append(iou)
+        targets.append(torch.as_tensor(ex.target, dtype=torch.float32)[None, None])
+    logits_t, target_t = torch.cat(logits), torch.cat(targets).to(device)
+    loss = sam_loss(logits_t, target_t, dice_w, bce_w)
+    logs = {"loss_mask": float(loss.detach())}
+    if iou_w > 0:
+        with torch.no_grad():
+            hard = (logits_t > 0).float()
+            inter, union = (hard * target_t).sum((1, 2, 3)), ((hard + target_t) > 0).float().sum((1, 2, 3))
+            true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou_loss = F.mse_loss(torch.cat(ious)[:, 0], true_iou)
+        loss = loss + iou_w * iou_loss
+        logs["loss_iou"] = float(iou_loss.detach())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SAM training: non-finite loss {float(loss.detach())}; lower sam.lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    logs["loss"] = float(loss.detach())
+    return logs
+
+
+def sample_finetune_examples(labels: np.ndarray, ssl_masks: np.ndarray | None, cfg: SAMConfig, min_area: int,
+                             margin: int, rng: np.random.Generator) -> list[SAMExample]:
+    """``cfg.batch_size`` examples from labelled slices ``labels (N, H, W)`` (tumour 0/1) and the SSL predictions on
+    them (``ssl_masks``, same shape, or None)."""
+    shape = labels.shape[-2:]
+    positive = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
+    with_pred = [] if ssl_masks is None else np.flatnonzero(ssl_masks.reshape(len(ssl_masks), -1).any(1))
+    if len(positive) == 0 and len(with_pred) == 0:
+        raise ValueError("SAM fine-tuning needs at least one labelled slice with a tumour")
+    out: list[SAMExample] = []
+    while len(out) < cfg.batch_size:
+        use_pseudo = len(with_pred) > 0 and (len(positive) == 0 or rng.random() < cfg.pseudo_box_prob)
+        if use_pseudo:
+            i = int(rng.choice(with_pred))
+            boxes = boxes_from_mask(ssl_masks[i], min_area, margin)
+            if len(boxes) == 0:
+                continue
+            box = boxes[int(rng.integers(len(boxes)))]
+            x0, y0, x1, y1 = box.astype(int)
+            target = np.zeros(shape, np.float32)
+            for comp in components(labels[i]):
+                if comp[y0:y1, x0:x1].any():
+                    target[comp] = 1.0
+            out.append(SAMExample(i, box, target))
+        else:
+            i = int(rng.choice(positive))
+            comps = components(labels[i])
+            comp = comps[int(rng.integers(len(comps)))]
+            box = jitter_box(boxes_from_mask(comp)[0], shape, cfg.box_jitter, rng)
+            out.append(SAMExample(i, box, comp.astype(np.float32)))
+    return out
+
+
+def lr_factor(step: int, total: int, warmup: int, mode: str) -> float:
+    """SAMed schedule for ``lora``: linear warm-up over ``warmup`` steps, then (1 - t / total)^0.9; 1 otherwise."""
+    if mode != "lora":
+        return 1.0
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(1.0 - (step - warmup) / max(total - warmup, 1), 0.0) ** 0.9
+
+
+def finetune_sam(model: SAMSegmenter, images: np.ndarray, labels: np.ndarray, ssl_masks: np.ndarray | None,
+                 cfg: SAMConfig, min_area: int, margin: int, seed: int) -> list[float]:
+    """Fine-tune ``model`` in place for ``cfg.steps`` on labelled slices ``images (N, H, W)`` in [0, 1] with tumour
+    ``labels (N, H, W)``; returns the loss per step."""
+    if cfg.finetune == "lora":
+        add_lora(model.sam, cfg.lora_rank)
+    params = set_trainable(model.sam, cfg.finetune)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr or default_lr(cfg.finetune), weight_decay=cfg.weight_decay)
+    base_lr = optimizer.param_groups[0]["lr"]
+    x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+    embeddings = None
+    if cfg.finetune == "decoder":  # both encoders frozen: embed every labelled slice once
+        model.eval()
+        with torch.no_grad():
+            embeddings = torch.cat([model.embed(x[i:i + 16].to(model.mean.device)) for i in range(0, len(x), 16)])
+    dice_w, bce_w = (0.8, 0.2) if cfg.finetune == "lora" else (1.0, 1.0)
+    losses = []
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.finetune)
+        rng = np.random.default_rng([seed, 77, step])
+        examples = sample_finetune_examples(labels, ssl_masks, cfg, min_area, margin, rng)
+        losses.append(sam_train_step(model, optimizer, x, examples, dice_w, bce_w, embeddings=embeddings)["loss"])
+    set_trainable(model.sam, "decoder")
+    model.eval()
+    return losses
