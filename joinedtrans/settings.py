@@ -1,0 +1,243 @@
+"""Typed configuration of JOINEDTrans runs (loaded by :func:`common.config.load_config`, every key validated first).
+
+Defaults are the paper-scale recipe of the JOINED code (``Coarse/train_smp.sh``, ``Fine/train.sh``): coarse Adam
+2e-4, 300 epochs, batch 16, 256 px, no augmentation; fine Adam 4e-4, 500 epochs, batch 16, 448 px crops, flips
+p=0.8; seed 20. ``configs/default.yaml`` shrinks every stage to CPU size on synthetic data.
+
+Sections: ``data`` (the paper's datasets), ``model`` (the coarse network's encoder and decoders), ``optim`` (coarse
+optimiser and schedule), ``coarse`` (targets, curriculum, hand-off), ``pretrain`` (vessel pre-training of the
+encoder), ``fine`` (ROI refinement of disc/cup), ``fovea`` (ROI refinement of the fovea), ``eval``, ``runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.runtime import RuntimeConfig as _CommonRuntime
+
+__all__ = ["SynthConfig", "DataConfig", "ModelConfig", "OptimConfig", "CoarseConfig", "PretrainConfig",
+           "FineConfig", "FoveaConfig", "EvalConfig", "RuntimeConfig", "Config", "DATASETS"]
+
+DATASETS = ("refuge", "gamma", "palm")
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic fundus trees written by ``synth.py`` (sizes are W x H of the image files)."""
+
+    n_train: int = 48
+    n_val: int = 16
+    n_test: int = 64
+    train_size: tuple[int, int] = (320, 304)
+    test_size: tuple[int, int] = (304, 304)
+    hard_train: float = 0.25
+    hard_test: float = 0.5
+    n_gamma: int = 20
+    n_palm: int = 16
+    n_drive: int = 40
+    n_chase: int = 28
+    n_hrf: int = 45
+    vessel_size: int = 160
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hard_train", "hard_test"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"synth.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.n_drive % 2:
+            raise ValueError(f"synth.n_drive must be even (DRIVE = training + test halves), got {self.n_drive}")
+
+
+@dataclass
+class DataConfig:
+    """``root`` holds the dataset in its published layout (README "Data"). ``synthetic: true`` writes the synthetic
+    trees there on first use (``<root>/{REFUGE,GAMMA,PALM,DRIVE,CHASE_DB1,HRF}``); ``dataset`` picks the one used.
+
+    ``fold`` (1..5) is JOINED's GAMMA split (contiguous blocks of 20, fold 1 validates 0081-0100). ``fovea_table``
+    overrides the fovea xlsx/csv path (relative to the dataset folder). ``coords_one_based`` subtracts 1 from the
+    table's coordinates. ``mask_snap`` snaps mask values outside {0, 128, 255} to the nearest of them (JPEG-like
+    re-saves) instead of refusing the file."""
+
+    root: str = "data/synthetic/joinedtrans"
+    synthetic: bool = True
+    dataset: Literal["refuge", "gamma", "palm"] = "refuge"
+    fold: int = 1
+    fovea_table: str = ""
+    coords_one_based: bool = False
+    mask_snap: bool = False
+    num_workers: int = 0
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fold <= 5:
+            raise ValueError(f"data.fold must lie in 1..5 (JOINED's five GAMMA folds), got {self.fold}")
+
+
+@dataclass
+class ModelConfig:
+    """The coarse network: one encoder, three UNet++ decoders (seg, heatmap, distance).
+
+    ``encoder: swin`` = timm Swin ``name`` with ``features_only`` (strides 4-32) plus a 2-conv stem (stride-2 skip,
+    ``stem_channels``); ``embed_dim``/``depths``/``num_heads`` null = the timm model's own. ``encoder: cnn`` = timm
+    CNN ``name`` (JOINED: ``resnest50d``), whose own stride-2 feature is the skip; ``channels``/``stem_width`` null
+    = the model's own. ``pretrained: none | hub | /path`` = ImageNet weights of the timm model."""
+
+    encoder: Literal["swin", "cnn"] = "swin"
+    name: str = "swin_base_patch4_window7_224"
+    pretrained: str = "none"
+    embed_dim: int | None = None
+    depths: tuple[int, ...] | None = None
+    num_heads: tuple[int, ...] | None = None
+    window_size: int = 8
+    drop_path_rate: float = 0.0
+    stem_channels: int = 64
+    channels: tuple[int, ...] | None = None
+    stem_width: int | None = None
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+    def __post_init__(self) -> None:
+        if len(self.decoder_channels) != 5:
+            raise ValueError(f"model.decoder_channels needs 5 entries (UNet++ depth 5), got {self.decoder_channels}")
+        if self.encoder == "cnn" and (self.embed_dim or self.depths or self.num_heads):
+            raise ValueError("model.embed_dim/depths/num_heads apply to encoder=swin only; set them to null")
+        if self.encoder == "swin" and (self.channels or self.stem_width):
+            raise ValueError("model.channels/stem_width apply to encoder=cnn only; set them to null")
+
+
+@dataclass
+class OptimConfig:
+    """Coarse-stage optimiser (Adam). ``steps: 0`` = ``epochs`` passes over the training set."""
+
+    lr: float = 2e-4
+    epochs: int = 300
+    steps: int = 0
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    val_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"optim.batch_size must be >= 1 and optim.lr > 0, got {self.batch_size}, {self.lr}")
+
+
+@dataclass
+class CoarseConfig:
+    """Coarse stage. ``size``: network input (images INTER_AREA, targets nearest). ``sigma``: heatmap sigma as a
+    fraction of the original image height. ``curriculum``: schedule fractions where the heatmap, then the
+    segmentation loss join the distance loss (JOINED: epochs 50 and 100 of 300). ``heatmap``/``distance``: branch
+    on or off (ablations). ``encoder_init``: none, a pre-training checkpoint, or ``latest:<experiment>``.
+    ``encoder_lr_mult`` scales the encoder's learning rate."""
+
+    size: int = 256
+    sigma: float = 0.05
+    curriculum: tuple[float, float] = (1 / 6, 1 / 3)
+    heatmap: bool = True
+    distance: bool = True
+    encoder_init: str = "none"
+    encoder_lr_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.curriculum
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"coarse.curriculum must satisfy 0 <= a <= b <= 1, got {self.curriculum}")
+        if self.size % 32:
+            raise ValueError(f"coarse.size must be a multiple of 32 (encoder stride), got {self.size}")
+
+
+@dataclass
+class PretrainConfig:
+    """Encoder pre-training (``pretrain.py``): ``kind: vessel`` = vessel segmentation on ``datasets`` under
+    ``root`` (DRIVE test held out for the vessel Dice), ``denoise`` = same-budget denoising of the fundus images
+    (a generic prior of equal cost). Encoder + one UNet++ decoder + 1-channel head, whole images at ``size``."""
+
+    kind: Literal["vessel", "denoise"] = "vessel"
+    root: str = ""
+    datasets: tuple[str, ...] = ("drive", "chase_db1", "hrf")
+    size: int = 256
+    lr: float = 2e-4
+    epochs: int = 100
+    steps: int = 0
+    batch_size: int = 16
+    flip_p: float = 0.5
+
+
+@dataclass
+class FineConfig:
+    """Fine disc/cup stage: U-Net on timm ``encoder`` (4 levels) over ``roi`` x ``roi`` crops at original size,
+    input RGB + coarse OC, OD (``use_coarse``; RGB only otherwise). ``ref_height`` > 0 scales the ROI by image
+    height / ref_height (0 = fixed size, as in JOINED)."""
+
+    enabled: bool = True
+    encoder: str = "tf_efficientnet_b4"
+    pretrained: str = "none"
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    roi: int = 448
+    ref_height: int = 0
+    use_coarse: bool = True
+    lr: float = 4e-4
+    epochs: int = 500
+    steps: int = 0
+    batch_size: int = 16
+    flip_p: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.roi % 16:
+            raise ValueError(f"fine.roi must be a multiple of 16 (U-Net depth 4), got {self.roi}")
+
+
+@dataclass
+class FoveaConfig:
+    """Fovea refinement: a U-Net on ``roi`` px crops around the coarse fovea (RGB + coarse fovea heatmap) predicting
+    a heatmap of sigma = ``sigma`` x roi; training crops are jittered up to ``max_offset`` x roi off the truth; the
+    refined point replaces the coarse one when its peak >= ``min_peak``."""
+
+    enabled: bool = True
+    encoder: str = "efficientnet_b0"
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
+    roi: int = 128
+    sigma: float = 0.1
+    max_offset: float = 0.25
+    min_peak: float = 0.3
+    lr: float = 4e-4
+    epochs: int = 300
+    steps: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.roi % 16:
+            raise ValueError(f"fovea.roi must be a multiple of 16 (U-Net depth 4), got {self.roi}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: ``split`` scored after training; ``batch_size`` of inference."""
+
+    split: Literal["val", "test"] = "test"
+    batch_size: int = 8
+
+
+@dataclass
+class RuntimeConfig(_CommonRuntime):
+    """``common.runtime.RuntimeConfig`` plus ``threads`` (torch intra-op threads, 0 = torch default) and
+    ``progress`` (tqdm bars)."""
+
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 20
+    runs_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    fine: FineConfig = field(default_factory=FineConfig)
+    fovea: FoveaConfig = field(default_factory=FoveaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -1,0 +1,117 @@
+"""Targets and losses: mask codec, heatmap generator and decoding, distance map, vCDR, Dice loss, curriculum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.synthetic import ellipse_mask
+from joinedtrans.losses import CoarseLoss, curriculum_terms, seg_dice_loss, soft_dice_loss
+from joinedtrans.targets import (
+    channels_to_mask,
+    decode_marginal,
+    distance_map,
+    heatmap,
+    label_map,
+    mask_to_channels,
+    od_landmark,
+    resize_bilinear,
+    resize_nearest,
+    vcdr,
+)
+
+
+def _disc_cup_mask(shape=(60, 80), centre=(30, 40), disc=(14, 12), cup=(7, 6)) -> np.ndarray:
+    mask = np.full(shape, 255, np.uint8)
+    mask[ellipse_mask(shape, centre, disc)] = 128
+    mask[ellipse_mask(shape, centre, cup)] = 0
+    return mask
+
+
+def test_mask_codec_round_trip_and_containment() -> None:
+    mask = _disc_cup_mask()
+    oc, od, bg = mask_to_channels(mask).astype(bool)
+    assert (oc <= od).all() and np.array_equal(bg, ~od)
+    assert np.array_equal(channels_to_mask(oc, od), mask)
+    assert set(np.unique(label_map(mask))) == {0, 1, 2}
+
+
+def test_palm_masks_give_disc_only() -> None:
+    mask = np.where(ellipse_mask((40, 50), (20, 25), (8, 7)), 0, 255).astype(np.uint8)
+    oc, od, bg = mask_to_channels(mask, palm=True).astype(bool)
+    assert not oc.any() and od.sum() == (mask == 0).sum() and np.array_equal(bg, ~od)
+
+
+def test_largest_component_per_channel() -> None:
+    mask = _disc_cup_mask()
+    mask[2:4, 2:4] = 0  # a stray cup speck outside the disc
+    oc, od, _ = mask_to_channels(mask).astype(bool)
+    assert not oc[2:4, 2:4].any() and not od[2:4, 2:4].any()
+
+
+def test_heatmap_peak_sigma_cut_on_non_square_image() -> None:
+    h, w, x, y = 50, 90, 70, 12
+    sigma = 0.05 * h
+    hm = heatmap((h, w), (x, y), sigma)
+    assert hm.shape == (h, w) and hm[y, x] == 1.0 and np.unravel_index(hm.argmax(), hm.shape) == (y, x)
+    assert hm[y, x + 2] == pytest.approx(np.exp(-4 / sigma**2), rel=1e-6)
+    assert hm[hm > 0].min() >= 0.01 and hm[y, x + 6] == 0.0  # exp(-36/6.25) < 0.01
+    assert decode_marginal(hm) == (x, y)
+    assert not heatmap((h, w), None, sigma).any()
+
+
+def test_decode_after_resize_round_trip_within_one_resized_pixel() -> None:
+    h, w = 300, 420
+    for x, y in [(17, 250), (400, 10), (210, 150)]:
+        hm = heatmap((h, w), (x, y), 0.05 * h)
+        small = resize_nearest(hm, (64, 64))
+        back = resize_bilinear(small, (w, h))
+        dx, dy = decode_marginal(back)
+        assert abs(dx - x) <= w / 64 + 1 and abs(dy - y) <= h / 64 + 1
+
+
+def test_od_landmark_is_the_bbox_centre_of_zero_pixels() -> None:
+    mask = np.full((40, 40), 255, np.uint8)
+    mask[10:21, 5:16] = 128
+    mask[12:19, 8:13] = 0
+    assert od_landmark(mask) == (10.0, 15.0)
+    assert od_landmark(np.full((5, 5), 255, np.uint8)) is None
+
+
+def test_distance_map_zero_at_points_one_at_farthest() -> None:
+    d = distance_map((30, 40), [(5, 5), (35, 20), None])
+    assert d[5, 5] == 0 and d[20, 35] == 0 and d.max() == pytest.approx(1.0)
+
+
+def test_vcdr_on_analytic_ellipses() -> None:
+    shape = (200, 200)
+    od = ellipse_mask(shape, (100, 100), (60, 50))
+    oc = ellipse_mask(shape, (100, 100), (30, 25))
+    assert abs(vcdr(oc, od) - 0.5) <= 1.0 / 60
+    assert vcdr(oc, np.zeros(shape, bool)) == 0.0
+
+
+def test_dice_loss_perfect_zero_absent_channel_zero() -> None:
+    target = torch.zeros(2, 3, 16, 16)
+    target[:, 1, 4:12, 4:12] = 1
+    target[:, 2] = 1 - target[:, 1]
+    per = soft_dice_loss(target.clone(), target)
+    assert torch.allclose(per, torch.zeros(3), atol=1e-6)
+    wrong = soft_dice_loss(torch.full_like(target, 0.5), target)
+    assert wrong[0] == 0 and wrong[1] > 0  # OC absent in the batch -> 0
+    assert seg_dice_loss(target.clone(), target) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_curriculum_phases_and_ablations() -> None:
+    full = {"seg", "heatmap", "distance"}
+    assert curriculum_terms(0, 300, (1 / 6, 1 / 3), full) == ("distance",)
+    assert curriculum_terms(60, 300, (1 / 6, 1 / 3), full) == ("distance", "heatmap")
+    assert curriculum_terms(100, 300, (1 / 6, 1 / 3), full) == ("distance", "heatmap", "seg")
+    assert curriculum_terms(0, 300, (1 / 6, 1 / 3), {"seg", "heatmap"}) == ("heatmap",)
+    assert curriculum_terms(0, 300, (1 / 6, 1 / 3), {"seg"}) == ("seg",)
+    loss_fn = CoarseLoss((0.0, 0.0))
+    out = {"seg": torch.rand(1, 3, 8, 8), "heatmap": torch.rand(1, 2, 8, 8), "distance": torch.rand(1, 1, 8, 8)}
+    batch = {k: torch.rand_like(v) for k, v in out.items()}
+    total, parts = loss_fn(out, batch, 0, 10)
+    assert total.item() == pytest.approx(parts["seg"] + parts["heatmap"] + parts["distance"], rel=1e-5)
