@@ -46,7 +46,8 @@ class SynthConfig:
 class DataConfig:
     """``<root>/Domain{d}/{train,test}/*.h5``; site k reads ``Domain{domains[k]}`` with label key ``sup_types[k]``
     (scribble, scribble_noisy, keypoint, block, box, mask). ``synthetic``: generate the set at ``root`` on first use.
-    ``image_fill``: value of rotated-in image corners (official 0.8 for grey images, 0 for RGB)."""
+    ``image_fill``: value of rotated-in image corners (official 0.8 for grey images, 0 for RGB). ``verify``: check
+    every h5 file before any work (``header``: it opens; ``full``: every dataset decodes; ``off``)."""
 
     dataset: Literal["faz", "odoc", "polyp", "prostate"] = "faz"
     root: str = "data/synthetic/fedlppa/faz64"
@@ -58,6 +59,7 @@ class DataConfig:
     image_size: int = 64
     augment: bool = True
     image_fill: float = 0.8
+    verify: Literal["header", "full", "off"] = "header"
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self) -> None:

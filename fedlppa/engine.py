@@ -1,0 +1,177 @@
+"""One model, one site: the batch stream, the local training step and its loop, prediction and per-image scoring.
+No federation logic (federation.py) and no file layout (fl_sequential.py, train.py).
+
+Batch stream (official ``_train``: the batches of one epoch are materialised, then consumed across rounds): epoch
+``e`` of site ``k`` is a permutation of its training images with the official augmentation, both drawn from
+``default_rng([seed, k, e])``; iteration ``t`` of the site reads batch ``t % n_batches`` of epoch
+``t // n_batches`` (``drop_last``). The stream is therefore a function of (seed, site, t) alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from common.metrics import binary_segmentation_metrics
+from fedlppa.data import Case, augment_pair, stack_batch
+
+__all__ = ["num_batches", "epoch_batches", "batch_at", "poly_lr", "set_lr", "train_iterations", "predict",
+           "case_metrics", "evaluate", "summarise", "CLASS_SETS", "dice_fg"]
+
+# evaluated structures per number of classes: binary -> fg; fundus -> cup (1) and disc (>= 1)
+CLASS_SETS = {2: {"fg": [1]}, 3: {"cup": [1], "disc": [1, 2]}}
+
+
+def num_batches(n_images: int, batch_size: int) -> int:
+    """Batches per epoch with ``drop_last`` (at least 1: a site smaller than a batch gives one short batch)."""
+    return max(1, n_images // batch_size)
+
+
+def epoch_batches(cases: Sequence[Case], batch_size: int, seed: int, site: int, epoch: int, augment: bool,
+                  image_fill: float, ignore: int, stream: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All batches of one epoch: ``(images (B, C, H, W), labels (B, 2, H, W))`` (weak label, full mask or ignore)."""
+    rng = np.random.default_rng([seed, site, epoch, stream])
+    order = rng.permutation(len(cases))
+    nb = num_batches(len(cases), batch_size)
+    out = []
+    for b in range(nb):
+        items = []
+        for i in order[b * batch_size: (b + 1) * batch_size]:
+            case = cases[int(i)]
+            mask = case.mask if case.mask is not None else np.full_like(case.label, ignore)
+            labels = np.stack([case.label, mask])
+            items.append(augment_pair(case.image, labels, rng, image_fill, ignore) if augment else
+                         (case.image, labels))
+        out.append(stack_batch(items))
+    return out
+
+
+def batch_at(cache: dict[int, list], cases: Sequence[Case], batch_size: int, seed: int, site: int, t: int,
+             **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch of local iteration ``t`` (module docstring); ``cache`` keeps the current epoch's batches."""
+    nb = num_batches(len(cases), batch_size)
+    epoch, index = divmod(t, nb)
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = epoch_batches(cases, batch_size, seed, site, epoch, **kwargs)
+    return cache[epoch][index]
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float = 0.9) -> float:
+    """``base (1 - it / total) ** power`` (official per-iteration poly schedule), 0 past the end."""
+    return base_lr * max(0.0, 1.0 - iteration / total) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_iterations(model: torch.nn.Module, optimizer: torch.optim.Optimizer, start: int, count: int,
+                     batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                     loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], dict],
+                     lr_fn: Callable[[int], float], before_step: Callable[[int], None] | None = None
+                     ) -> list[dict[str, float]]:
+    """``count`` optimisation steps at global local iterations ``start..start+count-1``.
+
+    ``loss_fn(model, images, labels, t)`` returns ``{"loss": tensor, ...floats}``; ``before_step(t)`` may raise
+    (fault injection). Returns one dict of floats per step."""
+    model.train()
+    logs = []
+    for t in range(start, start + count):
+        if before_step is not None:
+            before_step(t)
+        images, labels = batch_fn(t)
+        set_lr(optimizer, lr_fn(t))
+        out = loss_fn(model, images, labels, t)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        logs.append({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()})
+    return logs
+
+
+def _logits(out: object) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out  # UNetUniV5 returns UniOutput, UNet a tensor
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, cases: Sequence[Case], device: torch.device | str = "cpu", batch_size: int = 8
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indices (N,), targets (N, H, W), predictions (N, H, W))``: argmax of the main decoder, eval mode."""
+    model.eval()
+    preds = []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start: start + batch_size]
+        x = torch.from_numpy(np.stack([c.image for c in chunk])).to(device)
+        preds.append(_logits(model(x)).argmax(1).cpu().numpy().astype(np.uint8))
+    targets = np.stack([c.label for c in cases])
+    return np.arange(len(cases)), targets, np.concatenate(preds)
+
+
+def _centre_disc(shape: tuple[int, int]) -> np.ndarray:
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - shape[0] // 2) ** 2 + (cc - shape[1] // 2) ** 2 <= 1
+
+
+def case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, rule: str = "common", surface: bool = True
+                 ) -> dict[str, float]:
+    """Dice and HD95 (pixels) per structure of one image, under the empty-prediction ``rule``:
+
+    ``common``: the repository policy (``common.metrics``); ``official_test``: an empty structure prediction is
+    replaced by a radius-1 disc at the image centre first; ``official_val``: scored like ``common`` but flagged
+    ``skip_<name> = 1`` when the prediction is empty, so :func:`summarise` leaves it out of the mean."""
+    out: dict[str, float] = {}
+    for name, labels in CLASS_SETS[num_classes].items():
+        p, g = np.isin(pred, labels), np.isin(gt, labels)
+        empty = not p.any()
+        if rule == "official_test" and empty:
+            p = _centre_disc(p.shape)
+        res = binary_segmentation_metrics(p, g, surface=surface)
+        out[f"dice_{name}"] = res["dice"]
+        if surface:
+            out[f"hd95_px_{name}"] = res["hd95"]
+        out[f"skip_{name}"] = float(rule == "official_val" and empty)
+    return out
+
+
+def summarise(rows: Sequence[dict[str, float]], num_classes: int) -> dict[str, float]:
+    """Mean of per-image metrics (official_val skips flagged rows); ``dice``/``hd95_px`` average the structures."""
+    summary: dict[str, float] = {}
+    names = list(CLASS_SETS[num_classes])
+    for name in names:
+        kept = [r for r in rows if not r.get(f"skip_{name}", 0.0)]
+        for metric in ("dice", "hd95_px"):
+            key = f"{metric}_{name}"
+            if rows and key in rows[0]:
+                summary[key] = float(np.mean([r[key] for r in kept])) if kept else float("nan")
+    summary["dice"] = float(np.mean([summary[f"dice_{n}"] for n in names]))
+    if f"hd95_px_{names[0]}" in summary:
+        summary["hd95_px"] = float(np.mean([summary[f"hd95_px_{n}"] for n in names]))
+    summary["n_images"] = float(len(rows))
+    return summary
+
+
+def evaluate(model: torch.nn.Module, cases: Sequence[Case], num_classes: int, rule: str = "common",
+             surface: bool = True, device: torch.device | str = "cpu", keep: list | None = None
+             ) -> tuple[list[dict], dict[str, float]]:
+    """Per-image rows (``case`` = stem) and their summary on ``cases`` (labels = full masks); the predictions
+    ``(N, H, W)`` are appended to ``keep`` when given."""
+    _, targets, preds = predict(model, cases, device)
+    if keep is not None:
+        keep.append(preds)
+    rows = [{"case": c.stem, **case_metrics(p, t, num_classes, rule, surface)}
+            for c, p, t in zip(cases, preds, targets)]
+    return rows, summarise(rows, num_classes)
+
+
+def dice_fg(pred: torch.Tensor, mask: torch.Tensor, ignore: int) -> float:
+    """Foreground Dice of a pseudo label against the full mask over the pixels where the mask is known."""
+    known = mask != ignore
+    if not bool(known.any()):
+        return float("nan")
+    p, g = (pred > 0) & known, (mask > 0) & known
+    denom = int(p.sum() + g.sum())
+    return 1.0 if denom == 0 else float(2 * (p & g).sum() / denom)
