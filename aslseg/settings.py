@@ -84,6 +84,7 @@ class DataConfig:
     slice_margin: int = 2
     augment: bool = True
     max_train_volumes: int = 0  # 0 = all
+    verify: Literal["header", "full", "off"] = "header"
 
     def __post_init__(self) -> None:
         _positive("data", size=self.size, n_test=self.n_test)
@@ -300,17 +301,18 @@ class EvalConfig:
 
 @dataclass
 class RuntimeConfig(_BaseRuntime):
-    """``common.runtime.RuntimeConfig`` + ``threads`` (0 = torch default), ``progress`` bars, checkpoint and log
-    intervals (iterations)."""
+    """``common.runtime.RuntimeConfig`` (device, amp, compile, deterministic, threads, progress) + checkpoint and
+    log intervals (iterations). ``amp`` and ``compile`` are refused: no mixed-precision path is implemented."""
 
-    threads: int = 0
     progress: bool = False
     save_every: int = 200
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        _non_negative("runtime", threads=self.threads)
+        super().__post_init__()
         _positive("runtime", save_every=self.save_every, log_every=self.log_every)
+        if self.amp != "off":
+            raise ValueError(f"runtime.amp={self.amp}: aslseg has no mixed-precision path; set runtime.amp=off")
         if self.compile:
             raise ValueError("runtime.compile is not supported by aslseg (many small models, short runs); "
                              "set runtime.compile=false")
