@@ -1,7 +1,10 @@
-"""Benchmark: tiled inference (official ``forward_tile``) vs whole-image inference on a full padded polar image
-(issue 7, ``make bench-pamsr``). Reports HR megapixels per second and peak memory for each mode, on the machine it
-runs on, and the tiled/whole ratios of both; writes ``runs/bench/pamsr/<timestamp>/bench.{json,csv}``. On CPU each
-mode runs in a fresh process so that its peak RSS is its own (``forward_memory_mb``: above the RSS after setup).
+"""Benchmark: tiled inference (official ``src/model/__init__.py::forward_tile``) vs whole-image inference on a full
+padded polar image (``make bench-pamsr``). Reports HR megapixels per second and peak memory for each mode, on the
+machine it runs on, and the tiled/whole ratios of both; writes ``runs/bench/pamsr/<timestamp>/bench.{json,csv}``.
+
+Peak memory comes from :mod:`common.memory`: on CUDA the allocator's peak since a reset; on CPU each mode runs in a
+fresh process (:func:`common.memory.peak_in_fresh_process`) whose ``forward_memory_mb`` is the peak RSS during the
+forwards above the RSS after building the model and the input.
 
     python bench.py [--model paper|cpu] [--scale 2] [--size 1024] [--repeats 3] [--overlap N]
 
@@ -14,31 +17,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
-import resource
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from common.config import load_config
+from common.memory import current_rss_mb, peak_in_fresh_process, peak_memory_mb, reset_peak_memory
 from common.rundir import resolve_path, write_env_json
 from common.runtime import pick_device
 from pamsr.inference import default_overlap, forward_tiled
 from pamsr.models import build_model, count_parameters
-from pamsr.settings import Config
-from pamsr.train import PROJECT_DIR
+from pamsr.settings import PROJECT_DIR, Config
 
-__all__ = ["measure", "main"]
+__all__ = ["MODES", "measure", "measure_in_this_process", "main"]
 
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+MODES = ("whole", "tiled")
 
 
 @torch.no_grad()
@@ -50,7 +46,7 @@ def measure(model: torch.nn.Module, lr: torch.Tensor, scale: int, mode: str, til
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     try:
         run()
         if device.type == "cuda":
@@ -63,13 +59,14 @@ def measure(model: torch.nn.Module, lr: torch.Tensor, scale: int, mode: str, til
         seconds = (time.perf_counter() - tic) / repeats
     except torch.OutOfMemoryError:
         return {"mode": mode, "status": "out of memory", "seconds": float("nan"), "mpix_per_s": float("nan"),
-                "peak_memory_mb": _peak_memory_mb(device)}
+                "peak_memory_mb": peak_memory_mb(device)}
     mpix = out.shape[-1] * out.shape[-2] / 1e6
     return {"mode": mode, "status": "ok", "seconds": seconds, "mpix_per_s": mpix / seconds,
-            "peak_memory_mb": _peak_memory_mb(device)}
+            "peak_memory_mb": peak_memory_mb(device)}
 
 
-def _setup(kind: str, scale: int, size: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+def build(kind: str, scale: int, size: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The benchmarked network (``paper_x2.yaml`` or ``default.yaml``) and a random ``(1, 1, size/s, size/s)`` LR."""
     config = "paper_x2.yaml" if kind == "paper" else "default.yaml"
     cfg = load_config(Config, PROJECT_DIR / "configs" / config)
     torch.manual_seed(0)
@@ -78,33 +75,18 @@ def _setup(kind: str, scale: int, size: int, device: torch.device) -> tuple[torc
     return model, lr
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc (Linux), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def _measure_fresh_process(kind: str, scale: int, size: int, mode: str, tile: int, overlap: int, repeats: int
-                           ) -> dict[str, float]:
-    """CPU: one mode in a new process; ``forward_memory_mb`` = peak RSS during the forwards minus the RSS after
-    building the model and the input (the peak counter is reset first via /proc/self/clear_refs; where that is not
-    available, the process's lifetime peak is used instead)."""
-    device = torch.device("cpu")
-    model, lr = _setup(kind, scale, size, device)
-    before = _status_mb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        reset = True
-    except OSError:
-        reset = False
+def measure_in_this_process(kind: str, scale: int, size: int, mode: str, tile: int, overlap: int, repeats: int,
+                            device: torch.device) -> dict[str, float]:
+    """One mode; ``forward_memory_mb`` = peak during the forwards minus the memory after setup (CPU: RSS; where the
+    CPU peak cannot be reset, the process's lifetime peak minus the RSS after setup)."""
+    model, lr = build(kind, scale, size, device)
+    before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else current_rss_mb() or 0.0
     row = measure(model, lr, scale, mode, tile, overlap, repeats, device)
-    row["forward_memory_mb"] = (_status_mb("VmHWM") if reset else row["peak_memory_mb"]) - before
+    row["forward_memory_mb"] = row["peak_memory_mb"] - before
     return row
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PAMSR tiled vs whole-image inference benchmark")
     parser.add_argument("--model", choices=["paper", "cpu"], default=None)
     parser.add_argument("--scale", type=int, default=2)
@@ -114,33 +96,33 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/bench/pamsr")
-    args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    kind = args.model or ("paper" if device.type == "cuda" else "cpu")
-    size = args.size or (1024 if device.type == "cuda" else 512)
-    overlap = default_overlap(args.scale, args.tile) if args.overlap is None else args.overlap
-    params = count_parameters(_setup(kind, args.scale, 64, torch.device("cpu"))[0])
-    if device.type == "cuda":
-        model, lr = _setup(kind, args.scale, size, device)
+    parser.add_argument("--only-mode", choices=MODES, default=None,
+                        help="measure one mode in this process and print it as JSON (used for the fresh processes)")
+    return parser.parse_args(argv)
+
+
+def run_modes(args: argparse.Namespace, device: torch.device, kind: str, size: int, overlap: int) -> list[dict]:
+    """Both modes (CPU: each in a fresh process), with the tiled/whole ratios of throughput and memory."""
     rows = []
-    for mode in ("whole", "tiled"):
+    for mode in MODES:
         if device.type == "cuda":
-            row = measure(model, lr, args.scale, mode, args.tile, overlap, args.repeats, device)
-            row["forward_memory_mb"] = row["peak_memory_mb"]
+            row = measure_in_this_process(kind, args.scale, size, mode, args.tile, overlap, args.repeats, device)
         else:
-            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-                row = pool.submit(_measure_fresh_process, kind, args.scale, size, mode, args.tile, overlap,
-                                  args.repeats).result()
-        row |= {"model": kind, "params": params, "scale": args.scale, "hr_size": size,
-                "tile": args.tile, "overlap": overlap, "device": str(device),
-                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+            row = peak_in_fresh_process("pamsr.bench", [
+                "--only-mode", mode, "--model", kind, "--scale", str(args.scale), "--size", str(size),
+                "--tile", str(args.tile), "--overlap", str(overlap), "--repeats", str(args.repeats), "--device", "cpu"])
+        row |= {"model": kind, "scale": args.scale, "hr_size": size, "tile": args.tile, "overlap": overlap,
+                "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         rows.append(row)
     whole = rows[0]
-    for row in rows:  # the ratios the issue asks for: tiled relative to whole-image inference, same run
+    for row in rows:
         row["speed_vs_whole"] = row["mpix_per_s"] / whole["mpix_per_s"]
         row["memory_vs_whole"] = row["forward_memory_mb"] / whole["forward_memory_mb"]
-        print(json.dumps(row), flush=True)
-    out = resolve_path(args.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    return rows
+
+
+def write_outputs(rows: list[dict], out_root: str, device: torch.device) -> Path:
+    out = resolve_path(out_root) / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(rows, indent=2))
     with (out / "bench.csv").open("w", newline="") as handle:
@@ -150,6 +132,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_env_json(out / "env.json", device)
     print(f"wrote {out}")
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    kind = args.model or ("paper" if device.type == "cuda" else "cpu")
+    size = args.size or (1024 if device.type == "cuda" else 512)
+    overlap = default_overlap(args.scale, args.tile) if args.overlap is None else args.overlap
+    if args.only_mode:
+        row = measure_in_this_process(kind, args.scale, size, args.only_mode, args.tile, overlap, args.repeats, device)
+        print(json.dumps(row), flush=True)
+        return None
+    params = count_parameters(build(kind, args.scale, 64, torch.device("cpu"))[0])
+    rows = [row | {"params": params} for row in run_modes(args, device, kind, size, overlap)]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return write_outputs(rows, args.out, device)
+
 
 if __name__ == "__main__":
     main()

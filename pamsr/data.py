@@ -1,4 +1,4 @@
-"""Datasets in the official PAMSR on-disk layout (spec section 3) and the training/evaluation pipelines.
+"""Readers of the official PAMSR on-disk layout (official ``src/data/burst_v3.py``) and the training patches.
 
 Folder layout read here (``<root>`` = ``data.root``, ``<name>`` = ``data.dataset``)::
 
@@ -8,8 +8,8 @@ Folder layout read here (``<root>`` = ``data.root``, ``<name>`` = ``data.dataset
 
 Official sets: ``reg_mid`` (registered + 3x3 median, the training set of the proposed model), ``mid_filter``
 (median only, unregistered). Splits: ``KFold(n_splits=5, shuffle=True, random_state=55)`` over the sorted sample
-folders, fold 0 held out (validation = test, as in the official code); the split is written to
-``<root>/<name>/folds_seed<seed>.csv``.
+folders, fold 0 held out (validation = test, as in the official code). The split is recorded (sample, fold) under
+``data/splits/pamsr/`` (:func:`common.datasets.split_path`), never inside the data root.
 """
 
 from __future__ import annotations
@@ -24,16 +24,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.datasets import partition_by_suffix, split_path
 from common.readers import ImageReadError, read_image
 from common.rundir import resolve_path
 from pamsr.degradation import DegradationError, displace_odd_rows, make_pair
 from pamsr.patches import crop_pair, sample_patch
-from pamsr.settings import Config, DataConfig
+from pamsr.settings import DataConfig, DisplacementConfig, PatchSelectionConfig
 
-__all__ = ["HR_NAME", "DataError", "list_samples", "list_flat", "read_polar", "kfold_split", "write_split",
-           "PolarImage", "load_images", "check_pair", "TrainPatches", "register_folder", "prepare_data"]
+__all__ = ["HR_NAME", "IMAGE_SUFFIXES", "DataError", "list_samples", "list_flat", "read_polar", "kfold_split",
+           "split_file", "write_split", "SPLITS", "split_samples", "PolarImage", "load_images", "check_pair",
+           "TrainPatches"]
 
 HR_NAME = "1_X1_X1.png"
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg")
 
 
 class DataError(ValueError):
@@ -45,7 +48,7 @@ def list_samples(root: str | Path, name: str) -> list[tuple[str, Path]]:
     folder = Path(root) / name
     if not folder.is_dir():
         raise DataError(f"dataset folder not found: {folder}. Expected <data.root>/<data.dataset>/<sample>/{HR_NAME}"
-                        f" (set data.root / data.dataset, or run synth.py + preprocess.py to create it)")
+                        f" (pass --data-root / data.dataset, or set data.synthetic=true for the synthetic set)")
     samples = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         hr = sub / HR_NAME
@@ -63,7 +66,8 @@ def list_flat(folder: str | Path) -> list[tuple[str, Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp", ".jpg"))
+    files, _ = partition_by_suffix(sorted(p for p in folder.iterdir() if p.is_file()), IMAGE_SUFFIXES,
+                                   where=str(folder))
     if not files:
         raise DataError(f"{folder} holds no images (.png/.tif/.bmp/.jpg)")
     return [(p.stem, p) for p in files]
@@ -96,16 +100,18 @@ def kfold_split(samples: Sequence[str], n_folds: int = 5, seed: int = 55) -> lis
     return folds
 
 
-def write_split(folder: Path, samples: Sequence[str], folds: Sequence[int], seed: int) -> Path | None:
-    """Write ``folds_seed<seed>.csv`` (sample, fold) next to the data; read-only data roots are left alone."""
-    path = folder / f"folds_seed{seed}.csv"
-    try:
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sample", "fold"])
-            writer.writerows(zip(samples, folds))
-    except OSError:
-        return None
+def split_file(cfg: DataConfig, name: str) -> Path:
+    """Where the split of dataset ``name`` is recorded: ``data/splits/pamsr/<root>-<hash>/<name>_folds_seed<s>.csv``."""
+    return split_path("pamsr", resolve_path(cfg.root), f"{name}_folds_seed{cfg.split_seed}.csv")
+
+
+def write_split(path: Path, samples: Sequence[str], folds: Sequence[int]) -> Path:
+    """Record the split as ``sample, fold`` rows (rewritten on every call: it is derived, never read back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample", "fold"])
+        writer.writerows(zip(samples, folds))
     return path
 
 
@@ -118,21 +124,28 @@ class PolarImage:
     hr: np.ndarray
 
 
-def load_images(cfg: DataConfig, split: str, dataset: str | None = None) -> list[PolarImage]:
-    """LR/HR pairs of ``split`` (``train`` = folds != data.fold, ``test`` = fold data.fold, ``all``)."""
-    root = resolve_path(cfg.root)
-    name = dataset or cfg.dataset
-    samples = list_samples(root, name)
-    folds = kfold_split([s for s, _ in samples], cfg.n_folds, cfg.split_seed)
-    write_split(root / name, [s for s, _ in samples], folds, cfg.split_seed)
-    keep = {"train": lambda f: f != cfg.fold, "test": lambda f: f == cfg.fold, "all": lambda f: True}
-    if split not in keep:
+SPLITS = {"train": lambda fold, held_out: fold != held_out, "test": lambda fold, held_out: fold == held_out,
+          "all": lambda fold, held_out: True}
+
+
+def split_samples(cfg: DataConfig, split: str, dataset: str | None = None) -> list[tuple[str, Path]]:
+    """``[(sample, hr_path), ...]`` of ``split`` (``train`` = folds != data.fold, ``test`` = fold data.fold,
+    ``all``) of ``dataset`` (default ``data.dataset``); records the split (:func:`split_file`)."""
+    if split not in SPLITS:
         raise ValueError(f"split must be train, test or all, got {split!r}")
+    name = dataset or cfg.dataset
+    samples = list_samples(resolve_path(cfg.root), name)
+    folds = kfold_split([s for s, _ in samples], cfg.n_folds, cfg.split_seed)
+    write_split(split_file(cfg, name), [s for s, _ in samples], folds)
+    return [item for item, fold in zip(samples, folds) if SPLITS[split](fold, cfg.fold)]
+
+
+def load_images(cfg: DataConfig, split: str, dataset: str | None = None) -> list[PolarImage]:
+    """LR/HR pairs of ``split`` (see :func:`split_samples`), each ``lr (h, w)`` and padded ``hr (h*s, w*s)``."""
     out = []
-    for (sample, path), fold in zip(samples, folds):
-        if keep[split](fold):
-            lr, hr = make_pair(read_polar(path, cfg.median), cfg.scale, cfg.pad, cfg.normalise, name=str(path))
-            out.append(PolarImage(sample, lr, hr))
+    for sample, path in split_samples(cfg, split, dataset):
+        lr, hr = make_pair(read_polar(path, cfg.median), cfg.scale, cfg.pad, cfg.normalise, name=str(path))
+        out.append(PolarImage(sample, lr, hr))
     return out
 
 
@@ -147,16 +160,19 @@ def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int, name: str = "pair") -
 
 
 class TrainPatches(Dataset):
-    """Random LR/HR training patches: ``(1, p, p)`` LR and ``(1, s p, s p)`` HR tensors (plus the crop corner).
+    """Random LR/HR training patches: ``(1, p, p)`` LR and ``(1, s p, s p)`` HR tensors (plus the HR crop corner).
 
     ``epoch_size`` items per epoch (official: max(1000 // n_train, 1) repeats of the training set). Item ``i`` of
-    epoch ``e`` uses ``numpy.random.default_rng([seed, e, i])``: reproducible and independent of worker layout.
+    epoch ``e`` uses ``numpy.random.default_rng([seed, e, i])`` for the patch position and the displacement
+    degradation: a function of (seed, epoch, index) only, independent of worker layout and of a resume.
     """
 
-    def __init__(self, images: Sequence[PolarImage], cfg: DataConfig, seed: int = 0):
+    def __init__(self, images: Sequence[PolarImage], cfg: DataConfig, selection: PatchSelectionConfig,
+                 displacement: DisplacementConfig, seed: int = 0):
         if not images:
             raise DataError("no training images (check data.dataset and the fold split)")
         self.images, self.cfg, self.seed, self.epoch = list(images), cfg, seed, 0
+        self.selection, self.displacement = selection, displacement
         self.length = len(self.images) * max(cfg.epoch_size // len(self.images), 1)
 
     def set_epoch(self, epoch: int) -> None:
@@ -168,65 +184,12 @@ class TrainPatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         item = self.images[index % len(self.images)]
-        cfg = self.cfg
-        lr = item.lr
-        y, x = sample_patch(lr, cfg.patch_size, rng, cfg.patch_select, cfg.grad_score)
-        if cfg.displacement_aug:
-            d = cfg.displacement
+        cfg, lr = self.cfg, item.lr
+        y, x = sample_patch(lr, cfg.patch_size, rng, self.selection.mode, self.selection.score)
+        if self.displacement.enabled:
+            d = self.displacement
             lr, _ = displace_odd_rows(lr, rng, d.p, d.max_shift, d.banded, d.band)
         lr_patch, hr_patch = crop_pair(lr, item.hr, y, x, cfg.patch_size, cfg.scale)
         return {"lr": torch.from_numpy(np.ascontiguousarray(lr_patch))[None],
                 "hr": torch.from_numpy(np.ascontiguousarray(hr_patch))[None],
                 "corner": torch.tensor([cfg.scale * y, cfg.scale * x])}
-
-
-def register_folder(root: str | Path, src: str, dst: str, max_shift: int = 8, mode: str = "global",
-                    band: int = 64, subpixel: bool = False, presmooth: float = 1.0, median: bool = True) -> Path:
-    """Preprocessing of real data: register odd/even rows of every ``<root>/<src>/<sample>/1_X1_X1.png``, then 3x3
-    median, writing ``<root>/<dst>/<sample>/1_X1_X1.png`` and ``<root>/<dst>/registration.csv``."""
-    from pamsr.registration import register
-
-    root = Path(root)
-    rows = []
-    for sample, path in list_samples(root, src):
-        image = read_polar(path)
-        registered, result = register(image.astype(np.float64), max_shift, mode, band, subpixel, presmooth)
-        out = np.clip(np.round(registered), 0, 255).astype(np.uint8)
-        if median:
-            out = cv2.medianBlur(out, 3)
-        target = root / dst / sample / HR_NAME
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(target), out):
-            raise OSError(f"could not write {target}")
-        rows.append({"sample": sample, "shift": round(result.shift, 4), "ncc": round(result.score, 5)})
-    with (root / dst / "registration.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["sample", "shift", "ncc"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root / dst
-
-
-def prepare_data(cfg: Config) -> Path:
-    """Make sure ``data.root/data.dataset`` exists. With ``data.synthetic`` a missing set is generated on first
-    use: ``synth.py`` writes ``raw/``, ``mid_filter/``, ``clean/``; registration + median of ``raw/`` gives
-    ``reg_mid/``. Real data must already be in place."""
-    from common.runtime import main_process_first
-
-    root = resolve_path(cfg.data.root)
-    needed = [cfg.data.dataset, cfg.data.test_dataset or cfg.data.dataset]
-    with main_process_first():
-        if cfg.data.synthetic and not all((root / n).is_dir() for n in needed):
-            from pamsr.synth import write_dataset
-
-            s = cfg.data.synth
-            if not (root / cfg.data.raw_dataset).is_dir():
-                write_dataset(root, s.n_samples, s.size, s.max_shift, s.subpixel, s.noise, s.speckle_looks, s.seed)
-            if not (root / "reg_mid").is_dir():
-                r = cfg.data.registration
-                register_folder(root, cfg.data.raw_dataset, "reg_mid", r.max_shift, r.mode, r.band, r.subpixel,
-                                r.presmooth)
-    for n in needed:
-        if not (root / n).is_dir():
-            raise DataError(f"dataset folder {root / n} not found. Put the official data there (see README, Data) or "
-                            f"set data.synthetic=true to generate the synthetic set")
-    return root

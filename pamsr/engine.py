@@ -1,4 +1,4 @@
-"""Training and evaluation loops (official ``src/trainer_burst_ema.py``; spec sections 2 and 4). No CLI here.
+"""Training and evaluation loops (official ``src/trainer_burst_ema.py``: ``train`` and ``test``). No CLI here.
 
 Evaluation protocol (official): SR clamped to [0, 1] and quantised to 1/255, PSNR (``data_range=1``) and SSIM
 (7x7 window) on the whole zero-padded polar image, averaged over the held-out fold. We add the same metrics after
@@ -9,6 +9,7 @@ random offset, the degradation the displacement augmentation is meant to handle)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,18 +22,20 @@ from pamsr.degradation import displace_odd_rows
 from pamsr.geometry import polar_to_cartesian, unpad_image
 from pamsr.inference import super_resolve
 
-__all__ = ["train_one_epoch", "quantise", "image_metrics", "predict_image", "evaluate"]
+__all__ = ["train_one_epoch", "quantise", "image_metrics", "predict_image", "predict", "displaced_images",
+           "evaluate"]
 
 
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, max_steps: int | None = None,
-                    progress: bool = False) -> dict[str, float]:
-    """One pass over ``loader`` (batches of ``lr`` ``(B, 1, p, p)``, ``hr`` ``(B, 1, sp, sp)``) -> mean losses."""
+                    progress: bool = False, desc: str = "train") -> dict[str, float]:
+    """One pass over ``loader`` (batches of ``lr`` ``(B, 1, p, p)``, ``hr`` ``(B, 1, sp, sp)``) -> mean losses and
+    ``steps`` (the number of optimiser steps taken)."""
     model.train()
     sums: dict[str, float] = {}
     steps = 0
-    for batch in tqdm(loader, disable=not progress, leave=False, desc="train"):
+    for batch in tqdm(loader, disable=not progress, leave=False, desc=desc):
         lr, hr = batch["lr"].to(device), batch["hr"].to(device)
         with autocast(device, amp):
             sr = model(lr)
@@ -73,25 +76,44 @@ def predict_image(model: nn.Module, lr: np.ndarray, scale: int, device: torch.de
     return sr[0, 0].float().cpu().numpy()
 
 
+def predict(model: nn.Module, images: Sequence, scale: int, device: torch.device, *, tiled: bool = True,
+            tile: int = 64, overlap: int = 48, amp: str = "off", progress: bool = False
+            ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Super-resolve every ``PolarImage`` -> ``(indices, targets, outputs)``: case names, padded HR ``(H, W)`` and SR
+    ``(H, W)`` in [0, 1]."""
+    names, targets, outputs = [], [], []
+    for item in tqdm(images, desc="predict", disable=not progress, leave=False):
+        names.append(item.name)
+        targets.append(item.hr)
+        outputs.append(predict_image(model, item.lr, scale, device, tiled, tile, overlap, amp))
+    return names, targets, outputs
+
+
+def displaced_images(images: Sequence, max_shift: int, seed: int) -> list:
+    """Copies of ``images`` whose LR odd rows are shifted by a seeded offset in ``[-m, m] \\ {0}`` (image ``i`` uses
+    ``default_rng([seed, 7, i])``): the degradation the displacement augmentation is meant to absorb."""
+    out = []
+    for i, item in enumerate(images):
+        lr, _ = displace_odd_rows(item.lr, np.random.default_rng([seed, 7, i]), p=1.0, max_shift=max_shift)
+        out.append(replace(item, lr=lr))
+    return out
+
+
 def evaluate(model: nn.Module, images: Sequence, scale: int, pad: int, device: torch.device, *, tiled: bool = True,
              tile: int = 64, overlap: int = 48, cartesian: bool = True, displaced_shift: int = 0, seed: int = 0,
-             amp: str = "off", keep_predictions: bool = False) -> tuple[list[dict], dict[str, np.ndarray]]:
+             amp: str = "off", keep_predictions: bool = False, progress: bool = False
+             ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Per-image metrics on ``images`` (``PolarImage``). With ``displaced_shift > 0`` the metrics are repeated on
-    LR inputs whose odd rows are shifted by a seeded offset in ``[-m, m] \\ {0}`` (columns ``*_displaced``).
+    displaced LR inputs (:func:`displaced_images`, columns ``*_displaced``).
 
     Returns ``(rows, predictions)``; ``predictions`` maps image name -> SR ``(H, W)`` when ``keep_predictions``.
     """
-    rows, preds = [], {}
-    for i, item in enumerate(images):
-        sr = predict_image(model, item.lr, scale, device, tiled, tile, overlap, amp)
-        row = {"case": item.name, **image_metrics(sr, item.hr, pad, cartesian)}
-        if displaced_shift > 0:
-            rng = np.random.default_rng([seed, 7, i])
-            lr_d, _ = displace_odd_rows(item.lr, rng, p=1.0, max_shift=displaced_shift)
-            sr_d = predict_image(model, lr_d, scale, device, tiled, tile, overlap, amp)
-            m = image_metrics(sr_d, item.hr, pad, cartesian=False)
+    run = {"tiled": tiled, "tile": tile, "overlap": overlap, "amp": amp, "progress": progress}
+    names, targets, outputs = predict(model, images, scale, device, **run)
+    rows = [{"case": n, **image_metrics(sr, hr, pad, cartesian)} for n, hr, sr in zip(names, targets, outputs)]
+    if displaced_shift > 0:
+        _, _, shifted = predict(model, displaced_images(images, displaced_shift, seed), scale, device, **run)
+        for row, hr, sr in zip(rows, targets, shifted):
+            m = image_metrics(sr, hr, pad, cartesian=False)
             row |= {"psnr_displaced": m["psnr"], "ssim_displaced": m["ssim"]}
-        rows.append(row)
-        if keep_predictions:
-            preds[item.name] = sr
-    return rows, preds
+    return rows, (dict(zip(names, outputs)) if keep_predictions else {})

@@ -1,12 +1,14 @@
-"""Evaluate a trained PAMSR model (official test protocol, spec section 4) or predict on unlabeled LR images.
+"""Evaluate a trained PAMSR model (official test protocol of ``src/trainer_burst_ema.py::test``) or predict on
+unlabeled LR images.
 
 Metrics per held-out image: PSNR/SSIM on the padded polar image (official), PSNR/SSIM after scan conversion to
-Cartesian, and PSNR/SSIM on displaced LR inputs. Writes ``eval/summary.csv`` and ``eval/per_case.csv`` in the
-checkpoint's run folder (or a new ``runs/pamsr/<experiment>_eval/<timestamp>/``).
+Cartesian, and PSNR/SSIM on displaced LR inputs. The model is rebuilt from the checkpoint's own config. Writes
+``eval/summary.csv`` + ``eval/per_case.csv`` and ``figures/eval_crops.png`` (LR / SR / HR crops) in the checkpoint's
+run folder (``--out DIR``: ``DIR/summary.csv``, ``DIR/figures/``); the bicubic baseline gets a run folder of its own.
 
-    python eval.py --config configs/default.yaml --checkpoint runs/pamsr/default/<ts>/checkpoints/best.pt
+    python eval.py [--checkpoint auto|PATH] [--config FILE] [--split test|all] [key=value ...]
     python eval.py --config configs/default.yaml model.name=bicubic          # the bicubic baseline
-    python eval.py --config configs/default.yaml --checkpoint best.pt --predict /path/to/lr_pngs --out /tmp/sr
+    python eval.py --checkpoint auto --predict /path/to/lr_pngs --out /tmp/sr
 """
 
 from __future__ import annotations
@@ -20,20 +22,22 @@ import numpy as np
 import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
-from common.config import ConfigError, build_arg_parser, from_dict, parse_cli
-from common.rundir import create_run_dir, latest_run, resolve_path
-from common.runtime import pick_device
-from common.seed import seed_everything
-from pamsr.data import list_flat, load_images, prepare_data, read_polar
+from common.cli import eval_parser, parse_eval
+from common.config import ConfigError, from_dict
+from common.rundir import create_run_dir
+from common.runtime import maybe_compile, setup_runtime
+from common.tracking import write_eval_tables
+from pamsr.data import list_flat, load_images, read_polar
 from pamsr.degradation import minmax
 from pamsr.engine import evaluate, predict_image
+from pamsr.figures import comparison_figure, nearest_upsample
 from pamsr.inference import default_overlap
 from pamsr.models import build_model
-from pamsr.settings import Config, ModelConfig
+from pamsr.pipeline import prepare_data
+from pamsr.settings import PROJECT_DIR, Config, ModelConfig
 
-__all__ = ["PROJECT_DIR", "load_model", "test_overlap", "run_eval", "predict_folder", "main"]
+__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "predict_folder", "main"]
 
-PROJECT_DIR = Path(__file__).resolve().parent
 METRICS = ("psnr", "ssim", "psnr_cart", "ssim_cart", "psnr_displaced", "ssim_displaced")
 
 
@@ -46,65 +50,63 @@ def test_overlap(cfg: Config) -> int:
 
 def load_model(cfg: Config, checkpoint: str | Path | None, device: torch.device) -> torch.nn.Module:
     """Model from ``checkpoint`` (architecture taken from the checkpoint's config) or parameter-free bicubic."""
-    if checkpoint is None:
-        if cfg.model.name != "bicubic":
-            raise CheckpointError(f"model.name={cfg.model.name} needs --checkpoint (a best.pt or last.pt of train.py)")
+    if cfg.model.name == "bicubic":
         return build_model(cfg.model, cfg.data.scale).to(device).eval()
+    if checkpoint is None:
+        raise CheckpointError(f"model.name={cfg.model.name} needs --checkpoint (a best.pt or last.pt of train.py)")
     ckpt = load_checkpoint(checkpoint)
-    model_cfg = cfg.model
     saved = ckpt.get("config", {}).get("model")
-    if saved is not None:
-        try:
-            model_cfg = from_dict(ModelConfig, saved)
-        except ConfigError as exc:
-            raise CheckpointError(f"{checkpoint}: its model config is not readable ({exc})") from exc
+    try:
+        model_cfg = cfg.model if saved is None else from_dict(ModelConfig, saved)
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint}: its model config is not readable ({exc})") from exc
     scale = int(ckpt.get("config", {}).get("data", {}).get("scale", cfg.data.scale))
     if scale != cfg.data.scale:
         raise CheckpointError(f"{checkpoint} was trained at x{scale} but data.scale={cfg.data.scale}; "
                               f"set data.scale={scale} or use a x{cfg.data.scale} checkpoint")
     model = build_model(model_cfg, scale).to(device)
     model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return maybe_compile(model.eval(), cfg.runtime.compile)
 
 
-def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def run_eval(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, *, displaced: bool = True,
-             keep_predictions: bool = False, split: str = "test") -> tuple[dict[str, float], list[dict], dict]:
-    """Evaluate on the held-out fold of ``data.test_dataset`` (default ``data.dataset``).
-
-    Returns ``(summary, per_case_rows, predictions)`` and writes ``summary.csv`` / ``per_case.csv`` in ``out_dir``.
-    """
-    device = pick_device(cfg.runtime.device)
-    seed_everything(cfg.seed)
-    prepare_data(cfg)
-    images = load_images(cfg.data, split, cfg.data.test_dataset)
-    model = load_model(cfg, checkpoint, device)
-    shift = cfg.data.displacement.max_shift if displaced else 0
-    rows, preds = evaluate(model, images, cfg.data.scale, cfg.data.pad, device, tiled=cfg.eval.tiled,
-                           tile=cfg.eval.tile, overlap=test_overlap(cfg), cartesian=cfg.eval.cartesian,
-                           displaced_shift=shift, seed=cfg.seed, amp=cfg.runtime.amp,
-                           keep_predictions=keep_predictions)
+def summarise(rows: Sequence[dict]) -> dict[str, float]:
+    """Means of every metric, standard deviations of psnr/ssim and the number of cases."""
     summary = {k: float(np.mean([r[k] for r in rows])) for k in METRICS if k in rows[0]}
     summary |= {f"{k}_std": float(np.std([r[k] for r in rows])) for k in ("psnr", "ssim") if k in rows[0]}
     summary["n_cases"] = len(rows)
-    out_dir = Path(out_dir)
-    _write_csv(out_dir / "per_case.csv", rows)
-    _write_csv(out_dir / "summary.csv", [summary])
-    return summary, rows, preds
+    return summary
+
+
+def run_eval(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, *, figures_dir: Path | None = None,
+             displaced: bool = True, keep_predictions: bool = False, split: str = "test"
+             ) -> tuple[dict[str, float], list[dict], dict]:
+    """Evaluate on the held-out fold of ``data.test_dataset`` (default ``data.dataset``).
+
+    Returns ``(summary, per_case_rows, predictions)``; writes ``summary.csv`` / ``per_case.csv`` in ``out_dir``
+    (:func:`common.tracking.write_eval_tables`) and LR / SR / HR crops of the first image into ``figures_dir``.
+    """
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    prepare_data(cfg)
+    images = load_images(cfg.data, split, cfg.data.test_dataset)
+    model = load_model(cfg, checkpoint, device)
+    rows, preds = evaluate(model, images, cfg.data.scale, cfg.data.pad, device, tiled=cfg.eval.tiled,
+                           tile=cfg.eval.tile, overlap=test_overlap(cfg), cartesian=cfg.eval.cartesian,
+                           displaced_shift=cfg.displacement.max_shift if displaced else 0, seed=cfg.seed,
+                           amp=cfg.runtime.amp, keep_predictions=True, progress=cfg.runtime.progress)
+    summary = summarise(rows)
+    write_eval_tables(out_dir, summary, rows)
+    if figures_dir is not None:
+        item = images[0]
+        panels = {"LR (nearest)": nearest_upsample(item.lr, cfg.data.scale), cfg.model.name: preds[item.name],
+                  "HR": item.hr}
+        comparison_figure(panels, cfg.data.pad, figures_dir / "eval_crops.png", crop=min(128, item.hr.shape[0] // 2))
+    return summary, rows, preds if keep_predictions else {}
 
 
 def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Path, out: str | Path) -> Path:
     """Super-resolve every 8-bit LR image of a flat ``folder`` (real LR without HR) into ``out`` (8-bit PNG, zero
-    padding of ``data.pad // scale`` LR px added and the matching HR padding removed again)."""
-    device = pick_device(cfg.runtime.device)
+    padding of ``data.pad // scale`` LR px added and the matching HR padding removed again) + ``predictions.csv``."""
+    device = setup_runtime(cfg.runtime, cfg.seed)
     model = load_model(cfg, checkpoint, device)
     s, lr_pad = cfg.data.scale, cfg.data.pad // cfg.data.scale
     out = Path(out)
@@ -118,35 +120,41 @@ def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Pat
         target = out / f"{name}_x{s}.png"
         cv2.imwrite(str(target), (np.clip(sr, 0, 1) * 255).round().astype(np.uint8))
         rows.append({"input": str(path), "output": str(target), "height": sr.shape[0], "width": sr.shape[1]})
-    _write_csv(out / "predictions.csv", rows)
+    with (out / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["input", "output", "height", "width"])
+        writer.writeheader()
+        writer.writerows(rows)
     return out
 
 
+def output_dirs(cfg: Config, checkpoint: Path | None, out: str | None, kind: str) -> tuple[Path, Path]:
+    """``(tables_or_predictions_dir, figures_dir)``: ``--out``, else the checkpoint's run folder (``eval/`` or
+    ``predict/``), else (bicubic) a new run ``runs/pamsr/<experiment>-bicubic/<timestamp>/``."""
+    if out is not None:
+        return Path(out), Path(out) / "figures"
+    if checkpoint is not None:
+        run = checkpoint.resolve().parent.parent
+        return run / kind, run / "figures"
+    run = create_run_dir("pamsr", f"{cfg.experiment}-{cfg.model.name}", cfg, root=cfg.runs_root)
+    return run.path / kind, run.figures
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
-    parser = build_arg_parser("Evaluate PAMSR (PSNR/SSIM polar + Cartesian) or predict on LR images", training=False)
-    parser.add_argument("--checkpoint", default=None,
-                        help="best.pt/last.pt of train.py, or `auto` (best.pt of the newest run of the experiment)")
-    parser.add_argument("--predict", default=None, help="flat folder of LR images to super-resolve (no HR needed)")
-    parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder)")
-    parser.add_argument("--split", default="test", choices=["test", "all"])
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
-    checkpoint = args.checkpoint
-    if checkpoint == "auto":
-        run = latest_run("pamsr", cfg.experiment, root=cfg.runs_root, require="checkpoints/best.pt")
-        if run is None:
-            parser.error(f"--checkpoint auto: no run of experiment {cfg.experiment} under {cfg.runs_root} "
-                         f"has a best.pt")
-        checkpoint = run / "checkpoints" / "best.pt"
+    parser = eval_parser("Evaluate PAMSR (PSNR/SSIM polar + Cartesian + displaced) or predict on LR images")
+    parser.add_argument("--split", default="test", choices=["test", "all"], help="held-out fold or every sample")
+    parsed = parse_eval(Config, argv, parser, "pamsr", PROJECT_DIR, require_checkpoint=False)
+    cfg, checkpoint, args = parsed.config, parsed.checkpoint, parsed.args
+    if checkpoint is None and args.checkpoint != "auto":
+        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+    if cfg.model.name == "bicubic":
+        checkpoint = None  # parameter-free: nothing to load, and its tables must not land in a trained run's folder
+    elif checkpoint is None:
+        parser.error(f"model.name={cfg.model.name} needs --checkpoint: no best.pt/last.pt of experiment "
+                     f"`{cfg.experiment}` under {cfg.runs_root}; train first or pass --checkpoint PATH")
     if args.predict:
-        out = resolve_path(args.out or f"{cfg.runs_root}/pamsr/{cfg.experiment}_predict")
-        return predict_folder(cfg, checkpoint, args.predict, out)
-    if args.out:
-        out_dir = Path(args.out)
-    elif checkpoint is not None:
-        out_dir = Path(checkpoint).resolve().parent.parent / "eval"
-    else:
-        out_dir = create_run_dir("pamsr", f"{cfg.experiment}_eval", cfg, root=cfg.runs_root).eval
-    summary, _, _ = run_eval(cfg, checkpoint, out_dir, split=args.split)
+        return predict_folder(cfg, checkpoint, args.predict, output_dirs(cfg, checkpoint, args.out, "predict")[0])
+    out_dir, figures_dir = output_dirs(cfg, checkpoint, args.out, "eval")
+    summary, _, _ = run_eval(cfg, checkpoint, out_dir, figures_dir=figures_dir, split=args.split)
     print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     print(f"wrote {out_dir / 'summary.csv'}")
     return summary

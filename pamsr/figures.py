@@ -1,4 +1,5 @@
-"""Figures: LR / bicubic / ours / HR crops in polar and Cartesian form (issue 7, "What must be shown")."""
+"""Figures: LR / bicubic / ours / HR crops in polar and Cartesian form (the paper's qualitative comparison figures),
+written as PNG by ``reproduce.py`` / ``eval.py`` and logged to TensorBoard during training."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from common.tracking import image_grid, save_png
 from pamsr.geometry import polar_to_cartesian, unpad_image
 
-__all__ = ["nearest_upsample", "crop_box", "comparison_figure"]
+__all__ = ["nearest_upsample", "crop_box", "crop_grid", "comparison_figure"]
 
 
 def nearest_upsample(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -34,10 +35,10 @@ def crop_box(image: np.ndarray, size: int) -> tuple[int, int]:
     return corner
 
 
-def comparison_figure(panels: Mapping[str, np.ndarray], pad: int, path: str | Path, crop: int = 128) -> Path:
-    """Two rows (polar crop, Cartesian crop) x one column per panel (same order as ``panels``: e.g. LR (nearest
-    upsampled), bicubic, ours, HR; all padded ``(H, W)`` polar images in [0, 1]). Crops are taken where the HR has
-    the most vessel edges; the column titles are in the comparison.md caption."""
+def crop_grid(panels: Mapping[str, np.ndarray], pad: int, crop: int = 128) -> np.ndarray:
+    """``(H, W, 3)`` uint8 grid: two rows (polar crop, Cartesian crop) x one column per panel (same order as
+    ``panels``: e.g. LR (nearest upsampled), bicubic, ours, HR; all padded ``(H, W)`` polar images in [0, 1]).
+    Crops are taken where the last panel (the HR) has the most vessel edges."""
     names = list(panels)
     hr = panels[names[-1]]
     y, x = crop_box(hr, crop)
@@ -46,4 +47,9 @@ def comparison_figure(panels: Mapping[str, np.ndarray], pad: int, path: str | Pa
     polar_row = [np.clip(panels[k][y:y + crop, x:x + crop], 0, 1) for k in names]
     cart_row = [cart[k][cy:cy + crop, cx:cx + crop] for k in names]
     fixed = [[(t * 255).round().astype(np.uint8) for t in row] for row in (polar_row, cart_row)]
-    return save_png(image_grid(fixed, pad=4), path)
+    return image_grid(fixed, pad=4)
+
+
+def comparison_figure(panels: Mapping[str, np.ndarray], pad: int, path: str | Path, crop: int = 128) -> Path:
+    """:func:`crop_grid` saved as PNG; the column titles go into the caption of the page that shows it."""
+    return save_png(crop_grid(panels, pad, crop), path)

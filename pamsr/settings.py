@@ -1,24 +1,39 @@
 """Typed configuration of PAMSR experiments (loaded from ``configs/*.yaml`` with :func:`common.config.load_config`).
 
-Defaults are the official recipe (spec section 2: Adam 1e-4, batch 8, LR patch 64, early stopping after 30 epochs
-without a new best validation PSNR, 5-fold split with seed 55, fold 0). The embedded default config shrinks the
-network and the synthetic images so that it finishes on a laptop CPU.
+Top level: ``experiment``, ``seed``, ``runs_root``, ``data``, ``model``, ``optim``, ``runtime`` plus one section per
+component of the paper: ``registration`` (odd/even-row registration in preprocessing), ``displacement`` (the
+displacement degradation used as training augmentation), ``patch_selection`` (gradient-based patch selection),
+``loss`` (L1 + scanning-consistency loss) and ``eval`` (tiled inference and the metrics).
+
+Defaults are the official recipe (``src/option.py`` and the ``proposed_x2`` preset of ``src/template.py``: Adam
+1e-4, batch 8, LR patch 64, early stopping after 30 epochs without a new best validation PSNR, 5-fold split with
+seed 55, fold 0). The embedded default config shrinks the network and the synthetic images so that it finishes on a
+laptop CPU. Every value range is checked in ``__post_init__``, so a bad value stops the run before any work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from common.runtime import RuntimeConfig
 
-__all__ = ["RegistrationConfig", "DisplacementConfig", "SynthConfig", "DataConfig", "ModelConfig", "LossConfig",
-           "OptimConfig", "EvalConfig", "RuntimeConfig", "Config"]
+__all__ = ["PROJECT_DIR", "RegistrationConfig", "DisplacementConfig", "PatchSelectionConfig", "SynthConfig",
+           "DataConfig", "ModelConfig", "LossConfig", "OptimConfig", "EvalConfig", "RuntimeConfig", "Config"]
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ValueError(f"{name} must be >= {low:g}, got {value}")
 
 
 @dataclass
 class RegistrationConfig:
-    """Odd/even-row registration (spec 1.2, our design): NCC search of the column shift of odd rows."""
+    """Odd/even-row registration (paper: "a registration module across odd and even rows in the preprocessing"; the
+    official code has none, ours is an NCC search of the column shift of the odd rows, see ``registration.py``)."""
 
     max_shift: int = 8
     mode: Literal["global", "banded"] = "global"
@@ -26,11 +41,18 @@ class RegistrationConfig:
     subpixel: bool = False
     presmooth: float = 1.0
 
+    def __post_init__(self) -> None:
+        _at_least("registration.max_shift", self.max_shift, 0)
+        _at_least("registration.band", self.band, 1)
+        _at_least("registration.presmooth", self.presmooth, 0)
+
 
 @dataclass
 class DisplacementConfig:
-    """Displacement degradation (spec 1.3, our design): odd LR rows shifted along columns, training only."""
+    """Displacement degradation (paper v1; not in the official code): odd LR rows shifted along the columns with
+    probability ``p`` by a non-zero integer in ``[-max_shift, max_shift]``, training only (``enabled``)."""
 
+    enabled: bool = True
     p: float = 0.5
     max_shift: int = 2
     banded: bool = False
@@ -39,13 +61,21 @@ class DisplacementConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"displacement.p must lie in [0, 1], got {self.p}")
-        if self.max_shift < 0:
-            raise ValueError(f"displacement.max_shift must be >= 0, got {self.max_shift}")
+        _at_least("displacement.max_shift", self.max_shift, 0)
+        _at_least("displacement.band", self.band, 1)
+
+
+@dataclass
+class PatchSelectionConfig:
+    """Gradient-based patch selection (official ``--patch_select grad_window``) or uniform patches (``random``)."""
+
+    mode: Literal["grad_window", "random"] = "grad_window"
+    score: Literal["magnitude", "signed_official"] = "magnitude"
 
 
 @dataclass
 class SynthConfig:
-    """Synthetic rotational-scan PAM set written by ``synth.py`` in the official layout."""
+    """Synthetic rotational-scan PAM set generated on first use when ``data.synthetic`` (see ``synth.py``)."""
 
     n_samples: int = 12
     size: int = 488
@@ -55,16 +85,31 @@ class SynthConfig:
     speckle_looks: float = 12.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least("data.synth.n_samples", self.n_samples, 1)
+        _at_least("data.synth.size", self.size, 16)
+        if self.size % 2:
+            raise ValueError(f"data.synth.size must be even (a diameter through the centre), got {self.size}")
+        _at_least("data.synth.max_shift", self.max_shift, 0)
+        _at_least("data.synth.noise", self.noise, 0)
+        if self.speckle_looks <= 0:
+            raise ValueError(f"data.synth.speckle_looks must be > 0, got {self.speckle_looks}")
+
 
 @dataclass
 class DataConfig:
-    """Official folder layout ``<root>/<dataset>/<sample>/1_X1_X1.png`` (HR; LR is synthesised by decimation)."""
+    """Official folder layout ``<root>/<dataset>/<sample>/1_X1_X1.png`` (HR; LR is synthesised by decimation).
+
+    ``synthetic``: generate the synthetic set into ``root`` on first use (only into a folder the generator created).
+    ``verify``: check every listed image before any work (``header``: it decodes its header, ``full``: completely).
+    ``test_dataset``: evaluate on another folder with the same sample names (default ``dataset``).
+    """
 
     root: str = "data/synthetic/pamsr"
     synthetic: bool = True
+    verify: Literal["header", "full", "off"] = "header"
     dataset: str = "reg_mid"
     test_dataset: str | None = None
-    raw_dataset: str = "raw"
     scale: int = 2
     pad: int = 12
     median: bool = False
@@ -74,24 +119,24 @@ class DataConfig:
     split_seed: int = 55
     patch_size: int = 64
     epoch_size: int = 1000
-    patch_select: Literal["grad_window", "random"] = "grad_window"
-    grad_score: Literal["magnitude", "signed_official"] = "magnitude"
-    displacement_aug: bool = True
-    displacement: DisplacementConfig = field(default_factory=DisplacementConfig)
-    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4, 8):
             raise ValueError(f"data.scale must be one of 2, 3, 4, 8, got {self.scale}")
+        _at_least("data.n_folds", self.n_folds, 2)
         if not 0 <= self.fold < self.n_folds:
             raise ValueError(f"data.fold must lie in [0, {self.n_folds}), got {self.fold}")
+        _at_least("data.pad", self.pad, 0)
+        _at_least("data.patch_size", self.patch_size, 4)
+        _at_least("data.epoch_size", self.epoch_size, 1)
+        _at_least("data.num_workers", self.num_workers, 0)
 
 
 @dataclass
 class ModelConfig:
-    """``name: swinir | edsr | rcan | bicubic``; SwinIR-M values by default."""
+    """``name: swinir | edsr | rcan | bicubic``; SwinIR-M values by default (official ``src/model/swinir.py``)."""
 
     name: Literal["swinir", "edsr", "rcan", "bicubic"] = "swinir"
     embed_dim: int = 180
@@ -109,6 +154,18 @@ class ModelConfig:
     pretrained: str = "none"
     init_from: str | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            raise ValueError(f"model.depths {self.depths} and model.num_heads {self.num_heads} need the same, "
+                             f"non-zero length (one entry per residual Swin block)")
+        bad = [h for h in self.num_heads if h < 1 or self.embed_dim % h]
+        if bad:
+            raise ValueError(f"model.embed_dim={self.embed_dim} must be divisible by every model.num_heads entry "
+                             f"(got {self.num_heads})")
+        _at_least("model.window_size", self.window_size, 1)
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"model.drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
+
 
 @dataclass
 class LossConfig:
@@ -117,9 +174,18 @@ class LossConfig:
     l1: float = 1.0
     rec: float = 0.0
 
+    def __post_init__(self) -> None:
+        _at_least("loss.l1", self.l1, 0)
+        _at_least("loss.rec", self.rec, 0)
+        if self.l1 + self.rec <= 0:
+            raise ValueError("loss.l1 + loss.rec must be > 0 (nothing to train otherwise)")
+
 
 @dataclass
 class OptimConfig:
+    """Adam with MultiStepLR (``decay`` = milestones in epochs, official ``--decay 200 --gamma 0.5``) and early
+    stopping after ``patience`` epochs without a new best validation PSNR."""
+
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -131,10 +197,24 @@ class OptimConfig:
     patience: int = 30
     grad_clip: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        _at_least("optim.epochs", self.epochs, 1)
+        _at_least("optim.batch_size", self.batch_size, 1)
+        _at_least("optim.patience", self.patience, 1)
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _at_least("optim.grad_clip", self.grad_clip, 0)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
+        if any(m < 1 for m in self.decay):
+            raise ValueError(f"optim.decay milestones must be epochs >= 1, got {self.decay}")
+
 
 @dataclass
 class EvalConfig:
-    """Tiled inference (official ``forward_tile``): LR tile and overlap; ``tile_overlap: null`` = 64 - 32 // s."""
+    """Tiled inference (official ``forward_tile``): LR tile and overlap; ``tile_overlap: null`` = 64 - 32 // s in
+    test mode, ``val_tile_overlap`` during training-time validation (official 4)."""
 
     tile: int = 64
     tile_overlap: int | None = None
@@ -142,6 +222,14 @@ class EvalConfig:
     tiled: bool = True
     cartesian: bool = True
     val_every: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least("eval.tile", self.tile, 1)
+        _at_least("eval.val_every", self.val_every, 1)
+        for name, overlap in (("eval.tile_overlap", self.tile_overlap), ("eval.val_tile_overlap",
+                                                                          self.val_tile_overlap)):
+            if overlap is not None and not 0 <= overlap < self.tile:
+                raise ValueError(f"{name} must lie in [0, eval.tile={self.tile}), got {overlap}")
 
 
 @dataclass
@@ -151,7 +239,15 @@ class Config:
     runs_root: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    displacement: DisplacementConfig = field(default_factory=DisplacementConfig)
+    patch_selection: PatchSelectionConfig = field(default_factory=PatchSelectionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.synthetic and self.data.synth.n_samples < self.data.n_folds:
+            raise ValueError(f"data.synth.n_samples={self.data.synth.n_samples} cannot be split into "
+                             f"data.n_folds={self.data.n_folds} folds")

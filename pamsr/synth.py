@@ -1,4 +1,4 @@
-"""Synthetic rotationally scanned PAM data in the official folder layout (spec section 6, our design).
+"""Synthetic rotationally scanned PAM data in the official folder layout (our design; no real data is available).
 
 Each sample is a Cartesian vessel network (``common.synthetic.vessel_tree``, roots near the scan centre) with a
 PAM-like intensity profile (bright, blurred vessel cores whose brightness varies smoothly along the network, a dim
@@ -12,10 +12,13 @@ The odd B-scans are sampled with a known column displacement (scanner wobble), t
       clean/<sample>/1_X1_X1.png        noise-free and registered ground truth (synthetic only)
       shifts.csv                        sample, shift (true odd-row displacement in pixels)
 
-``reg_mid/`` (registered + median-filtered, the official training set) is produced from ``raw/`` by
-``preprocess.py`` with our registration module, exactly as real data would be.
+      reg_mid/<sample>/1_X1_X1.png      raw registered by our registration module + 3x3 median (as real data
+                                        would be, ``pipeline.register_folder``), with ``registration.csv``
 
-Usage: ``python synth.py --out data/synthetic/pamsr --n 12 --size 488``.
+The set is written only into a folder the generator creates (``<root>.partial``, renamed at the end, with a stamp
+of its parameters; :func:`common.datasets.ensure_dataset`): a folder holding anything else is refused untouched.
+
+Usage: ``python synth.py [--config configs/default.yaml] [--out DIR] [--n 15] [--size 488] [key=value ...]``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from common.config import ConfigError, load_config
 from common.synthetic import as_rng, smooth_field, speckle_noise, vessel_tree
 from pamsr.geometry import cartesian_to_polar
+from pamsr.pipeline import ensure_synthetic
+from pamsr.settings import PROJECT_DIR, Config
 
 __all__ = ["HR_NAME", "render_cartesian", "render_polar", "make_sample", "write_dataset", "main"]
 
@@ -80,15 +87,17 @@ def sample_names(n: int) -> list[str]:
 
 
 def write_dataset(root: str | Path, n_samples: int = 12, size: int = 488, max_shift: int = 4,
-                  subpixel: bool = False, noise: float = 0.02, speckle_looks: float = 12.0, seed: int = 0
-                  ) -> Path:
-    """Write ``raw/``, ``mid_filter/``, ``clean/`` and ``shifts.csv`` under ``root`` (see module docstring)."""
+                  subpixel: bool = False, noise: float = 0.02, speckle_looks: float = 12.0, seed: int = 0,
+                  progress: bool = False) -> Path:
+    """Write ``raw/``, ``mid_filter/``, ``clean/`` and ``shifts.csv`` under ``root`` (see module docstring).
+
+    Low level: writes into ``root`` as it is; runs go through ``pipeline.ensure_synthetic`` instead."""
     if size % 2:
         raise ValueError(f"synth size must be even (a diameter through the centre), got {size}")
     root = Path(root)
     rng = as_rng(seed)
     rows = []
-    for name in sample_names(n_samples):
+    for name in tqdm(sample_names(n_samples), desc="synthesise", disable=not progress, leave=False):
         if subpixel:
             shift = float(np.round(rng.uniform(-max_shift, max_shift), 2))
         else:
@@ -106,18 +115,26 @@ def write_dataset(root: str | Path, n_samples: int = 12, size: int = 488, max_sh
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Write a synthetic rotational-scan PAM set in the official layout")
-    parser.add_argument("--out", default="data/synthetic/pamsr", help="output root (relative: from the repo root)")
-    parser.add_argument("--n", type=int, default=12, help="number of samples")
-    parser.add_argument("--size", type=int, default=488, help="polar image side (official: 1000)")
-    parser.add_argument("--max-shift", type=int, default=4, help="largest odd-row displacement in pixels")
-    parser.add_argument("--subpixel", action="store_true", help="draw fractional displacements")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description="Write the synthetic rotational-scan PAM set in the official layout")
+    parser.add_argument("--config", default="configs/default.yaml", help="config whose data.synth section is used")
+    parser.add_argument("--out", default=None, help="data.root (relative: from the repo root); must be new or empty")
+    parser.add_argument("--n", type=int, default=None, help="data.synth.n_samples")
+    parser.add_argument("--size", type=int, default=None, help="data.synth.size (polar image side; official 1000)")
+    parser.add_argument("--max-shift", type=int, default=None, help="data.synth.max_shift (odd-row displacement)")
+    parser.add_argument("--subpixel", action="store_true", help="data.synth.subpixel: fractional displacements")
+    parser.add_argument("--seed", type=int, default=None, help="data.synth.seed")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
-    from common.rundir import resolve_path
-
-    root = write_dataset(resolve_path(args.out), args.n, args.size, args.max_shift, args.subpixel, seed=args.seed)
-    print(f"wrote {args.n} samples to {root}")
+    flags = {"data.root": args.out, "data.synth.n_samples": args.n, "data.synth.size": args.size,
+             "data.synth.max_shift": args.max_shift, "data.synth.seed": args.seed,
+             "data.synth.subpixel": "true" if args.subpixel else None}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + ["data.synthetic=true", *args.overrides]
+    try:
+        cfg = load_config(Config, args.config, overrides, search_dirs=[PROJECT_DIR])
+    except ConfigError as exc:
+        parser.error(str(exc))
+    root = ensure_synthetic(cfg)
+    print(f"synthetic set with {cfg.data.synth.n_samples} samples at {root}")
     return root
 
 

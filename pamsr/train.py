@@ -1,47 +1,73 @@
-"""Train a PAMSR super-resolution network (official ``src/main.py`` + ``trainer_burst_ema.py``; spec section 2).
+"""Train a PAMSR super-resolution network (official ``src/main.py`` + ``src/trainer_burst_ema.py``).
 
 Adam (lr 1e-4), MultiStepLR, batch 8 of LR 64x64 patches chosen by gradient-based patch selection, displacement
 augmentation of the LR, L1 (+ optional scanning-consistency loss), validation PSNR on the held-out fold after every
 epoch with early stopping (``optim.patience`` epochs without a new best). x4/x8 start from an x2 checkpoint
 (``model.init_from``, non-strict: the upsampler tensors that differ are skipped).
 
-    python train.py --config configs/default.yaml [--resume auto|PATH] [--init-weights PATH] [key=value ...]
+    python train.py [--config configs/default.yaml] [--data-root DIR] [--resume auto|PATH] [--init-weights PATH]
+                    [key=value ...]
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from common.checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    load_init_weights,
-    restore_training_state,
-    save_checkpoint,
-)
-from common.config import build_arg_parser, parse_cli, to_dict
-from common.rundir import create_run_dir, latest_run, resolve_path
-from common.runtime import init_distributed, make_grad_scaler, make_sampler, maybe_compile, pick_device, wrap_ddp
-from common.seed import loader_seed_kwargs, seed_everything
+from common.checkpoint import load_checkpoint, load_init_weights, restore_training_state, save_checkpoint
+from common.cli import parse_train, train_parser
+from common.config import to_dict
+from common.rundir import RunDir, latest_run, open_run, resolve_path
+from common.runtime import dist_info, make_grad_scaler, maybe_compile, setup_runtime, wrap_ddp
+from common.seed import seed_loader_epoch
 from common.tracking import Tracker, plot_curves
 from common.weights import load_pretrained
-from pamsr.data import TrainPatches, load_images, prepare_data
 from pamsr.engine import evaluate, train_one_epoch
+from pamsr.figures import crop_grid, nearest_upsample
 from pamsr.losses import RecLoss, SRLoss
 from pamsr.models import build_model, count_parameters
-from pamsr.settings import Config
+from pamsr.pipeline import Splits, load_splits, make_train_loader, prepare_data
+from pamsr.settings import PROJECT_DIR, Config, OptimConfig
 
-__all__ = ["PROJECT_DIR", "SWINIR_SOURCE", "resolve_init_from", "run_training", "main"]
+__all__ = ["PROJECT_DIR", "SWINIR_SOURCE", "TrainState", "resolve_init_from", "run_training", "main"]
 
-PROJECT_DIR = Path(__file__).resolve().parent
 SWINIR_SOURCE = ("001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth (github.com/JingyunLiang/SwinIR releases, v0.0); "
                  "re-save its `params` dict with torch.save so that it loads as a plain state dict")
+
+
+@dataclass
+class TrainState:
+    """What the next epoch depends on besides model/optimiser/scheduler/RNG states (all saved in ``last.pt``)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+
+
+@dataclass
+class Session:
+    """The objects one training run works with."""
+
+    cfg: Config
+    device: torch.device
+    run: RunDir
+    splits: Splits
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    loss_fn: SRLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    tracker: Tracker
 
 
 def resolve_init_from(cfg: Config) -> Path | None:
@@ -61,7 +87,8 @@ def resolve_init_from(cfg: Config) -> Path | None:
     return resolve_path(spec)
 
 
-def _init_model(model: torch.nn.Module, cfg: Config, init_weights: str | None) -> None:
+def initialise_weights(model: torch.nn.Module, cfg: Config, init_weights: str | None) -> None:
+    """Fresh run: optional pretrained SwinIR-M weights, then ``model.init_from`` and ``--init-weights`` (non-strict)."""
     if cfg.model.pretrained != "none":
         report = load_pretrained(model, cfg.model.pretrained, what="SwinIR-M (classical SR, DF2K)",
                                  source=SWINIR_SOURCE)
@@ -72,100 +99,131 @@ def _init_model(model: torch.nn.Module, cfg: Config, init_weights: str | None) -
             print(f"init weights from {path}: skipped (shape) {report['shape_mismatch']}, missing {report['missing']}")
 
 
-def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None, progress: bool = True
-                 ) -> Path:
-    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt``, ``metrics.csv``, ...)."""
-    info = init_distributed()
-    seed_everything(cfg.seed, info.rank, cfg.runtime.deterministic)
-    device = pick_device(cfg.runtime.device, info.local_rank)
-    if cfg.model.name == "bicubic":
-        raise ValueError("model.name=bicubic has nothing to train; evaluate it directly with eval.py")
-    prepare_data(cfg)
-    train_images = load_images(cfg.data, "train")
-    test_images = load_images(cfg.data, "test", cfg.data.test_dataset)
-    pad, scale = cfg.data.pad, cfg.data.scale
-
-    model = build_model(cfg.model, scale, cfg.data.patch_size).to(device)
+def build_loss(cfg: Config, splits: Splits, device: torch.device) -> SRLoss:
+    """``loss.l1 * L1 + loss.rec * RecLoss`` (the rec loss needs the padded polar geometry of the training images)."""
     rec = None
     if cfg.loss.rec > 0:
-        h, w = train_images[0].hr.shape
-        rec = RecLoss(h - 2 * pad, w - 2 * pad, pad).to(device)
-    loss_fn = SRLoss(cfg.loss.l1, cfg.loss.rec, rec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.optim.decay),
-                                                     gamma=cfg.optim.gamma)
-    scaler = make_grad_scaler(device, cfg.runtime.amp)
+        h, w = splits.train[0].hr.shape
+        rec = RecLoss(h - 2 * cfg.data.pad, w - 2 * cfg.data.pad, cfg.data.pad).to(device)
+    return SRLoss(cfg.loss.l1, cfg.loss.rec, rec)
 
-    experiment_dir = resolve_path(cfg.runs_root) / "pamsr" / cfg.experiment
-    resume_path = find_resume_checkpoint(resume, experiment_dir)
-    start_epoch, step, best, best_epoch = 0, 0, None, -1
-    if resume_path is not None:
-        run = create_run_dir("pamsr", cfg.experiment, cfg, root=cfg.runs_root, device=device,
-                             existing=resume_path.parent.parent)
-        ckpt = load_checkpoint(resume_path)
-        start_epoch, step, best = restore_training_state(ckpt, model=model, optimizer=optimizer,
-                                                         scheduler=scheduler, scaler=scaler)
-        best_epoch = int(ckpt.get("extra", {}).get("best_epoch", start_epoch - 1))
-        print(f"resumed from {resume_path} at epoch {start_epoch}")
-    else:
-        run = create_run_dir("pamsr", cfg.experiment, cfg, root=cfg.runs_root, device=device)
-        _init_model(model, cfg, init_weights)
-    print(f"{cfg.model.name}: {count_parameters(model):,} parameters; {len(train_images)} train / "
-          f"{len(test_images)} test images; run folder {run.path}")
 
-    dataset = TrainPatches(train_images, cfg.data, seed=cfg.seed)
-    sampler = make_sampler(dataset, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.data.num_workers, drop_last=len(dataset) >= cfg.optim.batch_size,
-                        **loader_seed_kwargs(cfg.seed, info.rank))
-    train_model = maybe_compile(wrap_ddp(model, device), cfg.runtime.compile)
-    config_dict = to_dict(cfg)
-    tracker = Tracker(run.path)
-    for epoch in range(start_epoch, cfg.optim.epochs):
+def build_optimiser(optim: OptimConfig, model: torch.nn.Module
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam + MultiStepLR (official ``src/utility.py::make_optimizer``)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                 weight_decay=optim.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.decay), gamma=optim.gamma)
+
+
+def start_or_resume(session: Session, resume_from: Path | None, init_weights: str | None) -> TrainState:
+    """Restore model, optimiser, scheduler, scaler, RNG states, epoch, step and best from ``last.pt``, or
+    initialise the weights of a fresh run."""
+    if resume_from is None:
+        initialise_weights(session.model, session.cfg, init_weights)
+        return TrainState()
+    ckpt = load_checkpoint(resume_from)
+    epoch, step, best = restore_training_state(ckpt, model=session.model, optimizer=session.optimizer,
+                                               scheduler=session.scheduler, scaler=session.scaler)
+    return TrainState(epoch, step, best, int(ckpt.get("extra", {}).get("best_epoch", epoch - 1)))
+
+
+def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float]:
+    """Polar PSNR/SSIM on the held-out fold (training-time overlap ``eval.val_tile_overlap``); keeps ``best.pt`` and
+    logs LR / SR / HR crops of the first held-out image to TensorBoard."""
+    cfg, ev = session.cfg, session.cfg.eval
+    rows, preds = evaluate(session.model, session.splits.test, cfg.data.scale, cfg.data.pad, session.device,
+                           tiled=ev.tiled, tile=ev.tile, overlap=ev.val_tile_overlap, cartesian=False,
+                           amp=cfg.runtime.amp, keep_predictions=True)
+    psnr = float(np.mean([r["psnr"] for r in rows]))
+    if state.best is None or psnr > state.best:
+        state.best, state.best_epoch = psnr, epoch
+        if dist_info().is_main:
+            save_checkpoint(session.run.checkpoints / "best.pt", model=session.model, config=to_dict(cfg),
+                            epoch=epoch + 1, step=state.step, best_metric=psnr, extra={"best_epoch": epoch})
+    item = session.splits.test[0]
+    panels = {"lr": nearest_upsample(item.lr, cfg.data.scale), "sr": preds[item.name], "hr": item.hr}
+    session.tracker.log_image("val/lr_sr_hr", crop_grid(panels, cfg.data.pad, min(128, item.hr.shape[0] // 2)),
+                              epoch + 1)
+    return {"val/psnr": psnr, "val/ssim": float(np.mean([r["ssim"] for r in rows]))}
+
+
+def run_epoch(session: Session, state: TrainState, epoch: int) -> dict[str, float]:
+    """One epoch: data order and patches a function of (seed, epoch), train, step the schedule, validate."""
+    cfg = session.cfg
+    seed_loader_epoch(session.loader, cfg.seed, epoch)
+    session.loader.dataset.set_epoch(epoch)
+    stats = train_one_epoch(session.train_model, session.loader, session.loss_fn, session.optimizer,
+                            session.device, cfg.runtime.amp, session.scaler, cfg.optim.grad_clip,
+                            progress=cfg.runtime.progress and dist_info().is_main,
+                            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}")
+    state.step += int(stats.pop("steps"))
+    session.scheduler.step()
+    log = {f"train/{k}": v for k, v in stats.items()}
+    log |= {"train/lr": session.optimizer.param_groups[0]["lr"], "train/step": float(state.step)}
+    if (epoch + 1) % cfg.eval.val_every == 0 or epoch + 1 == cfg.optim.epochs:
+        log |= validate(session, state, epoch)
+    return log
+
+
+def save_last(session: Session, state: TrainState, epoch: int) -> None:
+    if dist_info().is_main:
+        save_checkpoint(session.run.checkpoints / "last.pt", model=session.model, config=to_dict(session.cfg),
+                        epoch=epoch + 1, step=state.step, best_metric=state.best, optimizer=session.optimizer,
+                        scheduler=session.scheduler, scaler=session.scaler, extra={"best_epoch": state.best_epoch})
+
+
+def fit(session: Session, state: TrainState) -> None:
+    """The epoch loop from ``state.epoch`` to ``optim.epochs``, with early stopping on the validation PSNR."""
+    cfg, is_main = session.cfg, dist_info().is_main
+    epochs = range(state.epoch, cfg.optim.epochs)
+    for epoch in tqdm(epochs, desc="epochs", disable=not (cfg.runtime.progress and is_main)):
         tic = time.time()
-        dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        stats = train_one_epoch(train_model, loader, loss_fn, optimizer, device, cfg.runtime.amp, scaler,
-                                cfg.optim.grad_clip, progress=progress and info.is_main)
-        step += int(stats.pop("steps"))
-        scheduler.step()
-        log = {f"train/{k}": v for k, v in stats.items()} | {"train/lr": optimizer.param_groups[0]["lr"]}
-        if (epoch + 1) % cfg.eval.val_every == 0 or epoch + 1 == cfg.optim.epochs:
-            rows, _ = evaluate(model, test_images, scale, pad, device, tiled=cfg.eval.tiled, tile=cfg.eval.tile,
-                               overlap=cfg.eval.val_tile_overlap, cartesian=False, amp=cfg.runtime.amp)
-            val_psnr = float(np.mean([r["psnr"] for r in rows]))
-            log |= {"val/psnr": val_psnr, "val/ssim": float(np.mean([r["ssim"] for r in rows]))}
-            if best is None or val_psnr > best:
-                best, best_epoch = val_psnr, epoch
-                if info.is_main:
-                    save_checkpoint(run.checkpoints / "best.pt", model=model, config=config_dict, epoch=epoch + 1,
-                                    step=step, best_metric=best, extra={"best_epoch": best_epoch})
-        tracker.log(log, step=epoch + 1)
-        if info.is_main:
-            save_checkpoint(run.checkpoints / "last.pt", model=model, config=config_dict, epoch=epoch + 1, step=step,
-                            best_metric=best, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            extra={"best_epoch": best_epoch})
-            print(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {stats.get('loss', float('nan')):.4f} "
-                  f"val psnr {log.get('val/psnr', float('nan')):.2f} (best {best if best is not None else 0:.2f} "
-                  f"@ {best_epoch + 1}) {time.time() - tic:.1f}s", flush=True)
-        if epoch - best_epoch >= cfg.optim.patience:
-            print(f"early stop: {cfg.optim.patience} epochs without a new best validation PSNR")
+        log = run_epoch(session, state, epoch)
+        session.tracker.log(log, step=epoch + 1)
+        save_last(session, state, epoch)
+        if is_main:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {log.get('train/loss', float('nan')):.4f} "
+                       f"val psnr {log.get('val/psnr', float('nan')):.2f} (best {state.best or 0:.2f} @ "
+                       f"{state.best_epoch + 1}) {time.time() - tic:.1f}s")
+        if epoch - state.best_epoch >= cfg.optim.patience:
+            tqdm.write(f"early stop: {cfg.optim.patience} epochs without a new best validation PSNR")
             break
-    tracker.close()
-    if info.is_main and run.metrics_csv.is_file():
-        try:
-            plot_curves(run.metrics_csv, ["train/loss"], run.figures / "train_loss.png")
-            plot_curves(run.metrics_csv, ["val/psnr"], run.figures / "val_psnr.png")
-        except KeyError:
-            pass
-    return run.path
+
+
+def finish(session: Session) -> None:
+    session.tracker.close()
+    if dist_info().is_main and session.run.metrics_csv.is_file():
+        plot_curves(session.run.metrics_csv, ["train/loss"], session.run.figures / "train_loss.png")
+        plot_curves(session.run.metrics_csv, ["val/psnr"], session.run.figures / "val_psnr.png")
+
+
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
+    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt``, ``metrics.csv``, ``tb/``, ...)."""
+    if cfg.model.name == "bicubic":
+        raise ValueError("model.name=bicubic has nothing to train; evaluate it directly with eval.py")
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    prepare_data(cfg)  # the synthetic set on first use; every listed image checked before the run folder exists
+    splits = load_splits(cfg)
+    model = build_model(cfg.model, cfg.data.scale, cfg.data.patch_size).to(device)
+    optimizer, scheduler = build_optimiser(cfg.optim, model)
+    opened = open_run("pamsr", cfg, resume=resume, device=device)
+    train_model = maybe_compile(wrap_ddp(model, device), cfg.runtime.compile)
+    session = Session(cfg, device, opened.run, splits, model, train_model, build_loss(cfg, splits, device),
+                      optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp),
+                      make_train_loader(cfg, splits.train), Tracker(opened.run.path))
+    state = start_or_resume(session, opened.resume_from, init_weights)
+    if dist_info().is_main:
+        print(f"{cfg.model.name}: {count_parameters(model):,} parameters; {len(splits.train)} train / "
+              f"{len(splits.test)} test images; starting at epoch {state.epoch + 1} of {cfg.optim.epochs}")
+    fit(session, state)
+    finish(session)
+    return opened.run.path
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = build_arg_parser("Train PAMSR (SwinIR with registration, displacement degradation, patch selection)")
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
+    parser = train_parser("Train PAMSR (SwinIR with registration, displacement degradation, patch selection)")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
     return run_training(cfg, args.resume, args.init_weights)
 
 

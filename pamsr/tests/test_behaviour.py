@@ -1,5 +1,5 @@
-"""Behaviour on synthetic data (spec section 6, check 9): a tiny SwinIR trained on 120 batches of random patches
-halves its L1 and beats nearest-neighbour upsampling on a held-out image."""
+"""Behaviour on synthetic data (overfit check): a tiny SwinIR trained on 120 batches of random patches halves its L1
+and beats nearest-neighbour upsampling on a held-out image."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pamsr.engine import predict_image, quantise
 from pamsr.figures import nearest_upsample
 from pamsr.losses import SRLoss
 from pamsr.models import SwinIR
-from pamsr.settings import DataConfig
+from pamsr.settings import DataConfig, DisplacementConfig, PatchSelectionConfig
 
 
 @pytest.fixture
@@ -29,11 +29,11 @@ def one_thread():
 @pytest.mark.slow
 def test_tiny_swinir_learns_and_beats_nearest(synth_root, one_thread):
     torch.manual_seed(0)
-    cfg = DataConfig(root=str(synth_root), patch_size=16, epoch_size=960, displacement_aug=False,
-                     patch_select="random")  # uniform patches also teach the empty background of the scan
+    cfg = DataConfig(root=str(synth_root), patch_size=16, epoch_size=960)
+    uniform = PatchSelectionConfig(mode="random")  # uniform patches also teach the empty background of the scan
     train, test = load_images(cfg, "train"), load_images(cfg, "test")
-    loader = DataLoader(TrainPatches(train, cfg, seed=0), batch_size=8, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    patches = TrainPatches(train, cfg, uniform, DisplacementConfig(enabled=False), seed=0)
+    loader = DataLoader(patches, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     model = SwinIR(2, embed_dim=16, depths=[2], num_heads=[2], num_feat=16, drop_path_rate=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn, losses = SRLoss(), []

@@ -11,10 +11,18 @@ from sklearn.model_selection import KFold
 
 from common.config import ConfigError, load_config
 from common.readers import ImageReadError
-from pamsr.data import DataError, TrainPatches, check_pair, kfold_split, list_samples, load_images, read_polar
+from pamsr.data import (
+    DataError,
+    TrainPatches,
+    check_pair,
+    kfold_split,
+    list_samples,
+    load_images,
+    read_polar,
+    split_file,
+)
 from pamsr.degradation import DegradationError
-from pamsr.settings import Config, DataConfig
-from pamsr.train import PROJECT_DIR
+from pamsr.settings import PROJECT_DIR, Config, DataConfig, DisplacementConfig, PatchSelectionConfig
 
 
 def data_cfg(root, **kw) -> DataConfig:
@@ -36,8 +44,10 @@ def test_reader_and_split_on_synthetic_layout(synth_root):
     train, test = load_images(cfg, "train"), load_images(cfg, "test")
     assert len(train) == 4 and len(test) == 1 and test[0].name not in {t.name for t in train}
     assert test[0].hr.shape == (128, 128) and test[0].lr.shape == (64, 64)  # 104 + 2*12 = 128
-    assert (synth_root / "reg_mid" / "folds_seed55.csv").is_file()
-    item = TrainPatches(train, cfg, seed=0)[3]
+    record = split_file(cfg, "reg_mid")  # the split is recorded under data/splits/pamsr/, never in the data root
+    assert record.is_file() and synth_root not in record.parents
+    assert not list(synth_root.rglob("*folds*"))
+    item = TrainPatches(train, cfg, PatchSelectionConfig(), DisplacementConfig(), seed=0)[3]
     assert item["lr"].shape == (1, 16, 16) and item["hr"].shape == (1, 32, 32)
     assert float(item["hr"].min()) >= 0.0 and float(item["hr"].max()) <= 1.0
 
@@ -83,8 +93,8 @@ def test_lr_hr_pair_mismatch():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"unknown config key `data.patchsize`.*patch_size"):
         load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", ["data.patchsize=32"])
-    with pytest.raises(ConfigError, match="data.grad_score"):
-        load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", ["data.grad_score=sum"])
+    with pytest.raises(ConfigError, match="patch_selection.score"):
+        load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", ["patch_selection.score=sum"])
     with pytest.raises(ConfigError, match="data.scale"):
         load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", ["data.scale=5"])
     for name in ("default", "paper_x2", "paper_x4", "paper_x8", "paper_x2_rec", "edsr_paper_x2", "rcan_paper_x2"):

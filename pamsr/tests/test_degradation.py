@@ -1,4 +1,4 @@
-"""Degradation (decimation, padding, normalisation) and the displacement degradation (spec section 6, checks 1, 3)."""
+"""Degradation (decimation, padding, normalisation) and the displacement degradation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Polar <-> Cartesian geometry and the scanning-consistency loss (spec section 6, checks 7 and 10)."""
+"""Polar <-> Cartesian geometry and the scanning-consistency loss."""
 
 from __future__ import annotations
 

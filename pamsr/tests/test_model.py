@@ -79,8 +79,8 @@ def test_x2_checkpoint_initialises_x4(tmp_path):
 
 def test_init_from_latest_experiment(tmp_path):
     from common.config import load_config
-    from pamsr.settings import Config
-    from pamsr.train import PROJECT_DIR, resolve_init_from
+    from pamsr.settings import PROJECT_DIR, Config
+    from pamsr.train import resolve_init_from
 
     cfg = load_config(Config, PROJECT_DIR / "configs" / "paper_x4.yaml", [f"runs_root={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="paper_x2"):

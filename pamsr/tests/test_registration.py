@@ -1,4 +1,4 @@
-"""Odd/even-row registration against the known ground-truth shifts of synth.py (spec section 6, check 2)."""
+"""Odd/even-row registration against the known ground-truth shifts of synth.py."""
 
 from __future__ import annotations
 

@@ -1,16 +1,28 @@
-"""Entry points on configs/ci.yaml in a temporary folder: train, resume, evaluate, predict, reproduce."""
+"""Entry points on configs/ci.yaml in a temporary folder: train, exact resume, evaluate, predict, reproduce, and
+bad input (a truncated test image, a foreign folder as synthetic root, bad values) found before any work."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from common.config import load_config
+from common.datasets import DatasetFolderError, DataVerificationError
 from pamsr import eval as pamsr_eval
 from pamsr import reproduce, train
+from pamsr.data import split_samples
+from pamsr.pipeline import ensure_synthetic
+from pamsr.settings import PROJECT_DIR, Config
+
+
+def metrics_rows(run) -> list[dict]:
+    with (run / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +49,61 @@ def test_resume_auto_continues_from_last(trained):
     resumed = train.main(["--config", "configs/ci.yaml", "--resume", "auto", *overrides, "optim.epochs=3"])
     assert resumed == run
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
-    with (run / "metrics.csv").open() as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3]
+    rows = metrics_rows(run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    steps = [float(r["train/step"]) for r in rows]
+    assert steps[1] == 2 * steps[0] and steps[2] == 3 * steps[0]  # the optimiser-step counter continues
+
+
+def test_resume_after_epoch_1_equals_uninterrupted_epoch_2(trained, tmp_path):
+    """Killed after epoch 1 (a run with optim.epochs=1) and resumed: the epoch-2 row equals the uninterrupted run's,
+    data order and patches included."""
+    base, overrides, uninterrupted = trained
+    reference = metrics_rows(uninterrupted)[1]
+    split = [f"runs_root={tmp_path / 'runs'}", f"data.root={base / 'data'}"]
+    first = train.main(["--config", "configs/ci.yaml", *split, "optim.epochs=1"])
+    resumed = train.main(["--config", "configs/ci.yaml", "--resume", "auto", *split, "optim.epochs=2"])
+    assert resumed == first
+    rows = metrics_rows(resumed)
+    assert len(rows) == 2 and rows[1] == reference
+
+
+def test_truncated_test_image_fails_before_any_run_folder(trained, tmp_path):
+    base, _, _ = trained
+    shutil.copytree(base / "data", tmp_path / "data")  # the stamped synthetic set, reused as it is
+    overrides = [f"runs_root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"]
+    cfg = load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", overrides)
+    (_, victim), *_ = split_samples(cfg.data, "test")
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(DataVerificationError, match=victim.parent.name):
+        train.main(["--config", "configs/ci.yaml", *overrides])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_synthetic_generator_refuses_a_foreign_folder_and_other_parameters(trained, tmp_path):
+    foreign = tmp_path / "my_scans"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("real data")
+    cfg = load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", [f"data.root={foreign}"])
+    with pytest.raises(DatasetFolderError, match="not empty"):
+        ensure_synthetic(cfg)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and (foreign / "notes.txt").read_text() == "real data"
+    assert not (tmp_path / "my_scans.partial").exists()
+    base, _, _ = trained
+    other = load_config(Config, PROJECT_DIR / "configs" / "ci.yaml", [f"data.root={base / 'data'}",
+                                                                       "data.synth.seed=9"])
+    with pytest.raises(DatasetFolderError, match="other parameters"):
+        ensure_synthetic(other)
+
+
+def test_bad_values_stop_before_any_work(tmp_path, capsys):
+    for bad, key in (("optim.epochs=-1", "optim.epochs"), ("optim.lr=0", "optim.lr"), ("displacement.p=2", "p"),
+                     ("eval.tile_overlap=32", "eval.tile_overlap"), ("data.verify=some", "data.verify")):
+        with pytest.raises(SystemExit) as info:
+            train.main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}",
+                        f"data.root={tmp_path / 'data'}", bad])
+        assert info.value.code == 2 and key in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 def test_eval_and_predict(trained, tmp_path):
@@ -48,6 +113,7 @@ def test_eval_and_predict(trained, tmp_path):
     for key in ("psnr", "ssim", "psnr_cart", "ssim_cart", "psnr_displaced"):
         assert np.isfinite(summary[key])
     assert (run / "eval" / "summary.csv").is_file() and (run / "eval" / "per_case.csv").is_file()
+    assert (run / "figures" / "eval_crops.png").is_file()
     lr_dir = tmp_path / "lr"
     lr_dir.mkdir()
     cv2.imwrite(str(lr_dir / "scan_a.png"), np.random.default_rng(0).integers(1, 255, (40, 52), dtype=np.uint8))
@@ -57,21 +123,27 @@ def test_eval_and_predict(trained, tmp_path):
     assert sr.shape == (80, 104)
 
 
-def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path):
-    _, overrides, _ = trained
+def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path, capsys):
+    base, overrides, _ = trained
     summary = pamsr_eval.main(["--config", "configs/ci.yaml", "--out", str(tmp_path), "model.name=bicubic", *overrides])
-    assert summary["psnr"] > 20
-    with pytest.raises(Exception, match="needs --checkpoint"):
-        pamsr_eval.main(["--config", "configs/ci.yaml", "--out", str(tmp_path), *overrides])
+    assert summary["psnr"] > 20 and (tmp_path / "summary.csv").is_file()
+    with pytest.raises(SystemExit) as info:
+        pamsr_eval.main(["--config", "configs/ci.yaml", "--out", str(tmp_path), f"runs_root={tmp_path / 'none'}",
+                         f"data.root={base / 'data'}"])
+    assert info.value.code == 2 and "needs --checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_reproduce_writes_comparison(trained):
     _, overrides, _ = trained
     out = reproduce.main(["--config", "configs/ci.yaml", *overrides, "optim.epochs=1",
-                          "--only", "pamsr", "bicubic", "no_displacement"])
+                          "--only", "pamsr,bicubic,no_displacement"])
     with (out / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
+    assert out.parent.name == "reproduce" and (out / "config.yaml").is_file() and (out / "env.json").is_file()
+    for row in ("pamsr", "bicubic", "no_displacement"):  # one run per row and seed, next to (not inside) reproduce/
+        (sub,) = list((out.parent.parent / f"reproduce-{row}-s1").iterdir())
+        assert (sub / "eval" / "summary.csv").is_file()
     assert [r["method"] for r in rows] == ["pamsr", "bicubic", "no_displacement"]
     assert list(rows[0])[:3] == ["method", "psnr", "ssim"]
     assert (out / "comparison.md").is_file() and (out / "figures" / "crops.png").is_file()
