@@ -29,7 +29,7 @@ SECTION_ALIASES: dict[str, str] = {
 }
 
 _HEADER = re.compile(r"^\s*([A-Za-z][A-Za-z ,/&]{1,60}?)\s*:", re.MULTILINE)
-_ABBREV = ("dr", "mr", "mrs", "ms", "vs", "approx", "no", "fig", "e.g", "i.e", "etc", "st", "pt", "cm", "mm")
+_ABBREV = ("dr", "mr", "mrs", "ms", "vs", "approx", "fig", "e.g", "i.e", "etc", "st", "pt")
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
 

@@ -208,11 +208,20 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    """``root``: the MIMIC-CXR-JPG folder (``files/``, ``mimic-cxr-2.0.0-*.csv[.gz]``). ``synthetic: true`` writes
-    the synthetic set there first (a folder this code created). ``image_size`` is the network input side."""
+    """``root`` holds the datasets, each in its published layout in the folder ``<name>_dir`` (relative to
+    ``root``, or absolute): MIMIC-CXR-JPG (``files/``, ``mimic-cxr-2.0.0-*.csv[.gz]``), CheXpert-v1.0-small, RSNA,
+    SIIM-ACR, COVIDx, Object-CXR. ``synthetic: true`` writes the synthetic set into ``root`` first (only into a
+    folder this code created). ``image_size`` is the network input side."""
 
     root: str = "data/synthetic/prior"
     synthetic: bool = True
+    verify: Literal["header", "full", "off"] = "header"
+    mimic_dir: str = "mimic-cxr-jpg"
+    chexpert_dir: str = "CheXpert-v1.0-small"
+    rsna_dir: str = "rsna-pneumonia"
+    siim_dir: str = "siim-acr-pneumothorax"
+    covidx_dir: str = "covidx"
+    object_cxr_dir: str = "object-cxr"
     image_size: int = 224
     min_sentences: int = 4
     max_sentences: int = 32
