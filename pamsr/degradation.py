@@ -1,4 +1,4 @@
-"""Degradation model (official ``src/data/burst_v3.py``; spec section 1.3).
+"""Degradation model (official ``src/data/burst_v3.py``).
 
 - ``prepare_hr``: zero-pad the HR polar image (12 px: 1000 -> 1024) and check it divides by the scale.
 - ``decimate``: LR = HR[::s, ::s] along both axes (no blur, no noise).

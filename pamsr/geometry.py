@@ -1,4 +1,4 @@
-"""Rotational-scan geometry (official ``Trainer_burst_ema.rec_img_test`` and ``src/loss/rec_map.npy``; spec 1.1).
+"""Rotational-scan geometry (official ``Trainer_burst_ema.rec_img_test`` and ``src/loss/rec_map.npy``).
 
 A polar image has ``N`` rows (B-scans at angles ``theta_k = k * pi / N``, covering 180 degrees) and ``M`` columns
 (positions along a diameter, signed radius ``r = M/2 - c``). Point ``(x, y) = (r cos theta, r sin theta)`` lands on

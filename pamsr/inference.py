@@ -1,4 +1,4 @@
-"""Tiled inference for full-size polar images (official ``src/model/__init__.py::forward_tile``; spec 1.5).
+"""Tiled inference for full-size polar images (official ``src/model/__init__.py::forward_tile``).
 
 The LR image is covered by ``tile x tile`` windows with stride ``tile - overlap`` (the last window is aligned to the
 border); outputs of overlapping windows are averaged (sum / count). Official values: tile 64, overlap

@@ -1,4 +1,4 @@
-"""Training losses (official ``src/loss/__init__.py::RL1`` and ``src/loss/rec.py``; spec section 1.6).
+"""Training losses (official ``src/loss/__init__.py::RL1`` and ``src/loss/rec.py``).
 
 - L1 between SR and HR patches in [0, 1].
 - Scanning-consistency ("rec") loss, weight 0.5 in the official experiments: SR and HR patches are scattered into

@@ -1,5 +1,5 @@
 """Gradient-based patch selection (official ``--patch_select grad_window``: ``_get_crop``, ``split_patch``,
-``cal_cprob``, ``image_grad_gray`` in ``src/data/burst_v3.py``; spec section 1.4).
+``cal_cprob``, ``image_grad_gray`` in ``src/data/burst_v3.py``).
 
 The LR image ``(ih, iw)`` is split into an ``(ih // p) x (iw // p)`` grid of windows (``p`` = LR patch size). Each
 window gets a score from 3x3 Sobel derivatives of the LR image:

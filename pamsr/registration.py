@@ -1,5 +1,5 @@
 """Odd/even-row registration (paper: "a registration module across odd and even rows in the preprocessing";
-the official code has none, so this is our design from spec section 1.2).
+the official code has none, so this is our design).
 
 Convention: a displacement ``d`` of the odd rows means ``odd_observed[:, c] = odd_true[:, c - d]`` (content moved by
 ``+d`` columns). :func:`estimate_shift` returns ``d``; :func:`apply_registration` undoes it.

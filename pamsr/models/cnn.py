@@ -1,5 +1,5 @@
-"""CNN baselines of the paper's comparison (official code ``src/model/edsr.py``, ``rcan.py``; spec section 4) and
-the bicubic interpolation baseline, all single-channel.
+"""CNN baselines of the paper's comparison (official code ``src/model/edsr.py``, ``rcan.py``, presets in
+``src/template.py``) and the bicubic interpolation baseline, all single-channel.
 
 - EDSR (Lim et al. 2017): conv head, ``n_resblocks`` residual blocks (conv-ReLU-conv, scaled by ``res_scale``),
   conv + global skip, pixel-shuffle tail. Baseline size 16x64 (res_scale 1), paper size 32x256 (res_scale 0.1).

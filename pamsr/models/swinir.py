@@ -1,5 +1,5 @@
 """SwinIR-M with the PAMSR 1->3 / 3->1 adapter convolutions (paper: "Transformer-based network with a global
-receptive field"; official code ``src/model/swinir.py::make_model``, spec section 1.5).
+receptive field"; official code ``src/model/swinir.py::make_model``).
 
 Structure (names follow the SwinIR reference implementation so its weights load by key):
 
