@@ -1,4 +1,4 @@
-"""Three-class quality metrics and figures (spec section 4, our protocol; the paper's tables are not available).
+"""Three-class quality metrics and figures (our protocol; the paper's tables are not available).
 
 Labels: 0 ungradable, 1 gradable, 2 outstanding. Metrics from scikit-learn: accuracy, balanced accuracy, Cohen's
 kappa (quadratic and unweighted), macro and per-class F1, confusion matrix; AUROC of outstanding vs rest from the
@@ -53,7 +53,7 @@ def quality_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | 
     per_f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     out: dict[str, float | np.ndarray] = {
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "kappa_quadratic": float(cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic")),
+        "qwk": float(cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic")),
         "f1_macro": float(np.mean(per_f1)),
         "auroc": float("nan"),
         "accuracy": float(accuracy_score(y_true, y_pred)),

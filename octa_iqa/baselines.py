@@ -1,4 +1,4 @@
-"""Baselines of the comparison (spec section 4, our choices; UNO-QA's own baselines are not available).
+"""Baselines of the comparison (our choices; UNO-QA's own baselines are not available).
 
 All anomaly baselines use the same frozen backbone as UNO-QA (so the comparison isolates the adaptors + bank +
 clustering), the same outstanding-only training images and the same tau rule (95th percentile of the held-out
@@ -158,8 +158,8 @@ def supervised(backbone_state: dict, train_records: Sequence[Record], test_recor
     """Fine-tune backbone + linear head on all three classes (cross-entropy, flips/+-5 deg/brightness)."""
     from common.weights import create_timm_model
 
-    spec = cfg.model.pretrained if cfg.model.pretrained not in ("none", "selfsup") else "none"
-    net = create_timm_model(cfg.model.backbone, spec, num_classes=3)
+    weights = cfg.model.pretrained if cfg.model.pretrained not in ("none", "selfsup") else "none"
+    net = create_timm_model(cfg.model.backbone, weights, num_classes=3)
     if cfg.model.pretrained == "selfsup":
         net.load_state_dict(backbone_state, strict=False)
     net.to(device)

@@ -1,4 +1,4 @@
-"""Test-time clustering of the non-outstanding images into gradable / ungradable (UNO-QA abstract; spec 1.2 F).
+"""Test-time clustering of the non-outstanding images into gradable / ungradable (UNO-QA abstract).
 
 Descriptor per image: global-average-pooled adapted scales (L x D) + [s(x), mean patch score, 99th-percentile patch
 score] (the score block repeated ``score_weight`` times), standardised over the images being clustered; reduced by

@@ -1,4 +1,4 @@
-"""Readers for the datasets of UNO-QA (spec section 3) and the torch dataset that feeds the networks.
+"""Readers for the datasets of UNO-QA and the torch dataset that feeds the networks.
 
 sOCTA-3x3-10k (COIPS / OCTA-25K-IQA-SEG), as published::
 
@@ -12,7 +12,7 @@ sOCTA-3x3-10k (COIPS / OCTA-25K-IQA-SEG), as published::
 The label is the folder name; there is no CSV. Alternatives: a manifest CSV (``path,label,split``; ``path`` relative
 to the CSV's folder; label 0/1/2 or ungradable/gradable/outstanding) and DRAC 2022 task 2 (CSV ``image name``,
 ``image quality level`` with 0 = poor, 1 = good, 2 = excellent; no public test labels, so a seeded split file
-``octa_iqa_split_seed<seed>.csv`` is written next to the CSV on first use).
+``drac_split_seed<seed>.csv`` is written on first use under ``data/splits/octa_iqa/``, never inside the data root).
 
 Images are read as grey, resized and centre-cropped to ``image_size`` and replicated to 3 channels:
 tensors are ``(3, S, S)`` float32.
@@ -31,12 +31,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from common.datasets import partition_by_suffix, split_path
 from common.readers import read_image, require_columns
 from common.rundir import resolve_path
-from octa_iqa.settings import CLASS_NAMES, Config, DataConfig
+from octa_iqa.settings import CLASS_NAMES, DataConfig
 
 __all__ = ["DataError", "Record", "IMAGE_SUFFIXES", "scan_socta", "read_manifest", "read_drac", "load_records",
-           "class_counts", "format_counts", "split_outstanding", "load_image", "QualityDataset", "prepare_data",
+           "class_counts", "format_counts", "split_outstanding", "load_image", "QualityDataset",
            "list_unlabeled", "input_stats"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -88,7 +89,8 @@ def scan_socta(root: str | Path, split: str) -> list[Record]:
         if not folder.is_dir():
             raise DataError(f"label folder missing: {folder} ({CLASS_NAMES[label]}). Every split needs 0/, 1/ and 2/; "
                             f"create it empty if that class has no images")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files, _ = partition_by_suffix(sorted(p for p in folder.iterdir() if p.is_file()), IMAGE_SUFFIXES,
+                                       where=str(folder))
         records += [Record(p, label, split) for p in files]
     if not records:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {base}/{{0,1,2}}")
@@ -116,17 +118,18 @@ def read_manifest(path: str | Path, split: str) -> list[Record]:
     return records
 
 
-def read_drac(root: str | Path, csv_rel: str, images_rel: str, split: str, test_fraction: float, seed: int
-              ) -> list[Record]:
-    """DRAC 2022 task 2 training set with a seeded stratified train/test split written next to the CSV."""
+def read_drac(root: str | Path, csv_rel: str, images_rel: str, split: str, test_fraction: float, seed: int,
+              split_file: str | Path | None = None) -> list[Record]:
+    """DRAC 2022 task 2 training set with a seeded stratified train/test split (``common.datasets.split_path``)."""
     root = Path(root)
     csv_path = root / csv_rel
     if not csv_path.is_file():
         raise DataError(f"DRAC label CSV not found: {csv_path} (data.drac_csv, relative to data.root)")
     frame = pd.read_csv(csv_path)
     require_columns(frame, ["image name", "image quality level"], csv_path)
-    split_file = csv_path.parent / f"octa_iqa_split_seed{seed}.csv"
+    split_file = split_path("octa_iqa", root, f"drac_split_seed{seed}.csv", split_file)
     if not split_file.is_file():
+        split_file.parent.mkdir(parents=True, exist_ok=True)
         from sklearn.model_selection import train_test_split
 
         train_names, test_names = train_test_split(list(frame["image name"]), test_size=test_fraction,
@@ -157,7 +160,8 @@ def load_records(cfg: DataConfig, split: str, verbose: bool = True) -> list[Reco
     elif cfg.format == "manifest":
         records = read_manifest(resolve_path(cfg.manifest), split)
     else:
-        records = read_drac(root, cfg.drac_csv, cfg.drac_images, split, cfg.drac_test_fraction, cfg.split_seed)
+        records = read_drac(root, cfg.drac_csv, cfg.drac_images, split, cfg.drac_test_fraction, cfg.split_seed,
+                            cfg.split_file)
     if verbose:
         print(f"[data] {root} split={split}: {format_counts(records)}", flush=True)
     return records
@@ -202,14 +206,14 @@ def load_image(path: str | Path, size: int, resize: int | None = None) -> np.nda
 
 
 def input_stats(pretrained: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet mean/std for ImageNet weights (``hub`` or a file); identity ([0, 1] input) otherwise (spec 1.2 A)."""
+    """ImageNet mean/std for ImageNet weights (``hub`` or a file); identity ([0, 1] input) otherwise."""
     if pretrained in ("none", "selfsup"):
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class QualityDataset(Dataset):
-    """``{"image": (3, S, S) float32, "label": int, "index": int}``; mild augmentation only (spec 2: flip, +-5 deg,
+    """``{"image": (3, S, S) float32, "label": int, "index": int}``; mild augmentation only (flip, +-5 deg,
     brightness/contrast +-0.05; never blur, lines or intensity drops, which define the anomalies)."""
 
     def __init__(self, records: Sequence[Record], cfg: DataConfig, pretrained: str = "none", augment: bool = False,
@@ -246,17 +250,8 @@ def list_unlabeled(folder: str | Path) -> list[Record]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"prediction folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files, _ = partition_by_suffix(sorted(p for p in folder.rglob("*") if p.is_file()), IMAGE_SUFFIXES,
+                                   where=str(folder))
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     return [Record(p, -1, "predict") for p in files]
-
-
-def prepare_data(cfg: Config) -> Path:
-    """Generate the synthetic set on first use when ``data.synthetic``; return the data root."""
-    root = resolve_path(cfg.data.root)
-    if cfg.data.synthetic:
-        from octa_iqa.synth import ensure_dataset
-
-        ensure_dataset(root, cfg.data.synth)
-    return root

@@ -1,4 +1,4 @@
-"""Training and scoring loops of the low-quality representation module (spec 1.2 C-D, section 2). No CLI here.
+"""Training and scoring loops of the low-quality representation module (UNO-QA abstract; our recipe). No CLI.
 
 - :func:`train_one_epoch`: adaptors trained with the compactness objective against the (fixed) memory bank;
 - :func:`collect_patches`: adapted patch embeddings (M, E) of normal images for the bank refresh;

@@ -1,4 +1,4 @@
-"""Feature-embedding-based low-quality representation module (UNO-QA abstract; spec 1.2 B-D, our concrete design).
+"""Feature-embedding-based low-quality representation module (UNO-QA abstract; our concrete design).
 
 - Multi-scale feature extractor: a timm backbone with ``features_only`` (layers 1-3, strides 4/8/16), frozen.
 - Patch neighbourhood aggregation: ``k x k`` average pooling (stride 1) of every scale (as in PatchCore).
@@ -24,16 +24,17 @@ from torch import nn
 from common.weights import create_timm_model
 from octa_iqa.settings import BankConfig, LossConfig, ModelConfig
 
-__all__ = ["build_backbone", "LowQualityRepresentation", "Embedding", "nearest_distances", "compactness_loss",
+__all__ = ["build_backbone", "build_model", "LowQualityRepresentation", "Embedding", "nearest_distances",
+           "compactness_loss",
            "image_scores", "kmeans_bank", "greedy_coreset", "fit_bank", "count_trainable"]
 
 
 def build_backbone(cfg: ModelConfig, weights: str | None = None) -> nn.Module:
     """timm ``features_only`` backbone. ``weights``: ``none``/``selfsup`` -> random init (selfsup weights are
     trained later by :mod:`octa_iqa.selfsup`), ``hub`` -> clear offline error, a path -> local ImageNet weights."""
-    spec = cfg.pretrained if weights is None else weights
-    spec = "none" if spec in ("none", "selfsup") else spec
-    return create_timm_model(cfg.backbone, spec, config_key="model.pretrained", features_only=True,
+    source = cfg.pretrained if weights is None else weights
+    source = "none" if source in ("none", "selfsup") else source
+    return create_timm_model(cfg.backbone, source, config_key="model.pretrained", features_only=True,
                              out_indices=tuple(cfg.out_indices))
 
 
@@ -224,3 +225,9 @@ def fit_bank(points: torch.Tensor, cfg: BankConfig, seed: int, previous: torch.T
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(cfg: ModelConfig, weights: str | None = None) -> LowQualityRepresentation:
+    """Backbone (``weights`` overrides ``model.pretrained``; pass ``"none"`` when a checkpoint will be loaded) +
+    adaptors + an empty bank."""
+    return LowQualityRepresentation(build_backbone(cfg, weights), cfg.adaptor_dim, cfg.aggregation_kernel)

@@ -1,8 +1,8 @@
 """Typed configuration of UNO-QA experiments (``configs/*.yaml`` -> :class:`Config` via :func:`common.config`).
 
-Every knob of spec section 1.2 (our concrete instantiation of the paper's skeleton) and section 2 (training recipe)
-is exposed here. Values that the paper fixes but that are not available to this project are [PROPOSED] defaults
-and are listed as deviations in the README.
+Every knob of our concrete instantiation of the paper's pipeline (feature extractor, adaptors, memory bank,
+threshold, test-time clustering) and of the training recipe is exposed here. The paper's own values are not
+available to this project: the defaults are ours and are listed as deviations in the README.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.runtime import RuntimeConfig
+from common.datasets import VerifyMode
+from common.runtime import RuntimeConfig, refuse_unsupported
 
 __all__ = ["SynthConfig", "DataConfig", "SelfSupConfig", "ModelConfig", "BankConfig", "LossConfig", "OptimConfig",
            "ThresholdConfig", "ClusterConfig", "BaselineConfig", "RuntimeConfig", "Config", "CLASS_NAMES"]
@@ -43,10 +44,14 @@ class SynthConfig:
 @dataclass
 class DataConfig:
     """``format: socta`` = ``<root>/<split>/{0,1,2}/*.png``; ``manifest`` = CSV ``path,label,split``;
-    ``drac`` = DRAC 2022 task 2 CSV (``image name``, ``image quality level``) plus a seeded split file."""
+    ``drac`` = DRAC 2022 task 2 CSV (``image name``, ``image quality level``) plus a seeded split file, written under
+    ``data/splits/octa_iqa/`` (or ``split_file``), never inside the data root. ``verify``: every listed image is
+    checked before any work (``header`` decode, ``full`` decode, or ``off``)."""
 
     root: str = "data/synthetic/octa_iqa"
     synthetic: bool = True
+    verify: VerifyMode = "header"
+    split_file: str | None = None
     format: Literal["socta", "manifest", "drac"] = "socta"
     manifest: str | None = None
     drac_csv: str = "2. Groundtruths/a. DRAC2022_ Image Quality Assessment_Training Labels.csv"
@@ -56,7 +61,7 @@ class DataConfig:
     test_split: str = "test"
     extra_splits: list[str] = field(default_factory=list)  # e.g. the two external test folders of sOCTA-3x3-10k
     image_size: int = 128
-    resize: int | None = None  # resize before the centre crop (spec: 256 -> crop 224); null = image_size
+    resize: int | None = None  # resize before the centre crop (e.g. 256 -> crop 224); null = image_size
     holdout_fraction: float = 0.1
     split_seed: int = 0
     augment: bool = True
@@ -88,7 +93,7 @@ class SelfSupConfig:
 
 @dataclass
 class ModelConfig:
-    """Feature extractor + trainable per-scale adaptors (spec 1.2 B, C)."""
+    """Feature extractor + trainable per-scale adaptors."""
 
     backbone: str = "resnet18"
     out_indices: tuple[int, ...] = (1, 2, 3)
@@ -102,7 +107,7 @@ class ModelConfig:
 
 @dataclass
 class BankConfig:
-    """Memory bank of normal patch embeddings (spec 1.2 C): k-means centres or a greedy coreset."""
+    """Memory bank of normal patch embeddings: k-means centres or a greedy coreset (PatchCore)."""
 
     kind: Literal["kmeans", "coreset"] = "kmeans"
     size: int = 256
@@ -124,16 +129,25 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """Adam on the adaptors; ``epochs: 0`` keeps the untrained adaptors (ablation), early stopping by ``patience``."""
+
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 16
     epochs: int = 20
     patience: int = 5
 
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"optim.lr must be > 0 and optim.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if self.epochs < 0 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(f"optim.epochs must be >= 0, optim.batch_size and optim.patience >= 1; got "
+                             f"{self.epochs}, {self.batch_size}, {self.patience}")
+
 
 @dataclass
 class ThresholdConfig:
-    """Outstanding vs non-outstanding (spec 1.2 D, E)."""
+    """Outstanding vs non-outstanding: image score = top-1 % patch distance, tau from held-out outstanding images."""
 
     rule: Literal["quantile", "otsu", "gmm2"] = "quantile"
     quantile: float = 0.95
@@ -143,7 +157,7 @@ class ThresholdConfig:
 
 @dataclass
 class ClusterConfig:
-    """Test-time clustering of the non-outstanding images (spec 1.2 F)."""
+    """Test-time clustering of the non-outstanding images into gradable / ungradable (the paper's stage 2)."""
 
     reduce: Literal["pca", "tsne", "umap", "none"] = "pca"
     n_components: int = 32
@@ -151,13 +165,13 @@ class ClusterConfig:
     method: Literal["kmeans", "gmm"] = "kmeans"
     n_init: int = 10
     min_fraction: float = 0.02
-    score_weight: float = 1.0  # replicate factor of the score features in the descriptor (1 = spec)
+    score_weight: float = 1.0  # replicate factor of the score features in the descriptor
     seed: int = 0
 
 
 @dataclass
 class BaselineConfig:
-    """Baselines (spec 4): PaDiM, PatchCore, k-means on raw features, supervised upper bound."""
+    """Baselines: PaDiM, PatchCore, k-means on raw features, supervised upper bound."""
 
     padim_dims: int = 100
     patchcore_coreset_ratio: float = 0.1
@@ -181,3 +195,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        # scoring and k-means run in float32 on features computed once; there is no AMP or compiled path
+        refuse_unsupported(self.runtime, amp=False, compile=False, project="octa_iqa")

@@ -1,4 +1,4 @@
-"""Synthetic sOCTA-3x3-10k stand-in (spec section 6, our design): 3x3 mm superficial-plexus en-face images in the
+"""Synthetic sOCTA-3x3-10k stand-in (our design): 3x3 mm superficial-plexus en-face images in the
 published layout ``<root>/{train,test}/{0,1,2}/<image>.png`` (0 = ungradable, 1 = gradable, 2 = outstanding).
 
 An outstanding image is a capillary mesh (zero crossings of band-pass noise), a few larger vessels (a seeded
@@ -29,7 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
+from common.config import to_dict
+from common.datasets import ensure_dataset
+from common.rundir import resolve_path
 from common.synthetic import as_rng, ellipse_mask, vessel_tree
 from octa_iqa.settings import SynthConfig
 
@@ -137,7 +141,7 @@ def write_dataset(root: str | Path, cfg: SynthConfig) -> Path:
         for label, count in enumerate(counts):
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
+            for index in tqdm(range(count), desc=f"synth {split}/{label}", leave=False, disable=count < 50):
                 img, severity, kinds = make_image(label, cfg, rng)
                 name = f"{split}_{label}_{index:05d}.png"
                 Image.fromarray(img, mode="L").save(folder / name)
@@ -147,22 +151,22 @@ def write_dataset(root: str | Path, cfg: SynthConfig) -> Path:
         writer = csv.DictWriter(handle, fieldnames=["split", "label", "path", "severity", "artefacts"])
         writer.writeheader()
         writer.writerows(rows)
-    (root / ".complete").write_text("ok\n")
     return root
 
 
-def ensure_dataset(root: str | Path, cfg: SynthConfig) -> Path:
-    """Generate the synthetic set on first use (a ``.complete`` marker guards against half-written folders)."""
-    root = Path(root)
-    if not (root / ".complete").is_file():
-        print(f"generating synthetic OCTA quality set under {root}", flush=True)
-        write_dataset(root, cfg)
-    return root
+def synth_params(cfg: SynthConfig) -> dict:
+    """What determines the synthetic set's content (stored in its stamp)."""
+    return {"generator": "octa_iqa.synth/1", **to_dict(cfg)}
+
+
+def generate_dataset(root: str | Path, cfg: SynthConfig) -> Path:
+    """The synthetic set at ``root``, generated on first use through ``common.datasets.ensure_dataset`` (only into a
+    folder this generator creates; a foreign folder or one generated with other parameters is refused)."""
+    return ensure_dataset(Path(root), synth_params(cfg), lambda folder: write_dataset(folder, cfg),
+                          what="synthetic OCTA quality set")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    from common.rundir import resolve_path
-
     parser = argparse.ArgumentParser(description="Write a synthetic sOCTA-3x3-10k-style quality dataset")
     parser.add_argument("--root", default="data/synthetic/octa_iqa")
     parser.add_argument("--size", type=int, default=128)
@@ -171,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--test-counts", type=int, nargs=3, default=[60, 60, 60], metavar=("N0", "N1", "N2"))
     args = parser.parse_args(argv)
     cfg = SynthConfig(size=args.size, seed=args.seed, train_counts=args.train_counts, test_counts=args.test_counts)
-    root = write_dataset(resolve_path(args.root), cfg)
+    root = generate_dataset(resolve_path(args.root), cfg)
     print(f"wrote {root}")
     return root
 

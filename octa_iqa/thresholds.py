@@ -1,4 +1,4 @@
-"""Outstanding vs non-outstanding thresholds (spec 1.2 E, our design; the paper's rule is not available).
+"""Outstanding vs non-outstanding thresholds (our design; the paper's rule is not available).
 
 - ``quantile`` (default): tau = the 95th percentile of s(x) over held-out outstanding training images (no label of
   any other class is used);

@@ -1,68 +1,53 @@
-"""Train the UNO-QA low-quality representation module on outstanding images only (abstract; spec 1.2 C, section 2).
+"""Train the UNO-QA low-quality representation module on outstanding images only (UNO-QA abstract; our recipe).
 
 Stages: (optional, our no-weights path) VICReg pre-training of the backbone on the outstanding images -> frozen
 backbone -> memory bank initialised from the adapted patch embeddings -> per epoch: adaptors trained with the
 compactness objective, bank refreshed, compactness loss on the held-out 10 % of outstanding images (early stopping)
--> held-out scores s(x) stored in the checkpoint, from which eval derives tau (95th percentile).
+-> held-out scores s(x) stored in ``best.pt``, from which evaluation derives tau (95th percentile).
 
-    python train.py --config configs/default.yaml [--resume auto|PATH] [--init-weights PATH] [key=value ...]
+    python train.py [--config configs/default.yaml] [--data-root DIR] [--resume auto|PATH] [--init-weights PATH]
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from common.checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    load_init_weights,
-    restore_training_state,
-    save_checkpoint,
-)
-from common.config import build_arg_parser, parse_cli, to_dict
-from common.rundir import create_run_dir, resolve_path
-from common.runtime import pick_device
-from common.seed import seed_everything
-from common.tracking import Tracker, plot_curves
-from octa_iqa.data import QualityDataset, format_counts, load_records, prepare_data, split_outstanding
-from octa_iqa.engine import (
-    cache_features,
-    collect_patches,
-    evaluate_loss,
-    make_loader,
-    score_loader,
-    stack_images,
-    train_one_epoch,
-)
-from octa_iqa.model import LowQualityRepresentation, build_backbone, count_trainable, fit_bank
+from common.checkpoint import load_checkpoint, load_init_weights, restore_training_state, save_checkpoint
+from common.cli import parse_train, train_parser
+from common.config import to_dict
+from common.rundir import RunDir, check_writable, open_run, resolve_path
+from common.runtime import setup_runtime
+from common.seed import seed_loader_epoch
+from common.tracking import Tracker, image_grid, plot_curves
+from octa_iqa.data import QualityDataset
+from octa_iqa.engine import collect_patches, evaluate_loss, score_loader, stack_images, train_one_epoch
+from octa_iqa.model import LowQualityRepresentation, build_model, count_trainable, fit_bank
+from octa_iqa.pipeline import TrainLoaders, build_loaders, cache_frozen_features, prepare_data
 from octa_iqa.selfsup import pretrain_backbone
 from octa_iqa.settings import Config
 
-__all__ = ["PROJECT_DIR", "build_model", "assert_outstanding_only", "run_training", "main"]
+__all__ = ["PROJECT_DIR", "TrainState", "run_training", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
-def build_model(cfg: Config, weights: str | None = None) -> LowQualityRepresentation:
-    """Backbone (``weights`` overrides ``model.pretrained``; pass ``"none"`` when a checkpoint will be loaded) +
-    adaptors + an empty bank."""
-    return LowQualityRepresentation(build_backbone(cfg.model, weights), cfg.model.adaptor_dim,
-                                    cfg.model.aggregation_kernel)
+@dataclass
+class TrainState:
+    """What an epoch depends on besides the weights: epoch, step, best held-out loss and the checkpoint extras."""
 
-
-def assert_outstanding_only(loader: torch.utils.data.DataLoader) -> None:
-    """Refuse to train if any record behind the loader is not outstanding (label 2): the anomaly setting."""
-    labels = {r.label for r in loader.dataset.records}
-    if labels != {2}:
-        raise RuntimeError(f"training loader holds labels {sorted(labels)}; UNO-QA trains on outstanding (2) only")
+    epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+    extra: dict = field(default_factory=lambda: {"bad_epochs": 0, "weights_sha256": "", "selfsup_history": []})
 
 
 def _sha256(path: str) -> str:
@@ -78,125 +63,119 @@ def _bank_patches(cfg: Config) -> int | None:
     return cfg.bank.fit_patches if cfg.bank.kind == "kmeans" else None
 
 
-def _cached(model: LowQualityRepresentation, cfg: Config, fit_loader, hold_loader, train_loader, device):
-    """The backbone is frozen from here on: compute its features once for the un-augmented loaders (and for
-    training too when ``data.augment`` is off)."""
-    fit_cache = cache_features(model, fit_loader, device)
-    hold_cache = cache_features(model, hold_loader, device)
-    bs, workers = cfg.optim.batch_size, cfg.data.num_workers
-    fit_loader = make_loader(fit_cache, bs, False, cfg.seed, workers)
-    hold_loader = make_loader(hold_cache, bs, False, cfg.seed, workers)
-    if not cfg.data.augment:
-        train_loader = make_loader(fit_cache, bs, True, cfg.seed, workers)
-    return fit_loader, hold_loader, train_loader
+def _save(run: RunDir, name: str, model, optimizer, cfg: Config, state: TrainState) -> None:
+    save_checkpoint(run.checkpoints / name, model=model, config=to_dict(cfg), epoch=state.epoch, step=state.step,
+                    best_metric=state.best, optimizer=optimizer, extra=state.extra)
 
 
-def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
-    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt`` carry bank + held-out scores)."""
-    seed_everything(cfg.seed, deterministic=cfg.runtime.deterministic)
-    device = pick_device(cfg.runtime.device)
-    prepare_data(cfg)
-    records = load_records(cfg.data, cfg.data.train_split)
-    fit, hold = split_outstanding(records, cfg.data.holdout_fraction, cfg.data.split_seed)
-    print(f"[train] outstanding only: fit {len(fit)}, held-out {len(hold)} "
-          f"(ignored non-outstanding: {format_counts([r for r in records if r.label != 2])})", flush=True)
-    experiment_dir = resolve_path(cfg.runs_root) / "octa_iqa" / cfg.experiment
-    resume_path = find_resume_checkpoint(resume, experiment_dir)
-    weights_sha = None
+def initialise(model: LowQualityRepresentation, cfg: Config, loaders: TrainLoaders, tracker: Tracker,
+               init_weights: str | None, device: torch.device, state: TrainState) -> TrainLoaders:
+    """Fresh run: backbone weights (``--init-weights`` or VICReg), cached frozen features, first memory bank."""
     if cfg.model.pretrained not in ("none", "selfsup", "hub") and Path(cfg.model.pretrained).is_file():
-        weights_sha = _sha256(cfg.model.pretrained)
-    run = create_run_dir("octa_iqa", cfg.experiment, cfg, root=cfg.runs_root, device=device,
-                         existing=resume_path.parent.parent if resume_path else None)
-    model = build_model(cfg, "none" if resume_path else None).to(device)
-    pretrained = cfg.model.pretrained
-    train_loader = make_loader(QualityDataset(fit, cfg.data, pretrained, augment=cfg.data.augment, seed=cfg.seed),
-                               cfg.optim.batch_size, True, cfg.seed, cfg.data.num_workers)
-    fit_loader = make_loader(QualityDataset(fit, cfg.data, pretrained), cfg.optim.batch_size, False, cfg.seed,
-                             cfg.data.num_workers)
-    hold_loader = make_loader(QualityDataset(hold, cfg.data, pretrained), cfg.optim.batch_size, False, cfg.seed,
-                              cfg.data.num_workers)
-    for loader in (train_loader, fit_loader, hold_loader):
-        assert_outstanding_only(loader)
-    optimizer = torch.optim.Adam(model.adaptors.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    config_dict = to_dict(cfg)
-    extra: dict = {"bad_epochs": 0, "weights_sha256": weights_sha or "", "selfsup_history": []}
-    start_epoch, step, best = 0, 0, math.inf
+        state.extra["weights_sha256"] = _sha256(cfg.model.pretrained)
+    if init_weights:
+        report = load_init_weights(model, resolve_path(init_weights))
+        print(f"[train] init weights {init_weights}: missing {len(report['missing'])}, "
+              f"shape mismatch {report['shape_mismatch']}", flush=True)
+    elif cfg.model.pretrained == "selfsup":
+        tic = time.time()
+        history = pretrain_backbone(model.backbone, stack_images(loaders.fit.dataset), cfg.model.selfsup, device,
+                                    cfg.seed)
+        state.extra["selfsup_history"] = [h["loss"] for h in history]
+        for i, h in enumerate(history):
+            tracker.log({f"selfsup/{k}": v for k, v in h.items()}, step=i - len(history))
+        print(f"[train] self-supervised backbone: {time.time() - tic:.0f}s", flush=True)
+    loaders = cache_frozen_features(model, cfg, loaders, device)
+    points = collect_patches(model, loaders.fit, device, _bank_patches(cfg), cfg.seed)
+    model.scale.fill_(float(points.std(dim=0).mean()))
+    model.set_bank(fit_bank(points, cfg.bank, cfg.seed))
+    state.best = evaluate_loss(model, loaders.hold, cfg.loss, device)
+    return loaders
 
-    def save(name: str, epoch: int) -> None:
-        save_checkpoint(run.checkpoints / name, model=model, config=config_dict, epoch=epoch, step=step,
-                        best_metric=best, optimizer=optimizer, extra=extra)
 
-    tracker = Tracker(run.path)
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        start_epoch, step, best_metric = restore_training_state(ckpt, model=model, optimizer=optimizer)
-        best = math.inf if best_metric is None else best_metric
-        extra.update(ckpt.get("extra", {}))
-        print(f"[train] resumed from {resume_path} at epoch {start_epoch}", flush=True)
-        fit_loader, hold_loader, train_loader = _cached(model, cfg, fit_loader, hold_loader, train_loader, device)
-    else:
-        if init_weights:
-            report = load_init_weights(model, resolve_path(init_weights))
-            print(f"[train] init weights {init_weights}: missing {len(report['missing'])}, "
-                  f"shape mismatch {report['shape_mismatch']}", flush=True)
-        elif pretrained == "selfsup":
-            tic = time.time()
-            history = pretrain_backbone(model.backbone, stack_images(fit_loader.dataset), cfg.model.selfsup, device,
-                                        cfg.seed)
-            extra["selfsup_history"] = [h["loss"] for h in history]
-            for i, h in enumerate(history):
-                tracker.log({f"selfsup/{k}": v for k, v in h.items()}, step=i - len(history))
-            print(f"[train] self-supervised backbone: {time.time() - tic:.0f}s", flush=True)
-        fit_loader, hold_loader, train_loader = _cached(model, cfg, fit_loader, hold_loader, train_loader, device)
-        points = collect_patches(model, fit_loader, device, _bank_patches(cfg), cfg.seed)
-        model.scale.fill_(float(points.std(dim=0).mean()))
-        model.set_bank(fit_bank(points, cfg.bank, cfg.seed))
-        best = evaluate_loss(model, hold_loader, cfg.loss, device)
-        save("best.pt", 0)
-        save("last.pt", 0)
-    print(f"[train] trainable parameters (adaptors): {count_trainable(model)}; bank {tuple(model.bank.shape)}",
-          flush=True)
+def resume_state(path: Path, model, optimizer) -> TrainState:
+    ckpt = load_checkpoint(path)
+    epoch, step, best = restore_training_state(ckpt, model=model, optimizer=optimizer)
+    state = TrainState(epoch, step, math.inf if best is None else best)
+    state.extra.update(ckpt.get("extra", {}))
+    return state
 
+
+def fit_adaptors(model, optimizer, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tracker,
+                 state: TrainState, device: torch.device) -> None:
+    """The epoch loop: adaptors, bank refresh, held-out compactness, early stopping, best/last checkpoints."""
     epochs = cfg.optim.epochs if cfg.model.train_head else 0
-    for epoch in range(start_epoch, epochs):
-        if extra["bad_epochs"] >= cfg.optim.patience:
+    for epoch in tqdm(range(state.epoch, epochs), desc="epochs", disable=not cfg.runtime.progress):
+        if state.extra["bad_epochs"] >= cfg.optim.patience:
             break
         tic = time.time()
-        terms = train_one_epoch(model, train_loader, optimizer, cfg.loss, device)
-        step += len(train_loader)
-        points = collect_patches(model, fit_loader, device, _bank_patches(cfg), cfg.seed + epoch + 1)
+        seed_loader_epoch(loaders.train, cfg.seed, epoch)
+        terms = train_one_epoch(model, loaders.train, optimizer, cfg.loss, device)
+        state.epoch, state.step = epoch + 1, state.step + len(loaders.train)
+        points = collect_patches(model, loaders.fit, device, _bank_patches(cfg), cfg.seed + epoch + 1)
         model.set_bank(fit_bank(points, cfg.bank, cfg.seed + epoch + 1, previous=model.bank))
-        val = evaluate_loss(model, hold_loader, cfg.loss, device)
-        improved = val < best
+        val = evaluate_loss(model, loaders.hold, cfg.loss, device)
+        improved = val < state.best
         if improved:
-            best, extra["bad_epochs"] = val, 0
-            save("best.pt", epoch + 1)
+            state.best, state.extra["bad_epochs"] = val, 0
+            _save(run, "best.pt", model, optimizer, cfg, state)
         else:
-            extra["bad_epochs"] += 1
-        save("last.pt", epoch + 1)
-        tracker.log({**{f"train/{k}": v for k, v in terms.items()}, "val/compactness": val}, step=epoch + 1)
+            state.extra["bad_epochs"] += 1
+        _save(run, "last.pt", model, optimizer, cfg, state)
+        tracker.log({**{f"train/{k}": v for k, v in terms.items()}, "val/compactness": val,
+                     "train/iterations": state.step}, step=epoch + 1)
         print(f"[train] epoch {epoch + 1}/{epochs} loss={terms['loss']:.4f} compact={terms['compact']:.4f} "
               f"hinge={terms['hinge']:.4f} var={terms['variance']:.4f} val={val:.4f}{' *' if improved else ''} "
               f"({time.time() - tic:.0f}s)", flush=True)
 
-    # final: the best model's held-out scores define tau at evaluation time
-    best_ckpt = load_checkpoint(run.checkpoints / "best.pt")
-    model.load_state_dict(best_ckpt["model"])
-    held = score_loader(model, hold_loader, device, cfg.threshold.top_fraction, cfg.threshold.aggregate)
-    extra["holdout_scores"] = torch.from_numpy(held.scores.astype(np.float64))
-    save_checkpoint(run.checkpoints / "best.pt", model=model, config=config_dict, epoch=best_ckpt["epoch"],
-                    step=best_ckpt["step"], best_metric=best, extra=extra)
-    tracker.close()
-    if epochs > 0 and run.metrics_csv.is_file():
-        with contextlib.suppress(KeyError):
-            plot_curves(run.metrics_csv, ["train/compact", "val/compactness"], run.figures / "loss.png")
+
+def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tracker, device: torch.device) -> None:
+    """Reload the best model and store its held-out scores (tau is derived from them); anomaly-map figure."""
+    best = load_checkpoint(run.checkpoints / "best.pt")
+    model.load_state_dict(best["model"])
+    held = score_loader(model, loaders.hold, device, cfg.threshold.top_fraction, cfg.threshold.aggregate)
+    extra = {**best["extra"], "holdout_scores": torch.from_numpy(held.scores.astype(np.float64))}
+    save_checkpoint(run.checkpoints / "best.pt", model=model, config=to_dict(cfg), epoch=best["epoch"],
+                    step=best["step"], best_metric=best["best_metric"], extra=extra)
+    shown = QualityDataset(loaders.hold_records[:6], cfg.data, cfg.model.pretrained)
+    rows = [[img[0].numpy(), held.maps[i]] for i, img in enumerate(stack_images(shown))]
+    if rows:
+        tracker.log_image("holdout/image_and_patch_scores", image_grid(rows), best["epoch"],
+                          run.figures / "holdout_patch_scores.png")
+    if run.metrics_csv.is_file() and cfg.optim.epochs > 0 and cfg.model.train_head:
+        plot_curves(run.metrics_csv, ["train/compact", "val/compactness"], run.figures / "loss.png")
+
+
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
+    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt`` carry bank + held-out scores)."""
+    check_writable(cfg.runs_root)
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    data = prepare_data(cfg)  # every image checked before any run folder exists
+    opened = open_run("octa_iqa", cfg, resume=resume, device=device)
+    run = opened.run
+    model = build_model(cfg.model, "none" if opened.resume_from else None).to(device)
+    loaders = build_loaders(cfg, data.train)
+    optimizer = torch.optim.Adam(model.adaptors.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    with Tracker(run.path) as tracker:
+        if opened.resume_from is not None:
+            state = resume_state(opened.resume_from, model, optimizer)
+            loaders = cache_frozen_features(model, cfg, loaders, device)
+        else:
+            state = TrainState()
+            loaders = initialise(model, cfg, loaders, tracker, init_weights, device, state)
+            _save(run, "best.pt", model, optimizer, cfg, state)
+            _save(run, "last.pt", model, optimizer, cfg, state)
+        print(f"[train] trainable parameters (adaptors): {count_trainable(model)}; bank {tuple(model.bank.shape)}",
+              flush=True)
+        fit_adaptors(model, optimizer, loaders, cfg, run, tracker, state, device)
+        finalise(model, loaders, cfg, run, tracker, device)
     print(f"[train] done: {run.path}", flush=True)
     return run.path
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = build_arg_parser("UNO-QA: train the low-quality representation module on outstanding images")
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
+    parser = train_parser("UNO-QA: train the low-quality representation module on outstanding images")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
     return run_training(cfg, resume=args.resume, init_weights=args.init_weights)
 
 

@@ -26,3 +26,9 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("octa_trained")
     cfg = tiny_config(tmp, "model.pretrained=none", "optim.epochs=3")
     return cfg, run_training(cfg)
+
+
+@pytest.fixture
+def make_config():
+    """``make_config(tmp, *overrides)``: :func:`tiny_config` for tests that build their own runs."""
+    return tiny_config

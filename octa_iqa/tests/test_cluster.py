@@ -82,7 +82,7 @@ def test_metrics_match_hand_computation():
     assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 3 / 4) / 3)
     f1 = [2 / 4, 2 * 2 / (2 * 2 + 1), 2 * 3 / (2 * 3 + 1)]  # 2TP / (2TP + FP + FN)
     assert m["f1_macro"] == pytest.approx(np.mean(f1))
-    assert m["kappa_quadratic"] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    assert m["qwk"] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
     assert m["auroc"] == pytest.approx(14 / 16)  # the outstanding score 7 beats the gradable 5 and 6
     assert m["auroc_ungradable_vs_gradable"] == 1.0
     with pytest.raises(ValueError, match="labels must be 0/1/2"):

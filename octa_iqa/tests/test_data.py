@@ -102,11 +102,19 @@ def test_drac_reader_with_seeded_split(tmp_path):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / name)
     pd.DataFrame({"image name": names, "image quality level": [0, 1, 2] * 4}).to_csv(tmp_path / "labels.csv",
                                                                                      index=False)
-    train = read_drac(tmp_path, "labels.csv", "imgs", "train", 0.25, seed=1)
-    test = read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1)
+    split = tmp_path / "splits" / "drac.csv"
+    train = read_drac(tmp_path, "labels.csv", "imgs", "train", 0.25, seed=1, split_file=split)
+    test = read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1, split_file=split)
     assert len(train) == 9 and len(test) == 3 and {r.label for r in test} == {0, 1, 2}
-    assert (tmp_path / "octa_iqa_split_seed1.csv").is_file()
-    assert read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1) == test
+    assert split.is_file() and not list(tmp_path.glob("*split*.csv"))  # never inside the data root
+    assert read_drac(tmp_path, "labels.csv", "imgs", "test", 0.25, seed=1, split_file=split) == test
+
+
+def test_default_split_file_lives_outside_the_data_root(tmp_path):
+    from common.datasets import split_path
+
+    where = split_path("octa_iqa", tmp_path, "drac_split_seed1.csv")
+    assert "data/splits/octa_iqa" in str(where) and tmp_path not in where.parents
 
 
 def test_synth_deterministic_and_in_range(tmp_path):

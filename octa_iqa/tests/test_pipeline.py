@@ -13,7 +13,7 @@ from octa_iqa.data import QualityDataset, load_records, split_outstanding
 from octa_iqa.engine import make_loader
 from octa_iqa.eval import assess, load_trained, score_records
 from octa_iqa.synth import apply_artefact, render_outstanding
-from octa_iqa.train import assert_outstanding_only
+from octa_iqa.pipeline import assert_outstanding_only
 
 
 def test_training_never_sees_non_outstanding(trained):
@@ -54,8 +54,9 @@ def test_eval_and_predict_cli(trained, tmp_path):
     common = [f"runs_root={cfg.runs_root}", f"data.root={cfg.data.root}", "model.pretrained=none"]
     summary = eval_main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--out", str(tmp_path / "ev"), *common])
     assert summary.loc[0, "split"] == "test" and 0 <= summary.loc[0, "balanced_accuracy"] <= 1
-    per_case = pd.read_csv(tmp_path / "ev" / "per_case_test.csv")
-    assert set(per_case["pred"]) <= {0, 1, 2} and len(per_case) == 24
+    per_case = pd.read_csv(tmp_path / "ev" / "per_case.csv")
+    assert set(per_case["pred"]) <= {0, 1, 2} and len(per_case) == 24 and set(per_case["split"]) == {"test"}
+    assert pd.read_csv(tmp_path / "ev" / "summary.csv").loc[0, "n"] == 24
     for fig in ("hist_test", "embedding_test", "examples_test", "confusion_test"):
         assert (tmp_path / "ev" / "figures" / f"{fig}.png").is_file()
     preds = eval_main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--predict",
@@ -119,7 +120,7 @@ def test_uno_qa_beats_padim_on_the_same_data(tmp_path):
     from common.config import load_config
     from octa_iqa import baselines
     from octa_iqa.assessment import quality_metrics
-    from octa_iqa.data import prepare_data
+    from octa_iqa.pipeline import prepare_data
     from octa_iqa.settings import Config
     from octa_iqa.train import PROJECT_DIR, run_training
 
