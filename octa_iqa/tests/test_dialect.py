@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.datasets import DataVerificationError, DatasetFolderError
+from common.datasets import DatasetFolderError, DataVerificationError
 from octa_iqa.settings import SynthConfig
 from octa_iqa.synth import generate_dataset
 

@@ -12,8 +12,8 @@ from scipy.stats import spearmanr
 from octa_iqa.data import QualityDataset, load_records, split_outstanding
 from octa_iqa.engine import make_loader
 from octa_iqa.eval import assess, load_trained, score_records
-from octa_iqa.synth import apply_artefact, render_outstanding
 from octa_iqa.pipeline import assert_outstanding_only
+from octa_iqa.synth import apply_artefact, render_outstanding
 
 
 def test_training_never_sees_non_outstanding(trained):
