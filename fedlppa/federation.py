@@ -345,7 +345,7 @@ def aux_for_site(global_state: Mapping[str, torch.Tensor], uploaded: Mapping[int
         else:
             chosen = others[int((rng or np.random.default_rng()).integers(len(others)))]
         weights = [1.0 if k == chosen else 0.0 for k in sites]
-    float_keys = [k for k in keys if global_state[k].is_floating_point()]
+    float_keys = [k for k in keys if global_state[k].is_floating_point() and k in uploaded[sites[0]]]
     out = weighted_average([uploaded[k] for k in sites], weights, float_keys)
     out.update({k: global_state[k].clone() for k in keys if k not in out})
     return out
