@@ -256,6 +256,34 @@ class SAMSegmenter(torch.nn.Module):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         return logits, iou
 
+    def decode_pairs(self, embeddings: torch.Tensor, boxes: torch.Tensor, slice_size: tuple[int, int],
+                     points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """B images x 1 box each in one call: ``embeddings (B, C, g, g)``, ``boxes (B, 4)`` -> logits
+        ``(B, 1, H, W)``, IoU ``(B, 1)``. Re-implements ``MaskDecoder.predict_masks`` without its per-prompt
+        ``repeat_interleave`` (what MedSAM patches in its copy of the decoder); same weights, same maths."""
+        h, w = slice_size
+        scale = torch.tensor([self.img_size / w, self.img_size / h], device=embeddings.device)
+        pts = None if points is None else (points[0].float().to(embeddings.device) * scale,
+                                           points[1].to(embeddings.device))
+        sparse, dense = self.sam.prompt_encoder(points=pts, boxes=boxes.float().to(embeddings.device) * scale.repeat(2),
+                                                masks=None)
+        dec = self.sam.mask_decoder
+        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse], dim=1)
+        src = embeddings + dense
+        pos = self.sam.prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+        b, c, gh, gw = src.shape
+        hs, src = dec.transformer(src, pos, tokens)
+        mask_tokens = hs[:, 1:1 + dec.num_mask_tokens, :]
+        up = dec.output_upscaling(src.transpose(1, 2).view(b, c, gh, gw))
+        hyper = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+        b, c, uh, uw = up.shape
+        masks = (hyper @ up.view(b, c, uh * uw)).view(b, -1, uh, uw)[:, :1]
+        iou = dec.iou_prediction_head(hs[:, 0, :])[:, :1]
+        if masks.shape[-2:] != (h, w):
+            masks = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
+        return masks, iou
+
     @torch.no_grad()
     def predict(self, image: torch.Tensor, boxes: np.ndarray, points: np.ndarray | None = None,
                 embedding: torch.Tensor | None = None) -> np.ndarray:

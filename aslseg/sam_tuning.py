@@ -50,7 +50,7 @@ def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images
                    examples: list[SAMExample], dice_w: float = 1.0, bce_w: float = 1.0, iou_w: float = 0.0,
                    embeddings: torch.Tensor | None = None) -> dict[str, float]:
     """One AdamW step on ``examples`` (their ``index`` points into ``images (N, 1, H, W)``, or into cached
-    ``embeddings``). One decoder call per example (the package decoder cannot pair B images with B boxes).
+    ``embeddings``). All pairs go through one batched decoder call (:meth:`SAMSegmenter.decode_pairs`).
     ``iou_w`` > 0 also regresses the IoU head on the true IoU of the thresholded mask."""
     model.train()
     device = model.mean.device
@@ -61,17 +61,15 @@ def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images
     else:
         emb = embeddings[idx].to(device)
     h, w = images.shape[-2:]
-    logits, ious, targets = [], [], []
-    for ex in examples:
-        pts = None
-        if ex.point is not None:
-            pts = (torch.as_tensor(ex.point, dtype=torch.float32).view(1, 1, 2), torch.ones(1, 1, dtype=torch.int))
-        lg, iou = model.decode(emb[pos[ex.index]][None], torch.as_tensor(ex.box, dtype=torch.float32)[None], (h, w),
-                               pts)
-        logits.append(lg)
-        ious.append(iou)
-        targets.append(torch.as_tensor(ex.target, dtype=torch.float32)[None, None])
-    logits_t, target_t = torch.cat(logits), torch.cat(targets).to(device)
+    boxes = torch.as_tensor(np.stack([e.box for e in examples]), dtype=torch.float32)
+    pts = None
+    if any(e.point is not None for e in examples):
+        coords = np.stack([e.point if e.point is not None else np.zeros(2, np.float32) for e in examples])
+        labels = torch.tensor([1 if e.point is not None else -1 for e in examples], dtype=torch.int)[:, None]
+        pts = (torch.as_tensor(coords, dtype=torch.float32)[:, None], labels)
+    emb_pairs = emb[torch.tensor([pos[e.index] for e in examples])]
+    logits_t, iou_t = model.decode_pairs(emb_pairs, boxes, (h, w), pts)
+    target_t = torch.as_tensor(np.stack([e.target for e in examples]), dtype=torch.float32)[:, None].to(device)
     loss = sam_loss(logits_t, target_t, dice_w, bce_w)
     logs = {"loss_mask": float(loss.detach())}
     if iou_w > 0:
@@ -79,7 +77,7 @@ def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images
             hard = (logits_t > 0).float()
             inter, union = (hard * target_t).sum((1, 2, 3)), ((hard + target_t) > 0).float().sum((1, 2, 3))
             true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        iou_loss = F.mse_loss(torch.cat(ious)[:, 0], true_iou)
+        iou_loss = F.mse_loss(iou_t[:, 0], true_iou)
         loss = loss + iou_w * iou_loss
         logs["loss_iou"] = float(iou_loss.detach())
     if not torch.isfinite(loss):

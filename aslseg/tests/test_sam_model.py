@@ -192,3 +192,15 @@ def test_finetune_runs_and_restores_frozen_state(mode):
     cfg = SAMConfig(finetune=mode, steps=3, batch_size=3, lr=1e-3, warmup=1, pseudo_box_prob=0.5)
     losses = finetune_sam(model, images, labels, ssl, cfg, min_area=4, margin=2, seed=0)
     assert len(losses) == 3 and np.isfinite(losses).all()
+
+
+def test_batched_pairs_decode_equals_one_call_per_image():
+    torch.manual_seed(1)
+    model = SAMSegmenter(build_tiny_sam()).eval()
+    emb = model.embed(torch.rand(3, 1, 64, 64))
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 30.0], [30, 30, 60, 60], [10, 40, 30, 62]])
+    with torch.no_grad():
+        pairs, iou = model.decode_pairs(emb, boxes, (64, 64))
+        for i in range(3):
+            one, one_iou = model.decode(emb[i:i + 1], boxes[i:i + 1], (64, 64))
+            assert torch.allclose(pairs[i], one[0], atol=1e-5) and torch.allclose(iou[i], one_iou[0], atol=1e-5)
