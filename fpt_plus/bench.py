@@ -1,7 +1,7 @@
 """``make bench-fpt``: training-step memory and time of every method at the paper's resolutions (LPM 512^2,
 side 128^2, ViT-B/16, C = 5), as ratios to full fine-tuning measured in the same run, FPT+ at 512/1024/2048, the
 online LPM forward (eager baseline vs our optimised path) and the preload cache size per image
-(FPT+ paper Sec. IV-D, abstract: 1.03 % parameters, 3.18 % memory; spec 6.5).
+(FPT+ paper Sec. IV-D, abstract: 1.03 % parameters, 3.18 % memory).
 
 CUDA: ``torch.cuda.max_memory_allocated`` over one optimiser step (after a warm-up step that allocates the AdamW
 state), everything in one process. CPU: each measurement in a fresh subprocess, reporting its peak RSS, plus the
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from fpt_plus.settings import ExperimentConfig
+from fpt_plus.settings import Config, ModelConfig
 
 __all__ = ["measure_step", "measure_lpm_forward", "main"]
 
@@ -40,20 +40,20 @@ TRAIN_METHODS = ("full_finetune", "linear_probe", "vpt", "adapter", "lora", "sid
 _GEOMETRY: dict[str, str | None] = {"config": None}  # a YAML whose `model:` replaces the paper's ViT-B geometry
 
 
-def _config(method: str, lpm_size: int) -> ExperimentConfig:
+def _config(method: str, lpm_size: int) -> Config:
     """The paper's geometry (ViT-B/16, side 128/224) or that of ``--config``, with the LPM at ``lpm_size``."""
     from common.config import load_config
 
     method = "fpt_plus" if method == "fpt_plus_online" else method
-    overrides = [f"method={method}"] + ([f"model.lpm.img_size={lpm_size}"] if lpm_size else [])
+    overrides = [f"model.method={method}"] + ([f"model.lpm.img_size={lpm_size}"] if lpm_size else [])
     if _GEOMETRY["config"] is None:
-        cfg = ExperimentConfig(method=method)
+        cfg = Config(model=ModelConfig(method=method))
         cfg.model.lpm.img_size = lpm_size
         return cfg
-    return load_config(ExperimentConfig, _GEOMETRY["config"], overrides, search_dirs=[PROJECT_DIR])
+    return load_config(Config, _GEOMETRY["config"], overrides, search_dirs=[PROJECT_DIR])
 
 
-def _batch(cfg: ExperimentConfig, method: str, batch: int, device: torch.device, cached: bool) -> dict[str, Any]:
+def _batch(cfg: Config, method: str, batch: int, device: torch.device, cached: bool) -> dict[str, Any]:
     from fpt_plus.models.lpm import num_selected
 
     lpm = cfg.model.lpm
@@ -77,7 +77,7 @@ def measure_step(method: str, lpm_size: int, batch: int, device: torch.device, r
 
     cfg = _config(method, lpm_size)
     cached = method in ("fpt", "fpt_plus")
-    model = build_model(cfg, 5, preloaded=cached).to(device)
+    model = build_model(cfg.model, 5, preloaded=cached).to(device)
     model.train()
     inputs = _batch(cfg, method, batch, device, cached)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
@@ -106,7 +106,7 @@ def measure_step(method: str, lpm_size: int, batch: int, device: torch.device, r
     return {"method": method, "lpm_size": lpm_size, "side_size": (cfg.model.fpt if method == "fpt"
                                                                   else cfg.model.fpt_plus).side_img_size,
             "batch": batch, "learnable": learnable,
-            "learnable_percent": learnable_percent(cfg.method, learnable, cfg.model.lpm),
+            "learnable_percent": learnable_percent(cfg.model.method, learnable, cfg.model.lpm),
             "peak_mib": peak / 2**20 if peak is not None else None, "saved_for_backward_mib": saved / 2**20,
             "step_s": seconds, "device": str(device)}
 
@@ -209,7 +209,7 @@ def _worker(kind: str, name: str, size: int, batch: int, repeats: int) -> None:
     print(json.dumps(result))
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Memory/speed benchmark of FPT+, FPT and the baselines.")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
@@ -219,7 +219,53 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--config", default=None,
                         help="take the model geometry from this YAML instead of the paper's ViT-B/16 (e.g. ci.yaml)")
     parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _record(rows: list[dict[str, Any]], kind: str, name: str, size: int, batch: int, device: torch.device,
+            repeats: int) -> None:
+    """One measurement (in process on CUDA, in a fresh subprocess on CPU), appended to ``rows`` and printed."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        try:
+            row = (measure_step(name, size, batch, device, repeats) if kind == "step"
+                   else measure_lpm_forward(name, size, batch, device, repeats))
+        except torch.OutOfMemoryError:
+            row = {"method": name, "lpm_size": size, "batch": batch, "error": "CUDA out of memory"}
+        torch.cuda.empty_cache()
+    else:
+        row = _in_subprocess(kind, name, size, batch, repeats)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def _measure_all(device: torch.device, batch: int, repeats: int, sizes: list[int]) -> list[dict[str, Any]]:
+    cuda = device.type == "cuda"
+    rows: list[dict[str, Any]] = []
+    base_size = 512 if _GEOMETRY["config"] is None else _config("fpt_plus", 0).model.lpm.img_size
+    for method in TRAIN_METHODS:
+        _record(rows, "step", method, base_size, batch, device, repeats)
+    for size in sizes:
+        if size != base_size:
+            _record(rows, "step", "fpt_plus", size, batch, device, repeats)
+    lpm_modes = ("eager", "optimized", "optimized_bf16") if cuda else ("eager", "optimized")
+    for size in sizes:
+        for mode in lpm_modes:
+            if mode == "eager" and size > 1024:
+                continue  # the full 12 x 16385^2 matrix per image is exactly what the chunked path avoids
+            _record(rows, "lpm", mode, size, 1 if not cuda else 4, device, repeats)
+    full = next((r for r in rows if r["method"] == "full_finetune" and "error" not in r), None)
+    mem_key = "peak_mib" if cuda else "peak_rss_mib"
+    for r in rows:
+        if full and r.get(mem_key) and r["method"] in TRAIN_METHODS:
+            r["memory_vs_full"] = r[mem_key] / full[mem_key]
+            r["saved_vs_full"] = r["saved_for_backward_mib"] / full["saved_for_backward_mib"]
+            r["time_vs_full"] = r["step_s"] / full["step_s"]
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = _parser().parse_args(argv)
     if args.config is not None:
         from common.config import resolve_config_path
 
@@ -228,63 +274,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         kind, name, size, batch, repeats = args.worker
         _worker(kind, name, int(size), int(batch), int(repeats))
         return Path(".")
+    import pandas as pd
+
     from common.rundir import resolve_path
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     cuda = device.type == "cuda"
     batch = args.batch or (16 if cuda else 2)
-    repeats = 1 if args.quick else 3
     sizes = args.sizes or ([512, 1024, 2048] if cuda else ([512] if args.quick else [512, 1024]))
-    lpm_modes = ("eager", "optimized", "optimized_bf16") if cuda else ("eager", "optimized")
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-
-    def record(kind: str, name: str, size: int, b: int) -> None:
-        if cuda:
-            torch.cuda.empty_cache()
-            try:
-                row = (measure_step(name, size, b, device, repeats) if kind == "step"
-                       else measure_lpm_forward(name, size, b, device, repeats))
-            except torch.OutOfMemoryError:
-                row = {"method": name, "lpm_size": size, "batch": b, "error": "CUDA out of memory"}
-            torch.cuda.empty_cache()
-        else:
-            row = _in_subprocess(kind, name, size, b, repeats)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
-    base_size = 512 if _GEOMETRY["config"] is None else _config("fpt_plus", 0).model.lpm.img_size
-    for method in TRAIN_METHODS:
-        record("step", method, base_size, batch)
-    for size in sizes:
-        if size != base_size:
-            record("step", "fpt_plus", size, batch)
-    lpm_batch = 1 if not cuda else 4
-    for size in sizes:
-        for mode in lpm_modes:
-            if mode == "eager" and size > 1024:
-                continue  # the full 12 x 16385^2 matrix per image is exactly what the chunked path avoids
-            record("lpm", mode, size, lpm_batch)
-
-    full = next((r for r in rows if r["method"] == "full_finetune" and "error" not in r), None)
-    mem_key = "peak_mib" if cuda else "peak_rss_mib"
-    for r in rows:
-        if full and r.get(mem_key) and r["method"] in TRAIN_METHODS:
-            r["memory_vs_full"] = r[mem_key] / full[mem_key]
-            r["saved_vs_full"] = r["saved_for_backward_mib"] / full["saved_for_backward_mib"]
-            r["time_vs_full"] = r["step_s"] / full["step_s"]
+    rows = _measure_all(device, batch, 1 if args.quick else 3, sizes)
     summary = {
         "device": torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "batch": batch, "quick": args.quick, "rows": rows,
-        "cache_size_per_image": [_cache_size(s) for s in sizes],
-        "wall_s": time.perf_counter() - start,
+        "cache_size_per_image": [_cache_size(s) for s in sizes], "wall_s": time.perf_counter() - start,
     }
     out = resolve_path(args.out) / "fpt_plus" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(summary, indent=2))
-    import pandas as pd
-
     pd.DataFrame(rows).to_csv(out / "bench.csv", index=False)
     print(f"benchmark ({summary['device']}, {summary['wall_s']:.0f} s) written to {out}")
     return out

@@ -1,8 +1,11 @@
 """Converters from each FPT+ dataset's native download layout to a split file ``(image, label, split)`` that
-``data.format=csv`` reads (spec 3.2; the papers' own splits are not published, so where a dataset ships no
+``data.format=csv`` reads (the papers' own splits are not published, so where a dataset ships no
 official split a stratified split seeded by ``--seed`` is drawn: 70/10/20 train/val/test by default).
 
-    python convert.py messidor2 --src /data/messidor2 [--out /data/messidor2/split.csv] [--seed 0]
+    python convert.py messidor2 --src /data/messidor2 [--out split.csv] [--seed 0]
+
+The split file goes to ``data/splits/fpt_plus/<src name>-<hash of src>/split.csv`` by default (where
+``data.format: csv`` with ``data.split_file: null`` finds it): nothing is ever written into the download.
 
 Supported native layouts (paths relative to ``--src``; see README for trees):
 
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.datasets import split_path
 from common.readers import require_columns
 from fpt_plus.data import IMAGE_SUFFIXES, DatasetError
 
@@ -217,7 +221,7 @@ CONVERTERS = {"messidor2": convert_messidor2, "ddr": convert_ddr, "isic2016": co
 
 def convert(dataset: str, src: str | Path, out: str | Path | None = None, seed: int = 0,
             labels_csv: str | Path | None = None) -> Path:
-    """Write ``<src>/split.csv`` (or ``out``) for ``dataset``; returns its path."""
+    """Write the split file of ``dataset`` (default ``data/splits/fpt_plus/<src>/split.csv``); returns its path."""
     src = Path(src)
     if not src.is_dir():
         raise DatasetError(f"--src {src} is not a folder")
@@ -227,7 +231,9 @@ def convert(dataset: str, src: str | Path, out: str | Path | None = None, seed: 
         frame = CONVERTERS[dataset](src, seed)
     else:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(CONVERTERS)} or pass --labels CSV")
-    out = Path(out) if out is not None else src / "split.csv"
+    out = split_path("fpt_plus", src, "split.csv", out)
+    if out.resolve().is_relative_to(src.resolve()):
+        raise DatasetError(f"--out {out} lies inside the download {src}; derived files never go into a data root")
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
@@ -239,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Native dataset layout -> split CSV (image, label, split).")
     parser.add_argument("dataset", help=f"one of {sorted(CONVERTERS)}")
     parser.add_argument("--src", required=True, help="folder of the native download")
-    parser.add_argument("--out", default=None, help="split CSV to write (default <src>/split.csv)")
+    parser.add_argument("--out", default=None,
+                        help="split CSV to write (default data/splits/fpt_plus/<src name>-<hash>/split.csv)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", default=None, help="generic CSV (image, label[, split]) relative to --src")
     args = parser.parse_args(argv)

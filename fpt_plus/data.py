@@ -1,12 +1,13 @@
 """Datasets of the FPT+ paper in their on-disk formats, the two-branch transforms and the preload cache
-(spec 1.1, 1.8, 2 and 3).
+(official data/builder.py, data/dataset.py, data/transforms.py, preload.py).
 
 Formats read here:
 
 - ``imagefolder`` (the official code's): ``<root>/{train,val,test}/<class>/<image>``; class index = alphabetical
   order of the class folder names; every split must hold the same class folders.
 - ``csv``: a split file ``(image, label, split)`` with paths relative to ``<root>``; ``label`` is a class name or an
-  integer index; written by ``convert.py`` from each dataset's native download layout.
+  integer index; written by ``convert.py`` from each dataset's native download layout into
+  ``data/splits/fpt_plus/<root>/split.csv`` (never into the data root).
 
 Branches (no augmentation ever reaches the LPM, so its outputs can be cached):
 - LPM: resize to ``S x S`` (bilinear, antialiased) + normalise;
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.datasets import partition_by_suffix
 from common.readers import read_image, require_columns
 
 __all__ = ["SPLITS", "IMAGE_SUFFIXES", "Record", "DatasetError", "scan_imagefolder", "read_split_csv",
@@ -58,8 +60,11 @@ class Record:
     split: str
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _class_images(folder: Path) -> list[Path]:
+    """Images under one class folder; files with other suffixes are named on stdout, never dropped silently."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    kept, _ = partition_by_suffix(files, sorted(IMAGE_SUFFIXES), where=str(folder))
+    return kept
 
 
 def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
@@ -90,7 +95,7 @@ def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> 
     records = []
     for split in SPLITS:
         for label, name in enumerate(class_names):
-            files = sorted(p for p in (root / split / name).rglob("*") if _is_image(p))
+            files = _class_images(root / split / name)
             if not files:
                 raise DatasetError(f"{root / split / name} holds no images ({sorted(IMAGE_SUFFIXES)})")
             records += [Record(p, p.relative_to(root).as_posix(), label, split) for p in files]
@@ -99,14 +104,14 @@ def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> 
 
 def read_split_csv(root: str | Path, split_file: str | Path, classes: Sequence[str] | None = None
                    ) -> tuple[list[Record], list[str]]:
-    """Read a split CSV ``(image, label, split)``; labels are class names (or integer indices into ``classes``)."""
+    """Read a split CSV ``(image, label, split)``; labels are class names (or integer indices into ``classes``);
+    image paths are relative to ``root``."""
     import pandas as pd
 
     root, split_file = Path(root), Path(split_file)
-    if not split_file.is_absolute():
-        split_file = root / split_file
     if not split_file.is_file():
-        raise DatasetError(f"split file {split_file} not found; create it with `python convert.py` (see README)")
+        raise DatasetError(f"split file {split_file} not found; create it with `python convert.py <dataset> --src "
+                           f"{root}` (it writes there by default) or set data.split_file")
     frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
     require_columns(frame, ["image", "label", "split"], split_file)
     bad_split = sorted(set(frame["split"]) - set(SPLITS))
@@ -141,14 +146,14 @@ def read_split_csv(root: str | Path, split_file: str | Path, classes: Sequence[s
     return records, class_names
 
 
-def load_records(root: str | Path, fmt: str = "imagefolder", split_file: str | None = None,
+def load_records(root: str | Path, fmt: str = "imagefolder", split_file: str | Path | None = None,
                  classes: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
-    """Records of every split plus the class names, in the configured format."""
+    """Records of every split plus the class names, in the configured format (``split_file``: csv format only)."""
     if fmt == "imagefolder":
         return scan_imagefolder(root, classes)
     if fmt == "csv":
         if split_file is None:
-            raise DatasetError("data.format=csv needs data.split_file (a CSV with columns image,label,split)")
+            raise DatasetError("data.format=csv needs a split file (a CSV with columns image,label,split)")
         return read_split_csv(root, split_file, classes)
     raise DatasetError(f"data.format={fmt!r} is not imagefolder or csv")
 
@@ -191,16 +196,18 @@ def side_transform(size: int, mean: Sequence[float], std: Sequence[float], train
     return lambda x: norm(ops(x))
 
 
-def compute_mean_std(records: Sequence[Record], size: int, max_images: int = 0) -> tuple[list[float], list[float]]:
+def compute_mean_std(records: Sequence[Record], size: int, max_images: int = 0, progress: bool = False
+                     ) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1] over the (first ``max_images``) training images resized to ``size``."""
     from torchvision.transforms import v2
+    from tqdm import tqdm
 
     resize = v2.Resize((size, size), antialias=True)
     chosen = records[:max_images] if max_images else records
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
-    for rec in chosen:
+    for rec in tqdm(chosen, desc="mean/std", leave=False, disable=not progress):
         x = resize(load_rgb(rec.path)).double() / 255.0
         total += x.sum(dim=(1, 2))
         total_sq += (x * x).sum(dim=(1, 2))

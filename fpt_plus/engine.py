@@ -1,6 +1,7 @@
-"""Training and evaluation loops of the official recipe (spec 2): AdamW, per-iteration half-cycle cosine LR,
-gradient clipping at 1.0, cross-entropy; metrics of spec 3.3 (AUC macro one-vs-rest on raw logits as in the papers,
-also on probabilities; accuracy, macro F1, quadratic kappa) and the efficiency scores PPE/PME.
+"""Training and evaluation loops of the official recipe (official train.py, modules/scheduler.py, utils/metrics.py):
+AdamW, per-iteration half-cycle cosine LR, gradient clipping at 1.0, cross-entropy; metrics (AUC macro one-vs-rest on
+raw logits as torcheval computed it for both papers, also on probabilities; accuracy, macro F1, quadratic kappa
+``qwk``, unweighted ``kappa``) and the efficiency scores PPE/PME (FPT paper, official utils/peme.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from common.metrics import auc_per_class, classification_metrics, softmax_np
 from common.runtime import autocast, backward_and_step, gather_by_index, reduce_mean, unwrap_model
 
 __all__ = ["cosine_factor", "make_scheduler", "make_optimizer", "prepare_batch", "train_one_epoch", "predict",
-           "compute_metrics", "ppe", "pme"]
+           "evaluate", "compute_metrics", "ppe", "pme"]
 
 
 def cosine_factor(epoch: float, epochs: float, warmup_epochs: float = 0.0) -> float:
@@ -66,21 +67,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     amp: str = "off", scaler: torch.amp.GradScaler | None = None, progress: bool = False
                     ) -> dict[str, float]:
     """One epoch; returns ``{"loss": mean loss, "lr": last lr, "steps": n}``."""
+    from tqdm import tqdm
+
     model.train()
     criterion = nn.CrossEntropyLoss()
     total, steps = 0.0, 0
-    iterator = loader
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(loader, leave=False, desc="train")
-    for batch in iterator:
+    for batch in tqdm(loader, leave=False, desc="train", disable=not progress):
         batch = prepare_batch(batch, device)
         with autocast(device, amp):
             logits = model(**_inputs(model, batch))
             loss = criterion(logits.float(), batch["label"])
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {steps}; lower train.lr")
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {steps}; lower optim.lr")
         backward_and_step(loss, optimizer, scaler, [p for p in model.parameters() if p.requires_grad], grad_clip)
         scheduler.step()
         total += float(loss.detach())
@@ -89,12 +87,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off"
+def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off", progress: bool = False
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits of a loader, gathered over ranks in dataset order: ``(indices (N,), labels (N,), logits (N, C))``."""
+    """Logits of a loader, gathered over ranks in dataset order: ``(indices (N,), targets (N,), outputs (N, C))``."""
+    from tqdm import tqdm
+
     model.eval()
     idx, labels, logits = [], [], []
-    for batch in loader:
+    for batch in tqdm(loader, leave=False, desc="predict", disable=not progress):
         batch = prepare_batch(batch, device)
         with autocast(device, amp):
             out = model(**_inputs(model, batch))
@@ -104,10 +104,20 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
     return gather_by_index(torch.cat(idx), torch.cat(labels), torch.cat(logits))
 
 
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, amp: str = "off",
+             progress: bool = False) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``predict`` + ``compute_metrics``: ``(metrics, (indices, targets, logits))``."""
+    idx, labels, logits = predict(model, loader, device, amp, progress)
+    return compute_metrics(labels, logits, num_classes), (idx, labels, logits)
+
+
 def compute_metrics(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> dict[str, Any]:
     """``auc`` = macro one-vs-rest AUC on raw logits over every class column (the papers' torcheval definition, also
     for binary tasks); ``auc_prob`` = the same on softmax probabilities (binary: AUC of p(class 1)); accuracy,
-    balanced accuracy, macro F1, quadratic kappa, per-class AUC and the confusion matrix."""
+    balanced accuracy, macro F1, ``qwk`` (quadratic kappa), ``kappa`` (unweighted Cohen's kappa), per-class AUC and
+    the confusion matrix."""
+    from sklearn.metrics import cohen_kappa_score
+
     labels = np.asarray(labels, dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
     base = classification_metrics(labels, softmax_np(logits), num_classes=num_classes)
@@ -118,7 +128,8 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, num_classes: int) ->
         "accuracy": base["accuracy"],
         "balanced_accuracy": base["balanced_accuracy"],
         "f1_macro": base["f1_macro"],
-        "kappa": base["kappa_quadratic"],
+        "qwk": base["kappa_quadratic"],
+        "kappa": float(cohen_kappa_score(labels, logits.argmax(1))) if num_classes > 1 else float("nan"),
         "auc_per_class": per_class_logit,
         "confusion_matrix": base["confusion_matrix"],
     }

@@ -1,5 +1,6 @@
 """``make reproduce-fpt``: generate (or read) the data, preload, train FPT+, FPT and the baselines, evaluate, and
-write ``runs/fpt_plus/reproduce/<timestamp>/comparison.{csv,md}`` plus figures (FPT+ paper Sec. IV; README table).
+write ``runs/fpt_plus/reproduce/<timestamp>/comparison.{csv,md}`` plus figures (FPT+ paper Sec. IV; official README
+table). Each method and seed is its own experiment, ``runs/fpt_plus/reproduce-<method>-s<seed>/<timestamp>/``.
 
 Default (embedded, CPU): synthetic fine-grained grading data and a small random-initialised LPM (configs/default.yaml)
 with ``fpt_plus``, ``fpt``, ``side_only``, ``linear_probe`` and ``full_finetune`` (the last with fewer epochs:
@@ -7,29 +8,29 @@ back-propagating through the LPM is the expensive part on a CPU). ``--all`` adds
 three seeds for the cheap methods. ``--config configs/messidor2.yaml --data-root /data/messidor2`` runs the paper
 setting on real data (every method for the configured epochs).
 
-    python reproduce.py [--config CFG] [--data-root DIR] [--all] [--methods fpt_plus side_only] [key=value ...]
+    python reproduce.py [--config CFG] [--data-root DIR] [--all] [--only fpt_plus,side_only] [--out RUNS] [key=value]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.config import ConfigError, load_config
-from common.rundir import resolve_path
-from common.tracking import write_comparison
+from common.cli import DEFAULT_CONFIG, parse_reproduce, reproduce_parser
+from common.rundir import RunDir, check_writable, create_run_dir
+from common.tracking import pyplot, save_figure, write_comparison
+from fpt_plus import train
 from fpt_plus.engine import pme, ppe
-from fpt_plus.settings import ExperimentConfig
+from fpt_plus.settings import Config, ModelConfig
 
 __all__ = ["main", "OFFICIAL", "CORE_METHODS", "EXTRA_METHODS"]
 
+PROJECT = "fpt_plus"
 PROJECT_DIR = Path(__file__).resolve().parent
 CORE_METHODS = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune")
 EXTRA_METHODS = ("vpt", "adapter", "lora")
@@ -43,10 +44,10 @@ def _vitb_percent(method: str, num_classes: int) -> float:
     """Learnable % of ``method`` with the paper's ViT-B/16 at 512 (built on the meta device: no memory)."""
     from fpt_plus.models.factory import build_model, count_learnable, learnable_percent
 
-    cfg = ExperimentConfig(method=method)
+    model = ModelConfig(method=method)
     with torch.device("meta"):
-        n = count_learnable(build_model(cfg, num_classes, preloaded=True))
-    return learnable_percent(method, n, cfg.model.lpm)
+        n = count_learnable(build_model(model, num_classes, preloaded=True))
+    return learnable_percent(method, n, model.lpm)
 
 
 def _macro_roc(per_case: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,7 @@ def _macro_roc(per_case: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.n
     from sklearn.metrics import roc_curve
 
     frame = pd.read_csv(per_case)
-    frame = frame[frame["checkpoint"] == "best"]
+    frame = frame[(frame["checkpoint"] == "best") & (frame["split"] == "test")]
     grid = np.linspace(0, 1, 201)
     curves = []
     for c, name in enumerate(classes):
@@ -67,14 +68,10 @@ def _macro_roc(per_case: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.n
 
 
 def _figures(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Macro ROC of every method's first seed, and its training curves."""
     import pandas as pd
 
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for method, runs in results.items():
         first = runs[0]
@@ -85,9 +82,7 @@ def _figures(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
     ax.set_ylabel("true positive rate (macro one-vs-rest)")
     ax.set_title("test ROC, best-validation checkpoint, first seed of each method")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "roc_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "figures" / "roc_curves.png", dpi=110)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for method, runs in results.items():
@@ -100,13 +95,11 @@ def _figures(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "training_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "figures" / "training_curves.png", dpi=110)
     return ["figures/roc_curves.png", "figures/training_curves.png"]
 
 
-def _row(method: str, runs: list[dict[str, Any]], cfg: ExperimentConfig, full_peak: float | None) -> dict[str, Any]:
+def _row(method: str, runs: list[dict[str, Any]], full_peak: float | None) -> dict[str, Any]:
     aucs = np.array([r["test_best"]["auc"] for r in runs])
     first = runs[0]
     official = OFFICIAL.get(method, (float("nan"), float("nan"), float("nan")))
@@ -118,6 +111,7 @@ def _row(method: str, runs: list[dict[str, Any]], cfg: ExperimentConfig, full_pe
         "auc_prob": float(np.mean([r["test_best"]["auc_prob"] for r in runs])),
         "accuracy": float(np.mean([r["test_best"]["accuracy"] for r in runs])),
         "f1_macro": float(np.mean([r["test_best"]["f1_macro"] for r in runs])),
+        "qwk": float(np.mean([r["test_best"]["qwk"] for r in runs])),
         "kappa": float(np.mean([r["test_best"]["kappa"] for r in runs])),
         "seeds": len(runs),
         "epochs": first["epochs"],
@@ -135,74 +129,81 @@ def _row(method: str, runs: list[dict[str, Any]], cfg: ExperimentConfig, full_pe
     return row
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Reproduce the FPT+ comparison (all methods, one table).")
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--data-root", default=None, help="real dataset root (sets data.root, data.synthetic=false)")
-    parser.add_argument("--all", action="store_true", help="add VPT, Adapter, LoRA and 3 seeds of the cheap methods")
-    parser.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+def parse(argv: Sequence[str] | None) -> tuple[Config, Any]:
+    parser = reproduce_parser("Reproduce the FPT+ comparison (all methods, one table).")
     parser.add_argument("--seeds", type=int, default=None, help="seeds of the cheap methods (default 1, --all 3)")
     parser.add_argument("--lpm-epochs", type=int, default=None,
                         help="epochs of the methods that back-propagate through the LPM (default: 4 on the "
-                             "synthetic CPU default, else train.epochs)")
-    parser.add_argument("--runs-root", default=None)
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.data_root:
-        overrides += [f"data.root={args.data_root}", "data.synthetic=false"]
-    if args.runs_root:
-        overrides.append(f"runs.root={args.runs_root}")
-    try:
-        base = load_config(ExperimentConfig, args.config, overrides, search_dirs=[PROJECT_DIR])
-    except ConfigError as exc:
-        parser.error(str(exc))
-    methods = list(args.methods or (CORE_METHODS + (EXTRA_METHODS if args.all else ())))
+                             "synthetic CPU default, else optim.epochs)")
+    argv = list(argv) if argv is not None else None
+    base, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=CORE_METHODS + EXTRA_METHODS)
+    if args.out is not None:  # --out is the runs root of the sub-runs and of the comparison folder
+        base.runs_root = str(args.out)
+    return base, args
+
+
+def train_argv(args: Any, base: Config, method: str, seed: int, lpm_epochs: int, on_cpu: bool) -> list[str]:
+    """The train.py command line of one row and seed: its own experiment, the LPM-trained rows shorter on a CPU
+    and with the LPM's thread count (``runtime.lpm_threads``, 0 = torch default)."""
+    argv = ["--config", args.config or DEFAULT_CONFIG, *(["--data-root", args.data_root] if args.data_root else []),
+            *args.overrides, f"model.method={method}", f"experiment=reproduce-{method}-s{seed}", f"seed={seed}",
+            f"runs_root={base.runs_root}"]
+    if method not in CHEAP_METHODS:
+        argv.append(f"optim.epochs={lpm_epochs}")
+        if on_cpu:
+            argv.append(f"runtime.threads={base.runtime.lpm_threads}")
+    return argv
+
+
+def run_rows(args: Any, base: Config, methods: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     seeds = args.seeds or (3 if args.all else 1)
-    lpm_epochs = args.lpm_epochs or (4 if base.data.synthetic else base.train.epochs)
+    lpm_epochs = args.lpm_epochs or (4 if base.data.synthetic else base.optim.epochs)
     on_cpu = not torch.cuda.is_available() or base.runtime.device == "cpu"
-
-    from fpt_plus.train import run_training
-
-    threads = torch.get_num_threads()
-    start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
-        cheap = method in CHEAP_METHODS
-        extra = [f"method={method}", f"runs.experiment=reproduce-{method}"]
-        if not cheap:
-            extra.append(f"train.epochs={lpm_epochs}")
-        if on_cpu and not cheap:  # the LPM is trained through: give it the LPM's thread count
-            extra.append(f"runtime.num_threads={base.runtime.lpm_threads}")
         runs = []
-        for s in range(seeds if cheap else 1):
-            cfg = load_config(ExperimentConfig, args.config, overrides + extra + [f"seed={base.seed + s}"],
-                              search_dirs=[PROJECT_DIR])
+        for seed in range(base.seed, base.seed + (seeds if method in CHEAP_METHODS else 1)):
             t0 = time.perf_counter()
-            result = run_training(cfg)
-            result["epochs"] = cfg.train.epochs
+            result = train.main(train_argv(args, base, method, seed, lpm_epochs, on_cpu))
             result["wall_s"] = time.perf_counter() - t0
-            print(f"== {method} seed {cfg.seed}: test auc {result['test_best']['auc']:.4f} "
+            print(f"== {method} seed {seed}: test auc {result['test_best']['auc']:.4f} "
                   f"({result['wall_s']:.0f} s)", flush=True)
             runs.append(result)
         results[method] = runs
+    return results
+
+
+def write_table(base: Config, results: dict[str, list[dict[str, Any]]], out: RunDir, config: str, wall: float
+                ) -> Path:
+    methods = list(results)
     full_peak = results["full_finetune"][0]["peak_mib"] if "full_finetune" in results else None
-    rows = [_row(m, results[m], base, full_peak) for m in methods]
-    wall = time.perf_counter() - start
-    out = resolve_path(base.runs.root) / "fpt_plus" / "reproduce" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    figures = _figures(results, out)
-    notes = (f"Config `{args.config}` ({base.dataset}); LPM {base.model.lpm.embed_dim}-wide x {base.model.lpm.depth} "
-             f"blocks at {base.model.lpm.img_size}^2, pretrained={base.model.lpm.pretrained}. `auc` = test AUC "
+    rows = [_row(m, results[m], full_peak) for m in methods]
+    on_cpu = not torch.cuda.is_available() or base.runtime.device == "cpu"
+    notes = (f"Config `{config}` ({base.data.name}); LPM {base.model.lpm.embed_dim}-wide x {base.model.lpm.depth} "
+             f"blocks at {base.model.lpm.img_size}^2, pretrained={base.model.pretrained}. `auc` = test AUC "
              f"(macro one-vs-rest on logits) of the best-validation checkpoint, `auc_final` of the last one; "
+             f"`qwk` = quadratic kappa, `kappa` = unweighted; "
              f"`learnable_percent` is for this config's LPM, `learnable_percent_vitb` for the paper's ViT-B/16 at "
              f"512 and `learnable_percent_official` the official README's. `peak_mib`: "
              f"{results[methods[0]][0]['memory_method']} of one training step; `memory_vs_full` = ratio "
-             f"to full fine-tuning in this run. Wall time {wall / 60:.1f} min on "
-             f"{'CUDA' if not on_cpu else f'CPU ({threads} threads available)'}.")
-    write_comparison(rows, out, "FPT+ reproduction: methods compared on the same data", figures, notes)
-    print((out / "comparison.md").read_text())
-    print(f"comparison written to {out} (wall {wall / 60:.1f} min)")
-    return out
+             f"to full fine-tuning in this run. Sub-runs: runs/fpt_plus/reproduce-<method>-s<seed>/. Wall time "
+             f"{wall / 60:.1f} min on {'CUDA' if not on_cpu else f'CPU ({torch.get_num_threads()} threads)'}.")
+    write_comparison(rows, out.path, "FPT+ reproduction: methods compared on the same data",
+                     _figures(results, out.path), notes)
+    return out.path
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    base, args = parse(argv)
+    methods = list(args.only or (CORE_METHODS + (EXTRA_METHODS if args.all else ())))
+    check_writable(base.runs_root)
+    out = create_run_dir(PROJECT, "reproduce", base, root=base.runs_root)
+    start = time.perf_counter()
+    results = run_rows(args, base, methods)
+    path = write_table(base, results, out, args.config or DEFAULT_CONFIG, time.perf_counter() - start)
+    print((path / "comparison.md").read_text())
+    print(f"comparison written to {path} (wall {(time.perf_counter() - start) / 60:.1f} min)")
+    return path
 
 
 if __name__ == "__main__":

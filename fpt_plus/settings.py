@@ -1,7 +1,8 @@
-"""Typed experiment configuration of the FPT / FPT+ reproduction (spec sections 1, 2 and 5.2).
+"""Typed configuration of the FPT / FPT+ reproduction (official code: configs/network/*.yaml, configs/dataset/*.yaml,
+configs/train_config.yaml, configs/solver/adamw.yaml).
 
-Every YAML file under ``configs/`` is loaded into :class:`ExperimentConfig` by ``common.config``; an unknown key,
-a wrong type or a missing value stops the run before any work with a message naming the key.
+Every YAML file under ``configs/`` is loaded into :class:`Config` by ``common.config``; an unknown key, a wrong type,
+a missing value or a value out of range stops the run before any work with a message naming the key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ LPM_METHODS: tuple[str, ...] = ("linear_probe", "full_finetune", "vpt", "adapter
 
 @dataclass
 class LPMConfig:
-    """The frozen large pre-trained model (a timm ViT built from explicit dims, spec 1.2)."""
+    """The frozen large pre-trained model (a timm ViT built from explicit dims; official modules/frozen_vit.py)."""
 
     name: str = "vit_base_patch16_384"  # timm architecture whose weights `pretrained` points at
     img_size: int = 512  # input resolution of the LPM branch (position embeddings interpolated to it)
@@ -30,14 +31,13 @@ class LPMConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    pretrained: str = "none"  # none | hub | /path/to/weights (.safetensors / .pth)
-    init_seed: int = 0  # seed of the random initialisation when pretrained=none (same LPM for every method)
+    init_seed: int = 0  # seed of the random initialisation when model.pretrained=none (same LPM for every method)
     attn_chunk: int = 0  # query-chunk size of tapped-layer attention; 0 = auto (bounded memory)
 
 
 @dataclass
 class VariantConfig:
-    """One fine-grained prompt tuning variant (FPT+ or FPT, spec 1.6)."""
+    """One fine-grained prompt tuning variant (FPT+ or FPT; official configs/network/{FPT+,FPT}.yaml)."""
 
     layers: list[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])  # tapped LPM blocks (0-indexed)
     side_img_size: int = 128
@@ -48,8 +48,10 @@ class VariantConfig:
 
 @dataclass
 class ModelConfig:
-    """Networks: LPM, the two FPT variants, the side network and the PETL baselines' hyper-parameters."""
+    """Networks: which method, the LPM, the two FPT variants, the side network and the PETL baselines."""
 
+    method: Method = "fpt_plus"
+    pretrained: str = "none"  # weights of the LPM: none (random, init_seed) | hub | /path/to/weights (.safetensors)
     lpm: LPMConfig = field(default_factory=LPMConfig)
     fpt_plus: VariantConfig = field(default_factory=VariantConfig)
     fpt: VariantConfig = field(default_factory=lambda: VariantConfig(
@@ -79,21 +81,36 @@ class SynthConfig:
     texture_amplitude: list[float] = field(default_factory=lambda: [0.05, 0.09])
     decoy_radius: list[int] = field(default_factory=lambda: [9, 14])
 
+    def __post_init__(self) -> None:
+        if self.num_grades < 2 or self.image_size < 16:
+            raise ValueError(f"data.synth: num_grades={self.num_grades} must be >= 2, image_size >= 16")
+        for split in ("train", "val", "test"):
+            count = getattr(self, f"num_{split}")
+            if count < self.num_grades:
+                raise ValueError(f"data.synth.num_{split}={count} must be at least num_grades={self.num_grades} so "
+                                 f"every class folder exists in every split")
+        for key in ("lesion_radius", "texture_amplitude", "decoy_radius"):
+            low_high = getattr(self, key)
+            if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
+                raise ValueError(f"data.synth.{key}={low_high} must be [low, high] with 0 <= low <= high")
+
 
 @dataclass
 class DataConfig:
-    """Where the images are and how they are read (spec 3.1)."""
+    """Where the images are and how they are read (official data/builder.py: ImageFolder per split)."""
 
     root: str = "data/synthetic/fpt_plus/default"
+    name: str = "synthetic"  # dataset name (for the record)
     format: Literal["imagefolder", "csv"] = "imagefolder"
-    split_file: str | None = None  # csv format: (image, label, split) relative to root
+    split_file: str | None = None  # csv format: (image, label, split); None = data/splits/fpt_plus/<root>/split.csv
     classes: list[str] | None = None  # None = class folders of train/ in alphabetical order
-    synthetic: bool = False  # generate the synthetic dataset under `root` when it does not exist yet
+    synthetic: bool = False  # generate the synthetic dataset under `root` (only into a folder the generator made)
+    verify: Literal["header", "full", "off"] = "header"  # check every listed image before any work
     synth: SynthConfig = field(default_factory=SynthConfig)
     mean: list[float] | str = "auto"  # per-channel mean in [0, 1], or auto = computed over the train split
     std: list[float] | str = "auto"
     preload: bool = True  # FPT variants and linear probing train from cached LPM outputs
-    preload_dir: str | None = None  # cache of this variant; None = <data.root>_preload/<method>
+    preload_dir: str | None = None  # cache of this variant; None = data/preload/fpt_plus/<root>/<method>
     preload_dtype: Literal["fp32", "fp16"] = "fp32"
     preload_batch_size: int = 16
     mean_std_images: int = 1000  # images of the train split used for mean/std = auto (0 = all)
@@ -103,8 +120,8 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Recipe of the official code (spec 2)."""
+class OptimConfig:
+    """Recipe of the official code (configs/train_config.yaml, configs/solver/adamw.yaml, train.py)."""
 
     epochs: int = 20
     batch_size: int = 16
@@ -117,53 +134,80 @@ class TrainConfig:
     save_every: int = 10
     eval_batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"optim.{key}={getattr(self, key)} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.save_every < 0:
+            raise ValueError("optim.weight_decay, optim.grad_clip and optim.save_every must be >= 0 (0 = off)")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must lie in [0, optim.epochs)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+
 
 @dataclass
 class RuntimeConfig(BaseRuntimeConfig):
-    """``runtime:``: device, ``amp`` (autocast of the trainable path), compile, deterministic, plus:"""
+    """``runtime:``: device, amp (autocast of the trainable path), compile, deterministic, threads (applied by
+    ``common.runtime.setup_runtime``; 0 = torch default), progress, plus:"""
 
     lpm_amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the frozen LPM forward only
-    num_threads: int = 0  # torch threads of training (0 = torch default); 1 is fastest for the tiny side network
-    lpm_threads: int = 0  # torch threads while the frozen LPM runs (preloading, feature caching); 0 = default
-
-
-@dataclass
-class RunsConfig:
-    root: str = "runs"
-    experiment: str = "default"
-
-
-@dataclass
-class ExperimentConfig:
-    method: Method = "fpt_plus"
-    dataset: str = "synthetic"
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    runs: RunsConfig = field(default_factory=RunsConfig)
+    lpm_threads: int = 0  # torch threads while the frozen LPM runs (preloading, feature caching); 0 = torch default
 
     def __post_init__(self) -> None:
-        lpm = self.model.lpm
-        if lpm.embed_dim % lpm.num_heads:
-            raise ValueError(f"model.lpm.embed_dim={lpm.embed_dim} is not divisible by num_heads={lpm.num_heads}")
-        if lpm.img_size % lpm.patch_size:
-            raise ValueError(f"model.lpm.img_size={lpm.img_size} is not a multiple of patch_size={lpm.patch_size}")
-        for name in FPT_METHODS:
-            variant: VariantConfig = getattr(self.model, name)
-            bad = [i for i in variant.layers if not 0 <= i < lpm.depth]
-            if bad or not variant.layers:
-                raise ValueError(f"model.{name}.layers={variant.layers} must be non-empty indices in "
-                                 f"0..{lpm.depth - 1} (the LPM has {lpm.depth} blocks)")
-            if variant.side_img_size % lpm.patch_size:
-                raise ValueError(f"model.{name}.side_img_size={variant.side_img_size} is not a multiple of the "
-                                 f"patch size {lpm.patch_size}")
-        if not 0.0 < self.model.token_ratio <= 1.0:
-            raise ValueError(f"model.token_ratio={self.model.token_ratio} must lie in (0, 1]")
-        for key in ("mean", "std"):
-            value = getattr(self.data, key)
-            if isinstance(value, str) and value != "auto":
-                raise ValueError(f"data.{key}={value!r} must be `auto` or a list of 3 numbers")
-            if isinstance(value, list) and len(value) != 3:
-                raise ValueError(f"data.{key} must have 3 values (RGB), got {value}")
+        super().__post_init__()
+        if self.lpm_threads < 0:
+            raise ValueError(f"runtime.lpm_threads must be >= 0 (0 = torch default), got {self.lpm_threads}")
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 0
+    runs_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        check_model(self.model)
+        check_data(self.data)
+
+
+def check_model(m: ModelConfig) -> None:
+    """Geometry checks: divisibility, tapped layers inside the LPM, token ratio, dropout."""
+    lpm = m.lpm
+    if lpm.embed_dim % lpm.num_heads:
+        raise ValueError(f"model.lpm.embed_dim={lpm.embed_dim} is not divisible by num_heads={lpm.num_heads}")
+    if lpm.img_size % lpm.patch_size:
+        raise ValueError(f"model.lpm.img_size={lpm.img_size} is not a multiple of patch_size={lpm.patch_size}")
+    for name in FPT_METHODS:
+        variant: VariantConfig = getattr(m, name)
+        bad = [i for i in variant.layers if not 0 <= i < lpm.depth]
+        if bad or not variant.layers:
+            raise ValueError(f"model.{name}.layers={variant.layers} must be non-empty indices in "
+                             f"0..{lpm.depth - 1} (the LPM has {lpm.depth} blocks)")
+        if variant.side_img_size % lpm.patch_size:
+            raise ValueError(f"model.{name}.side_img_size={variant.side_img_size} is not a multiple of the "
+                             f"patch size {lpm.patch_size}")
+    if not 0.0 < m.token_ratio <= 1.0:
+        raise ValueError(f"model.token_ratio={m.token_ratio} must lie in (0, 1]")
+    if not 0.0 <= m.fusion_dropout < 1.0:
+        raise ValueError(f"model.fusion_dropout={m.fusion_dropout} must lie in [0, 1)")
+    if m.num_prompts < 1 or m.side_reduction < 1:
+        raise ValueError("model.num_prompts and model.side_reduction must be >= 1")
+
+
+def check_data(d: DataConfig) -> None:
+    """mean/std are ``auto`` or 3 numbers; batch sizes and counts positive."""
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"data.{key}={value!r} must be `auto` or a list of 3 numbers")
+        if isinstance(value, list) and len(value) != 3:
+            raise ValueError(f"data.{key} must have 3 values (RGB), got {value}")
+    if d.preload_batch_size < 1 or d.num_workers < 0 or d.mean_std_images < 0:
+        raise ValueError("data.preload_batch_size must be >= 1, data.num_workers and data.mean_std_images >= 0")

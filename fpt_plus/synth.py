@@ -10,8 +10,12 @@ the 4x area down-sampling of the side branch (256 -> 64 px), so the low-resoluti
 information about the grade, while the LPM at full resolution can see it: side-only should stay near chance and
 FPT+ should climb, by how much depends on how well the LPM's features carry the texture.
 
-Calibration (issue 3): 3-6 patches of radius 3-6 px were too weak (FPT+ AUC 0.57 vs 0.52), 1-2 regions of radius
-20-40 px too easy (1.00 vs 0.47); the grade-by-count task with radius 9-14 px lies between.
+Calibration (measured while building this task): 3-6 patches of radius 3-6 px were too weak (FPT+ AUC 0.57 vs
+0.52), 1-2 regions of radius 20-40 px too easy (1.00 vs 0.47); the grade-by-count task with radius 9-14 px lies
+between.
+
+The set is written only into a folder the generator creates (``common.datasets.ensure_dataset``: ``<out>.partial``,
+renamed at the end, with a stamp of the parameters); a non-empty folder without that stamp is refused untouched.
 
     python synth.py --out data/synthetic/fpt_plus/default [--image-size 256 --num-train 400 ...]
 """
@@ -19,16 +23,16 @@ Calibration (issue 3): 3-6 patches of radius 3-6 px were too weak (FPT+ AUC 0.57
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from common.datasets import ensure_dataset
 from common.synthetic import as_rng, ellipse_mask, smooth_field, vessel_tree
 from fpt_plus.settings import SynthConfig
 
-__all__ = ["GRADE_NAMES", "grade_names", "render_image", "write_dataset", "ensure_dataset", "main"]
+__all__ = ["GRADE_NAMES", "grade_names", "render_image", "write_dataset", "main"]
 
 GRADE_NAMES = ("0_none", "1_mild", "2_moderate", "3_severe", "4_proliferative")
 
@@ -84,50 +88,21 @@ def render_image(grade: int, cfg: SynthConfig, rng: np.random.Generator) -> np.n
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_dataset(root: str | Path, cfg: SynthConfig) -> Path:
-    """Write ``root/{train,val,test}/<grade>/<split>_<i>.png`` with balanced grades plus ``synth.json``."""
+def write_dataset(root: str | Path, cfg: SynthConfig, progress: bool = False) -> Path:
+    """Write ``root/{train,val,test}/<grade>/<split>_<i>.png`` with balanced grades (``root`` exists and is empty;
+    go through ``common.datasets.ensure_dataset`` rather than calling this on a folder of your own)."""
     from PIL import Image
+    from tqdm import tqdm
 
     root = Path(root)
     rng = as_rng(cfg.seed)
     names = grade_names(cfg.num_grades)
-    for split, count in (("train", cfg.num_train), ("val", cfg.num_val), ("test", cfg.num_test)):
-        if count < cfg.num_grades:
-            raise ValueError(f"data.synth.num_{split}={count} must be at least num_grades={cfg.num_grades} so every "
-                             f"class folder exists in every split")
-        grades = np.arange(count) % cfg.num_grades
-        for i, g in enumerate(grades):
-            folder = root / split / names[g]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(render_image(int(g), cfg, rng)).save(folder / f"{split}_{i:05d}.png")
-    meta = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    (root / "synth.json").write_text(json.dumps(meta, indent=2))
-    return root
-
-
-def ensure_dataset(root: str | Path, cfg: SynthConfig) -> Path:
-    """Generate the dataset on first use; an existing one written with different settings is an error."""
-    root = Path(root)
-    meta_path = root / "synth.json"
-    wanted = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    if meta_path.is_file():
-        found = json.loads(meta_path.read_text())
-        if found != wanted:
-            raise ValueError(f"{root} holds a synthetic dataset written with other settings ({found}) than "
-                             f"data.synth ({wanted}); delete the folder or point data.root elsewhere")
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"data.synthetic=true but {root} exists, is not empty and has no synth.json; "
-                         f"point data.root at an empty or new folder")
-    tmp = root.with_name(root.name + ".partial")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    write_dataset(tmp, cfg)
-    if root.exists():
-        root.rmdir()
-    tmp.rename(root)
+    jobs = [(split, i, g) for split, count in (("train", cfg.num_train), ("val", cfg.num_val), ("test", cfg.num_test))
+            for i, g in enumerate(np.arange(count) % cfg.num_grades)]
+    for split, i, g in tqdm(jobs, desc="synthetic images", leave=False, disable=not progress):
+        folder = root / split / names[g]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_image(int(g), cfg, rng)).save(folder / f"{split}_{i:05d}.png")
     return root
 
 
@@ -138,11 +113,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for key in ("image_size", "num_train", "num_val", "num_test", "num_grades", "seed"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
     args = parser.parse_args(argv)
-    cfg = SynthConfig(**{k: getattr(args, k) for k in ("image_size", "num_train", "num_val", "num_test",
-                                                       "num_grades", "seed")})
+    from common.datasets import DatasetFolderError
     from common.rundir import resolve_path
 
-    out = ensure_dataset(resolve_path(args.out), cfg)
+    try:
+        cfg = SynthConfig(**{k: getattr(args, k) for k in ("image_size", "num_train", "num_val", "num_test",
+                                                           "num_grades", "seed")})
+        params = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        out = ensure_dataset(resolve_path(args.out), params, lambda folder: write_dataset(folder, cfg, progress=True),
+                             what="synthetic fine-grained grading dataset")
+    except (ValueError, DatasetFolderError) as exc:
+        parser.error(str(exc))
     print(f"synthetic dataset at {out}")
     return out
 

@@ -1,95 +1,71 @@
-"""Training entry point for FPT+, FPT and every baseline (FPT+ paper Sec. IV-A; spec 2): AdamW (wd 0.1),
-per-iteration cosine LR, 20 epochs, batch 16, gradient clipping 1.0, best checkpoint by validation AUC; both the
-best-validation and the final checkpoint are evaluated on the test split.
+"""Training entry point for FPT+, FPT and every baseline (FPT+ paper Sec. IV-A; official train.py, main.py): AdamW
+(wd 0.1), per-iteration cosine LR, 20 epochs, batch 16, gradient clipping 1.0, best checkpoint by validation AUC; both
+the best-validation and the final checkpoint are evaluated on the test split.
 
-    python train.py --config configs/default.yaml [method=side_only] [--resume auto|PATH] [--init-weights PATH]
-    torchrun --nproc_per_node=N train.py --config configs/messidor2.yaml data.root=/data/messidor2
+    python train.py [--config configs/default.yaml] [model.method=side_only] [--resume auto|PATH] [--init-weights PATH]
+    torchrun --nproc_per_node=N train.py --config configs/messidor2.yaml --data-root /data/messidor2
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    load_init_weights,
-    restore_training_state,
-    save_checkpoint,
-)
-from common.config import build_arg_parser, parse_cli, to_dict
-from common.rundir import create_run_dir, resolve_path
+from common.checkpoint import load_checkpoint, load_init_weights, restore_training_state, save_checkpoint
+from common.cli import parse_train, train_parser
+from common.config import to_dict
+from common.rundir import RunDir, check_writable, open_run, resolve_path
 from common.runtime import (
     cleanup_distributed,
     dist_info,
-    init_distributed,
     make_grad_scaler,
     maybe_compile,
-    pick_device,
+    setup_runtime,
     unwrap_model,
     wrap_ddp,
 )
-from common.seed import seed_everything
+from common.seed import seed_loader_epoch
 from common.tracking import Tracker, plot_curves
-from fpt_plus.engine import compute_metrics, make_optimizer, make_scheduler, predict, prepare_batch, train_one_epoch
-from fpt_plus.experiment import (
-    DataBundle,
-    build_dataset,
-    lpm_threads,
-    make_loader,
-    model_inputs,
-    prepare_data,
-    uses_cache,
-)
+from fpt_plus.engine import evaluate, make_optimizer, make_scheduler, prepare_batch, train_one_epoch
 from fpt_plus.models.factory import build_model, count_learnable, learnable_percent
-from fpt_plus.settings import ExperimentConfig
+from fpt_plus.pipeline import (
+    PROJECT,
+    DataBundle,
+    build_loaders,
+    log_prediction_grid,
+    prepare_data,
+    side_size,
+    uses_cache,
+    write_evaluation,
+)
+from fpt_plus.settings import Config
 
-__all__ = ["main", "run_training", "build_loaders", "PROJECT_DIR"]
+__all__ = ["main", "run_training", "TrainState", "PROJECT_DIR"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
+VAL_SCALARS = ("auc", "auc_prob", "accuracy", "f1_macro", "qwk")
 
 
-@torch.no_grad()
-def _cached_features(model: torch.nn.Module, cfg: ExperimentConfig, bundle: DataBundle, split: str,
-                     device: torch.device) -> torch.Tensor:
-    """Linear probing: CLS features ``(N, D)`` of one split from the frozen LPM (no augmentation), computed once."""
-    dataset = build_dataset(cfg, bundle, split, ("lpm",), train=False)
-    loader = make_loader(dataset, cfg.data.preload_batch_size, train=False, seed=cfg.seed,
-                         num_workers=cfg.data.num_workers, split_across_ranks=False)  # every rank needs all features
-    model.eval()
-    with lpm_threads(cfg):
-        feats = [model.encode(batch["lpm"].to(device)).float().cpu() for batch in loader]
-    return torch.cat(feats)
+@dataclass
+class TrainState:
+    """What the epoch loop updates and a checkpoint restores."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    start_epoch: int = 0
+    best_auc: float | None = None
+    step: int = 0
+    step_times: list[float] = field(default_factory=list)
 
 
-def build_loaders(cfg: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module, device: torch.device
-                  ) -> dict[str, Any]:
-    """Train/val/test loaders with the inputs the model consumes; builds the preload cache when it is missing."""
-    inputs = model_inputs(cfg, model)
-    cache = None
-    features: dict[str, torch.Tensor | None] = {s: None for s in ("train", "val", "test")}
-    if "keys" in inputs:
-        from fpt_plus.preload import run_preload
-
-        cache = run_preload(cfg, bundle, device=device)
-        cache.check_meta()
-    if "features" in inputs:
-        features = {s: _cached_features(unwrap_model(model), cfg, bundle, s, device) for s in features}
-    loaders = {}
-    for split in ("train", "val", "test"):
-        train = split == "train"
-        ds = build_dataset(cfg, bundle, split, inputs, train=train, cache=cache, features=features[split])
-        bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
-        loaders[split] = make_loader(ds, bs, train=train, seed=cfg.seed, num_workers=cfg.data.num_workers)
-    return loaders
-
-
-def _measure_memory(model: torch.nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
+def measure_memory(model: torch.nn.Module, loader: Any, device: torch.device) -> dict[str, Any]:
+    """Peak memory of one training step (CUDA allocator, or the CPU saved-for-backward proxy)."""
     from fpt_plus.profiling import training_step_memory
 
     batch = prepare_batch(next(iter(loader)), device)
@@ -103,121 +79,134 @@ def _measure_memory(model: torch.nn.Module, loader: Any, device: torch.device) -
     return training_step_memory(net, step, device)
 
 
-def _evaluate(model: torch.nn.Module, loader: Any, device: torch.device, cfg: ExperimentConfig, num_classes: int
-              ) -> tuple[dict[str, Any], Any]:
-    idx, labels, logits = predict(model, loader, device, cfg.runtime.amp)
-    return compute_metrics(labels, logits, num_classes), (idx, labels, logits)
+def make_state(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, device: torch.device) -> TrainState:
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
+    scheduler = make_scheduler(optimizer, cfg.optim.epochs, steps_per_epoch, cfg.optim.warmup_epochs)
+    return TrainState(optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp))
 
 
-def run_training(cfg: ExperimentConfig, resume: str | None = None, init_weights: str | None = None,
-                 progress: bool = False) -> dict[str, Any]:
-    """Train ``cfg.method``; returns the run folder, test metrics of the best/final checkpoints, learnable
-    parameters, memory and step time."""
-    info = init_distributed()
-    seed_everything(cfg.seed, info.rank, cfg.runtime.deterministic)
-    if cfg.runtime.num_threads > 0:
-        torch.set_num_threads(cfg.runtime.num_threads)
-    device = pick_device(cfg.runtime.device, info.local_rank)
-    bundle = prepare_data(cfg)
-    num_classes = bundle.num_classes
-    model = build_model(cfg, num_classes, preloaded=uses_cache(cfg)).to(device)
-    learnable = count_learnable(model)
-    loaders = build_loaders(cfg, bundle, model, device)
-
-    experiment_root = resolve_path(cfg.runs.root) / "fpt_plus" / cfg.runs.experiment
-    resume_path = find_resume_checkpoint(resume, experiment_root)
-    run = create_run_dir("fpt_plus", cfg.runs.experiment, cfg, root=cfg.runs.root, device=device,
-                         existing=resume_path.parent.parent if resume_path else None)
-    memory = _measure_memory(model, loaders["train"], device) if info.is_main else {}
-
-    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
-    scheduler = make_scheduler(optimizer, cfg.train.epochs, len(loaders["train"]), cfg.train.warmup_epochs)
-    scaler = make_grad_scaler(device, cfg.runtime.amp)
-    start_epoch, best_auc = 0, None
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location=device)
-        start_epoch, _, best_auc = restore_training_state(ckpt, model=model, optimizer=optimizer,
-                                                          scheduler=scheduler, scaler=scaler)
-        print(f"resumed from {resume_path} at epoch {start_epoch}")
+def restore(state: TrainState, model: torch.nn.Module, resume_from: Path | None, init_weights: str | None,
+            device: torch.device) -> None:
+    """Full training state (model, optimiser, scheduler, scaler, RNG, epoch, step, best) or weights only."""
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location=device)
+        state.start_epoch, state.step, state.best_auc = restore_training_state(
+            ckpt, model=model, optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler)
     elif init_weights is not None:
         report = load_init_weights(model, init_weights)
         print(f"initialised weights from {init_weights}: {report}")
-    train_model = maybe_compile(wrap_ddp(model, device) if info.distributed else model, cfg.runtime.compile)
 
-    tracker = Tracker(run.path)
-    config_dict = to_dict(cfg)
+
+def save(cfg: Config, run: RunDir, model: torch.nn.Module, state: TrainState, epoch: int, bundle: DataBundle,
+         name: str, full: bool) -> None:
     extra = {"classes": bundle.classes, "mean": bundle.mean, "std": bundle.std}
-    step_times: list[float] = []
-    for epoch in range(start_epoch, cfg.train.epochs):
-        sampler = getattr(loaders["train"], "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        stats = train_one_epoch(train_model, loaders["train"], optimizer, scheduler, device,
-                                grad_clip=cfg.train.grad_clip, amp=cfg.runtime.amp, scaler=scaler,
-                                progress=progress)
-        step_times.append((time.perf_counter() - t0) / max(stats["steps"], 1))
-        scalars = {"train/loss": stats["loss"], "train/lr": stats["lr"], "train/step_time_s": step_times[-1]}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            val, _ = _evaluate(train_model, loaders["val"], device, cfg, num_classes)
-            scalars.update({f"val/{k}": val[k] for k in ("auc", "auc_prob", "accuracy", "f1_macro", "kappa")})
-            if info.is_main and (best_auc is None or val["auc"] > best_auc):
-                best_auc = val["auc"]
-                save_checkpoint(run.checkpoints / "best.pt", model=model, config=config_dict, epoch=epoch + 1,
-                                step=(epoch + 1) * stats["steps"], best_metric=best_auc, extra=extra)
-        if info.is_main:
-            tracker.log(scalars, step=epoch + 1)
-            save_checkpoint(run.checkpoints / "last.pt", model=model, config=config_dict, epoch=epoch + 1,
-                            step=(epoch + 1) * stats["steps"], best_metric=best_auc, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler, extra=extra)
-            if cfg.train.save_every and (epoch + 1) % cfg.train.save_every == 0:
-                save_checkpoint(run.checkpoints / f"epoch{epoch + 1:03d}.pt", model=model, config=config_dict,
-                                epoch=epoch + 1, step=(epoch + 1) * stats["steps"], best_metric=best_auc,
-                                extra=extra)
-            print(f"[{cfg.method}] epoch {epoch + 1}/{cfg.train.epochs} loss {stats['loss']:.4f} "
-                  f"val auc {scalars.get('val/auc', float('nan')):.4f} lr {stats['lr']:.2e} "
-                  f"{step_times[-1]:.3f}s/step", flush=True)
-    tracker.close()
+    training = dict(optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler) if full else {}
+    save_checkpoint(run.checkpoints / name, model=model, config=to_dict(cfg), epoch=epoch, step=state.step,
+                    best_metric=state.best_auc, extra=extra, **training)
 
-    from fpt_plus.eval import write_evaluation
 
-    results: dict[str, Any] = {}
+def run_epoch(cfg: Config, model: torch.nn.Module, loaders: dict[str, Any], state: TrainState, epoch: int,
+              device: torch.device, num_classes: int) -> dict[str, float]:
+    """One training epoch (data order a function of (seed, epoch)) and, when due, validation."""
+    seed_loader_epoch(loaders["train"], cfg.seed, epoch)
+    t0 = time.perf_counter()
+    stats = train_one_epoch(model, loaders["train"], state.optimizer, state.scheduler, device,
+                            grad_clip=cfg.optim.grad_clip, amp=cfg.runtime.amp, scaler=state.scaler,
+                            progress=cfg.runtime.progress)
+    state.step += stats["steps"]
+    state.step_times.append((time.perf_counter() - t0) / max(stats["steps"], 1))
+    scalars = {"train/loss": stats["loss"], "train/lr": stats["lr"], "train/iterations": state.step}
+    if (epoch + 1) % cfg.optim.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+        val, _ = evaluate(model, loaders["val"], device, num_classes, cfg.runtime.amp)
+        scalars.update({f"val/{k}": val[k] for k in VAL_SCALARS})
+    return scalars
+
+
+def fit(cfg: Config, run: RunDir, model: torch.nn.Module, train_model: torch.nn.Module, loaders: dict[str, Any],
+        state: TrainState, bundle: DataBundle, tracker: Tracker, device: torch.device) -> None:
+    """The epoch loop: train, validate, keep best.pt (by validation AUC) and last.pt (full state)."""
+    is_main = dist_info().is_main
+    for epoch in range(state.start_epoch, cfg.optim.epochs):
+        scalars = run_epoch(cfg, train_model, loaders, state, epoch, device, bundle.num_classes)
+        improved = "val/auc" in scalars and (state.best_auc is None or scalars["val/auc"] > state.best_auc)
+        if improved:
+            state.best_auc = scalars["val/auc"]
+        if not is_main:
+            continue
+        tracker.log(scalars, step=epoch + 1)
+        if improved:
+            save(cfg, run, model, state, epoch + 1, bundle, "best.pt", full=False)
+        save(cfg, run, model, state, epoch + 1, bundle, "last.pt", full=True)
+        if cfg.optim.save_every and (epoch + 1) % cfg.optim.save_every == 0:
+            save(cfg, run, model, state, epoch + 1, bundle, f"epoch{epoch + 1:03d}.pt", full=False)
+        print(f"[{cfg.model.method}] epoch {epoch + 1}/{cfg.optim.epochs} loss {scalars['train/loss']:.4f} "
+              f"val auc {scalars.get('val/auc', float('nan')):.4f} lr {scalars['train/lr']:.2e} "
+              f"{state.step_times[-1]:.3f}s/step", flush=True)
+
+
+def evaluate_checkpoints(cfg: Config, run: RunDir, model: torch.nn.Module, loaders: dict[str, Any], bundle: DataBundle,
+                     tracker: Tracker, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Test metrics of the final weights and of best.pt; tables, figures and the prediction grid (rank 0)."""
+    results: dict[str, dict[str, Any]] = {}
+    records = loaders["test"].dataset.records
     for tag in ("final", "best"):
-        if tag == "best":
-            best_path = run.checkpoints / "best.pt"
-            if best_path.is_file():
-                unwrap_model(model).load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
-        metrics, (idx, labels, logits) = _evaluate(model, loaders["test"], device, cfg, num_classes)
-        results[tag] = metrics
-        if info.is_main:
-            write_evaluation(run, tag, metrics, idx, labels, logits, loaders["test"].dataset.records, bundle.classes)
-    if info.is_main and run.metrics_csv.is_file():
-        plot_curves(run.metrics_csv, ["train/loss", "val/auc"], run.figures / "training_curves.png", x="step")
+        if tag == "best" and (run.checkpoints / "best.pt").is_file():
+            unwrap_model(model).load_state_dict(load_checkpoint(run.checkpoints / "best.pt", device)["model"])
+        results[tag], (idx, labels, logits) = evaluate(model, loaders["test"], device, bundle.num_classes,
+                                                       cfg.runtime.amp, cfg.runtime.progress)
+        if dist_info().is_main:
+            write_evaluation(run.eval, run.figures, tag, "test", results[tag], idx, labels, logits, records,
+                             bundle.classes)
+    if dist_info().is_main:
+        log_prediction_grid(tracker, records, idx, labels, logits, bundle.num_classes, max(side_size(cfg), 64),
+                            cfg.optim.epochs, run.figures / "test_inputs_by_prediction.png")
+        if run.metrics_csv.is_file():
+            plot_curves(run.metrics_csv, ["train/loss", "val/auc"], run.figures / "training_curves.png")
+    return results
+
+
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> dict[str, Any]:
+    """Train ``model.method``; returns the run folder, test metrics of the best/final checkpoints, learnable
+    parameters, memory and step time."""
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    check_writable(cfg.runs_root)  # before any data work
+    bundle = prepare_data(cfg)  # every image checked before the run folder exists
+    opened = open_run(PROJECT, cfg, resume=resume, device=device)
+    model = build_model(cfg.model, bundle.num_classes, preloaded=uses_cache(cfg),
+                        lpm_amp=cfg.runtime.lpm_amp).to(device)
+    loaders = build_loaders(cfg, bundle, model, device)
+    memory = measure_memory(model, loaders["train"], device) if dist_info().is_main else {}
+    state = make_state(cfg, model, len(loaders["train"]), device)
+    restore(state, model, opened.resume_from, init_weights, device)  # last: the RNG state is the checkpoint's
+    train_model = maybe_compile(wrap_ddp(model, device), cfg.runtime.compile)
+    with Tracker(opened.run.path) as tracker:
+        fit(cfg, opened.run, model, train_model, loaders, state, bundle, tracker, device)
+        results = evaluate_checkpoints(cfg, opened.run, model, loaders, bundle, tracker, device)
     cleanup_distributed()
+    learnable = count_learnable(model)
     return {
-        "method": cfg.method, "run_dir": run.path, "test_best": results["best"], "test_final": results["final"],
-        "val_best_auc": best_auc, "learnable": learnable,
-        "learnable_percent": learnable_percent(cfg.method, learnable, cfg.model.lpm),
+        "method": cfg.model.method, "run_dir": opened.run.path, "test_best": results["best"],
+        "test_final": results["final"], "val_best_auc": state.best_auc, "learnable": learnable,
+        "learnable_percent": learnable_percent(cfg.model.method, learnable, cfg.model.lpm),
         "peak_mib": memory.get("peak_mib", float("nan")), "memory_method": memory.get("method", ""),
-        "step_time_s": float(sum(step_times) / len(step_times)) if step_times else float("nan"),
-        "uses_cache": uses_cache(cfg), "classes": bundle.classes,
+        "step_time_s": sum(state.step_times) / len(state.step_times) if state.step_times else float("nan"),
+        "uses_cache": uses_cache(cfg), "classes": bundle.classes, "epochs": cfg.optim.epochs,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = build_arg_parser("Train FPT+ / FPT or a baseline (method=...).")
-    cfg, args = parse_cli(ExperimentConfig, argv, parser, search_dirs=[PROJECT_DIR])
+    parser = train_parser("Train FPT+ / FPT or a baseline (model.method=...).")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
     if dist_info().is_main:
-        print(f"method {cfg.method}: dataset {cfg.dataset} at {resolve_path(cfg.data.root)}")
-    result = run_training(cfg, resume=args.resume, init_weights=args.init_weights, progress=False)
+        print(f"method {cfg.model.method}: dataset {cfg.data.name} at {resolve_path(cfg.data.root)}")
+    result = run_training(cfg, resume=args.resume, init_weights=args.init_weights)
     if dist_info().is_main:
         best = result["test_best"]
         print(f"test (best val checkpoint): auc {best['auc']:.4f} acc {best['accuracy']:.4f} "
-              f"kappa {best['kappa']:.4f}; learnable {result['learnable']:,} ({result['learnable_percent']:.2f} %); "
+              f"qwk {best['qwk']:.4f}; learnable {result['learnable']:,} ({result['learnable_percent']:.2f} %); "
               f"run {result['run_dir']}")
     return result
 
 
 if __name__ == "__main__":
     main()
-

@@ -1,4 +1,5 @@
-"""Model construction by ``method`` and the learnable-parameter accounting of the official code (spec 6.1)."""
+"""Model construction by ``model.method`` and the learnable-parameter accounting of the official code
+(official modules/builder.py, which prints the learnable ratio against the frozen ViT including its 1000-class head)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,19 @@ from torch import nn
 from fpt_plus.models.fpt import build_fpt, build_side_only
 from fpt_plus.models.lpm import reference_frozen_params
 from fpt_plus.models.petl import build_petl
-from fpt_plus.settings import FPT_METHODS, ExperimentConfig, LPMConfig
+from fpt_plus.settings import FPT_METHODS, LPMConfig, ModelConfig
 
 __all__ = ["build_model", "count_learnable", "learnable_percent"]
 
 
-def build_model(cfg: ExperimentConfig, num_classes: int, *, preloaded: bool | None = None) -> nn.Module:
-    """The network of ``cfg.method``. ``preloaded`` (default ``cfg.data.preload``): FPT variants are built without
-    the LPM and linear probing takes cached features."""
-    preloaded = cfg.data.preload if preloaded is None else preloaded
-    if cfg.method in FPT_METHODS:
-        return build_fpt(cfg, num_classes, cfg.method, with_lpm=not preloaded)
-    if cfg.method == "side_only":
-        return build_side_only(cfg, num_classes)
-    return build_petl(cfg, num_classes, cfg.method, cached_features=preloaded)
+def build_model(m: ModelConfig, num_classes: int, *, preloaded: bool, lpm_amp: str = "off") -> nn.Module:
+    """The network of ``m.method``. ``preloaded``: FPT variants are built without the LPM (they read cached keys and
+    values) and linear probing takes cached features; ``lpm_amp`` autocasts the frozen LPM forward of FPT/FPT+."""
+    if m.method in FPT_METHODS:
+        return build_fpt(m, num_classes, m.method, with_lpm=not preloaded, lpm_amp=lpm_amp)
+    if m.method == "side_only":
+        return build_side_only(m, num_classes)
+    return build_petl(m, num_classes, m.method, cached_features=preloaded)
 
 
 def count_learnable(model: nn.Module) -> int:

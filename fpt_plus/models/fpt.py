@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fpt_plus.models.lpm import FrozenLPM
-from fpt_plus.settings import ExperimentConfig, LPMConfig, VariantConfig
+from fpt_plus.settings import LPMConfig, ModelConfig, VariantConfig
 
 __all__ = ["FusionModule", "SideViT", "FineGrainedPromptTuning", "SideOnly", "build_side_vit"]
 
@@ -171,9 +171,9 @@ class SideOnly(nn.Module):
         return self.side(side)
 
 
-def build_fpt(cfg: ExperimentConfig, num_classes: int, variant_name: str, with_lpm: bool) -> FineGrainedPromptTuning:
-    """FPT+ (``variant_name='fpt_plus'``) or FPT (``'fpt'``) from the config; the LPM only when ``with_lpm``."""
-    m = cfg.model
+def build_fpt(m: ModelConfig, num_classes: int, variant_name: str, with_lpm: bool, lpm_amp: str = "off"
+              ) -> FineGrainedPromptTuning:
+    """FPT+ (``variant_name='fpt_plus'``) or FPT (``'fpt'``) from ``model:``; the LPM only when ``with_lpm``."""
     variant: VariantConfig = getattr(m, variant_name)
     lpm_cfg = m.lpm
     side_dim = lpm_cfg.embed_dim // m.side_reduction
@@ -182,12 +182,12 @@ def build_fpt(cfg: ExperimentConfig, num_classes: int, variant_name: str, with_l
                           prompt_proj=variant.prompt_proj, dropout=m.fusion_dropout)
     side = SideViT(build_side_vit(lpm_cfg, m.side_reduction, len(variant.layers), variant.side_img_size,
                                   num_classes))
-    lpm = FrozenLPM(lpm_cfg, variant.layers, m.token_ratio, m.token_imp) if with_lpm else None
-    return FineGrainedPromptTuning(fusion, side, lpm, lpm_amp=cfg.runtime.lpm_amp)
+    lpm = (FrozenLPM(lpm_cfg, variant.layers, m.token_ratio, m.token_imp, pretrained=m.pretrained) if with_lpm
+           else None)
+    return FineGrainedPromptTuning(fusion, side, lpm, lpm_amp=lpm_amp)
 
 
-def build_side_only(cfg: ExperimentConfig, num_classes: int) -> SideOnly:
+def build_side_only(m: ModelConfig, num_classes: int) -> SideOnly:
     """Side-network-only baseline with FPT+'s side settings (depth = number of tapped layers, low resolution)."""
-    m = cfg.model
     return SideOnly(SideViT(build_side_vit(m.lpm, m.side_reduction, len(m.fpt_plus.layers),
                                            m.fpt_plus.side_img_size, num_classes)))

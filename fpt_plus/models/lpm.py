@@ -36,8 +36,10 @@ def num_selected(img_size: int, patch_size: int, token_ratio: float) -> int:
     return max(1, int(math.floor(num_tokens(img_size, patch_size) * token_ratio + 1e-9)))
 
 
-def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None) -> nn.Module:
-    """A timm ViT with the LPM's dimensions at ``img_size`` (default ``cfg.img_size``); weights from ``pretrained``.
+def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None, pretrained: str = "none"
+              ) -> nn.Module:
+    """A timm ViT with the LPM's dimensions at ``img_size`` (default ``cfg.img_size``); weights from ``pretrained``
+    (``model.pretrained``: none = random with ``cfg.init_seed``, hub, or a file).
 
     With a weight file, timm's checkpoint filter interpolates the position embeddings to the requested grid.
     """
@@ -48,7 +50,7 @@ def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None)
                   num_classes=num_classes, global_pool="token")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)  # a random LPM is the same network in preload, online and every baseline
-        return create_timm_model(cfg.name, pretrained=cfg.pretrained, config_key="model.lpm.pretrained", **kwargs)
+        return create_timm_model(cfg.name, pretrained=pretrained, config_key="model.pretrained", **kwargs)
 
 
 def reference_frozen_params(cfg: LPMConfig) -> int:
@@ -108,7 +110,7 @@ class FrozenLPM(nn.Module):
     """
 
     def __init__(self, cfg: LPMConfig, layers: list[int], token_ratio: float = 0.2,
-                 token_imp: str = "global", vit: nn.Module | None = None):
+                 token_imp: str = "global", vit: nn.Module | None = None, pretrained: str = "none"):
         super().__init__()
         if token_imp not in ("global", "class_token"):
             raise ValueError(f"model.token_imp must be global or class_token, got {token_imp!r}")
@@ -119,7 +121,7 @@ class FrozenLPM(nn.Module):
         self.token_ratio = token_ratio
         self.token_imp = token_imp
         self.num_keep = num_selected(cfg.img_size, cfg.patch_size, token_ratio)
-        self.vit = vit if vit is not None else build_vit(cfg, num_classes=0)
+        self.vit = vit if vit is not None else build_vit(cfg, num_classes=0, pretrained=pretrained)
         self.vit.requires_grad_(False)
         self.vit.eval()
 

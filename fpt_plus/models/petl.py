@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fpt_plus.models.lpm import build_vit
-from fpt_plus.settings import ExperimentConfig
+from fpt_plus.settings import ModelConfig
 
 __all__ = ["LPMClassifier", "LinearProbe", "VPTDeep", "Adapter", "AdapterBlock", "LoRAQKV", "build_petl"]
 
@@ -147,10 +147,9 @@ class LoRAQKV(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-def build_petl(cfg: ExperimentConfig, num_classes: int, method: str, cached_features: bool = False) -> LPMClassifier:
+def build_petl(m: ModelConfig, num_classes: int, method: str, cached_features: bool = False) -> LPMClassifier:
     """``full_finetune | linear_probe | vpt | adapter | lora`` on a ViT with the LPM's dims at its input size."""
-    m = cfg.model
-    vit = build_vit(m.lpm, num_classes=0)
+    vit = build_vit(m.lpm, num_classes=0, pretrained=m.pretrained)
     if method == "full_finetune":
         return LPMClassifier(vit, num_classes)
     if method == "linear_probe":

@@ -7,24 +7,24 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
-from fpt_plus.settings import ExperimentConfig
+from fpt_plus.settings import Config
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def ci_config(tmp: Path, *overrides: str) -> ExperimentConfig:
-    return load_config(ExperimentConfig, PROJECT / "configs" / "ci.yaml",
-                       [f"data.root={tmp / 'data'}", f"runs.root={tmp / 'runs'}", *overrides])
+def ci_config(tmp: Path, *overrides: str) -> Config:
+    return load_config(Config, PROJECT / "configs" / "ci.yaml",
+                       [f"data.root={tmp / 'data'}", f"runs_root={tmp / 'runs'}", "runtime.progress=false",
+                        *overrides])
 
 
 @pytest.fixture(scope="session")
 def ci_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tmp folder whose ``data/`` holds the ci synthetic dataset (generated once)."""
-    from fpt_plus.synth import ensure_dataset
+    from fpt_plus.pipeline import synthesize
 
     tmp = tmp_path_factory.mktemp("fpt_ci")
-    cfg = ci_config(tmp)
-    ensure_dataset(tmp / "data", cfg.data.synth)
+    synthesize(ci_config(tmp))
     return tmp
 
 

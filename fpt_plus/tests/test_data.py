@@ -1,5 +1,5 @@
 """Data tests: the ImageFolder/CSV readers on synth.py output, converters, transforms, and every kind of bad input
-raising a clear error (spec 6.4; issue 3 "Bad inputs")."""
+raising a clear error, before any training."""
 
 from __future__ import annotations
 
@@ -91,17 +91,17 @@ def _csv_dataset(tmp_path: Path, labels: list[str]) -> Path:
 
 def test_split_csv_reader_and_unknown_label(tmp_path: Path) -> None:
     _csv_dataset(tmp_path, ["benign", "malignant", "benign", "malignant", "benign", "malignant"])
-    records, classes = read_split_csv(tmp_path, "split.csv")
+    records, classes = read_split_csv(tmp_path, tmp_path / "split.csv")
     assert classes == ["benign", "malignant"] and [r.label for r in records] == [0, 1, 0, 1, 0, 1]
     with pytest.raises(DatasetError, match=r"label 'malignant' is not in the class list"):
-        read_split_csv(tmp_path, "split.csv", classes=["benign", "nevus"])
+        read_split_csv(tmp_path, tmp_path / "split.csv", classes=["benign", "nevus"])
 
 
 def test_split_csv_wrong_column(tmp_path: Path) -> None:
     path = _csv_dataset(tmp_path, ["a", "b", "a"])
     pd.read_csv(path).rename(columns={"label": "diagnosis"}).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['label'\]"):
-        load_records(tmp_path, "csv", "split.csv")
+        load_records(tmp_path, "csv", path)
 
 
 def test_chncxr_converter_and_seeded_split(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_chncxr_converter_and_seeded_split(tmp_path: Path) -> None:
     src.mkdir(parents=True)
     for i in range(20):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / f"CHNCXR_{i:04d}_{i % 2}.png")
-    out = convert("chncxr", tmp_path / "ChinaSet_AllFiles", seed=3)
+    out = convert("chncxr", tmp_path / "ChinaSet_AllFiles", tmp_path / "split.csv", seed=3)
     frame = pd.read_csv(out)
     assert set(frame["label"]) == {"normal", "tuberculosis"}
     assert frame.loc[frame["image"].str.endswith("_1.png"), "label"].eq("tuberculosis").all()
@@ -129,7 +129,7 @@ def test_ddr_converter_drops_ungradable_and_keeps_official_split(tmp_path: Path)
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(base / native / f"{native}{i}.jpg")
             lines.append(f"{native}{i}.jpg {g}")
         (base / f"{native}.txt").write_text("\n".join(lines) + "\n")
-    frame = pd.read_csv(convert("ddr", tmp_path))
+    frame = pd.read_csv(convert("ddr", tmp_path, tmp_path.parent / f"{tmp_path.name}_ddr.csv"))
     assert len(frame) == 6 and "5" not in set(frame["label"].astype(str))
     assert frame.groupby("split").size().to_dict() == {"test": 2, "train": 2, "val": 2}
 
@@ -143,7 +143,7 @@ def test_isic2018_converter_one_hot(tmp_path: Path) -> None:
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"ISIC_{i:07d}.jpg")
         rows.append({"image": f"ISIC_{i:07d}", **{c: float(j == i % 7) for j, c in enumerate(classes)}})
     pd.DataFrame(rows).to_csv(tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv", index=False)
-    frame = pd.read_csv(convert("isic2018", tmp_path))
+    frame = pd.read_csv(convert("isic2018", tmp_path, tmp_path.parent / f"{tmp_path.name}_isic.csv"))
     assert frame["label"].tolist()[:7] == classes
     assert set(frame["split"]) == {"train", "val", "test"}
 
@@ -164,3 +164,61 @@ def test_transforms_sizes_and_determinism() -> None:
     lpm = lpm_transform(64, mean, std)
     assert lpm(image).shape == (3, 64, 64)
     assert torch.equal(lpm(image), lpm(image))
+
+
+def test_converter_never_writes_into_the_download(tmp_path: Path) -> None:
+    src = tmp_path / "CXR_png"
+    src.mkdir()
+    for i in range(10):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / f"CHNCXR_{i:04d}_{i % 2}.png")
+    with pytest.raises(DatasetError, match="inside the download"):
+        convert("chncxr", tmp_path, tmp_path / "split.csv")
+    assert not (tmp_path / "split.csv").exists()
+
+
+def test_files_with_other_suffixes_are_named_not_dropped_silently(ci_root: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(ci_root / "data", root)
+    (root / "train" / "0_none" / "notes.txt").write_text("grader remarks")
+    records, _ = scan_imagefolder(root)
+    assert len(records) == 40
+    out = capsys.readouterr().out
+    assert "ignored 1 file(s)" in out and "notes.txt" in out
+
+
+def test_synthetic_generator_refuses_a_foreign_folder_and_leaves_it_untouched(tmp_path: Path, make_cfg) -> None:
+    from common.datasets import DatasetFolderError
+    from fpt_plus.pipeline import prepare_data
+
+    real = tmp_path / "data"
+    (real / "train").mkdir(parents=True)
+    foreign = real / "train" / "ISIC_0024306.jpg"
+    foreign.write_bytes(b"the user's real image")
+    cfg = make_cfg(tmp_path, "data.synthetic=true")
+    with pytest.raises(DatasetFolderError, match="refusing to write"):
+        prepare_data(cfg)
+    assert foreign.read_bytes() == b"the user's real image"
+    assert sorted(p.name for p in real.rglob("*")) == ["ISIC_0024306.jpg", "train"]
+    assert not (tmp_path / "data.partial").exists()
+
+
+def test_synthetic_stamp_with_other_parameters_is_refused(ci_root: Path, make_cfg) -> None:
+    from common.datasets import DatasetFolderError
+    from fpt_plus.pipeline import prepare_data
+
+    with pytest.raises(DatasetFolderError, match="other parameters"):
+        prepare_data(make_cfg(ci_root, "data.synth.seed=99"))
+
+
+def test_truncated_image_is_found_by_the_file_check(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    from common.datasets import DataVerificationError
+    from fpt_plus.pipeline import prepare_data
+
+    root = tmp_path / "data"
+    shutil.copytree(ci_root / "data", root)
+    bad = sorted((root / "test").rglob("*.png"))[3]
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(DataVerificationError, match=bad.name):
+        prepare_data(make_cfg(tmp_path))
+    assert prepare_data(make_cfg(tmp_path, "data.verify='off'")).num_classes == 5  # the check is what finds it

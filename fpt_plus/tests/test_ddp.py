@@ -20,10 +20,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_torchrun_two_processes_train_preload_and_gather_exact_metrics(ci_root: Path, tmp_path: Path) -> None:
     runs, cache = tmp_path / "runs", tmp_path / "cache" / "fpt_plus"
-    overrides = [f"data.root={ci_root / 'data'}", f"runs.root={runs}", f"data.preload_dir={cache}",
-                 "runtime.num_threads=1", "train.epochs=2"]
+    overrides = [f"data.root={ci_root / 'data'}", f"runs_root={runs}", f"data.preload_dir={cache}",
+                 "runtime.threads=1", "runtime.progress=false", "optim.epochs=2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
-           "--rdzv-endpoint=localhost:0", "train.py", "--config", "configs/ci.yaml", "method=fpt_plus", *overrides]
+           "--rdzv-endpoint=localhost:0", "train.py", "--config", "configs/ci.yaml", "model.method=fpt_plus",
+           *overrides]
     proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -43,7 +44,7 @@ def test_torchrun_two_processes_train_preload_and_gather_exact_metrics(ci_root: 
     for _, rows in per_case.groupby("checkpoint"):  # best and final: each test image once (padding removed)
         assert rows["image"].is_unique and len(rows) == 10
     single = fpt_eval.main(["--config", "configs/ci.yaml", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
-                            f"data.root={ci_root / 'data'}", f"runs.root={tmp_path / 'runs_eval'}",
-                            f"data.preload_dir={cache}", "runtime.num_threads=1"])
+                            f"data.root={ci_root / 'data'}", f"runs_root={tmp_path / 'runs_eval'}",
+                            f"data.preload_dir={cache}", "runtime.threads=1", "runtime.progress=false"])
     assert summary.loc["best", "auc"] == pytest.approx(single["auc"], abs=1e-9)
     assert summary.loc["best", "accuracy"] == pytest.approx(single["accuracy"], abs=1e-9)

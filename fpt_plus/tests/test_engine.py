@@ -1,4 +1,5 @@
-"""Recipe and metric checks (spec 6.4): per-iteration cosine LR, AUC on logits, quadratic kappa, PPE/PME."""
+"""Recipe and metric checks (official modules/scheduler.py, utils/metrics.py, utils/peme.py): per-iteration cosine
+LR, AUC on logits, quadratic and unweighted kappa, PPE/PME."""
 
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ def test_cosine_schedule_per_iteration() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3.5 / 20)))
 
 
-def test_metrics_auc_on_logits_and_kappa() -> None:
+def test_metrics_auc_on_logits_qwk_and_kappa() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
     logits = rng.normal(size=(60, 3)) + np.eye(3)[labels] * 1.5
     m = compute_metrics(labels, logits, 3)
     expected = np.mean([roc_auc_score(labels == c, logits[:, c]) for c in range(3)])
     assert m["auc"] == pytest.approx(expected)
-    assert m["kappa"] == pytest.approx(cohen_kappa_score(labels, logits.argmax(1), weights="quadratic"))
+    assert m["qwk"] == pytest.approx(cohen_kappa_score(labels, logits.argmax(1), weights="quadratic"))
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(labels, logits.argmax(1)))
+    assert m["kappa"] != pytest.approx(m["qwk"])
     assert 0.5 < m["auc"] <= 1.0 and m["auc"] != pytest.approx(m["auc_prob"], abs=1e-12)
 
 

@@ -1,5 +1,5 @@
-"""Model tests (spec 6.1-6.3): parameter counts, token counts, token selection, fusion at init, layer mapping,
-freezing, prompt stripping, shapes."""
+"""Model tests (official modules/builder.py, frozen_vit.py, bridge.py, side_vit.py): parameter counts, token
+counts, token selection, fusion at init, layer mapping, freezing, prompt stripping, shapes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from fpt_plus.models.lpm import (
     reference_frozen_params,
     select_tokens,
 )
-from fpt_plus.settings import ExperimentConfig, LPMConfig
+from fpt_plus.settings import Config, LPMConfig, ModelConfig
 
 
 @pytest.mark.parametrize("method,expected,percent", [
@@ -28,9 +28,9 @@ from fpt_plus.settings import ExperimentConfig, LPMConfig
     ("lora", 593_669, 0.68), ("side_only", 751_877, 0.86), ("linear_probe", 3_845, 0.0),
 ])
 def test_learnable_parameters_match_official_architecture(method: str, expected: int, percent: float) -> None:
-    cfg = ExperimentConfig(method=method)  # ViT-B/16 at 512, C = 5
+    cfg = Config(model=ModelConfig(method=method))  # ViT-B/16 at 512, C = 5
     with torch.device("meta"):  # exact counts without allocating or initialising 86 M weights
-        model = build_model(cfg, 5, preloaded=True)
+        model = build_model(cfg.model, 5, preloaded=True)
     assert count_learnable(model) == expected
     assert round(learnable_percent(method, expected, cfg.model.lpm), 2) == percent
 
@@ -40,12 +40,12 @@ def test_official_denominator_and_other_class_counts() -> None:
     assert reference_frozen_params(lpm) == 86_859_496
     with torch.device("meta"):
         for c, expected in ((2, 900_674), (3, 900_771), (7, 901_159)):
-            assert count_learnable(build_model(ExperimentConfig(), c, preloaded=True)) == expected
+            assert count_learnable(build_model(ModelConfig(), c, preloaded=True)) == expected
 
 
 def test_full_finetune_trains_everything() -> None:
     with torch.device("meta"):
-        model = build_model(ExperimentConfig(method="full_finetune"), 5)
+        model = build_model(ModelConfig(method="full_finetune"), 5, preloaded=False)
     assert all(p.requires_grad for p in model.parameters())
     assert learnable_percent("full_finetune", count_learnable(model), LPMConfig()) == 100.0
 
@@ -89,9 +89,9 @@ def _tiny_lpm_cfg() -> LPMConfig:
                      depth=4, num_heads=3)
 
 
-def _tiny_cfg(method: str) -> ExperimentConfig:
+def _tiny_cfg(method: str) -> Config:
     lpm = dataclasses.asdict(_tiny_lpm_cfg())
-    return from_dict(ExperimentConfig, {"method": method, "model": {
+    return from_dict(Config, {"model": {"method": method,
         "lpm": lpm, "fpt_plus": {"layers": [2, 3], "side_img_size": 16}, "fpt": {"layers": [0, 1, 2, 3]},
         "vpt_prompts": 2, "adapter_bottleneck": 4, "lora_rank": 2}})
 
@@ -131,8 +131,8 @@ def test_fusion_attention_near_uniform_at_init_and_output() -> None:
 
 def test_fpt_plus_shapes_prompt_stripping_and_layer_mapping() -> None:
     torch.manual_seed(0)
-    cfg = ExperimentConfig()
-    model = build_model(cfg, 5, preloaded=True).eval()
+    cfg = Config()
+    model = build_model(cfg.model, 5, preloaded=True).eval()
     keys, values = torch.randn(6, 2, 12, 205, 64), torch.randn(6, 2, 12, 205, 64)
     side = torch.randn(2, 3, 128, 128)
     seen: list[tuple[int, ...]] = []
@@ -165,7 +165,7 @@ def test_fpt_plus_shapes_prompt_stripping_and_layer_mapping() -> None:
 
 
 def test_fpt_variant_shapes() -> None:
-    model = build_model(ExperimentConfig(method="fpt"), 5, preloaded=True).eval()
+    model = build_model(ModelConfig(method="fpt"), 5, preloaded=True).eval()
     out = model.fusion(torch.randn(12, 2, 12, 205, 64), torch.randn(12, 2, 12, 205, 64))
     assert out.shape == (12, 2, 16, 96)
     assert model(torch.randn(2, 3, 224, 224), torch.randn(12, 2, 12, 205, 64),
@@ -175,7 +175,7 @@ def test_fpt_variant_shapes() -> None:
 def test_freezing_online_path_only_side_and_fusion_get_gradients() -> None:
     torch.manual_seed(0)
     cfg = _tiny_cfg("fpt_plus")
-    model = build_model(cfg, 5, preloaded=False)
+    model = build_model(cfg.model, 5, preloaded=False)
     model.train()
     assert not model.lpm.vit.training
     assert all(not p.requires_grad for p in model.lpm.parameters())
@@ -192,14 +192,14 @@ def test_freezing_online_path_only_side_and_fusion_get_gradients() -> None:
 def test_petl_baselines_forward_and_gradients(method: str) -> None:
     torch.manual_seed(0)
     cfg = _tiny_cfg(method)
-    model = build_model(cfg, 3, preloaded=False)
+    model = build_model(cfg.model, 3, preloaded=False)
     logits = model(lpm=torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 3)
     logits.sum().backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
     if method in ("adapter", "lora"):  # zero-initialised updates: the frozen network's output is unchanged
-        plain = build_model(dataclasses.replace(cfg, method="linear_probe"), 3, preloaded=False)
+        plain = build_model(dataclasses.replace(cfg.model, method="linear_probe"), 3, preloaded=False)
         plain.head.load_state_dict(model.head.state_dict())
         x = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(model(lpm=x), plain(lpm=x))

@@ -1,5 +1,5 @@
-"""Preloading (spec 6.3): cache round trip, bitwise-equal logits of the cached and the online path in fp32, unique
-keys, and clear errors for a cache of the wrong shape or from the other variant."""
+"""Preloading (official preload.py): cache round trip, bitwise-equal logits of the cached and the online path in
+fp32, unique keys, and clear errors for a cache of the wrong shape or from the other variant."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from fpt_plus.data import CacheError
 from fpt_plus.engine import prepare_batch
-from fpt_plus.experiment import build_dataset, cache_for, make_loader, prepare_data
 from fpt_plus.models.factory import build_model
-from fpt_plus.preload import run_preload
+from fpt_plus.pipeline import build_dataset, cache_for, make_loader, prepare_data, run_preload
 
 
 def test_cached_and_online_logits_are_bitwise_equal(ci_root: Path, tmp_path: Path, make_cfg) -> None:
@@ -30,8 +29,8 @@ def test_cached_and_online_logits_are_bitwise_equal(ci_root: Path, tmp_path: Pat
     assert file.relative_to(cache.folder).as_posix() == records[0].key + ".safetensors"
 
     torch.manual_seed(0)
-    online = build_model(cfg, bundle.num_classes, preloaded=False).eval()
-    cached = build_model(cfg, bundle.num_classes, preloaded=True).eval()
+    online = build_model(cfg.model, bundle.num_classes, preloaded=False).eval()
+    cached = build_model(cfg.model, bundle.num_classes, preloaded=True).eval()
     cached.load_state_dict(online.state_dict())
     assert cached.lpm is None
     ds_cached = build_dataset(cfg, bundle, "val", ("side", "keys", "values"), train=False, cache=cache,
@@ -55,7 +54,7 @@ def test_cache_of_wrong_shape_or_other_variant_is_refused(ci_root: Path, tmp_pat
               str(cache.path(key)))
     with pytest.raises(CacheError, match=r"shape \(4, 3, 13, 16\), expected \(2, 3, 13, 16\)"):
         cache.load(key)
-    fpt_cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}", "method=fpt")
+    fpt_cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}", "model.method=fpt")
     with pytest.raises(CacheError, match="not interchangeable"):
         cache_for(fpt_cfg, bundle).check_meta()
     meta = json.loads((cache.folder / "meta.json").read_text())
