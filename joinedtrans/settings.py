@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.runtime import RuntimeConfig as _CommonRuntime
+from common.runtime import RuntimeConfig
 
 __all__ = ["SynthConfig", "DataConfig", "ModelConfig", "OptimConfig", "CoarseConfig", "PretrainConfig",
            "FineConfig", "FoveaConfig", "EvalConfig", "RuntimeConfig", "Config", "DATASETS"]
@@ -56,7 +56,7 @@ class DataConfig:
 
     ``fold`` (1..5) is JOINED's GAMMA split (contiguous blocks of 20, fold 1 validates 0081-0100). ``fovea_table``
     overrides the fovea xlsx/csv path (relative to the dataset folder). ``coords_one_based`` subtracts 1 from the
-    table's coordinates. ``mask_snap`` snaps mask values outside {0, 128, 255} to the nearest of them (JPEG-like
+    table's coordinates. ``verify`` checks every listed file before any work. ``mask_snap`` snaps mask values outside {0, 128, 255} to the nearest of them (JPEG-like
     re-saves) instead of refusing the file."""
 
     root: str = "data/synthetic/joinedtrans"
@@ -66,6 +66,7 @@ class DataConfig:
     fovea_table: str = ""
     coords_one_based: bool = False
     mask_snap: bool = False
+    verify: Literal["header", "full", "off"] = "header"
     num_workers: int = 0
     synth: SynthConfig = field(default_factory=SynthConfig)
 
@@ -216,15 +217,6 @@ class EvalConfig:
 
     split: Literal["val", "test"] = "test"
     batch_size: int = 8
-
-
-@dataclass
-class RuntimeConfig(_CommonRuntime):
-    """``common.runtime.RuntimeConfig`` plus ``threads`` (torch intra-op threads, 0 = torch default) and
-    ``progress`` (tqdm bars)."""
-
-    threads: int = 0
-    progress: bool = True
 
 
 @dataclass
