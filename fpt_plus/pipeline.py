@@ -111,11 +111,15 @@ def prepare_data(cfg: Config) -> DataBundle:
 
 
 def preload_root(cfg: Config) -> Path:
-    """Folder of the derived files of a data root (preload caches, mean/std record): ``data.preload_dir``'s parent,
-    else ``data/preload/fpt_plus/<root name>-<hash of the root>/``, never inside or beside a real data root."""
+    """Folder of the derived files of a data root (preload caches, mean/std record): ``data.preload_dir``'s parent;
+    else ``<root>_preload/`` beside a synthetic set (the generator owns that place) and
+    ``data/preload/fpt_plus/<root name>-<hash of the root>/`` for real data, never inside or beside a user's folder."""
     if cfg.data.preload_dir is not None:
         return resolve_path(cfg.data.preload_dir).parent
-    key = split_path(PROJECT, resolve_path(cfg.data.root)).parent.name
+    root = resolve_path(cfg.data.root)
+    if cfg.data.synthetic:
+        return root.parent / f"{root.name}_preload"
+    key = split_path(PROJECT, root).parent.name
     return resolve_path("data/preload") / PROJECT / key
 
 

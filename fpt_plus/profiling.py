@@ -1,4 +1,5 @@
-"""Training-memory and step-time measurement shared by train.py (the comparison table) and bench.py (spec 6.5).
+"""Training-memory and step-time measurement shared by train.py (the comparison table) and bench.py (the memory
+protocol is in the README's "Design notes").
 
 CUDA: ``torch.cuda.max_memory_allocated`` around one optimiser step. CPU: a deterministic proxy, the bytes of every
 tensor saved for backward (``torch.autograd.graph.saved_tensors_hooks``) plus parameters, gradients and AdamW state

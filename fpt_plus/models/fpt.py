@@ -1,4 +1,5 @@
-"""Fusion module, prompted side ViT and the FPT / FPT+ classifiers (FPT+ paper Sec. III-C/D; spec 1.4-1.5).
+"""Fusion module, prompted side ViT and the FPT / FPT+ classifiers (FPT+ paper Sec. III-C/D; official
+modules/bridge.py, modules/side_vit.py).
 
 Fusion (all tapped layers batched, L of them)::
 

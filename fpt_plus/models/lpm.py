@@ -1,4 +1,5 @@
-"""Frozen large pre-trained model (LPM) with important-token selection (FPT+ paper Sec. III-B; spec 1.2-1.3).
+"""Frozen large pre-trained model (LPM) with important-token selection (FPT+ paper Sec. III-B; official
+modules/frozen_vit.py, important_token_selection).
 
 The LPM is a timm ``VisionTransformer`` built from explicit dimensions (no hub access). At each *tapped* block the
 block's own key and value projections ``K = W_k LN1(x) + b_k`` and ``V = W_v LN1(x) + b_v`` of shape
@@ -56,7 +57,8 @@ def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None,
 def reference_frozen_params(cfg: LPMConfig) -> int:
     """Frozen parameter count the official code divides by: the LPM at its pre-training grid plus a 1000-class head.
 
-    ViT-B/16-384 gives 86,859,496 (spec 6.1); the learnable ratio is learnable / (learnable + this).
+    ViT-B/16-384 gives 86,859,496 (the denominator behind the official README's 1.03 %); the learnable ratio is
+    learnable / (learnable + this).
     """
     d, p = cfg.embed_dim, cfg.patch_size
     hidden = int(d * cfg.mlp_ratio)
