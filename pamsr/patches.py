@@ -42,7 +42,7 @@ def window_scores(lr: np.ndarray, patch: int, score: str = "magnitude") -> np.nd
     elif score == "signed_official":
         per_pixel = 0.5 * gx + 0.5 * gy
     else:
-        raise ValueError(f"data.grad_score must be magnitude or signed_official, got {score!r}")
+        raise ValueError(f"patch_selection.score must be magnitude or signed_official, got {score!r}")
     n_h, n_w, wh, ww = window_grid(img.shape, patch)
     return per_pixel[: n_h * wh, : n_w * ww].reshape(n_h, wh, n_w, ww).sum(axis=(1, 3))
 
@@ -72,7 +72,7 @@ def sample_patch(lr: np.ndarray, patch: int, rng: np.random.Generator, mode: str
         window_grid((ih, iw), patch)
         return int(rng.integers(0, ih - patch + 1)), int(rng.integers(0, iw - patch + 1))
     if mode != "grad_window":
-        raise ValueError(f"data.patch_select must be grad_window or random, got {mode!r}")
+        raise ValueError(f"patch_selection.mode must be grad_window or random, got {mode!r}")
     n_h, n_w, wh, ww = window_grid((ih, iw), patch)
     probs = window_probabilities(window_scores(lr, patch, score))
     k = int(rng.choice(probs.size, p=probs))
