@@ -1,8 +1,8 @@
 """Background generator: inpaint the dilated noisy skeleton out of the single labelled image, then diversify.
 
-YoloCurvSeg §"Background generator" (abstract): "A background generator delivers image backgrounds that closely
+YoloCurvSeg background generator (paper abstract): "A background generator delivers image backgrounds that closely
 match real distributions through inpainting dilated skeletons." The inpainting method and the dilation radius are
-not public; OURS (spec §2.2): the mask is the skeleton dilated by a disk of ``radius`` px, filled with OpenCV
+not public; OURS: the mask is the skeleton dilated by a disk of ``radius`` px, filled with OpenCV
 Telea / Navier-Stokes or scikit-image biharmonic inpainting; backgrounds are diversified with flips, 90-degree
 rotations, random crops re-scaled to full size and intensity jitter (brightness, contrast, gamma).
 

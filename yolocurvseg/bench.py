@@ -1,4 +1,4 @@
-"""Throughput of the two generation stages for 512 x 512 images (issue: "curve generation and synthesis throughput").
+"""Throughput of the two generation stages (curve generation and synthesis) for 512 x 512 images.
 
 - curve generation: SCA growth (KD-tree) + anti-aliased rendering per dataset preset, images/s;
 - synthesis: naive composite + CUT generator forward (official ``resnet_9blocks``, ngf 64, and our CPU config
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from common.rundir import resolve_path, write_env_json
-from common.runtime import pick_device
+from common.runtime import apply_threads, pick_device
 from common.synthetic import smooth_field
 from yolocurvseg.background import composite
 from yolocurvseg.sca import PRESETS, generate_curves, preset
@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--out", default="runs/bench/yolocurvseg")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     device = pick_device(args.device)
     rows = [bench_curves(args.size, args.n_curves, name) for name in sorted(PRESETS)]
     rows += [bench_synthesis(args.size, args.n_synth, 64, 9, device),

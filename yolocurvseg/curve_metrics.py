@@ -1,5 +1,5 @@
-"""Evaluation metrics for curvilinear segmentation (YoloCurvSeg §"Evaluation"; the paper's exact list is not public,
-OURS = spec §5 superset): Dice, clDice, HD95 (MONAI, through ``common.metrics``), sensitivity, specificity, and the
+"""Evaluation metrics for curvilinear segmentation (the paper's exact list is not public; OURS: a superset
+of the usual vessel metrics): Dice, clDice, HD95 (MONAI, through ``common.metrics``), sensitivity, specificity, and the
 Betti-0 / Betti-1 errors.
 
 Conventions:

@@ -1,4 +1,4 @@
-"""Dataset readers in the published on-disk layouts (YoloCurvSeg §4 / release datasets README) and batch sampling.
+"""Dataset readers in the published on-disk layouts (``datasets/README.md`` of llmir/YoloCurvSeg) and batch sampling.
 
 Every reader returns :class:`Case` records (paths) for a split; :func:`load_case` decodes one case into a grey float
 image in [0, 1], a {0, 1} label, a FOV mask and an optional noisy skeleton. Layouts (see README for trees):
@@ -31,11 +31,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from common.datasets import partition_by_suffix
 from common.readers import ImageReadError, read_image
 from yolocurvseg.skeleton import read_noisy_skeleton
 
 __all__ = ["DatasetError", "Case", "LoadedCase", "DATASETS", "list_cases", "load_case", "load_cases",
-           "read_binary_mask", "PairSampler", "standardize"]
+           "read_binary_mask", "read_grey", "case_files", "PairSampler", "MixedSampler",
+           "standardize"]
 
 
 class DatasetError(ValueError):
@@ -103,12 +105,22 @@ def _skeleton_for(root: Path, case_id: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def _note_ignored(files: list[Path], where: Path, expected: str) -> None:
+    """Name the files a reader does not use (never dropped silently)."""
+    if files:
+        names = ", ".join(p.name for p in files[:10]) + (" ..." if len(files) > 10 else "")
+        print(f"note: ignored {len(files)} file(s) in {where} not named like {expected}: {names}")
+
+
 def _drive(root: Path, split: str) -> list[Case]:
     folder = {"train": "training", "test": "test"}.get(split)
     if folder is None:
         raise DatasetError(f"DRIVE has splits train and test, got {split!r}")
     base = _require_dir(root / folder, "DRIVE")
-    images = sorted(_require_dir(base / "images", "DRIVE").glob(f"*_{folder}.tif"))
+    tifs, _ = partition_by_suffix(sorted(_require_dir(base / "images", "DRIVE").iterdir()), [".tif"],
+                                  where=str(base / "images"))
+    images = [p for p in tifs if p.name.endswith(f"_{folder}.tif")]
+    _note_ignored([p for p in tifs if p not in images], base / "images", f"NN_{folder}.tif")
     if not images:
         raise DatasetError(f"DRIVE: no *_{folder}.tif in {base / 'images'}")
     cases = []
@@ -183,8 +195,8 @@ def _octa500(root: Path, split: str, subset: str = "OCTA_6M", label_dir: str = "
 
 def _corn(root: Path, split: str) -> list[Case]:
     base = _require_dir(root / split, "CORN")
-    imgs = sorted(p for p in _require_dir(base / "images", "CORN").iterdir()
-                  if p.suffix.lower() in (".png", ".jpg", ".tif", ".bmp"))
+    imgs, _ = partition_by_suffix(sorted(_require_dir(base / "images", "CORN").iterdir()),
+                                  (".png", ".jpg", ".tif", ".bmp"), where=str(base / "images"))
     if not imgs:
         raise DatasetError(f"CORN: no images in {base / 'images'}")
     return [Case(p.stem, p, _require_file(base / "labels" / f"{p.stem}.png", "CORN"), None,
@@ -207,6 +219,14 @@ def list_cases(dataset: str, root: str | Path, split: str, **kwargs: str) -> lis
     return readers[dataset](Path(root), split, **kwargs)
 
 
+def case_files(cases: list[Case]) -> list[Path]:
+    """Every file the cases list (image, label, FOV mask, skeleton), for the check before any work."""
+    files = []
+    for case in cases:
+        files += [p for p in (case.image, case.label, case.fov, case.skeleton) if p is not None]
+    return list(dict.fromkeys(files))
+
+
 def read_binary_mask(path: str | Path) -> np.ndarray:
     """A {0, 255} (or {0, 1}) mask -> uint8 {0, 1} ``(H, W)``; any other value raises naming the file."""
     arr = read_image(path, mode="L")  # palette GIFs (DRIVE) -> their grey values, not palette indices
@@ -217,7 +237,8 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
     return (arr > 0).astype(np.uint8)
 
 
-def _grey(path: Path, channel: str) -> np.ndarray:
+def read_grey(path: str | Path, channel: str) -> np.ndarray:
+    """A grey float32 ``(H, W)`` image in [0, 1]: the ``green`` channel of RGB files, or the channel mean."""
     arr = read_image(path)
     if arr.ndim == 3:
         arr = arr[..., 1] if channel == "green" else arr[..., :3].mean(axis=-1)
@@ -254,7 +275,7 @@ def load_case(case: Case, dataset: str, with_label: bool = True) -> LoadedCase:
     if case.h5_key:
         return _load_h5(case)
     info = DATASETS[dataset]
-    image = _grey(case.image, info.channel)
+    image = read_grey(case.image, info.channel)
     label = None
     if with_label and case.label is not None:
         label = read_binary_mask(case.label)
@@ -303,7 +324,8 @@ class PairSampler:
     def __len__(self) -> int:
         return len(self.images)
 
-    def _crop(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def crop_pair(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One random ``(c, c)`` crop of an image and its label (reflect / ignore padding), flip, rot90, gamma."""
         c = self.crop
         h, w = img.shape
         if h < c or w < c:
@@ -320,9 +342,26 @@ class PairSampler:
         img = np.clip(img, 0, 1) ** np.exp(rng.uniform(-self.gamma, self.gamma))
         return img, lab
 
+    def image_crops(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` random image crops ``(size, c, c)`` float (labels discarded; unstandardized, in [0, 1])."""
+        idx = rng.integers(0, len(self.images), size=size)
+        return np.stack([self.crop_pair(self.images[i], self.labels[i], rng)[0] for i in idx])
+
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rng.integers(0, len(self.images), size=size)
-        pairs = [self._crop(self.images[i], self.labels[i], rng) for i in idx]
+        pairs = [self.crop_pair(self.images[i], self.labels[i], rng) for i in idx]
         x = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.float32))[:, None]
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
         return standardize(x), y
+
+
+class MixedSampler:
+    """Batches of ``round(size * real_fraction)`` crops from ``real`` and the rest from ``synthetic`` (fine stage)."""
+
+    def __init__(self, real: PairSampler, synthetic: PairSampler, real_fraction: float):
+        self.real, self.synthetic, self.real_fraction = real, synthetic, real_fraction
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_real = int(round(size * self.real_fraction))
+        parts = [s.batch(rng, n) for s, n in ((self.real, n_real), (self.synthetic, size - n_real)) if n > 0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

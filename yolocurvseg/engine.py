@@ -1,27 +1,81 @@
-"""Training and evaluation loops of the YoloCurvSeg stages (no CLI, no file-layout decisions).
+"""Training and evaluation of the YoloCurvSeg networks: each step together with its loop (no CLI, no file layout).
 
-- :func:`train_steps`: an iteration loop shared by the CUT synthesizer (§"Synthesizer") and the segmenter stages
-  (§"Two-stage coarse-to-fine segmenter"), with a callback for logging/checkpointing;
-- :func:`predict_probs`: curve probability ``(H, W)`` of one image (MONAI sliding window, optional flip TTA);
-- :func:`pseudo_labels`: the fine-stage rule (OURS, spec §2.5): ``p > fg_threshold`` -> 1, ``p < bg_threshold`` ->
-  0, otherwise ignored (2); outside the FOV -> 0;
-- :func:`evaluate_cases`: per-case metrics (``curve_metrics``) and their mean.
+- :func:`train_synthesizer`: the CUT stage (one ``CUTModel.train_step`` per iteration on random crops of the
+  composites, domain A, and of the real images, domain B);
+- :func:`train_segmenter`: one segmenter stage (coarse, a fine round, or a baseline): Adam + poly decay,
+  CE + Dice / partial CE with the ignore label;
+- :func:`translate`: composites -> synthesized images with the trained CUT generator;
+- :func:`predict_image` / :func:`predict`: curve probabilities (MONAI sliding window, optional flip TTA);
+  ``predict`` returns ``(indices, targets, outputs)``;
+- :func:`pseudo_labels`: the fine-stage rule (OURS): ``p > fg_threshold`` -> 1, ``p < bg_threshold`` -> 0,
+  otherwise ignored (2); outside the FOV -> 0;
+- :func:`evaluate`: per-case metrics (``curve_metrics``) and their mean.
+
+Where a stage's state goes is the caller's business: the loops talk to a :class:`StageStore` (``train.py`` keeps it
+in the run folder). Data order is a function of ``(seed, stage, step)`` only (a fresh ``numpy`` generator per
+step), and the global step counter travels in every checkpoint, so a resumed stage continues exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
+from common.checkpoint import restore_training_state
 from yolocurvseg.curve_metrics import curve_metrics
-from yolocurvseg.data import LoadedCase, standardize
-from yolocurvseg.model import IGNORE
+from yolocurvseg.data import LoadedCase, MixedSampler, PairSampler, standardize
+from yolocurvseg.model import IGNORE, masked_ce_dice_loss
+from yolocurvseg.settings import EvalConfig, FineConfig, OptimConfig, StepRuntimeConfig, SynthesizerConfig
+from yolocurvseg.synthesizer import CUTModel
 
-__all__ = ["poly_lambda", "train_steps", "predict_probs", "pseudo_labels", "evaluate_cases"]
+__all__ = ["StageStore", "SegmenterStage", "poly_lambda", "run_steps", "train_synthesizer", "train_segmenter",
+           "translate", "predict_image", "predict", "pseudo_labels", "pseudo_label_cases", "evaluate"]
+
+
+class StageStore(Protocol):
+    """Where the stages of one run keep their state (``train.RunStages`` implements it on the run folder)."""
+
+    global_step: int
+
+    def finished(self, name: str) -> Mapping[str, Any] | None:
+        """The final checkpoint of stage ``name`` when it already finished, else None."""
+
+    def resumed(self, name: str) -> Mapping[str, Any] | None:
+        """The checkpoint to resume stage ``name`` from (its ``last.pt``), else None."""
+
+    def save(self, name: str, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             scheduler: Any = None, extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
+        """Save the state of stage ``name`` after ``step`` (``finished``: its final weights)."""
+
+    def log(self, scalars: Mapping[str, float], step: int) -> None:
+        """One metrics row at global ``step``."""
+
+
+@dataclass(frozen=True)
+class SegmenterStage:
+    """One segmenter training stage: ``steps`` iterations of ``batch_size`` crops at ``lr`` with poly decay."""
+
+    name: str
+    steps: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+    poly_power: float = 0.9
+    dice_weight: float = 1.0
+
+    @classmethod
+    def from_optim(cls, name: str, optim: OptimConfig, dice_weight: float, fine: FineConfig | None = None
+                   ) -> SegmenterStage:
+        """The first segmenter stage from ``optim``; a fine round (``fine`` given) takes its own steps and lr."""
+        steps, lr = (optim.steps, optim.lr) if fine is None else (fine.steps, fine.lr)
+        return cls(name, steps, lr, optim.batch_size, optim.weight_decay, optim.poly_power, dice_weight)
 
 
 def poly_lambda(total: int, power: float = 0.9) -> Callable[[int], float]:
@@ -29,27 +83,116 @@ def poly_lambda(total: int, power: float = 0.9) -> Callable[[int], float]:
     return lambda step: max(1.0 - step / max(total, 1), 0.0) ** power
 
 
-def train_steps(step_fn: Callable[[int], dict[str, float]], start: int, total: int,
-                on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
-                progress: bool = False) -> dict[str, float]:
-    """Run ``step_fn(step)`` for ``step = start .. total - 1``; ``on_step(step + 1, losses)`` after each step.
-    Returns the running mean of every loss over the steps run here."""
-    sums: dict[str, float] = {}
-    n = 0
-    for step in tqdm(range(start, total), desc=desc, disable=not progress, leave=False):
+def stage_rng(seed: int, name: str, step: int) -> np.random.Generator:
+    """The generator of one step of one stage: a function of ``(seed, stage, step)`` only."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()) % 10007, step])
+
+
+def run_steps(name: str, step_fn: Callable[[int], dict[str, float]], start: int, total: int, store: StageStore,
+              runtime: StepRuntimeConfig, save: Callable[[int], None]) -> None:
+    """Run ``step_fn(step)`` for ``step = start .. total - 1``; after each, advance ``store.global_step``, log the
+    losses every ``runtime.log_every`` steps and ``save(step + 1)`` every ``runtime.save_every`` steps and at the
+    end. A non-finite loss stops the run with the stage and step named."""
+    for step in tqdm(range(start, total), desc=name, disable=not runtime.progress, leave=False):
         losses = step_fn(step)
-        for k, v in losses.items():
-            if not np.isfinite(v):
-                raise FloatingPointError(f"{desc}: non-finite {k} = {v} at step {step}; lower the learning rate")
-            sums[k] = sums.get(k, 0.0) + float(v)
-        n += 1
-        if on_step is not None:
-            on_step(step + 1, losses)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        for key, value in losses.items():
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{name}: non-finite {key} = {value} at step {step}; lower the learning "
+                                         f"rate")
+        store.global_step += 1
+        if (step + 1) % runtime.log_every == 0:
+            store.log({f"{name}/{k}": v for k, v in losses.items()}, store.global_step)
+        if (step + 1) % runtime.save_every == 0 or step + 1 == total:
+            save(step + 1)
+
+
+def _resume(store: StageStore, name: str, **objects: Any) -> tuple[int, Mapping[str, Any] | None]:
+    """Restore a stage's training state from the store; returns ``(start step, checkpoint)``."""
+    state = store.resumed(name)
+    if state is None:
+        return 0, None
+    restore_training_state(state, **objects)
+    store.global_step = int(state["extra"].get("global_step", 0))
+    return int(state["step"]), state
+
+
+def _reuse_finished(store: StageStore, name: str, model: torch.nn.Module) -> bool:
+    done = store.finished(name)
+    if done is None:
+        return False
+    model.load_state_dict(done["model"])
+    store.global_step = int(done["extra"].get("global_step", store.global_step))
+    return True
+
+
+def train_synthesizer(model: CUTModel, domain_a: PairSampler, domain_b: PairSampler, sc: SynthesizerConfig,
+                      store: StageStore, runtime: StepRuntimeConfig, device: torch.device, seed: int) -> CUTModel:
+    """Train CUT for ``sc.steps`` on ``sc.batch_size`` crops of A (composites) and B (real images), in [-1, 1]."""
+    model.build_f(torch.zeros(1, 1, sc.crop, sc.crop, device=device))
+    if _reuse_finished(store, "cut", model):
+        return model
+    opt_g, opt_d = model.optimizers()
+    start, state = _resume(store, "cut", model=model, optimizer=opt_g)
+    if state is not None:
+        opt_d.load_state_dict(state["extra"]["optimizer_d"])
+
+    def crops(sampler: PairSampler, rng: np.random.Generator) -> torch.Tensor:
+        arr = sampler.image_crops(rng, sc.batch_size).astype(np.float32)
+        return torch.from_numpy(arr)[:, None].to(device) * 2 - 1
+
+    def step_fn(step: int) -> dict[str, float]:
+        model.train()
+        rng = stage_rng(seed, "cut", step)
+        return model.train_step(crops(domain_a, rng), crops(domain_b, rng), opt_g, opt_d)
+
+    def save(step: int) -> None:
+        store.save("cut", step, model=model, optimizer=opt_g, extra={"optimizer_d": opt_d.state_dict()})
+
+    run_steps("cut", step_fn, start, sc.steps, store, runtime, save)
+    store.save("cut", sc.steps, model=model, finished=True)
+    return model
+
+
+def train_segmenter(model: torch.nn.Module, sampler: PairSampler | MixedSampler, stage: SegmenterStage,
+                    store: StageStore, runtime: StepRuntimeConfig, device: torch.device, seed: int) -> torch.nn.Module:
+    """Train ``model`` for ``stage.steps`` on ``sampler.batch`` (standardized crops, labels with ignore = 2)."""
+    if _reuse_finished(store, stage.name, model):
+        return model
+    opt = torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(stage.steps, stage.poly_power))
+    start, _ = _resume(store, stage.name, model=model, optimizer=opt, scheduler=sched)
+
+    def step_fn(step: int) -> dict[str, float]:
+        model.train()
+        x, y = sampler.batch(stage_rng(seed, stage.name, step), stage.batch_size)
+        loss = masked_ce_dice_loss(model(x.to(device)), y.to(device), stage.dice_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach())}
+
+    def save(step: int) -> None:
+        store.save(stage.name, step, model=model, optimizer=opt, scheduler=sched)
+
+    run_steps(stage.name, step_fn, start, stage.steps, store, runtime, save)
+    store.save(stage.name, stage.steps, model=model, finished=True)
+    return model
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, image: np.ndarray, roi: int, device: torch.device, tta: bool = False
+def translate(model: CUTModel, images: np.ndarray, device: torch.device, progress: bool = False) -> np.ndarray:
+    """Synthesized images ``(N, H, W)`` float32 in [0, 1] from composites ``(N, H, W)`` in [0, 1]."""
+    model.eval()
+    out = []
+    for img in tqdm(images, desc="translate", disable=not progress, leave=False):
+        x = torch.from_numpy(img.astype(np.float32))[None, None].to(device) * 2 - 1
+        out.append(((model.translate(x)[0, 0].cpu().numpy() + 1) / 2).clip(0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image: np.ndarray, roi: int, device: torch.device, tta: bool = False
                   ) -> np.ndarray:
     """Curve probability ``(H, W)`` float32 of a grey image ``(H, W)`` in [0, 1] (standardized per image)."""
     model.eval()
@@ -65,6 +208,14 @@ def predict_probs(model: torch.nn.Module, image: np.ndarray, roi: int, device: t
     return (acc / len(flips)).cpu().numpy().astype(np.float32)
 
 
+def predict(model: torch.nn.Module, cases: Sequence[LoadedCase], roi: int, device: torch.device, tta: bool = False,
+            progress: bool = False) -> tuple[list[str], list[np.ndarray | None], list[np.ndarray]]:
+    """``(indices, targets, outputs)``: case ids, their labels (None when unlabelled) and curve probabilities."""
+    outputs = [predict_image(model, c.image, roi, device, tta)
+               for c in tqdm(cases, desc="predict", disable=not progress, leave=False)]
+    return [c.case_id for c in cases], [c.label for c in cases], outputs
+
+
 def pseudo_labels(prob: np.ndarray, fov: np.ndarray, fg_threshold: float, bg_threshold: float) -> np.ndarray:
     """uint8 ``(H, W)``: 1 where ``prob > fg_threshold``, 0 where ``prob < bg_threshold`` or outside the FOV,
     ``IGNORE`` (2) elsewhere."""
@@ -75,16 +226,23 @@ def pseudo_labels(prob: np.ndarray, fov: np.ndarray, fg_threshold: float, bg_thr
     return out
 
 
-def evaluate_cases(model: torch.nn.Module, cases: list[LoadedCase], roi: int, device: torch.device,
-                   threshold: float = 0.5, tta: bool = False, surface: bool = True
-                   ) -> tuple[list[dict[str, float | str]], dict[str, float]]:
-    """Per-case metric rows (with ``case_id``) and their mean over cases."""
+def pseudo_label_cases(model: torch.nn.Module, cases: Sequence[LoadedCase], fc: FineConfig, roi: int,
+                       device: torch.device, progress: bool = False) -> list[np.ndarray]:
+    """The fine-stage labels of every (unlabelled) training image, predicted by ``model`` (flip TTA if ``fc.tta``)."""
+    _, _, probs = predict(model, cases, roi, device, fc.tta, progress)
+    return [pseudo_labels(p, c.fov, fc.fg_threshold, fc.bg_threshold) for p, c in zip(probs, cases, strict=True)]
+
+
+def evaluate(model: torch.nn.Module, cases: Sequence[LoadedCase], ev: EvalConfig, device: torch.device,
+             progress: bool = False) -> tuple[list[dict[str, float | str]], dict[str, float]]:
+    """Per-case metric rows (with ``case_id``) and their mean over cases, inside each case's FOV."""
+    missing = [c.case_id for c in cases if c.label is None]
+    if missing:
+        raise ValueError(f"cases {missing} have no label; evaluation needs the test labels")
+    ids, targets, probs = predict(model, cases, ev.roi, device, ev.tta, progress)
     rows: list[dict[str, float | str]] = []
-    for case in cases:
-        if case.label is None:
-            raise ValueError(f"case {case.case_id} has no label; evaluation needs the test labels")
-        prob = predict_probs(model, case.image, roi, device, tta)
-        rows.append({"case_id": case.case_id, **curve_metrics(prob > threshold, case.label > 0, case.fov, surface)})
+    for cid, target, prob, case in zip(ids, targets, probs, cases, strict=True):
+        rows.append({"case_id": cid, **curve_metrics(prob > ev.threshold, target > 0, case.fov, ev.surface)})
     keys = [k for k in rows[0] if k != "case_id"] if rows else []
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return rows, summary

@@ -1,30 +1,33 @@
 """Evaluate a trained YoloCurvSeg segmenter on the test split, or predict curve masks for unlabelled images.
 
-``python eval.py --config configs/default.yaml --checkpoint runs/.../checkpoints/best.pt``
+The model and the config are rebuilt from the checkpoint (``--config`` replaces the stored config; overrides apply):
+
+``python eval.py [--checkpoint auto|PATH] [--out DIR]``
   -> ``<run>/eval/summary.csv`` and ``per_case.csv`` (Dice, clDice, HD95, sensitivity, specificity, Betti errors,
-  inside the FOV);
-``python eval.py --config configs/default.yaml --checkpoint best.pt --predict img1.png img_dir/ --out preds/``
-  -> one ``<name>_mask.png`` ({0, 255}) per image and ``predictions.csv`` (file, curve fraction).
+  inside the FOV) and ``predictions.png`` (image | ground truth | prediction);
+``python eval.py --checkpoint PATH --predict DIR [--out DIR]``
+  -> one ``<name>_mask.png`` ({0, 255}) per image under DIR and ``predictions.csv`` (file, mask, curve fraction).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from common.checkpoint import load_checkpoint
-from common.config import build_arg_parser, parse_cli
-from common.readers import list_images, read_image
+from common.cli import eval_parser, parse_eval
+from common.readers import list_images
 from common.rundir import resolve_path
-from common.runtime import pick_device
-from yolocurvseg.data import DATASETS
-from yolocurvseg.engine import evaluate_cases, predict_probs
-from yolocurvseg.model import build_segmenter
+from common.runtime import setup_runtime
+from common.tracking import image_grid, overlay_mask, save_png, write_eval_tables
+from yolocurvseg.data import DATASETS, read_grey
+from yolocurvseg.engine import evaluate, predict_image
+from yolocurvseg.model import build_model
 from yolocurvseg.pipeline import prepare_data
 from yolocurvseg.settings import Config
 
@@ -34,13 +37,13 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 
 def load_segmenter(cfg: Config, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
-    model = build_segmenter(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise RuntimeError(f"{checkpoint} does not fit model {cfg.model}; pass the config the run used "
-                           f"(<run>/config.yaml)") from exc
+        raise RuntimeError(f"{checkpoint} does not fit model {cfg.model}; drop --config so that the config stored "
+                           f"in the checkpoint is used") from exc
     return model
 
 
@@ -51,46 +54,43 @@ def predict_files(model: torch.nn.Module, files: list[Path], out_dir: Path, cfg:
     channel = DATASETS[cfg.data.dataset].channel
     rows = []
     for f in files:
-        arr = read_image(f)
-        if arr.ndim == 3:
-            arr = arr[..., 1] if channel == "green" else arr[..., :3].mean(-1)
-        img = arr.astype(np.float32) / (65535.0 if arr.max() > 255 else 255.0)
-        mask = predict_probs(model, img, cfg.eval.roi, device, cfg.eval.tta) > cfg.eval.threshold
+        mask = predict_image(model, read_grey(f, channel), cfg.eval.roi, device, cfg.eval.tta) > cfg.eval.threshold
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out_dir / f"{f.stem}_mask.png")
         rows.append({"file": str(f), "mask": str(out_dir / f"{f.stem}_mask.png"), "curve_fraction": float(mask.mean())})
     csv_path = out_dir / "predictions.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
     return csv_path
 
 
+def evaluate_test_split(model: torch.nn.Module, cfg: Config, out: Path, device: torch.device) -> dict[str, float]:
+    """Test-split metrics -> ``out/summary.csv``, ``out/per_case.csv`` and ``out/predictions.png``."""
+    prep = prepare_data(cfg)
+    rows, summary = evaluate(model, prep.test, cfg.eval, device, cfg.runtime.progress)
+    write_eval_tables(out, summary, rows)
+    grid = []
+    for case in prep.test[:3]:
+        prob = predict_image(model, case.image, cfg.eval.roi, device)
+        pred = prob > cfg.eval.threshold
+        grid.append([case.image, overlay_mask(case.image, case.label), overlay_mask(case.image, pred)])
+    save_png(image_grid(grid), out / "predictions.png")
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
-    parser = build_arg_parser("Evaluate or apply a YoloCurvSeg segmenter", training=False)
-    parser.add_argument("--checkpoint", required=True, help="checkpoints/best.pt of a training run")
-    parser.add_argument("--predict", nargs="+", default=None, help="images or folders to segment (no labels)")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/eval or <run>/predictions)")
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
-    device = pick_device(cfg.runtime.device)
-    model = load_segmenter(cfg, args.checkpoint, device)
-    run_dir = Path(args.checkpoint).resolve().parent.parent
+    parser = eval_parser("Evaluate or apply a YoloCurvSeg segmenter")
+    request = parse_eval(Config, argv, parser, "yolocurvseg", PROJECT_DIR)
+    cfg, args = request.config, request.args
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    model = load_segmenter(cfg, request.checkpoint, device)
+    run_dir = request.checkpoint.resolve().parent.parent
     if args.predict:
-        out = resolve_path(args.out) if args.out else run_dir / "predictions"
-        path = predict_files(model, list_images(args.predict, recursive=False), out, cfg, device)
+        out = resolve_path(args.out) if args.out else run_dir / "predict"
+        path = predict_files(model, list_images([args.predict], recursive=False), out, cfg, device)
         print(f"[yolocurvseg] predictions -> {path}")
         return path
-    prep = prepare_data(cfg)
-    rows, summary = evaluate_cases(model, prep.test, cfg.eval.roi, device, cfg.eval.threshold, cfg.eval.tta,
-                                   cfg.eval.surface)
     out = resolve_path(args.out) if args.out else run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in (("per_case.csv", rows), ("summary.csv", [summary])):
-        with (out / name).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(data[0]))
-            writer.writeheader()
-            writer.writerows(data)
-    print("[yolocurvseg] test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    summary = evaluate_test_split(model, cfg, out, device)
+    print("[yolocurvseg] test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()) + f" -> {out}")
     return summary
 
 

@@ -1,6 +1,6 @@
-"""Segmenter of YoloCurvSeg §"Two-stage coarse-to-fine segmenter": a MONAI 2D U-Net and its losses.
+"""Segmenter of YoloCurvSeg (two-stage coarse-to-fine segmenter, paper abstract): a MONAI 2D U-Net and its losses.
 
-The backbone is not public; OURS (spec §2.5): MONAI ``UNet`` (residual units), two output classes (background,
+The backbone is not public; OURS: MONAI ``UNet`` (residual units), two output classes (background,
 curve). Losses: cross-entropy + soft Dice on fully labelled pixels (synthetic pairs, full supervision); partial
 cross-entropy (pCE, WSL4MIS) that ignores label 2 for the noisy-skeleton baseline and for the unconfident pixels of
 the pseudo-labels in the fine stage (with a Dice term restricted to the confident pixels).
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
 
-__all__ = ["SegmenterConfig", "build_segmenter", "masked_ce_dice_loss", "IGNORE"]
+__all__ = ["SegmenterConfig", "build_model", "masked_ce_dice_loss", "IGNORE"]
 
 IGNORE = 2
 
@@ -29,7 +29,7 @@ class SegmenterConfig:
     dropout: float = 0.0
 
 
-def build_segmenter(cfg: SegmenterConfig) -> UNet:
+def build_model(cfg: SegmenterConfig) -> UNet:
     """``(B, 1, H, W) -> (B, 2, H, W)`` logits; H and W must be divisible by ``prod(strides)``."""
     if len(cfg.strides) != len(cfg.channels) - 1:
         raise ValueError(f"model.strides needs len(channels) - 1 = {len(cfg.channels) - 1} entries, "

@@ -1,7 +1,7 @@
 """Curve generator: Space Colonization Algorithm (SCA) with pipe-model thickness and exact anti-aliased masks.
 
-YoloCurvSeg (Lin et al., MedIA 2023) §"Curve generator": curves are emulated by an SCA-based foreground generator
-with dataset-specific settings (README Fig. 2). The algorithm is Runions, Lane & Prusinkiewicz (2007):
+YoloCurvSeg (Lin et al., MedIA 2023; abstract and README Fig. 2 of llmir/YoloCurvSeg): curves are emulated by an
+SCA-based foreground generator with dataset-specific settings. The algorithm is Runions, Lane & Prusinkiewicz (2007):
 
 - attractors A are sampled in a region, the tree starts from root nodes;
 - each iteration, every attractor associates with its nearest node within the influence distance ``d_i``;
@@ -19,8 +19,9 @@ Thickness (pipe model, Murray-like): leaves get ``leaf_radius``; a parent gets `
 root to a leaf. Rendering: every edge is a tapered capsule; coverage is measured on an ``s x s`` supersampling grid
 per pixel (anti-aliased ``intensity`` in [0, 1]); the label is ``intensity >= 0.5``.
 
-The dataset presets (OCTA500, CORN, DRIVE, CHASEDB1, DCA1) are OURS (spec §2.3, anatomy-driven), not the paper's
-numbers, which are not public. Distances are given in pixels at ``ref_size`` and scaled to the requested image.
+The dataset presets (OCTA500, CORN, DRIVE, CHASEDB1, DCA1) are OURS (anatomy-driven, see README "Design notes"), not
+the paper's numbers, which are not public. Distances are given in pixels at ``ref_size`` and scaled to the requested
+image.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from scipy.spatial import cKDTree
 
 from common.synthetic import as_rng
 
-__all__ = ["SCAParams", "PRESETS", "preset", "SCATree", "grow_tree", "render_tree", "generate_curves",
-           "CurveSample"]
+__all__ = ["SCAParams", "PRESETS", "preset", "preset_with_overrides", "SCATree", "grow_tree", "render_tree",
+           "generate_curves", "CurveSample"]
 
 
 @dataclass
@@ -82,7 +83,7 @@ class SCAParams:
                                    ref_size=side)
 
 
-# OURS (spec §2.3): anatomy-driven presets; radii are in pixels of the dataset's native size.
+# OURS: anatomy-driven presets; radii are in pixels of the dataset's native size.
 PRESETS: dict[str, SCAParams] = {
     "octa500": SCAParams(n_attractors=900, influence=40, kill=4, step=2, n_roots=(6, 12), roots="border",
                          region="annulus", hole_radius=0.1, leaf_radius=0.6, min_radius=0.5, max_radius=3.0,
@@ -105,6 +106,22 @@ def preset(name: str, **overrides: object) -> SCAParams:
     if key not in PRESETS:
         raise KeyError(f"unknown SCA preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[key], **overrides)
+
+
+def preset_with_overrides(name: str, overrides: dict[str, object]) -> SCAParams:
+    """``preset(name, **overrides)`` for config values: unknown fields and invalid values raise ``ValueError``
+    naming the field (YAML lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(SCAParams)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown `curves.overrides` key(s) {bad}; valid keys: {sorted(fields)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    try:
+        return preset(name, **values)
+    except KeyError as exc:
+        raise ValueError(f"`curves.preset`: {exc.args[0]}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`curves.overrides`: {exc}") from exc
 
 
 @dataclass

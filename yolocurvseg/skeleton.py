@@ -1,11 +1,11 @@
 """Noisy skeleton annotations: reader, simulator with the DCA1 statistics, fg+bg scribble recipe.
 
-YoloCurvSeg §"Noisy skeleton" (datasets README of the release): the single annotation is a foreground-only,
+YoloCurvSeg noisy skeletons (``datasets/README.md`` of llmir/YoloCurvSeg): the single annotation is a foreground-only,
 1-pixel-wide, hand-drawn skeleton; it is used only to build the inpainting mask. The weakly supervised baselines use
 the foreground+background variant, obtained by the release's recipe: dilate the fg skeleton, invert, skeletonize
 (``skimage.morphology.skeletonize``) -> bg skeleton.
 
-Simulator (OURS, spec §2.1), reproducing the statistics measured on the 134 released DCA1 skeletons (skeleton/GT
+Simulator (OURS), reproducing the statistics measured on the 134 released DCA1 skeletons (skeleton/GT
 pixel ratio 0.17 +- 0.04, 91 % of skeleton pixels inside the vessel, wobble, gaps, spurs): skeletonize the GT, drop
 short terminal branches with probability ``p_prune``, displace laterally by a smooth random field whose amplitude
 is capped by the local vessel radius, cut random gaps, add short spurs, re-skeletonize to 1-px width.
@@ -154,8 +154,8 @@ def simulate_noisy_skeleton(mask: np.ndarray, rng: int | np.random.Generator | N
 
 
 def skeleton_stats(skeleton: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """The DCA1 statistics of spec §2.1: pixel counts, ratio to GT, fraction inside GT, endpoints, junction pixels,
-    and ``blocks2x2`` (number of fully set 2x2 blocks; 0 for a 1-px-wide skeleton)."""
+    """The DCA1 statistics (README "Design notes"): pixel counts, ratio to GT, fraction inside GT, endpoints,
+    junction pixels, and ``blocks2x2`` (number of fully set 2x2 blocks; 0 for a 1-px-wide skeleton)."""
     sk = np.asarray(skeleton) > 0
     gt = np.asarray(mask) > 0
     blocks = sk[:-1, :-1] & sk[1:, :-1] & sk[:-1, 1:] & sk[1:, 1:]

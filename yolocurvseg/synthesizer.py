@@ -1,9 +1,10 @@
 """Synthesizer: multilayer patch-wise contrastive foreground-background fusion (CUT / PatchNCE).
 
-YoloCurvSeg §"Synthesizer" (abstract: "a multilayer patch-wise contrastive learning synthesizer") turns the naive
+YoloCurvSeg synthesizer (paper abstract: "a multilayer patch-wise contrastive learning synthesizer") turns the naive
 composite (extracted background + SCA curves, domain A) into an image in the style of the unlabelled real images
 (domain B), trained unpaired. The exact architecture is not public; we follow the official CUT code (Park et al.,
-ECCV 2020; spec §2.4):
+ECCV 2020; taesungp/contrastive-unpaired-translation ``models/cut_model.py``,
+``models/networks.py``, ``models/patchnce.py``, ``options/*.py``):
 
 - generator: ResNet encoder-decoder (reflect-pad 7x7 conv, 2 anti-aliased stride-2 downsamplings, ``n_blocks``
   residual blocks, 2 upsamplings, 7x7 conv, tanh), instance norm; optional (OURS, ``residual``) global skip
@@ -34,7 +35,8 @@ __all__ = ["CUTConfig", "ResnetGenerator", "PatchGANDiscriminator", "PatchSample
 
 @dataclass
 class CUTConfig:
-    """CUT hyper-parameters; defaults are the official CUT options (spec §2.4)."""
+    """CUT hyper-parameters; defaults are the official CUT options (``options/cut_options.py``,
+    ``options/train_options.py``)."""
 
     ngf: int = 64
     ndf: int = 64

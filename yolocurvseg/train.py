@@ -1,45 +1,53 @@
-"""Train one YoloCurvSeg method end to end (paper Fig. 2): background -> curves -> synthesizer -> coarse -> fine.
+"""Train one YoloCurvSeg method end to end (paper abstract, README Fig. 2 of llmir/YoloCurvSeg): background -> curves
+-> synthesizer -> coarse -> fine.
 
-``python train.py --config configs/default.yaml [method=pce_skeleton] [--resume auto|PATH] [--init-weights PATH]``
+``python train.py [--config configs/default.yaml] [method=pce_skeleton] [--resume auto|PATH] [--init-weights PATH]``
 
-Every stage writes ``checkpoints/<stage>.pt`` when it finishes; during a stage ``checkpoints/last.pt`` holds its full
-state (``extra.stage``), so ``--resume auto`` skips finished stages and continues the current one at its step. The
-final segmenter is ``checkpoints/best.pt`` (no validation split: the final model is the reported one); test metrics
-go to ``eval/per_case.csv`` and ``eval/summary.csv`` and the synthesis figure to ``figures/synthesis.png``.
+Order of work: the config is validated when it is parsed; then the runs folder is checked for writing, the dataset is
+listed and every file it lists is checked (``data.verify``), and only then is the run folder created. Every stage
+writes ``checkpoints/<stage>.pt`` when it finishes; during a stage ``checkpoints/last.pt`` holds its full state
+(``extra.stage``, ``extra.global_step``), so ``--resume auto`` skips finished stages and continues the current one at
+its step, with the same data and the same ``metrics.csv`` rows as an uninterrupted run (rows logged after the
+resumed checkpoint are dropped first). The final segmenter is ``checkpoints/best.pt`` (no validation split: the
+final model is the reported one); test metrics go to ``eval/per_case.csv`` and ``eval/summary.csv``, figures to
+``figures/`` and TensorBoard.
 """
 
 from __future__ import annotations
 
 import csv
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    load_init_weights,
-    restore_training_state,
-    save_checkpoint,
+from common.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
+from common.cli import parse_train, train_parser
+from common.config import to_dict
+from common.rundir import RunDir, check_writable, open_run
+from common.runtime import setup_runtime
+from common.tracking import Tracker, image_grid, overlay_mask, write_eval_tables
+from yolocurvseg.data import MixedSampler, PairSampler
+from yolocurvseg.engine import (
+    SegmenterStage,
+    evaluate,
+    predict,
+    pseudo_label_cases,
+    train_segmenter,
+    train_synthesizer,
+    translate,
 )
-from common.config import build_arg_parser, parse_cli, to_dict
-from common.rundir import RunDir, create_run_dir, resolve_path
-from common.runtime import pick_device
-from common.seed import seed_everything
-from common.tracking import Tracker, image_grid, overlay_mask, save_png
-from yolocurvseg.data import PairSampler
-from yolocurvseg.engine import evaluate_cases, poly_lambda, predict_probs, pseudo_labels, train_steps
-from yolocurvseg.model import build_segmenter, masked_ce_dice_loss
+from yolocurvseg.model import build_model
 from yolocurvseg.pipeline import Prepared, build_background, generate_pairs, pce_labels, prepare_data, synthesis_figure
-from yolocurvseg.settings import Config, StageConfig
+from yolocurvseg.settings import Config
 from yolocurvseg.synthesizer import CUTModel
 
-__all__ = ["RunResult", "run", "main"]
+__all__ = ["RunResult", "RunStages", "run_training", "main"]
 
+PROJECT = "yolocurvseg"
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
@@ -50,220 +58,162 @@ class RunResult:
     stage_summaries: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-class _Stages:
-    """Checkpointed stages of one run (see module docstring)."""
-
-    def __init__(self, cfg: Config, run: RunDir, tracker: Tracker, resume: dict | None, device: torch.device):
-        self.cfg, self.run, self.tracker, self.resume, self.device = cfg, run, tracker, resume, device
-        self.global_step = 0
-
-    def _done(self, name: str) -> Path | None:
-        path = self.run.checkpoints / f"{name}.pt"
-        return path if path.is_file() else None
-
-    def _resume_for(self, name: str) -> dict | None:
-        if self.resume is not None and self.resume.get("extra", {}).get("stage") == name:
-            return self.resume
-        return None
-
-    def segment(self, name: str, model: torch.nn.Module, batch_fn: Callable[[np.random.Generator], tuple],
-                sc: StageConfig, dice_weight: float | None = None) -> torch.nn.Module:
-        """Train ``model`` for ``sc.steps`` on batches from ``batch_fn(rng)`` (images, labels with ignore = 2)."""
-        done = self._done(name)
-        if done is not None:
-            model.load_state_dict(load_checkpoint(done)["model"])
-            return model
-        opt = torch.optim.Adam(model.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(sc.steps))
-        start = 0
-        state = self._resume_for(name)
-        if state is not None:
-            start, _, _ = restore_training_state(state, model=model, optimizer=opt, scheduler=sched)
-            start = int(state["step"])
-        dw = sc.dice_weight if dice_weight is None else dice_weight
-        cfg = self.cfg
-
-        def step_fn(step: int) -> dict[str, float]:
-            model.train()
-            x, y = batch_fn(np.random.default_rng([cfg.seed, zlib.crc32(name.encode()) % 10007, step]))
-            loss = masked_ce_dice_loss(model(x.to(self.device)), y.to(self.device), dw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            return {"loss": float(loss.detach())}
-
-        def on_step(step: int, losses: dict[str, float]) -> None:
-            self._log(name, step, losses)
-            if step % cfg.runtime.save_every == 0 or step == sc.steps:
-                save_checkpoint(self.run.checkpoints / "last.pt", model=model, config=to_dict(cfg), epoch=0,
-                                step=step, optimizer=opt, scheduler=sched, extra={"stage": name})
-
-        train_steps(step_fn, start, sc.steps, on_step, desc=name, progress=cfg.runtime.progress)
-        save_checkpoint(self.run.checkpoints / f"{name}.pt", model=model, config=to_dict(cfg), epoch=1,
-                        step=sc.steps, extra={"stage": name, "finished": True})
-        return model
-
-    def cut(self, domain_a: np.ndarray, domain_b: list[np.ndarray]) -> CUTModel:
-        """Train the CUT synthesizer on composites ``(N, H, W)`` (A) vs real images (B), both in [0, 1]."""
-        cfg = self.cfg
-        sc = cfg.synthesizer
-        model = CUTModel(sc.cut).to(self.device)
-        sample = torch.zeros(1, 1, sc.crop, sc.crop, device=self.device)
-        model.build_f(sample)
-        done = self._done("cut")
-        if done is not None:
-            model.load_state_dict(load_checkpoint(done)["model"])
-            return model
-        opt_g, opt_d = model.optimizers()
-        start = 0
-        state = self._resume_for("cut")
-        if state is not None:
-            restore_training_state(state, model=model, optimizer=opt_g)
-            opt_d.load_state_dict(state["extra"]["optimizer_d"])
-            start = int(state["step"])
-        a_sampler = PairSampler(list(domain_a), [np.zeros_like(a, np.uint8) for a in domain_a], sc.crop, gamma=0.0)
-        b_sampler = PairSampler(domain_b, [np.zeros_like(b, np.uint8) for b in domain_b], sc.crop, gamma=0.0)
-
-        def crops(sampler: PairSampler, rng: np.random.Generator) -> torch.Tensor:
-            idx = rng.integers(0, len(sampler), size=sc.batch_size)
-            arr = np.stack([sampler._crop(sampler.images[i], sampler.labels[i], rng)[0] for i in idx])
-            return torch.from_numpy(arr.astype(np.float32))[:, None].to(self.device) * 2 - 1
-
-        def step_fn(step: int) -> dict[str, float]:
-            model.train()
-            rng = np.random.default_rng([cfg.seed, 4242, step])
-            return model.train_step(crops(a_sampler, rng), crops(b_sampler, rng), opt_g, opt_d)
-
-        def on_step(step: int, losses: dict[str, float]) -> None:
-            self._log("cut", step, losses)
-            if step % cfg.runtime.save_every == 0 or step == sc.steps:
-                save_checkpoint(self.run.checkpoints / "last.pt", model=model, config=to_dict(cfg), epoch=0,
-                                step=step, optimizer=opt_g,
-                                extra={"stage": "cut", "optimizer_d": opt_d.state_dict()})
-
-        train_steps(step_fn, start, sc.steps, on_step, desc="cut", progress=cfg.runtime.progress)
-        save_checkpoint(self.run.checkpoints / "cut.pt", model=model, config=to_dict(cfg), epoch=1, step=sc.steps,
-                        extra={"stage": "cut", "finished": True})
-        return model
-
-    def _log(self, stage: str, step: int, losses: dict[str, float]) -> None:
-        self.global_step += 1
-        if step % self.cfg.runtime.log_every == 0:
-            self.tracker.log({f"{stage}/{k}": v for k, v in losses.items()}, step=self.global_step)
-
-
-def _sampler_batch(sampler: PairSampler, size: int) -> Callable[[np.random.Generator], tuple]:
-    return lambda rng: sampler.batch(rng, size)
-
-
-def _mixed_batch(real: PairSampler, synth: PairSampler, size: int, real_fraction: float
-                 ) -> Callable[[np.random.Generator], tuple]:
-    n_real = int(round(size * real_fraction))
-
-    def batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [s.batch(rng, n) for s, n in ((real, n_real), (synth, size - n_real)) if n > 0]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-    return batch
-
-
-@torch.no_grad()
-def _translate(model: CUTModel, images: np.ndarray, device: torch.device) -> np.ndarray:
-    model.eval()
-    out = []
-    for img in images:
-        x = torch.from_numpy(img.astype(np.float32))[None, None].to(device) * 2 - 1
-        out.append(((model.translate(x)[0, 0].cpu().numpy() + 1) / 2).clip(0, 1))
-    return np.stack(out).astype(np.float32)
-
-
-def _write_eval(run: RunDir, rows: list[dict], summary: dict[str, float], prefix: str = "") -> None:
-    for name, data in ((f"{prefix}per_case.csv", rows), (f"{prefix}summary.csv", [summary])):
-        with (run.eval / name).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(data[0]))
+def trim_metrics(csv_path: Path, last_step: int) -> None:
+    """Drop the ``metrics.csv`` rows logged after global step ``last_step`` (written after the checkpoint a run is
+    resumed from), so the resumed run writes them again exactly once."""
+    if not csv_path.is_file():
+        return
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = list(reader.fieldnames or []), list(reader)
+    kept = [r for r in rows if int(r["step"]) <= last_step]
+    if len(kept) != len(rows):
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(data)
+            writer.writerows(kept)
 
 
-def _prediction_figure(model: torch.nn.Module, prep: Prepared, cfg: Config, device: torch.device, path: Path) -> None:
-    rows = []
-    for case in prep.test[:3]:
-        prob = predict_probs(model, case.image, cfg.eval.roi, device)
-        rows.append([case.image, overlay_mask(case.image, case.label), overlay_mask(case.image, prob > 0.5)])
-    save_png(image_grid(rows), path)
+class RunStages:
+    """The stage checkpoints and metrics of one run folder (``engine.StageStore``)."""
+
+    def __init__(self, cfg: Config, run: RunDir, resume_state: Mapping[str, Any] | None):
+        self.config, self.run, self.resume_state = to_dict(cfg), run, resume_state
+        self.global_step = 0
+        if resume_state is not None:
+            trim_metrics(run.metrics_csv, int(resume_state["extra"].get("global_step", 0)))
+        self.tracker = Tracker(run.path)
+
+    def finished(self, name: str) -> Mapping[str, Any] | None:
+        path = self.run.checkpoints / f"{name}.pt"
+        return load_checkpoint(path) if path.is_file() else None
+
+    def resumed(self, name: str) -> Mapping[str, Any] | None:
+        state = self.resume_state
+        return state if state is not None and state.get("extra", {}).get("stage") == name else None
+
+    def save(self, name: str, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             scheduler: Any = None, extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
+        info = {"stage": name, "global_step": self.global_step, **(extra or {})}
+        if finished:
+            save_checkpoint(self.run.checkpoints / f"{name}.pt", model=model, config=self.config, epoch=1, step=step,
+                            extra={**info, "finished": True})
+        else:
+            save_checkpoint(self.run.checkpoints / "last.pt", model=model, config=self.config, epoch=0, step=step,
+                            optimizer=optimizer, scheduler=scheduler, extra=info)
+
+    def log(self, scalars: Mapping[str, float], step: int) -> None:
+        self.tracker.log(scalars, step=step)
+
+    def figure(self, name: str, image: np.ndarray) -> None:
+        """``figures/<name>.png`` and the same grid in TensorBoard."""
+        self.tracker.log_image(f"figures/{name}", image, self.global_step, self.run.figures / f"{name}.png")
 
 
-def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
+def train_baseline(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStages, device: torch.device
+                   ) -> torch.nn.Module:
+    """``full_supervision`` (all training labels) or ``pce_skeleton`` (fg+bg scribbles, partial CE)."""
+    if cfg.method == "full_supervision":
+        images, labels, name, dice = [c.image for c in prep.train], [c.label for c in prep.train], "supervised", \
+            cfg.coarse.dice_weight
+    else:
+        pairs = pce_labels(prep, cfg)
+        images, labels, name, dice = [p[0] for p in pairs], [p[1] for p in pairs], "pce", 0.0
+    stage = SegmenterStage.from_optim(name, cfg.optim, dice)
+    return train_segmenter(model, PairSampler(images, labels, cfg.data.crop), stage, stages, cfg.runtime, device,
+                           cfg.seed)
+
+
+def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.device) -> PairSampler:
+    """Background, curves and (for ``yolocurvseg``) the CUT synthesizer: the synthetic training pairs."""
+    bg = build_background(prep, cfg)
+    pairs = generate_pairs(bg, prep, cfg)
+    synthesized = pairs.composites
+    if cfg.method == "yolocurvseg" and cfg.synthesizer.enabled:
+        sc = cfg.synthesizer
+        domain_a = PairSampler(list(pairs.composites), list(pairs.masks), sc.crop, gamma=0.0)
+        real = [c.image for c in prep.train]
+        domain_b = PairSampler(real, [np.zeros_like(r, np.uint8) for r in real], sc.crop, gamma=0.0)
+        cut = train_synthesizer(CUTModel(sc.cut).to(device), domain_a, domain_b, sc, stages, cfg.runtime, device,
+                                cfg.seed)
+        synthesized = translate(cut, pairs.composites, device, cfg.runtime.progress)
+    stages.figure("synthesis", synthesis_figure(prep, bg, pairs, synthesized))
+    return PairSampler(list(synthesized), list(pairs.masks), cfg.data.crop)
+
+
+def evaluate_stage(cfg: Config, prep: Prepared, model: torch.nn.Module, run: RunDir, device: torch.device,
+                   prefix: str = "") -> dict[str, float]:
+    """Test metrics of ``model`` -> ``eval/<prefix>summary.csv`` and ``eval/<prefix>per_case.csv``."""
+    rows, summary = evaluate(model, prep.test, cfg.eval, device, cfg.runtime.progress)
+    write_eval_tables(run.eval, summary, rows, prefix=prefix)
+    return summary
+
+
+def train_yolocurvseg(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStages, device: torch.device,
+                      summaries: dict[str, dict[str, float]]) -> torch.nn.Module:
+    """``yolocurvseg`` / ``synthetic_only``: synthetic pairs, coarse stage, then the fine rounds."""
+    synth = synthesize(cfg, prep, stages, device)
+    if cfg.coarse.enabled:
+        stage = SegmenterStage.from_optim("coarse", cfg.optim, cfg.coarse.dice_weight)
+        model = train_segmenter(model, synth, stage, stages, cfg.runtime, device, cfg.seed)
+        summaries["coarse"] = evaluate_stage(cfg, prep, model, stages.run, device, prefix="coarse_")
+    if cfg.method == "yolocurvseg" and cfg.fine.enabled:
+        fc = cfg.fine
+        for r in range(fc.rounds):
+            labels = pseudo_label_cases(model, prep.train, fc, cfg.eval.roi, device, cfg.runtime.progress)
+            real = PairSampler([c.image for c in prep.train], labels, cfg.data.crop)
+            sampler = MixedSampler(real, synth, fc.real_fraction)
+            stage = SegmenterStage.from_optim(f"fine{r + 1}", cfg.optim, fc.dice_weight, fine=fc)
+            model = train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
+    return model
+
+
+def prediction_grid(model: torch.nn.Module, prep: Prepared, cfg: Config, device: torch.device) -> np.ndarray:
+    """Image | ground truth | prediction for the first three test images."""
+    ids, targets, probs = predict(model, prep.test[:3], cfg.eval.roi, device)
+    return image_grid([[c.image, overlay_mask(c.image, t), overlay_mask(c.image, p > cfg.eval.threshold)]
+                       for c, t, p in zip(prep.test[:3], targets, probs, strict=True)])
+
+
+def finish(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStages, device: torch.device
+           ) -> dict[str, float]:
+    """Final test evaluation, ``best.pt``, the prediction figure and the ``test/*`` metrics row."""
+    summary = evaluate_stage(cfg, prep, model, stages.run, device)
+    save_checkpoint(stages.run.checkpoints / "best.pt", model=model, config=stages.config, epoch=1, step=0,
+                    best_metric=summary.get("dice"),
+                    extra={"stage": "final", "method": cfg.method, "global_step": stages.global_step})
+    stages.figure("predictions", prediction_grid(model, prep, cfg, device))
+    stages.log({f"test/{k}": v for k, v in summary.items()}, step=stages.global_step + 1)
+    return summary
+
+
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
     """Run ``cfg.method`` (see ``settings.METHODS``); returns the run folder and the test metrics."""
-    seed_everything(cfg.seed, deterministic=cfg.runtime.deterministic)
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = pick_device(cfg.runtime.device)
-    experiment_dir = resolve_path(cfg.runs_root) / "yolocurvseg" / cfg.experiment
-    ckpt_path = find_resume_checkpoint(resume, experiment_dir)
-    state = load_checkpoint(ckpt_path) if ckpt_path is not None else None
-    run_dir = create_run_dir("yolocurvseg", cfg.experiment, cfg, root=cfg.runs_root, device=device,
-                             existing=ckpt_path.parent.parent if ckpt_path is not None else None)
-    tracker = Tracker(run_dir.path)
-    stages = _Stages(cfg, run_dir, tracker, state, device)
-    prep = prepare_data(cfg)
-    model = build_segmenter(cfg.model).to(device)
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    check_writable(cfg.runs_root)
+    prep = prepare_data(cfg)  # every listed file checked before the run folder exists
+    opened = open_run(PROJECT, cfg, resume=resume, device=device)
+    state = load_checkpoint(opened.resume_from) if opened.resume_from is not None else None
+    stages = RunStages(cfg, opened.run, state)
+    model = build_model(cfg.model).to(device)
     if init_weights:
         load_init_weights(model, init_weights)
     stage_summaries: dict[str, dict[str, float]] = {}
-    roi = cfg.eval.roi
-
-    if cfg.method == "full_supervision":
-        sampler = PairSampler([c.image for c in prep.train], [c.label for c in prep.train], cfg.supervised.crop)
-        model = stages.segment("supervised", model, _sampler_batch(sampler, cfg.supervised.batch_size),
-                               cfg.supervised)
-    elif cfg.method == "pce_skeleton":
-        pairs = pce_labels(prep, cfg)
-        sampler = PairSampler([p[0] for p in pairs], [p[1] for p in pairs], cfg.supervised.crop)
-        model = stages.segment("pce", model, _sampler_batch(sampler, cfg.supervised.batch_size), cfg.supervised,
-                               dice_weight=0.0)
+    if cfg.method in ("full_supervision", "pce_skeleton"):
+        model = train_baseline(cfg, prep, model, stages, device)
     else:
-        bg = build_background(prep, cfg)
-        composites, masks, curves, backgrounds = generate_pairs(bg, prep, cfg)
-        synthesized = composites
-        if cfg.method == "yolocurvseg" and cfg.synthesizer.enabled:
-            real = [c.image for c in prep.train]
-            cut = stages.cut(composites, real)
-            synthesized = _translate(cut, composites, device)
-        save_png(synthesis_figure(prep, bg, backgrounds, curves, synthesized, masks), run_dir.figures / "synthesis.png")
-        synth_sampler = PairSampler(list(synthesized), list(masks), cfg.coarse.crop)
-        if cfg.coarse.enabled:
-            model = stages.segment("coarse", model, _sampler_batch(synth_sampler, cfg.coarse.batch_size), cfg.coarse)
-            rows, summary = evaluate_cases(model, prep.test, roi, device, cfg.eval.threshold, cfg.eval.tta,
-                                           cfg.eval.surface)
-            stage_summaries["coarse"] = summary
-            _write_eval(run_dir, rows, summary, prefix="coarse_")
-        if cfg.method == "yolocurvseg" and cfg.fine.enabled:
-            fc = cfg.fine
-            for r in range(fc.rounds):
-                labels = [pseudo_labels(predict_probs(model, c.image, roi, device, fc.tta), c.fov, fc.fg_threshold,
-                                        fc.bg_threshold) for c in prep.train]
-                real_sampler = PairSampler([c.image for c in prep.train], labels, fc.crop)
-                synth_fine = PairSampler(list(synthesized), list(masks), fc.crop)
-                model = stages.segment(f"fine{r + 1}", model,
-                                       _mixed_batch(real_sampler, synth_fine, fc.batch_size, fc.real_fraction), fc)
-    rows, summary = evaluate_cases(model, prep.test, roi, device, cfg.eval.threshold, cfg.eval.tta, cfg.eval.surface)
-    _write_eval(run_dir, rows, summary)
-    save_checkpoint(run_dir.checkpoints / "best.pt", model=model, config=to_dict(cfg), epoch=1, step=0,
-                    best_metric=summary.get("dice"), extra={"stage": "final", "method": cfg.method})
-    _prediction_figure(model, prep, cfg, device, run_dir.figures / "predictions.png")
-    tracker.log({f"test/{k}": v for k, v in summary.items()}, step=stages.global_step + 1)
-    tracker.close()
-    print(f"[yolocurvseg] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
-          + f" -> {run_dir.path}")
-    return RunResult(run_dir.path, summary, stage_summaries)
+        model = train_yolocurvseg(cfg, prep, model, stages, device, stage_summaries)
+    summary = finish(cfg, prep, model, stages, device)
+    stages.tracker.close()
+    print(f"[{PROJECT}] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+          + f" -> {opened.run.path}")
+    return RunResult(opened.run.path, summary, stage_summaries)
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:
-    parser = build_arg_parser("Train one YoloCurvSeg method (pipeline stages with checkpoints)")
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
-    return run(cfg, args.resume, args.init_weights)
+    parser = train_parser("Train one YoloCurvSeg method (pipeline stages with checkpoints)")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    return run_training(cfg, args.resume, args.init_weights)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ COMMON = ["data.size=96", "data.n_train=4", "data.n_test=3", "background.radius=
           "curves.overrides={ref_size: 96, n_attractors: 90, influence: 20.0, kill: 3.0, step: 2.0, max_radius: 2.2,"
           " leaf_radius: 0.8, min_radius: 0.7}",
           "model.channels=[8, 16, 32, 64]", "model.strides=[2, 2, 2]", "eval.roi=96",
-          "coarse.steps=150", "coarse.batch_size=4", "coarse.crop=64", "coarse.lr=0.003",
-          "fine.steps=60", "fine.batch_size=4", "fine.crop=64",
-          "supervised.steps=150", "supervised.batch_size=4", "supervised.crop=64", "supervised.lr=0.003",
+          "optim.steps=150", "optim.batch_size=4", "data.crop=64", "optim.lr=0.003", "fine.steps=60",
           "synthesizer.steps=20", "synthesizer.crop=48", "runtime.save_every=1000"]
 
 

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from common.readers import ImageReadError
-from yolocurvseg.data import DatasetError, PairSampler, list_cases, load_case, load_cases
-from yolocurvseg.synth import write_drive_like
+from yolocurvseg.data import DatasetError, MixedSampler, PairSampler, list_cases, load_case, load_cases
+from yolocurvseg.hidden_domain import write_drive_like
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +122,54 @@ def test_pair_sampler_shapes_and_padding():
         PairSampler(imgs, [], 8)
 
 
-def test_synth_cli_writes_and_regenerates(tmp_path):
+def test_synth_cli_writes_reuses_and_refuses_other_parameters(tmp_path):
     import json
 
+    from common.datasets import STAMP_NAME, DatasetFolderError
     from yolocurvseg import synth
 
     root = synth.main(["--out", str(tmp_path / "h"), "--n-train", "2", "--n-test", "1", "--size", "32"])
     assert len(list_cases("drive", root, "train")) == 2
-    assert json.loads((root / "synth.json").read_text())["size"] == 32
-    root = synth.main(["--out", str(tmp_path / "h"), "--n-train", "3", "--n-test", "1", "--size", "32"])
-    assert len(list_cases("drive", root, "train")) == 3  # parameters changed -> regenerated
+    assert json.loads((root / STAMP_NAME).read_text())["size"] == 32
+    before = sorted(p.stat().st_mtime_ns for p in root.rglob("*.tif"))
+    assert synth.main(["--out", str(tmp_path / "h"), "--n-train", "2", "--n-test", "1", "--size", "32"]) == root
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*.tif")) == before  # same parameters: reused
+    with pytest.raises(DatasetFolderError, match="n_train"):  # other parameters: refused, never regenerated
+        synth.main(["--out", str(tmp_path / "h"), "--n-train", "3", "--n-test", "1", "--size", "32"])
+    assert len(list_cases("drive", root, "train")) == 2
+
+
+def test_synth_cli_leaves_a_foreign_folder_untouched(tmp_path):
+    from common.datasets import DatasetFolderError
+    from yolocurvseg import synth
+
+    real = tmp_path / "DRIVE"
+    (real / "training" / "images").mkdir(parents=True)
+    (real / "training" / "images" / "21_training.tif").write_bytes(b"the user's real image")
+    with pytest.raises(DatasetFolderError, match="not empty"):
+        synth.main(["--out", str(real), "--size", "32"])
+    assert (real / "training" / "images" / "21_training.tif").read_bytes() == b"the user's real image"
+    assert sorted(p.name for p in real.rglob("*")) == ["21_training.tif", "images", "training"]
+    assert not real.with_name("DRIVE.partial").exists()
+
+
+def test_pair_sampler_public_crop_and_mixed_batches():
+    sampler = PairSampler([np.random.rand(40, 40).astype(np.float32)], [np.ones((40, 40), np.uint8)], crop=16)
+    img, lab = sampler.crop_pair(sampler.images[0], sampler.labels[0], np.random.default_rng(0))
+    assert img.shape == lab.shape == (16, 16)
+    assert sampler.image_crops(np.random.default_rng(0), 3).shape == (3, 16, 16)
+    other = PairSampler([np.random.rand(40, 40).astype(np.float32)], [np.zeros((40, 40), np.uint8)], crop=16)
+    x, y = MixedSampler(sampler, other, 0.25).batch(np.random.default_rng(1), 4)
+    assert x.shape == (4, 1, 16, 16) and (y[0] == 1).all() and (y[1:] == 0).all()
+
+
+def test_unexpected_files_are_named(drive_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(drive_root, root)
+    (root / "training" / "images" / "notes.txt").write_text("x")
+    (root / "training" / "images" / "03_training_copy.tif").write_bytes(b"")
+    assert len(list_cases("drive", root, "train")) == 3
+    out = capsys.readouterr().out
+    assert "notes.txt" in out and "03_training_copy.tif" in out

@@ -35,3 +35,14 @@ def test_bench_helpers_report_throughput():
     assert row["images_per_s"] > 0 and row["mean_nodes"] > 1
     row = bench_synthesis(64, 1, 4, 1, torch.device("cpu"))
     assert row["images_per_s"] > 0
+
+
+def test_reproduce_cli_checks_rows_and_parses(capsys):
+    from yolocurvseg import reproduce
+
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["--only", "yolocurvseg,nnunet"])
+    assert info.value.code == 2 and "nnunet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["--only", "yolocurvseg,full_supervision", "--print-config"])
+    assert info.value.code == 0

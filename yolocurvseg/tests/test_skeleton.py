@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from yolocurvseg.hidden_domain import render_hidden_case
 from yolocurvseg.skeleton import (
     SkeletonError,
     read_noisy_skeleton,
@@ -11,7 +12,6 @@ from yolocurvseg.skeleton import (
     simulate_noisy_skeleton,
     skeleton_stats,
 )
-from yolocurvseg.synth import render_hidden_case
 
 
 def test_simulated_skeletons_meet_dca1_statistics():
