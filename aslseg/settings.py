@@ -151,6 +151,7 @@ class SSLConfig:
     consistency_rampup: float = 40.0
     uncertainty_passes: int = 8
     teacher_noise: float = 0.1
+    snapshot_iters: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _non_negative("ssl", pretrain_iters=self.pretrain_iters, self_iters=self.self_iters, min_area=self.min_area,
@@ -280,12 +281,15 @@ class LoopConfig:
     """The ASLseg loop: ``rounds`` R of (SAM fine-tune, adapter, pseudo-label, select, ``retrain_iters`` more BCP
     iterations on the expanded labelled set; ``reinit`` restarts the segmenter from scratch instead).
     ``refiner``: ``sam`` (SAM + adapter), ``sam_raw`` (SAM without adapter) or ``teacher`` (no SAM: the EMA
-    teacher's prediction, selected by student/teacher agreement)."""
+    teacher's prediction, selected by student/teacher agreement). ``round0``: a ``checkpoints/ssl_<it>.pt``
+    snapshot of an SSL run with the same seed and data to start from (the equal-budget baseline's own round 0)
+    instead of training round 0 here."""
 
     rounds: int = 2
     retrain_iters: int = 10000
     reinit: bool = False
     refiner: Literal["sam", "sam_raw", "teacher"] = "sam"
+    round0: str = ""
 
     def __post_init__(self) -> None:
         _non_negative("loop", rounds=self.rounds, retrain_iters=self.retrain_iters)

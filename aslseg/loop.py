@@ -1,0 +1,122 @@
+"""The ASLseg loop: "the reliable pseudo-labels are selected to expand the labeled set for iterative training".
+
+One round (:func:`run_round`), after the segmenter's previous training: segmenter probabilities on the labelled and
+unlabelled slices; SAM fine-tuned on the ground-truth slices (in round 1, and again each round with
+``sam.refit_each_round``); the adaptation network trained; every remaining unlabelled slice pseudo-labelled
+(SSL -> boxes -> SAM -> adapter, or the EMA teacher with ``loop.refiner: teacher``); reliable ones selected. The
+unlabelled tumour labels are read only after selection, by :func:`oracle_stats`, for the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aslseg.pipeline import (
+    LabelledPool,
+    Prepared,
+    PseudoLabels,
+    adapter_stage,
+    embed_all,
+    finetune_stage,
+    predict_probs,
+    prepare_sam,
+    pseudo_label,
+)
+from aslseg.sam_model import SAMSegmenter
+from aslseg.selection import score_slices, select
+from aslseg.semisup import SSLTrainer
+from aslseg.settings import Config
+
+__all__ = ["RoundResult", "SAMState", "run_round", "oracle_stats", "labelled_pool"]
+
+
+@dataclass
+class RoundResult:
+    """Slices chosen in round ``round`` (indices into the unlabelled slices), their refined masks and the stats."""
+
+    round: int
+    selected: np.ndarray
+    masks: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SAMState:
+    """SAM across rounds: the model and, while its encoder is frozen, the cached unlabelled-slice embeddings."""
+
+    model: SAMSegmenter | None = None
+    embeddings: torch.Tensor | None = None
+    tuned_rounds: int = 0
+
+
+def labelled_pool(prep: Prepared, rounds: list[RoundResult]) -> LabelledPool:
+    """Ground-truth slices + every selected pseudo-labelled slice so far; the unlabelled images stay available."""
+    images = [prep.labelled.images] + [prep.unlabelled.images[r.selected] for r in rounds]
+    labels = [prep.labelled.tumour] + [r.masks for r in rounds]
+    return LabelledPool(np.concatenate(images), np.concatenate(labels).astype(np.uint8), prep.unlabelled.images)
+
+
+def _pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / total) if total else float("nan")
+
+
+def oracle_stats(pl: PseudoLabels, truth: np.ndarray, candidates: np.ndarray, chosen: np.ndarray,
+                 positive: np.ndarray) -> dict[str, float]:
+    """Reporting only: pooled true Dice of the selected / rejected refined pseudo-labels and of the SSL, raw-SAM
+    and refined ones over all candidates; tumour pixels inside the selected negatives."""
+    truth = truth.astype(bool)
+    rejected = np.setdiff1d(candidates, chosen)
+    neg = chosen[~positive]
+    hard = {k: v > 0.5 for k, v in (("ssl", pl.ssl), ("sam", pl.sam), ("refined", pl.refined))}
+    return {
+        "selected_true_dice": _pooled_dice(hard["refined"][chosen], truth[chosen]),
+        "rejected_true_dice": _pooled_dice(hard["refined"][rejected], truth[rejected]),
+        "ssl_true_dice": _pooled_dice(hard["ssl"][candidates], truth[candidates]),
+        "sam_true_dice": _pooled_dice(hard["sam"][candidates], truth[candidates]),
+        "refined_true_dice": _pooled_dice(hard["refined"][candidates], truth[candidates]),
+        "tumour_px_in_selected_neg": float(truth[neg].sum()) if len(neg) else 0.0,
+    }
+
+
+def _refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.device, sam: SAMState,
+                round_index: int) -> PseudoLabels:
+    ssl_unl = predict_probs(trainer.student, prep.unlabelled.images, device)
+    if cfg.loop.refiner == "teacher":  # no SAM: the EMA teacher refines, agreement = student vs teacher
+        teacher = predict_probs(trainer.teacher, prep.unlabelled.images, device)
+        return PseudoLabels(ssl_unl, teacher, teacher)
+    if sam.model is None:
+        sam.model = prepare_sam(cfg, device)
+    if sam.tuned_rounds == 0 or cfg.sam.refit_each_round:
+        ssl_lab = predict_probs(trainer.student, prep.labelled.images, device)
+        finetune_stage(sam.model, prep.labelled, ssl_lab, cfg, seed=cfg.seed * 100 + round_index)
+        sam.tuned_rounds += 1
+        if cfg.sam.finetune != "decoder":
+            sam.embeddings = None
+    if sam.embeddings is None:
+        sam.embeddings = embed_all(sam.model, prep.unlabelled.images)
+    adapter = None
+    if cfg.loop.refiner == "sam" and cfg.adapter.enabled:
+        adapter = adapter_stage(sam.model, prep.labelled, cfg, seed=cfg.seed * 100 + round_index, device=device)
+    return pseudo_label(sam.model, adapter, prep.unlabelled.images, ssl_unl, cfg, device, sam.embeddings)
+
+
+def run_round(round_index: int, trainer: SSLTrainer, prep: Prepared, done: list[RoundResult], cfg: Config,
+              device: torch.device, sam: SAMState) -> RoundResult:
+    """One ASLseg round (see module docstring); ``done`` = earlier rounds (their slices are not candidates)."""
+    pl = _refine_all(trainer, prep, cfg, device, sam, round_index)
+    taken = np.concatenate([r.selected for r in done]) if done else np.zeros(0, np.int64)
+    candidates = np.setdiff1d(np.arange(len(prep.unlabelled)), taken)
+    score = score_slices(pl.refined, pl.ssl, dilation=cfg.selection.dilation)
+    chosen = select(score, candidates, cfg.selection, np.random.default_rng([cfg.seed, 808, round_index]))
+    masks = (pl.refined[chosen] > 0.5).astype(np.uint8)
+    positive = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)
+    stats = {"n_candidates": float(len(candidates)), "n_selected": float(len(chosen)),
+             "n_selected_pos": float(positive.sum()), "n_selected_neg": float((~positive).sum())}
+    truth = prep.unlabelled.reveal_for_report()  # after selection, for the report only
+    if truth is not None:
+        stats.update(oracle_stats(pl, truth, candidates, chosen, positive))
+    return RoundResult(round_index, chosen.astype(np.int64), masks, stats)

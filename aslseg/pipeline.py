@@ -1,0 +1,280 @@
+"""The stages of ASLseg (paper abstract: SSL model -> pseudo-labels as prompts -> fine-tuned SAM -> adaptation
+network -> reliable pseudo-labels expand the labelled set -> iterate), as numbered plain functions driven by
+``train.py`` through ``loop.py``:
+
+1. :func:`prepare_data` - split, labelled subset, slices of the labelled / unlabelled / test volumes;
+2. :func:`train_segmenter` - SSL iterations ``[start, end)`` of the segmenter on the current labelled pool;
+3. :func:`predict_probs` - segmenter tumour probabilities of slices;
+4. :func:`prepare_sam` - SAM with its checkpoint (the tiny SAM pre-trained on shapes first when asked);
+5. :func:`finetune_stage` - SAM fine-tuned on the ground-truth slices (SSL boxes as prompt noise);
+6. :func:`adapter_stage` - the adaptation network trained on corrupted ground truth;
+7. :func:`pseudo_label` - SSL prob -> boxes -> SAM -> adapter, per unlabelled slice;
+8. :func:`evaluate_volumes` - per-volume 3D tumour metrics on the original grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aslseg.adapter import AdapterPool, build_adapter, corrupt_mask, refine, train_adapter
+from aslseg.data import (
+    SliceSet,
+    UnlabelledSlices,
+    Volume,
+    concat_slices,
+    extract_slices,
+    labelled_subset,
+    list_cases,
+    load_or_make_split,
+    load_volume,
+    paste_back,
+)
+from aslseg.prompts import boxes_from_mask, component_points
+from aslseg.sam_model import SAMSegmenter, build_sam, input_norm_for
+from aslseg.sam_tuning import finetune_sam
+from aslseg.semisup import SSLBatch, SSLTrainer, filter_components
+from aslseg.settings import Config
+from common.metrics import binary_segmentation_metrics
+
+__all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "sample_batch", "train_segmenter",
+           "predict_probs", "prepare_sam", "finetune_stage", "adapter_stage", "PseudoLabels", "pseudo_label",
+           "sam_gtbox_probs", "evaluate_volumes"]
+
+
+@dataclass
+class TestCase:
+    volume: Volume
+    slices: SliceSet
+
+
+@dataclass
+class Prepared:
+    """Labelled slices (tumour labels), unlabelled slices (labels hidden) and test volumes with their slices."""
+
+    labelled: SliceSet
+    unlabelled: UnlabelledSlices
+    test: list[TestCase]
+    labelled_ids: list[str]
+    unlabelled_ids: list[str]
+
+
+def _slices(volume: Volume, cfg: Config) -> SliceSet:
+    d = cfg.data
+    return extract_slices(volume, d.size, d.hu_window, d.roi, d.roi_margin, d.slice_margin)
+
+
+def prepare_data(cfg: Config) -> Prepared:
+    """1. Read the dataset (writing the synthetic set first when ``data.synthetic``), check every file, split."""
+    from aslseg.synth import ensure_synthetic
+    from common.datasets import split_path, verify_files
+    from common.rundir import resolve_path
+
+    d = cfg.data
+    root = ensure_synthetic(d.root, d.synth) if d.synthetic else resolve_path(d.root)
+    cases = {c.case_id: c for c in list_cases(d.dataset, root)}
+    verify_files([p for c in cases.values() for p in (c.image, c.label) if p is not None], d.verify,
+                 what=f"{d.dataset} volume")
+    split = load_or_make_split(split_path("aslseg", root, f"split-test{d.n_test}-seed{d.split_seed}.json",
+                                          d.split_file or None), list(cases), d.n_test, d.split_seed)
+    train_ids = split["train"][: d.max_train_volumes or None]
+    labelled_ids = labelled_subset(train_ids, d.labelled_fraction, cfg.seed)
+    unlabelled_ids = [c for c in train_ids if c not in labelled_ids]
+    labelled = concat_slices([_slices(load_volume(cases[c]), cfg) for c in labelled_ids])
+    unl_sets = [_slices(load_volume(cases[c]), cfg) for c in unlabelled_ids]
+    unlabelled = UnlabelledSlices(concat_slices(unl_sets) if unl_sets else labelled.subset(np.zeros(0, np.int64)))
+    test = []
+    for c in split["test"]:
+        vol = load_volume(cases[c])
+        test.append(TestCase(vol, _slices(vol, cfg)))
+    return Prepared(labelled, unlabelled, test, labelled_ids, unlabelled_ids)
+
+
+# --------------------------------------------------------------------------------------------- segmenter
+@dataclass
+class LabelledPool:
+    """What the segmenter may learn from: labelled ``images``/``labels`` ``(N, H, W)`` (ground truth plus selected
+    pseudo-labels) and unlabelled ``unlabelled`` images."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    unlabelled: np.ndarray
+
+
+def _augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, affine) -> tuple:
+    k = int(rng.integers(4))
+    image, label = np.rot90(image, k), np.rot90(label, k)
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
+    if affine is not None and rng.random() < 0.5:
+        affine.set_random_state(seed=int(rng.integers(2**31)))
+        affine.randomize(None)
+        image = np.asarray(affine(image[None], mode="bilinear", randomize=False))[0]
+        label = np.asarray(affine(label[None].astype(np.float32), mode="nearest", randomize=False))[0]
+    return image, label
+
+
+def _make_affine():
+    from monai.transforms import RandAffine
+
+    return RandAffine(prob=1.0, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1), padding_mode="border")
+
+
+def sample_batch(pool: LabelledPool, cfg: Config, it: int, affine=None) -> SSLBatch:
+    """The batch of iteration ``it``: a function of (seed, it) only, so a resumed run sees the same batches."""
+    rng = np.random.default_rng([cfg.seed, 4711, it])
+    o = cfg.optim
+    idx_l = rng.integers(0, len(pool.images), size=o.labelled_bs)
+    n_u = o.batch_size - o.labelled_bs
+    src_u = pool.unlabelled if len(pool.unlabelled) else pool.images
+    idx_u = rng.integers(0, len(src_u), size=n_u)
+    imgs, labs, unl = [], [], []
+    for i in idx_l:
+        im, lb = (pool.images[i], pool.labels[i])
+        if cfg.data.augment:
+            im, lb = _augment_pair(im, lb, rng, affine)
+        imgs.append(im)
+        labs.append(lb)
+    for i in idx_u:
+        im = src_u[i]
+        if cfg.data.augment:
+            im, _ = _augment_pair(im, np.zeros_like(im), rng, affine)
+        unl.append(im)
+    def to_t(a):
+        return (torch.from_numpy(np.stack(a).astype(np.float32))[:, None])
+    unl_t = to_t(unl) if unl else torch.zeros(0, 1, *pool.images.shape[1:])
+    return SSLBatch(to_t(imgs), torch.from_numpy(np.stack(labs).round().astype(np.int64)), unl_t)
+
+
+def train_segmenter(trainer: SSLTrainer, pool: LabelledPool, cfg: Config, start: int, end: int,
+                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    """2. SSL iterations ``start .. end - 1``; ``on_step(it + 1, losses)`` after each (logging, checkpoints)."""
+    from tqdm import tqdm
+
+    affine = _make_affine() if cfg.data.augment else None
+    for it in tqdm(range(start, end), desc=cfg.ssl.method, disable=not cfg.runtime.progress, leave=False):
+        rng = np.random.default_rng([cfg.seed, 99, it])
+        losses = trainer.step(it, sample_batch(pool, cfg, it, affine), rng)
+        if on_step is not None:
+            on_step(it + 1, losses)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 32) -> np.ndarray:
+    """3. Tumour probability ``(N, H, W)`` of slices ``(N, H, W)`` in [0, 1]."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.asarray(images[i:i + batch], np.float32))[:, None].to(device)
+        out.append(model(x).softmax(dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:]), np.float32)
+
+
+# --------------------------------------------------------------------------------------------- SAM + adapter
+def prepare_sam(cfg: Config, device: torch.device) -> SAMSegmenter:
+    """4. SAM of ``sam.arch`` with ``sam.checkpoint`` (for the tiny SAM, ``pretrained`` runs/reuses
+    ``pretrain_sam.py``'s cached result)."""
+    from aslseg.pretrain_sam import ensure_pretrained
+
+    pretrained = None
+    if cfg.sam.arch == "tiny" and cfg.sam.checkpoint == "pretrained":
+        pretrained = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress)
+    return SAMSegmenter(build_sam(cfg.sam, pretrained), input_norm_for(cfg.sam)).to(device)
+
+
+def finetune_stage(sam: SAMSegmenter, labelled: SliceSet, ssl_probs: np.ndarray, cfg: Config, seed: int
+                   ) -> list[float]:
+    """5. Fine-tune SAM on the ground-truth labelled slices; SSL predictions on them give realistic boxes."""
+    ssl_masks = np.stack([filter_components(p > 0.5, cfg.prompts.min_area) for p in ssl_probs])
+    return finetune_sam(sam, labelled.images, labelled.tumour.astype(np.float32), ssl_masks, cfg.sam,
+                        cfg.prompts.min_area, cfg.prompts.box_margin, seed)
+
+
+@torch.no_grad()
+def embed_all(sam: SAMSegmenter, images: np.ndarray, batch: int = 16) -> torch.Tensor:
+    sam.eval()
+    x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+    return torch.cat([sam.embed(x[i:i + batch].to(sam.mean.device)).cpu() for i in range(0, len(x), batch)])
+
+
+def _sam_probs(sam: SAMSegmenter, images: np.ndarray, masks: np.ndarray, cfg: Config,
+               embeddings: torch.Tensor | None = None) -> np.ndarray:
+    """SAM probability per slice prompted with the boxes (and optionally points) of ``masks``."""
+    out = np.zeros(images.shape, np.float32)
+    for i in range(len(images)):
+        boxes = boxes_from_mask(masks[i], cfg.prompts.min_area, cfg.prompts.box_margin)
+        if len(boxes) == 0:
+            continue
+        points = component_points(masks[i], cfg.prompts.min_area) if cfg.prompts.points else None
+        emb = None if embeddings is None else embeddings[i:i + 1].to(sam.mean.device)
+        out[i] = sam.predict(torch.from_numpy(images[i])[None], boxes, points, embedding=emb)
+    return out
+
+
+def adapter_stage(sam: SAMSegmenter | None, labelled: SliceSet, cfg: Config, seed: int, device: torch.device,
+                  copies: int = 2) -> torch.nn.Module:
+    """6. Train the adaptation network on ``copies`` corruptions of every labelled slice (SAM prompted with the
+    corrupted mask's boxes; without SAM the SAM channel is the corrupted mask itself)."""
+    rng = np.random.default_rng([seed, 515])
+    images, sam_p, ssl_p, targets = [], [], [], []
+    emb = embed_all(sam, labelled.images) if sam is not None else None
+    for _ in range(copies):
+        corrupted = np.stack([corrupt_mask(t, lv, rng, cfg.adapter) for t, lv in zip(labelled.tumour, labelled.liver)])
+        soft = corrupted.astype(np.float32)
+        sam_p.append(_sam_probs(sam, labelled.images, corrupted, cfg, emb) if sam is not None else soft)
+        images.append(labelled.images)
+        ssl_p.append(soft)
+        targets.append(labelled.tumour.astype(np.float32))
+    pool = AdapterPool(*(np.concatenate(a) for a in (images, sam_p, ssl_p, targets)))
+    adapter = build_adapter(cfg.adapter)
+    train_adapter(adapter, pool, cfg.adapter, seed, device)
+    return adapter
+
+
+@dataclass
+class PseudoLabels:
+    """Per unlabelled slice: SSL probability, raw SAM probability and the refined probability."""
+
+    ssl: np.ndarray
+    sam: np.ndarray
+    refined: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+def pseudo_label(sam: SAMSegmenter, adapter: torch.nn.Module | None, images: np.ndarray, ssl_probs: np.ndarray,
+                 cfg: Config, device: torch.device, embeddings: torch.Tensor | None = None) -> PseudoLabels:
+    """7. SSL mask (components >= ``prompts.min_area``) -> boxes -> SAM -> adapter (or raw SAM)."""
+    masks = np.stack([filter_components(p > 0.5, cfg.prompts.min_area) for p in ssl_probs])
+    sam_p = _sam_probs(sam, images, masks, cfg, embeddings)
+    refined = refine(adapter, images, sam_p, ssl_probs, device) if adapter is not None else sam_p
+    return PseudoLabels(ssl_probs, sam_p, refined)
+
+
+def sam_gtbox_probs(sam: SAMSegmenter, slices: SliceSet, cfg: Config) -> np.ndarray:
+    """SAM prompted with one ground-truth box per tumour component (the zero-shot upper bound of prompting)."""
+    return _sam_probs(sam, slices.images, slices.tumour.astype(bool), cfg)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def evaluate_volumes(test: list[TestCase], probs: list[np.ndarray], surface: bool = True
+                     ) -> tuple[list[dict], dict[str, float]]:
+    """8. Per-volume tumour Dice, Jaccard, HD95 and ASD (mm, with spacing) on the original grid + global Dice."""
+    rows, inter, total = [], 0, 0
+    for case, p in zip(test, probs):
+        pred = paste_back(p, case.slices.meta[case.volume.case_id])
+        gt = case.volume.label == 2
+        m = binary_segmentation_metrics(pred, gt, case.volume.spacing, surface=surface)
+        rows.append({"case_id": case.volume.case_id, "dice": m["dice"], "jaccard": m["iou"],
+                     "hd95_mm": m.get("hd95", np.nan), "asd_mm": m.get("asd", np.nan),
+                     "empty_pred": m["empty_pred"], "empty_gt": m["empty_gt"]})
+        inter += int((pred & gt).sum())
+        total += int(pred.sum() + gt.sum())
+    keys = ["dice", "jaccard", "hd95_mm", "asd_mm"]
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    summary["dice_std"] = float(np.std([r["dice"] for r in rows]))
+    summary["dice_global"] = 2 * inter / total if total else 1.0
+    return rows, summary

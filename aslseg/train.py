@@ -1,0 +1,217 @@
+"""Train ASLseg (or one SSL baseline, or evaluate zero-shot SAM) end to end.
+
+``python train.py [--config configs/default.yaml] [method=ssl ssl.method=mean_teacher] [--resume auto|PATH]``
+
+Schedule (segmenter iterations): round 0 = ``ssl.pretrain_iters + ssl.self_iters``; each of the ``loop.rounds``
+rounds pseudo-labels and selects at its start, then trains ``loop.retrain_iters`` more on the expanded labelled
+set. ``checkpoints/last.pt`` holds the full trainer state (student, teacher, SGD, BCP phase) every
+``runtime.save_every`` iterations; ``checkpoints/round<r>.pt`` the slices selected in round r and their
+pseudo-labels; batches and masks are functions of (seed, iteration), so ``--resume auto`` continues with the same
+next loss. The prediction is the last segmenter (``checkpoints/best.pt``; no validation split picks another).
+Writes ``eval/summary.csv``, ``eval/per_case.csv``, ``rounds.csv``, ``selection.csv`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aslseg.loop import RoundResult, SAMState, labelled_pool, run_round
+from aslseg.pipeline import (
+    LabelledPool,
+    Prepared,
+    evaluate_volumes,
+    predict_probs,
+    prepare_data,
+    prepare_sam,
+    sam_gtbox_probs,
+    train_segmenter,
+)
+from aslseg.semisup import SSLTrainer, build_segmenter
+from aslseg.settings import Config
+from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint
+from common.config import to_dict
+from common.rundir import RunDir, open_run
+from common.runtime import setup_runtime
+from common.tracking import Tracker, write_eval_tables
+
+__all__ = ["RunResult", "run", "main"]
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, float]
+    rounds: list[dict] = field(default_factory=list)
+    selection: list[dict] = field(default_factory=list)
+
+
+def schedule(cfg: Config) -> tuple[int, list[int]]:
+    """Round-0 length and the iteration at which each round starts."""
+    base = cfg.ssl.pretrain_iters + cfg.ssl.self_iters
+    rounds = cfg.loop.rounds if cfg.method == "aslseg" else 0
+    return base, [base + r * cfg.loop.retrain_iters for r in range(rounds)]
+
+
+class _Runner:
+    """The segmenter's life across rounds, with checkpoints (see module docstring)."""
+
+    def __init__(self, cfg: Config, prep: Prepared, run: RunDir, tracker: Tracker, device: torch.device):
+        self.cfg, self.prep, self.run, self.tracker, self.device = cfg, prep, run, tracker, device
+        self.trainer = self._new_trainer(cfg.ssl)
+        self.it, self.offset = 0, 0
+        self.results: list[RoundResult] = []
+        self.round_rows: list[dict] = []
+        self.sam = SAMState()
+
+    def _new_trainer(self, ssl_cfg) -> SSLTrainer:
+        return SSLTrainer(ssl_cfg, self.cfg.optim, self.device, build_segmenter(self.cfg.model))
+
+    def restore(self, state: dict | None, init_weights: str | None) -> None:
+        if state is not None:
+            self.trainer.load_state_dict(state["extra"]["trainer"])
+            self.it, self.offset = int(state["step"]), int(state["extra"].get("offset", 0))
+            for r in range(1, self.cfg.loop.rounds + 1):
+                path = self.run.checkpoints / f"round{r}.pt"
+                if path.is_file():
+                    saved = torch.load(path, map_location="cpu", weights_only=True)
+                    self.results.append(RoundResult(r, saved["selected"].numpy(), saved["masks"].numpy(),
+                                                    dict(saved["stats"])))
+                    self.round_rows = [dict(x) for x in saved["round_rows"]]
+            self.round_rows = self.round_rows or [dict(x) for x in state["extra"].get("round_rows", [])]
+        elif self.cfg.loop.round0:
+            snap = load_checkpoint(self.cfg.loop.round0)
+            self.trainer.load_state_dict(snap["extra"]["trainer"])
+            self.it = int(snap["step"])
+        elif init_weights:
+            load_init_weights(self.trainer.student, init_weights)
+            self.trainer.teacher.load_state_dict(self.trainer.student.state_dict())
+
+    def save(self, path_name: str = "last.pt") -> None:
+        save_checkpoint(self.run.checkpoints / path_name, model=self.trainer.student, config=to_dict(self.cfg),
+                        epoch=len(self.results), step=self.it,
+                        extra={"trainer": self.trainer.state_dict(), "offset": self.offset,
+                               "round_rows": self.round_rows})
+
+    def train_until(self, end: int, pool: LabelledPool) -> None:
+        snaps = set(self.cfg.ssl.snapshot_iters)
+        log_every, save_every = self.cfg.runtime.log_every, self.cfg.runtime.save_every
+        trainer, offset = self.trainer, self.offset
+
+        def on_step(it: int, losses: dict[str, float]) -> None:
+            self.it = it
+            if it % log_every == 0:
+                self.tracker.log({f"train/{k}": v for k, v in losses.items()}, step=it)
+            if it % save_every == 0 or it == end:
+                self.save()
+            if it in snaps:
+                self.save(f"ssl_{it}.pt")
+
+        class _Shifted:  # the trainer counts its own iterations from its (re)initialisation
+            def step(self, it, batch, rng):
+                return trainer.step(it - offset, batch, rng)
+
+        if self.it < end:
+            train_segmenter(_Shifted(), pool, self.cfg, self.it, end, on_step)
+
+    def test_dice(self, label: str) -> None:
+        probs = [predict_probs(self.trainer.student, c.slices.images, self.device) for c in self.prep.test]
+        _, summary = evaluate_volumes(self.prep.test, probs, surface=False)
+        self.round_rows.append({"round": label, "iteration": self.it, "dice": summary["dice"],
+                                "dice_global": summary["dice_global"]})
+        self.tracker.log({"test/dice": summary["dice"]}, step=self.it)
+
+    def do_round(self, r: int, start: int) -> None:
+        if any(res.round == r for res in self.results):
+            return
+        self.test_dice(f"{r - 1}")
+        res = run_round(r, self.trainer, self.prep, self.results, self.cfg, self.device, self.sam)
+        self.results.append(res)
+        self.tracker.log({f"select/{k}": v for k, v in res.stats.items()}, step=self.it)
+        if self.cfg.loop.reinit:
+            third = self.cfg.loop.retrain_iters // 3
+            self.trainer = self._new_trainer(dataclasses.replace(
+                self.cfg.ssl, pretrain_iters=third, self_iters=self.cfg.loop.retrain_iters - third))
+            self.offset = start
+        atomic_torch_save({"selected": torch.from_numpy(res.selected), "masks": torch.from_numpy(res.masks),
+                           "stats": res.stats, "round_rows": self.round_rows}, self.run.checkpoints / f"round{r}.pt")
+        self.save()
+
+
+def _finish(runner: _Runner, cfg: Config) -> RunResult:
+    run = runner.run
+    probs = [predict_probs(runner.trainer.student, c.slices.images, runner.device) for c in runner.prep.test]
+    rows, summary = evaluate_volumes(runner.prep.test, probs, surface=cfg.eval.surface)
+    summary["n_iterations"] = runner.it
+    if cfg.method == "aslseg":
+        runner.test_dice(str(len(runner.results)))
+        sel = [r.stats for r in runner.results]
+        summary["n_selected"] = float(sum(s["n_selected"] for s in sel))
+        true = [s["selected_true_dice"] for s in sel if np.isfinite(s.get("selected_true_dice", np.nan))]
+        summary["selected_true_dice"] = float(np.mean(true)) if true else float("nan")
+    write_eval_tables(run.eval, summary, rows)
+    selection = [{"round": r.round, **r.stats} for r in runner.results]
+    _write_csv(run.path / "rounds.csv", runner.round_rows)
+    _write_csv(run.path / "selection.csv", selection)
+    save_checkpoint(run.checkpoints / "best.pt", model=runner.trainer.student, config=to_dict(cfg), epoch=1,
+                    step=runner.it, best_metric=summary["dice"], extra={"method": cfg.method})
+    runner.tracker.log({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=runner.it + 1)
+    runner.tracker.close()
+    print(f"[aslseg] {cfg.method}/{cfg.ssl.method} ({cfg.experiment}): dice {summary['dice']:.4f} "
+          f"hd95 {summary['hd95_mm']:.2f} mm -> {run.path}")
+    return RunResult(run.path, summary, runner.round_rows, selection)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _zero_shot(cfg: Config, prep: Prepared, run: RunDir, tracker: Tracker, device: torch.device) -> RunResult:
+    """SAM of ``sam.checkpoint`` without target tuning, one ground-truth box per tumour component."""
+    sam = prepare_sam(cfg, device)
+    probs = [sam_gtbox_probs(sam, c.slices, cfg) for c in prep.test]
+    rows, summary = evaluate_volumes(prep.test, probs, surface=cfg.eval.surface)
+    summary["n_iterations"] = 0
+    write_eval_tables(run.eval, summary, rows)
+    tracker.close()
+    print(f"[aslseg] sam_zero_shot_gtbox: dice {summary['dice']:.4f} -> {run.path}")
+    return RunResult(run.path, summary)
+
+
+def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
+    """Run ``cfg.method`` (see ``settings``): data checked first, then the run folder, then the stages."""
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    prep = prepare_data(cfg)
+    opened = open_run("aslseg", cfg, resume=resume, device=device)
+    tracker = Tracker(opened.run.path)
+    if cfg.method == "sam_zero_shot_gtbox":
+        return _zero_shot(cfg, prep, opened.run, tracker, device)
+    runner = _Runner(cfg, prep, opened.run, tracker, device)
+    runner.restore(load_checkpoint(opened.resume_from) if opened.resume_from else None, init_weights)
+    base, starts = schedule(cfg)
+    runner.train_until(base, labelled_pool(prep, []))
+    for r, start in enumerate(starts, start=1):
+        runner.do_round(r, start)
+        runner.train_until(start + cfg.loop.retrain_iters, labelled_pool(prep, runner.results))
+    return _finish(runner, cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> RunResult:
+    from common.cli import parse_train, train_parser
+
+    parser = train_parser("Train ASLseg or one of its SSL baselines")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    return run(cfg, args.resume, args.init_weights)
+
+
+if __name__ == "__main__":
+    main()
