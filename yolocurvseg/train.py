@@ -28,7 +28,7 @@ from common.checkpoint import load_checkpoint, load_init_weights, save_checkpoin
 from common.cli import parse_train, train_parser
 from common.config import to_dict
 from common.rundir import RunDir, check_writable, open_run
-from common.runtime import setup_runtime
+from common.runtime import dist_info, setup_runtime
 from common.tracking import Tracker, image_grid, overlay_mask, write_eval_tables
 from yolocurvseg.data import MixedSampler, PairSampler
 from yolocurvseg.engine import (
@@ -189,6 +189,8 @@ def finish(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStage
 
 def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
     """Run ``cfg.method`` (see ``settings.METHODS``); returns the run folder and the test metrics."""
+    if dist_info().distributed:
+        raise RuntimeError("yolocurvseg trains in one process (no torchrun path); run `python train.py` without it")
     device = setup_runtime(cfg.runtime, cfg.seed)
     check_writable(cfg.runs_root)
     prep = prepare_data(cfg)  # every listed file checked before the run folder exists
