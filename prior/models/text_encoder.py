@@ -158,13 +158,13 @@ class TextEncoder(nn.Module):
         return feats, counts > 0
 
     @torch.no_grad()
-    def _encode_sentences(self, sentences: list[str], chunk: int = 256) -> None:
-        todo = [s for s in dict.fromkeys(sentences) if s not in self._feature_cache]
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            feats, _ = self._token_features([[s] for s in part])
-            for s, f in zip(part, feats[:, 0].float().cpu()):
-                self._feature_cache[s] = f
+    def _encode_sentences(self, sentences: list[str]) -> None:
+        """Encode every uncached sentence alone (no padding), so a cached feature never depends on which
+        sentences happened to share its batch."""
+        for s in dict.fromkeys(sentences):
+            if s not in self._feature_cache:
+                feats, _ = self._token_features([[s]])
+                self._feature_cache[s] = feats[0, 0].float().cpu()
 
     def _sentence_features(self, reports: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         self._encode_sentences([s for r in reports for s in r])

@@ -1,0 +1,157 @@
+"""Evaluation heads on a pre-trained PRIOR (official ``codes/prior/downstream/zero_classification_model.py``):
+zero-shot classification with one prompt per class, image-to-report retrieval by the same scores, the pointing
+game of sentence->patch attention, prototype statistics, and cached GAP(layer4) features for linear probing.
+
+Zero-shot score of image i and prompt c: softmax_c(global) + ``local_weight`` x softmax_c(local), with global =
+logit_scale x cos(image, prompt) and local = the mean of the two sigmoid attention maps between the image tokens
+and the prompt sentence. A model trained without local alignment is scored with the global term only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, normalized_mutual_info_score
+from torch.utils.data import DataLoader
+
+from prior.models.prior import PRIOR
+
+__all__ = ["encode_images", "encode_reports", "pair_scores", "zeroshot", "retrieval", "precision_at_k",
+           "gap_features", "pointing_game", "prototype_stats"]
+
+
+@torch.no_grad()
+def encode_images(model: PRIOR, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, D)`` global and ``(N, P, D)`` local image embeddings of a loader of ``(image, target, index)``."""
+    model.eval()
+    g, t = [], []
+    for images, _, _ in loader:
+        emb = model.encode_image(images.to(device))
+        g.append(emb.global_.float().cpu())
+        t.append(emb.tokens.float().cpu())
+    return torch.cat(g), torch.cat(t)
+
+
+@torch.no_grad()
+def encode_reports(model: PRIOR, reports: list[list[str]], device: torch.device, chunk: int = 64):
+    """Global ``(M, D)``, sentences ``(M, S, D)`` and mask of reports, through the SPB when the model has one."""
+    model.eval()
+    use_spb = model.losses["spb"]
+    glob, sents, masks = [], [], []
+    for start in range(0, len(reports), chunk):
+        text = model.encode_text(reports[start : start + chunk], use_spb)
+        glob.append(text.global_.float().cpu())
+        sents.append(text.sentences.float().cpu())
+        masks.append(text.mask.cpu())
+    s_max = max(s.shape[1] for s in sents)
+    pad = [torch.nn.functional.pad(s, (0, 0, 0, s_max - s.shape[1])) for s in sents]
+    mpad = [torch.nn.functional.pad(m, (0, s_max - m.shape[1])) for m in masks]
+    return torch.cat(glob), torch.cat(pad), torch.cat(mpad)
+
+
+@torch.no_grad()
+def pair_scores(model: PRIOR, img_global, img_tokens, txt_global, txt_sents, txt_mask, device: torch.device,
+                chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, M)`` global logits and local scores between N images and M texts."""
+    scale = model.logit_scale.exp().float().cpu()
+    g = scale * torch.nn.functional.normalize(img_global, dim=-1) @ torch.nn.functional.normalize(txt_global, dim=-1).T
+    local = torch.zeros_like(g)
+    att_module = model.local_cross_attention
+    m = txt_sents.shape[0]
+    for i in range(img_tokens.shape[0]):
+        tokens = img_tokens[i : i + 1].to(device)
+        for start in range(0, m, chunk):
+            sents = txt_sents[start : start + chunk].to(device)
+            mask = txt_mask[start : start + chunk].to(device)
+            att = att_module(tokens.expand(sents.shape[0], -1, -1), sents, mask)
+            w = mask.float()
+            a1 = (att.sentence_attention.mean(-1) * w).sum(1) / w.sum(1)  # (chunk,)
+            a2 = att.patch_attention.sum(-1).mean(-1) / w.sum(1)
+            local[i, start : start + chunk] = (0.5 * (a1 + a2)).cpu()
+    return g.numpy(), local.numpy()
+
+
+def _combine(g: np.ndarray, local: np.ndarray, local_weight: float) -> np.ndarray:
+    sg = np.exp(g - g.max(1, keepdims=True))
+    sg /= sg.sum(1, keepdims=True)
+    if local_weight == 0:
+        return sg
+    sl = np.exp(local - local.max(1, keepdims=True))
+    sl /= sl.sum(1, keepdims=True)
+    return sg + local_weight * sl
+
+
+def zeroshot(model: PRIOR, loader: DataLoader, labels: np.ndarray, class_names: list[str], device: torch.device,
+             prompt: str = "{} is observed", local_weight: float = 0.5) -> tuple[dict[str, float], np.ndarray]:
+    """Zero-shot accuracy / macro F1 (official scoring; global-only when the model has no local alignment) and
+    the global-only scores too. Returns ``(metrics, probabilities (N, C))``."""
+    ig, it = encode_images(model, loader, device)
+    tg, ts, tm = encode_reports(model, [[prompt.format(c)] for c in class_names], device)
+    g, local = pair_scores(model, ig, it, tg, ts, tm, device)
+    weight = local_weight if model.losses["local"] else 0.0
+    probs = _combine(g, local, weight)
+    pred, pred_g = probs.argmax(1), g.argmax(1)
+    return {"zeroshot_accuracy": float(accuracy_score(labels, pred)),
+            "zeroshot_f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+            "zeroshot_accuracy_global": float(accuracy_score(labels, pred_g)),
+            "zeroshot_f1_global": float(f1_score(labels, pred_g, average="macro", zero_division=0))}, probs
+
+
+def precision_at_k(scores: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray, k: int) -> float:
+    """Mean over queries of the fraction of the top-k items that share the query's class."""
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float((item_labels[top] == query_labels[:, None]).mean())
+
+
+def retrieval(model: PRIOR, loader: DataLoader, labels: np.ndarray, reports: list[list[str]],
+              report_labels: np.ndarray, device: torch.device, local_weight: float = 0.5) -> dict[str, float]:
+    """Image -> report retrieval P@1/5/10, scored like zero-shot with the reports as prompts."""
+    ig, it = encode_images(model, loader, device)
+    tg, ts, tm = encode_reports(model, reports, device)
+    g, local = pair_scores(model, ig, it, tg, ts, tm, device)
+    scores = _combine(g, local, local_weight if model.losses["local"] else 0.0)
+    return {f"retrieval_p_at_{k}": precision_at_k(scores, labels, report_labels, k) for k in (1, 5, 10)}
+
+
+@torch.no_grad()
+def gap_features(encoder, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Global average pooled layer4 features ``(N, C)`` and stacked targets of a loader (linear probing)."""
+    encoder.eval()
+    feats, targets = [], []
+    for images, target, _ in loader:
+        feats.append(encoder.feature_map(images.to(device)).mean((2, 3)).float().cpu())
+        targets.append(torch.as_tensor(np.asarray(target)))
+    return torch.cat(feats).numpy(), torch.cat(targets).numpy()
+
+
+@torch.no_grad()
+def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxes: list[tuple[int, ...]],
+                  image_size: int, device: torch.device) -> float:
+    """Fraction of finding sentences whose sentence->patch attention peaks in a grid cell overlapping the
+    finding's box (boxes in pixels of the ``image_size`` input)."""
+    model.eval()
+    emb = model.encode_image(images.to(device))
+    text, mask = model.encode_sentences([[s] for s in sentences])
+    if model.losses["spb"]:
+        text, _ = model.quantize(text, mask)
+    att = model.local_cross_attention(emb.tokens, text, mask).sentence_attention[:, 0]  # (N, P)
+    grid = model.grid[0]
+    cell = image_size / grid
+    hits = []
+    for k, peak in enumerate(att.argmax(-1).tolist()):
+        r, c = divmod(peak, grid)
+        x0, y0, x1, y1 = boxes[k]
+        hits.append(c * cell < x1 and (c + 1) * cell > x0 and r * cell < y1 and (r + 1) * cell > y0)
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+@torch.no_grad()
+def prototype_stats(model: PRIOR, sentences: list[str], finding_ids: np.ndarray) -> dict[str, float]:
+    """Share of SPB codes used by the argmax assignment of ``sentences`` and NMI of codes vs finding type."""
+    model.eval()
+    emb, mask = model.encode_sentences([[s] for s in sentences])
+    out = model.sentence_bank(emb[mask])
+    index = out.index.cpu().numpy()
+    k = model.sentence_bank.embed.num_embeddings
+    return {"proto_used_frac": float(len(np.unique(index)) / k),
+            "proto_nmi": float(normalized_mutual_info_score(finding_ids, index))}
