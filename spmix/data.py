@@ -1,4 +1,5 @@
-"""ISIC 2018 Task 3 reader, splits, paired image/saliency augmentation and the two samplers (spec §1.1, §2, §3).
+"""ISIC 2018 Task 3 reader, splits, paired image/saliency augmentation and the two samplers (paper Sec. II-A/III;
+released ``dataset/isic_mix_2.py`` for the two views).
 
 On-disk layout (the official challenge archives; the ground-truth CSV may sit in its folder or next to it)::
 
@@ -8,8 +9,10 @@ On-disk layout (the official challenge archives; the ground-truth CSV may sit in
       ISIC2018_Task3_Training_LesionGroupings.csv      image,lesion_id,diagnosis_confirm_type
       ISIC2018_Task3_Validation_Input/ + ..._Validation_GroundTruth(.csv)
       ISIC2018_Task3_Test_Input/       + ..._Test_GroundTruth(.csv)
-      splits/<split>_seed<seed>.csv    (written by us: image,label,subset,part)
-      saliency/<same relative path as the image>.png  (+ saliency.json: the method that ran)
+
+Nothing is ever written under a real ``<root>``: split files (``image,label,part,subset``) go to
+``data/splits/spmix/<root>-<hash>/`` (or ``data.split_file``) and saliency maps to ``data/saliency/spmix/...``
+(see ``pipeline.py``); only a synthetic root made by ``synthetic_set.py`` holds its own ``splits/`` and ``saliency/``.
 
 Splits (``data.split``): ``official`` (train / validation / test sets as released), ``spmix_repo`` (the released
 code: train ∪ validation pooled, a seeded held-out set of ``holdout_per_class`` = 46 images per class used for
@@ -20,7 +23,6 @@ lesion is in two subsets, plus a separate lesion-disjoint validation set).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
-CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+from spmix.settings import CLASSES, AugmentConfig
+
 PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
 SPLITS = ("official", "spmix_repo", "lesion_disjoint")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ISIC_MEAN = (0.765, 0.545, 0.569)
 ISIC_STD = (0.140, 0.151, 0.169)
 RANDAUG_FILL = (0.7893, 0.5683, 0.5930)
@@ -53,7 +57,7 @@ def ground_truth_csv(root: Path, part: str) -> Path:
     raise DatasetFormatError(f"ground truth for the {PARTS[part]} set not found: expected "
                              f"{root / name / (name + '.csv')}"
                              f" (or {root / (name + '.csv')}). Unzip the official ISIC 2018 Task 3 archives there "
-                             f"or generate a synthetic set with `python -m spmix.synth --out {root}`")
+                             f"or generate a synthetic set elsewhere with `python -m spmix.synth`")
 
 
 def read_ground_truth(csv_path: Path, image_dir: Path, check_files: bool = True) -> pd.DataFrame:
@@ -159,15 +163,26 @@ def make_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: i
     return pool.drop(columns=["lesion_id"])
 
 
-def load_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46) -> pd.DataFrame:
-    """Read ``<root>/splits/<split>_seed<seed>.csv`` or create and write it (paths resolved against ``root``)."""
+def split_name(split: str, seed: int = 0, holdout_per_class: int = 46) -> str:
+    """File name of a split: everything that decides its content is in the name, so a stale file is never reused."""
+    return "official.csv" if split == "official" else f"{split}_seed{seed}_holdout{holdout_per_class}.csv"
+
+
+def load_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46,
+               path: str | Path | None = None) -> pd.DataFrame:
+    """Read the split file ``path`` (default ``<root>/splits/<split_name>``) or create and write it; image paths
+    are resolved against ``root``. A real data root passes a ``path`` outside it (``pipeline.split_file``)."""
+    from common.readers import require_columns
+
     root = Path(root)
-    path = root / "splits" / f"{split}_seed{seed}.csv"
+    path = Path(path) if path is not None else root / "splits" / split_name(split, seed, holdout_per_class)
     if path.is_file():
         frame = pd.read_csv(path)
-        from common.readers import require_columns
-
         require_columns(frame, ["image", "label", "part", "subset"], path)
+        unknown = sorted(set(frame["part"]) - set(PARTS))
+        if unknown:
+            raise DatasetFormatError(f"{path}: unknown part(s) {unknown}; use {list(PARTS)} (or delete the file to "
+                                     f"regenerate it)")
         frame["path"] = [str(input_dir(root, p) / f"{i}.jpg") for i, p in zip(frame["image"], frame["part"])]
         return frame
     frame = make_split(root, split, seed, holdout_per_class)
@@ -216,16 +231,6 @@ def make_train_sampler(labels: Sequence[int], kind: str, seed: int, num_samples:
 
 
 # --------------------------------------------------------------------------------------------- transforms
-@dataclass
-class AugmentConfig:
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    randaug_n: int = 2
-    randaug_magnitude: float = 10.0
-    randaug_ops: str = "all"               # all | geometric (affine ops only: keeps colour cues intact)
-    color_jitter: float = 0.4
-    eval_resize_ratio: float = 256 / 224
-
-
 def _randaugment_ops(m: float, which: str = "all") -> list:
     """RandAugment (n ops of this list at magnitude m/10 of the maximum). Affine ops move image and saliency
     together (mask target); colour ops are image-only transforms in albumentations, so saliency is untouched."""
@@ -344,11 +349,15 @@ class ISICDataset(Dataset):
 
 
 def list_unlabeled(folder: str | Path) -> pd.DataFrame:
-    """Images of a folder (``*.jpg|*.jpeg|*.png``) -> DataFrame(image, path) for predict mode."""
+    """Images of a folder (``*.jpg|*.jpeg|*.png``) -> DataFrame(image, path) for predict mode; files with other
+    suffixes are counted and named on stdout."""
+    from common.datasets import partition_by_suffix
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"predict folder {folder} does not exist")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths, _ = partition_by_suffix(sorted(p for p in folder.iterdir() if p.is_file()), IMAGE_SUFFIXES,
+                                   where=str(folder))
     if not paths:
         raise FileNotFoundError(f"no .jpg/.png images in {folder}")
     return pd.DataFrame({"image": [p.stem for p in paths], "path": [str(p) for p in paths]})

@@ -1,4 +1,4 @@
-"""One training epoch and evaluation for SPMix and its baselines (paper Sec. II-C; spec §1.1 pipeline).
+"""One training epoch, prediction and evaluation for SPMix and its baselines (paper Sec. II-C, Fig. 1).
 
 Every method is a small step function ``(model, inst, bal, ctx) -> StepOutput`` on a batch from the instance
 loader (``inst``) and, where needed, one from the class-balanced loader (``bal``). The loop, loss and optimiser
@@ -43,7 +43,7 @@ class StepContext:
     epochs: int
     rng: np.random.Generator
     generator: torch.Generator
-    cfg: object                        # spmix.experiment.Config
+    cfg: object                        # spmix.settings.Config
     two_views: bool = False
     last_ratio: dict = field(default_factory=dict)
 
@@ -153,7 +153,8 @@ NEEDS_BALANCED = ("spmix", "cmo")
 
 def paco_loss(model: SPMixNet, out: StepOutput, criterion: PaCoLoss, queue: LabelQueue, faithful_code: bool
               ) -> torch.Tensor:
-    """PaCo on [q; k; queue] (spec §1.8). Queries go through projector+predictor, keys through the projector.
+    """PaCo on [q; k; queue] (GPaCo ``LT/losses.py``, as the released script uses it). Queries go through
+    projector + predictor, keys through the projector.
     Under torchrun the keys of every rank are enqueued (as PaCo/MoCo do), so all ranks keep the same queue."""
     from common.runtime import all_gather_tensor
 
@@ -193,8 +194,18 @@ class TrainStep(nn.Module):
         return loss, out.logits.detach(), out.targets
 
 
+def start_epoch(ctx: StepContext, epoch: int, seed: int, rank: int = 0) -> None:
+    """Reset the step functions' random streams (mixing coins, Beta draws, tie noise) to a function of
+    (seed, epoch, rank), so that a resumed epoch draws exactly what an uninterrupted one would."""
+    from common.seed import epoch_seed
+
+    ctx.epoch = epoch
+    ctx.rng = np.random.default_rng(epoch_seed(seed, epoch, salt=10 + rank))
+    ctx.generator.manual_seed(epoch_seed(seed, epoch, salt=1_000_010 + rank))
+
+
 def cycle(loader: Iterator | Sequence) -> Iterator:
-    """Endless iteration over a DataLoader (re-shuffled every pass)."""
+    """Endless iteration over a DataLoader (a new pass when one ends)."""
     while True:
         yield from loader
 
@@ -203,22 +214,28 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train_one_epoch(step_module: nn.Module, loader, balanced_iter: Iterator | None, optimizer: torch.optim.Optimizer,
-                    scheduler, device: torch.device, scaler=None, amp: str = "off", grad_clip: float = 0.0
-                    ) -> dict[str, float]:
-    """One pass over ``loader`` with a ``TrainStep`` (or its DDP wrapper); returns mean loss and train accuracy
-    (w.r.t. the step's hard/argmax targets), averaged over ranks under torchrun."""
+def train_one_epoch(step_module: nn.Module, loader, balanced_loader, optimizer: torch.optim.Optimizer,
+                    scheduler, device: torch.device, scaler=None, amp: str = "off", grad_clip: float = 0.0,
+                    progress: bool = False, first_batch: dict | None = None) -> dict[str, float]:
+    """One pass over ``loader`` with a ``TrainStep`` (or its DDP wrapper), drawing a partner batch from
+    ``balanced_loader`` (or None) per step; returns mean loss and train accuracy (w.r.t. the step's hard/argmax
+    targets), averaged over ranks under torchrun. ``first_batch`` (a dict) receives the first batch for pictures."""
+    from tqdm import tqdm
+
     from common.runtime import autocast, reduce_mean
 
     step_module.train()
+    balanced_iter = cycle(balanced_loader) if balanced_loader is not None else None
     total, correct, seen = 0.0, 0, 0
-    for inst in loader:
+    for inst in tqdm(loader, desc="train", disable=not progress, leave=False):
         inst = to_device(inst, device)
         bal = to_device(next(balanced_iter), device) if balanced_iter is not None else None
         with autocast(device, amp):
             loss, logits, targets = step_module(inst, bal)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()}; lower optim.lr")
+        if first_batch is not None and not first_batch:
+            first_batch.update(inst=inst, bal=bal)
         backward_and_step(loss, optimizer, scaler, step_module.parameters(), grad_clip)
         scheduler.step()
         n = logits.shape[0]
@@ -230,21 +247,23 @@ def train_one_epoch(step_module: nn.Module, loader, balanced_iter: Iterator | No
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp: str = "off"
+def predict(model: nn.Module, loader, device: torch.device, amp: str = "off", progress: bool = False
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (logits ``(N, C)``, labels ``(N,)``, dataset indices ``(N,)``) in dataset order; under torchrun the
+    """-> (dataset indices ``(N,)``, labels ``(N,)``, logits ``(N, C)``) in dataset order; under torchrun the
     shards of a DistributedSampler are gathered from every rank (padding duplicates removed)."""
+    from tqdm import tqdm
+
     from common.runtime import autocast, gather_by_index
 
     model.eval()
     logits, labels, index = [], [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         with autocast(device, amp):
             logits.append(model(batch["image"].to(device)).float().cpu())
         labels.append(batch["label"])
         index.append(batch["index"])
     index_all, logits_all, labels_all = gather_by_index(torch.cat(index), torch.cat(logits), torch.cat(labels))
-    return logits_all, labels_all, index_all
+    return index_all, labels_all, logits_all
 
 
 def group_metrics(y_true: np.ndarray, logits: np.ndarray, groups: dict[str, Sequence[str]],
@@ -264,3 +283,20 @@ def group_metrics(y_true: np.ndarray, logits: np.ndarray, groups: dict[str, Sequ
         vals = [recall[class_names.index(c)] for c in members if support[class_names.index(c)] > 0]
         out[f"{group}_recall"] = float(np.mean(vals)) if vals else float("nan")
     return out
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one evaluated subset and the predictions they come from."""
+
+    metrics: dict[str, float]
+    indices: np.ndarray          # (N,) dataset indices
+    targets: np.ndarray          # (N,) labels
+    outputs: np.ndarray          # (N, C) logits
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, groups: dict[str, Sequence[str]], amp: str = "off",
+             progress: bool = False) -> Evaluation:
+    """Predict ``loader`` and compute :func:`group_metrics`."""
+    indices, targets, outputs = predict(model, loader, device, amp, progress)
+    return Evaluation(group_metrics(targets, outputs, groups), indices, targets, outputs)

@@ -1,4 +1,4 @@
-"""Losses: cross-entropy, class-balanced re-weighting, balanced softmax and PaCo (spec §1.8).
+"""Losses: cross-entropy, class-balanced re-weighting, balanced softmax and PaCo (GPaCo ``LT/losses.py``).
 
 - Re-weighting: class-balanced loss by effective number (Cui et al. 2019), ``w_c ∝ (1 - b) / (1 - b^{n_c})``,
   normalised to sum to C.
@@ -54,7 +54,7 @@ class ClassificationLoss(nn.Module):
     def __init__(self, kind: str, counts: Sequence[int], cb_beta: float = 0.9999):
         super().__init__()
         if kind not in ("ce", "reweighting", "balanced_softmax"):
-            raise ValueError(f"train.loss={kind!r} is not a classification loss; use one of {LOSSES}")
+            raise ValueError(f"loss {kind!r} is not a classification loss; use ce, reweighting or balanced_softmax")
         self.kind = kind
         self.register_buffer("log_prior", class_prior(counts).log())
         self.register_buffer("weight", effective_number_weights(counts, cb_beta))

@@ -1,4 +1,4 @@
-"""SPMix mixing rule and the mixing baselines (paper Sec. II; spec §1.3–1.5, §4).
+"""SPMix mixing rule and the mixing baselines (paper Sec. II-B; released ``main_isic.py`` mixing step).
 
 SPMix, per patch i of a ``g x g`` grid of ``p``-pixel patches:
 
@@ -181,7 +181,8 @@ def saliencymix(x: torch.Tensor, sal: torch.Tensor, y: torch.Tensor, num_classes
                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """SaliencyMix: box centred at the source image's saliency peak, pasted at the same place of the target.
 
-    Per-image boxes (the paper); the official code reuses the first source's box for the whole batch (issue #2).
+    Per-image boxes (the paper); the official code reuses the first source's box for the whole batch
+    (afm-shahab-uddin/SaliencyMix#2).
     """
     lam = _beta(alpha, rng)
     perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)

@@ -1,4 +1,4 @@
-"""SPMix networks (paper Sec. II-B; official model: spec §1.7).
+"""SPMix networks (paper Sec. II-B; official model: ``moco/vision_transformer_hybrid.py``, ``vit_small``).
 
 - Hybrid backbone (token-level mixing): ResNet stages with stride 16 -> 1x1 projection to tokens -> CLS token +
   position embedding -> transformer blocks. The paper config uses timm ``vit_small_resnet50d_s16_224`` (ResNet-50D
@@ -12,31 +12,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spmix.settings import ModelConfig
+
 HYBRIDS = ("vit_small_resnet50d_s16_224", "tiny_hybrid")
 CNNS = ("resnet50", "resnet18", "tiny_resnet")
 R50D_SOURCE = "timm resnet50d.ra2_in1k (model.safetensors of hf-hub timm/resnet50d.ra2_in1k)"
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "tiny_hybrid"  # vit_small_resnet50d_s16_224 | tiny_hybrid | resnet50 | resnet18 | tiny_resnet
-    pretrained: str = "none"               # none | hub | /path/to/weights (ResNet stages for hybrids)
-    tiny_channels: tuple[int, ...] = (16, 32, 64, 128)
-    tiny_embed_dim: int = 96
-    tiny_depth: int = 4
-    tiny_heads: int = 3
-    tiny_mlp_ratio: float = 3.0
-    drop_path: float = 0.0
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
 
 
 def build_mlp(num_layers: int, in_dim: int, hidden: int, out_dim: int, last_bn: bool) -> nn.Sequential:
@@ -152,3 +138,8 @@ class SPMixNet(nn.Module):
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, img_size: int) -> SPMixNet:
+    """The network of ``cfg`` (``Config.model``) for ``num_classes`` classes at ``img_size`` px."""
+    return SPMixNet(cfg, num_classes, img_size)

@@ -1,52 +1,55 @@
 """Reproduce the paper's comparison on the synthetic long-tailed set (or ISIC 2018 with --data-root).
 
 SPMix and every baseline (CE, class-balanced re-sampling, re-weighting, balanced softmax, Mixup, CutMix,
-SaliencyMix, CMO) run through the same train.py with the same budget and seeds. ``--all`` adds the extra rows:
-``spmix_paco`` (the official PaCo training, two views: the most expensive row), the released code's label rule
-(``spmix_instance``), uniform 50/50 token mixing without saliency (``spmix_uniform``, alpha = 0.5) and mixing
-only half of the steps (``spmix_half``, spmix.prob = 0.5; the released code mixes every step).
+SaliencyMix, CMO) run through the same train.py with the same budget and seeds; every row trains with CE except
+re-weighting / balanced softmax (their loss). ``--all`` adds the extra rows: ``spmix_paco`` (the official PaCo
+training, two views: the most expensive row), the released code's label rule (``spmix_instance``), uniform 50/50
+token mixing without saliency (``spmix_uniform``, alpha = 0.5) and mixing only half of the steps (``spmix_half``,
+spmix.prob = 0.5; the released code mixes every step).
 
-    python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--seeds 3] [--jobs 2] [--all] [k=v ...]
+    python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--seeds 3] [--jobs 2] [--all]
+                        [--only spmix,ce] [--out RUNS_ROOT] [key=value ...]
 
-Writes ``runs/spmix/reproduce/<timestamp>/comparison.{csv,md}`` plus ``figures/spmix_mixed_samples.png``.
+Writes ``runs/spmix/reproduce/<timestamp>/comparison.{csv,md}`` (+ config.yaml, env.json,
+``figures/spmix_mixed_samples.png``); the sub-runs go to ``runs/spmix/reproduce-<row>-s<seed>/<timestamp>/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from spmix.settings import Config
+
 PROJECT_DIR = Path(__file__).resolve().parent
 ROWS: dict[str, list[str]] = {
-    "spmix": ["method=spmix"],
-    "ce": ["method=ce"],
-    "resampling": ["method=resampling"],
-    "reweighting": ["method=reweighting"],
-    "balanced_softmax": ["method=balanced_softmax"],
-    "mixup": ["method=mixup"],
-    "cutmix": ["method=cutmix"],
-    "saliencymix": ["method=saliencymix"],
-    "cmo": ["method=cmo"],
+    "spmix": ["method=spmix", "loss.name=ce"],
+    "ce": ["method=ce", "loss.name=ce"],
+    "resampling": ["method=resampling", "loss.name=ce"],
+    "reweighting": ["method=reweighting", "loss.name=ce"],
+    "balanced_softmax": ["method=balanced_softmax", "loss.name=ce"],
+    "mixup": ["method=mixup", "loss.name=ce"],
+    "cutmix": ["method=cutmix", "loss.name=ce"],
+    "saliencymix": ["method=saliencymix", "loss.name=ce"],
+    "cmo": ["method=cmo", "loss.name=ce"],
 }
 ABLATIONS: dict[str, list[str]] = {
     "spmix_paco": ["method=spmix", "loss.name=paco"],
-    "spmix_instance": ["method=spmix", "spmix.dominant=instance"],
-    "spmix_uniform": ["method=spmix", "spmix.alpha=0.5"],
-    "spmix_half": ["method=spmix", "spmix.prob=0.5"],
+    "spmix_instance": ["method=spmix", "loss.name=ce", "spmix.dominant=instance"],
+    "spmix_uniform": ["method=spmix", "loss.name=ce", "spmix.alpha=0.5"],
+    "spmix_half": ["method=spmix", "loss.name=ce", "spmix.prob=0.5"],
 }
 METRICS = ("balanced_accuracy", "f1_macro", "tail_recall", "medium_recall", "head_recall", "accuracy", "auc")
 
 
-def _run_one(argv: list[str]) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
+def run_one(argv: list[str]) -> dict:
+    """One sub-run (in a worker process): train.py's main on ``argv``."""
     from spmix.train import main as train_main
 
     out = train_main(argv)
@@ -69,124 +72,76 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def mixed_samples_figure(cfg, prep, path: Path, n: int = 4, seed: int = 0) -> Path:
-    """Tail (dominant) and head (context) images, their saliency maps, the SPMix ratio map and the pixel-space
-    picture of the mix r*x_dom + (1-r)*x_ctx (for a hybrid backbone the same r mixes tokens)."""
-    import matplotlib
+def select_rows(args) -> dict[str, list[str]]:
+    """The default table, ``--all`` adds the ablations, ``--only`` keeps the named rows (in table order)."""
+    table = {**ROWS, **ABLATIONS} if args.all or args.only else dict(ROWS)
+    return {k: v for k, v in table.items() if not args.only or k in args.only}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
 
-    from spmix.data import CLASSES, ISIC_MEAN, ISIC_STD, ISICDataset, eval_transform
-    from spmix.mixing import mix_pixels, mixing_ratio, patch_scores, ratio_map
+def prepare_once(cfg: Config, seeds: int):
+    """Data, split files and saliency maps of every seed, in this process, before the parallel runs write
+    anything (so they never race on the same file). Returns the seed-0 preparation (for the figure)."""
+    from spmix.pipeline import prepare_data
 
-    frame = prep.frame[prep.frame["subset"] == "train"].reset_index(drop=True)
-    ds = ISICDataset(frame, [eval_transform(cfg.data.img_size, cfg.augment)], prep.data_root, prep.saliency_root)
-    rng = np.random.default_rng(seed)
-    labels = np.array(ds.labels)
-    tail = [CLASSES.index(c) for c in cfg.eval.tail]
-    dom_idx = rng.choice(np.flatnonzero(np.isin(labels, tail)), n, replace=False)
-    ctx_idx = rng.choice(np.flatnonzero(labels == CLASSES.index(cfg.eval.head[0])), n, replace=False)
-    dom = [ds[int(i)] for i in dom_idx]
-    ctx = [ds[int(i)] for i in ctx_idx]
-    x_dom, x_ctx = torch.stack([d["image"] for d in dom]), torch.stack([c["image"] for c in ctx])
-    s_dom, s_ctx = torch.stack([d["sal"] for d in dom]), torch.stack([c["sal"] for c in ctx])
-    p = cfg.saliency.patch
-    r = mixing_ratio(patch_scores(s_dom, p, 0.0), patch_scores(s_ctx, p, 0.0), cfg.spmix.alpha)
-    mixed = mix_pixels(x_dom, x_ctx, r, p)
-    grid = (x_dom.shape[-2] // p, x_dom.shape[-1] // p)
-    rmap = ratio_map(r, grid, p)
+    preps = [prepare_data(replace(cfg, seed=s, method="spmix")) for s in range(seeds)]
+    return preps[0]
 
-    def show(t):
-        img = t.permute(1, 2, 0).numpy() * np.array(ISIC_STD) + np.array(ISIC_MEAN)
-        return np.clip(img, 0, 1)
 
-    cols = ["tail image (label)", "its saliency", "head image", "its saliency", "ratio r (0.5..alpha)", "mixed"]
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.1 * len(cols), 2.1 * n))
-    for i in range(n):
-        panels = [show(x_dom[i]), s_dom[i, 0].numpy(), show(x_ctx[i]), s_ctx[i, 0].numpy(), rmap[i, 0].numpy(),
-                  show(mixed[i])]
-        for j, panel in enumerate(panels):
-            ax = axes[i, j]
-            kw = {"cmap": "magma", "vmin": 0.5, "vmax": cfg.spmix.alpha} if j == 4 else {"cmap": "gray"}
-            ax.imshow(panel, **({} if panel.ndim == 3 else kw))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=8)
-        axes[i, 0].set_ylabel(CLASSES[labels[dom_idx[i]]], fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def config_file(name: str) -> str:
+    """Absolute path of the config the sub-runs load (relative to the working directory or the project)."""
+    path = Path(name)
+    return str(path.resolve() if path.is_file() else PROJECT_DIR / name)
+
+
+def run_jobs(jobs: list[tuple[str, list[str]]], rows: Sequence[str], workers: int) -> dict[str, list[dict]]:
+    start = time.time()
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    if workers <= 1:
+        for name, job in jobs:
+            results[name].append(run_one(job))
+        return results
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [(name, pool.submit(run_one, job)) for name, job in jobs]
+        for name, fut in futures:
+            results[name].append(fut.result())
+            print(f"[reproduce] {name}: done ({time.time() - start:.0f} s)", flush=True)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    from common.config import load_config
-    from common.rundir import resolve_path
+    from common.cli import DEFAULT_CONFIG, data_root_overrides, parse_reproduce, reproduce_parser
+    from common.rundir import check_writable, create_run_dir, resolve_path
     from common.tracking import write_comparison
-    from spmix.experiment import Config, validate
-    from spmix.train import prepare_data
+    from spmix.reports import mixed_samples_figure
 
-    parser = argparse.ArgumentParser(description="SPMix vs baselines: comparison table on one data set")
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--data-root", default=None, help="data set root (default: the config's data.root)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2, help="parallel training processes (one thread each)")
-    parser.add_argument("--all", action="store_true", help="also run the ablations")
-    parser.add_argument("--rows", nargs="*", default=None, help="subset of rows to run")
-    parser.add_argument("--out", default=None, help="output folder (default runs/spmix/reproduce/<timestamp>)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
-
-    overrides = list(args.overrides)
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    cfg = load_config(Config, args.config, [*overrides, "method=spmix"], search_dirs=[PROJECT_DIR])
-    validate(cfg)
-    prep = prepare_data(cfg)  # data, split and saliency once, before the parallel runs
-    table = dict(ROWS)
-    if args.all:
-        table.update(ABLATIONS)
-    if args.rows:
-        unknown = [r for r in args.rows if r not in table]
-        if unknown:
-            parser.error(f"unknown rows {unknown}; choose from {list(table)}")
-        table = {k: v for k, v in table.items() if k in args.rows}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.out) if args.out else resolve_path(cfg.runs_root) / "spmix" / "reproduce" / stamp
-    config_path = str(resolve_path(args.config) if not Path(args.config).is_absolute() else args.config)
-    if not Path(config_path).is_file():
-        config_path = str(PROJECT_DIR / args.config)
-    jobs = []
-    for name, extra in table.items():
-        for seed in range(args.seeds):
-            jobs.append((name, ["--config", config_path, *overrides, *extra, f"seed={seed}",
-                                f"experiment=reproduce-{stamp}-{name}-s{seed}"]))
+    parser = reproduce_parser("SPMix vs baselines: comparison table on one data set")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (0, 1, ...)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel training processes (runtime.threads each)")
+    cfg, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=[*ROWS, *ABLATIONS])
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1")
+    runs_root = str(resolve_path(args.out or cfg.runs_root))
+    check_writable(runs_root, key="--out" if args.out else "runs_root")
+    cfg = replace(cfg, runs_root=runs_root)
+    prep = prepare_once(cfg, args.seeds)
+    table = select_rows(args)
+    base = ["--config", config_file(args.config or DEFAULT_CONFIG), *args.overrides,
+            *data_root_overrides(args.data_root), f"runs_root={runs_root}"]
+    jobs = [(name, [*base, *extra, f"seed={seed}", f"experiment=reproduce-{name}-s{seed}"])
+            for name, extra in table.items() for seed in range(args.seeds)]
+    out = create_run_dir("spmix", "reproduce", cfg, root=runs_root)
     start = time.time()
-    results: dict[str, list[dict]] = {name: [] for name in table}
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [(name, pool.submit(_run_one, job)) for name, job in jobs]
-            for name, fut in futures:
-                results[name].append(fut.result())
-                print(f"[reproduce] {name}: done ({time.time() - start:.0f} s)", flush=True)
-    else:
-        for name, job in jobs:
-            results[name].append(_run_one(job))
-    rows = summarise(results)
-    figure = mixed_samples_figure(cfg, prep, out_dir / "figures" / "spmix_mixed_samples.png")
-    wall = time.time() - start
+    rows = summarise(run_jobs(jobs, list(table), args.jobs))
+    figure = mixed_samples_figure(cfg, prep, out.figures / "spmix_mixed_samples.png")
     notes = (f"Data: {prep.data_root} (split {cfg.data.split}); {args.seeds} seeds per row; test subset; metrics are "
              f"fractions, mean over seeds with `_std`. Saliency detector that ran: {cfg.saliency.resolved}. "
              f"Backbone {cfg.model.backbone} at {cfg.data.img_size} px, {cfg.optim.epochs} epochs, random init; "
              f"every row uses CE except reweighting / balanced_softmax (their loss) and spmix_paco (PaCo). "
-             f"Wall time {wall / 60:.1f} min with {args.jobs} parallel jobs.")
-    write_comparison(rows, out_dir, "SPMix vs long-tailed baselines", [str(figure.relative_to(out_dir))], notes)
-    print((out_dir / "comparison.md").read_text())
-    return out_dir
+             f"Sub-runs: {runs_root}/spmix/reproduce-<row>-s<seed>/. "
+             f"Wall time {(time.time() - start) / 60:.1f} min with {args.jobs} parallel jobs.")
+    write_comparison(rows, out.path, "SPMix vs long-tailed baselines", [str(figure.relative_to(out.path))], notes)
+    print((out.path / "comparison.md").read_text())
+    return out.path
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Train SPMix or one of its baselines on ISIC 2018 Task 3 (or the synthetic stand-in) — paper Sec. II/III.
 
-    python train.py --config configs/default.yaml [method=cmo seed=1 ...] [--resume auto|PATH] [--init-weights PATH]
-    torchrun --nproc_per_node=4 train.py --config configs/isic2018.yaml data.root=/data/isic2018   # DDP, batch per GPU
+    python train.py [--config configs/default.yaml] [method=cmo seed=1 ...] [--resume auto|PATH] [--init-weights PATH]
+    python train.py --config configs/isic2018.yaml --data-root /data/isic2018          # real data, paper recipe
+    torchrun --nproc_per_node=4 train.py --config configs/isic2018.yaml --data-root /data/isic2018   # DDP
 
 Writes ``runs/spmix/<experiment>/<timestamp>/`` (config.yaml with ``saliency.resolved``, env.json, metrics.csv,
-tb/, checkpoints/{last,best}.pt, eval/summary.csv + per_case.csv on the test subset, figures/).
+tb/ with image grids, checkpoints/{last,best}.pt, eval/summary.csv + per_case.csv of the test subset, figures/).
+Every input is checked before the run folder is created: config values, a writable ``runs_root``, the data root,
+every image the split lists.
 """
 
 from __future__ import annotations
@@ -14,102 +17,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from spmix.data import (
-    CLASSES,
-    ISICDataset,
-    class_counts,
-    eval_transform,
-    load_split,
-    make_train_sampler,
-    train_transforms,
-)
-from spmix.engine import NEEDS_BALANCED, STEPS, StepContext, cycle, train_one_epoch
-from spmix.experiment import METHODS, Config, validate
+from common.checkpoint import save_checkpoint
+from spmix.engine import STEPS, StepContext, TrainStep, evaluate, start_epoch, train_one_epoch
 from spmix.losses import ClassificationLoss, LabelQueue, PaCoLoss
-from spmix.model import SPMixNet
+from spmix.model import SPMixNet, build_model
+from spmix.pipeline import Loaders, Prepared, eval_loader, make_loaders, prepare_data, seed_epoch, subset
+from spmix.settings import CLASSES, METHODS, Config
 
 PROJECT_DIR = Path(__file__).resolve().parent
-SALIENCY_METHODS = ("spmix", "saliencymix")
 
 
 @dataclass
-class Prepared:
-    """Data prepared for a run."""
+class Training:
+    """The objects one training run updates."""
 
-    frame: object                 # pandas DataFrame of the split
-    data_root: Path
-    saliency_root: Path | None
-
-
-def method_loss(cfg: Config) -> str:
-    return METHODS[cfg.method][2] or cfg.loss.name
-
-
-def prepare_data(cfg: Config) -> Prepared:
-    """Generate synthetic data if configured, load/write the split, precompute saliency if the method needs it.
-    Sets ``cfg.saliency.resolved`` to the detector that ran (or that produced the stored maps)."""
-    from common.rundir import resolve_path
-    from spmix.saliency_maps import precompute_tree, read_saliency_record, resolve_method
-
-    root = resolve_path(cfg.data.root)
-    if cfg.data.synthetic:
-        from spmix.synth import ensure_synthetic
-
-        ensure_synthetic(root, train=cfg.data.synth_train, val_per_class=cfg.data.synth_val_per_class,
-                         test_per_class=cfg.data.synth_test_per_class)
-    elif not root.is_dir():
-        raise FileNotFoundError(f"data.root={root} does not exist; point it at the unzipped ISIC 2018 Task 3 folders "
-                                f"or set data.synthetic=true")
-    frame = load_split(root, cfg.data.split, cfg.seed if cfg.data.split != "official" else 0,
-                       cfg.data.holdout_per_class)
-    if cfg.method not in SALIENCY_METHODS:
-        cfg.saliency.resolved = "unused"
-        return Prepared(frame, root, None)
-    resolved = resolve_method(cfg.saliency.method)
-    sal_root = resolve_path(cfg.saliency.root) if cfg.saliency.root else root / "saliency"
-    record = read_saliency_record(sal_root)
-    if record is not None and record.get("method") != resolved:
-        raise RuntimeError(f"saliency maps in {sal_root} were computed with {record.get('method')}, but "
-                           f"saliency.method={cfg.saliency.method} resolves to {resolved}. Delete that folder, point "
-                           f"saliency.root elsewhere, or set saliency.method={record.get('method')}")
-    if cfg.saliency.precompute:
-        precompute_tree(root, sal_root, resolved)  # maps of every image under root (skips existing ones)
-    cfg.saliency.resolved = resolved
-    return Prepared(frame, root, sal_root)
-
-
-def make_loaders(cfg: Config, prep: Prepared, two_views: bool) -> tuple[DataLoader, DataLoader | None, DataLoader]:
-    """(primary training loader, class-balanced loader or None, validation loader); under torchrun every loader
-    reads this rank's share."""
-    from common.runtime import make_sampler
-    from common.seed import loader_seed_kwargs, reseed_transforms
-
-    frame = prep.frame
-    train = frame[frame["subset"] == "train"].reset_index(drop=True)
-    val = frame[frame["subset"] == "val"].reset_index(drop=True)
-    q, k = train_transforms(cfg.data.img_size, cfg.augment)
-    ds = ISICDataset(train, [q, k] if two_views else [q], prep.data_root, prep.saliency_root, cfg.data.cache)
-    reseed_transforms(ds, cfg.seed)  # albumentations keeps its own RNG; workers reseed via loader_seed_kwargs
-    sampler_kind, mixing, _ = METHODS[cfg.method]
-    kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, drop_last=True)
-    sampler = make_train_sampler(ds.labels, sampler_kind, cfg.seed)
-    primary = DataLoader(ds, sampler=sampler, shuffle=sampler is None, **kw, **loader_seed_kwargs(cfg.seed))
-    balanced = None
-    if mixing in NEEDS_BALANCED:
-        balanced = DataLoader(ds, sampler=make_train_sampler(ds.labels, "class_balanced", cfg.seed + 17), **kw,
-                              **loader_seed_kwargs(cfg.seed + 17))
-    val_ds = ISICDataset(val, [eval_transform(cfg.data.img_size, cfg.augment)], cache=cfg.data.cache)
-    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
-                            sampler=make_sampler(val_ds, shuffle=False))  # each rank its share under torchrun
-    return primary, balanced, val_loader
+    model: SPMixNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    step_module: torch.nn.Module
+    ctx: StepContext
+    queue: LabelQueue | None
+    steps_per_epoch: int
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier per iteration: linear warm-up then cosine to 0 (spec §2, per-iteration form)."""
+    """LR multiplier per iteration: linear warm-up then cosine to 0 (released script ``adjust_learning_rate``,
+    applied per iteration instead of per epoch)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(warmup_steps, 1)
@@ -118,123 +54,145 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    from common.checkpoint import (
-        find_resume_checkpoint,
-        load_checkpoint,
-        load_init_weights,
-        restore_training_state,
-        save_checkpoint,
-    )
-    from common.config import ConfigError, build_arg_parser, parse_cli, to_dict
-    from common.rundir import create_run_dir, resolve_path
-    from common.runtime import (
-        cleanup_distributed,
-        init_distributed,
-        main_process_first,
-        make_grad_scaler,
-        maybe_compile,
-        pick_device,
-        wrap_ddp,
-    )
-    from common.seed import seed_everything
-    from common.tracking import Tracker
-    from spmix.engine import TrainStep, group_metrics, predict
-    from spmix.eval import evaluate_subset
+def build_training(cfg: Config, loaders: Loaders, device: torch.device, init_weights: str | None) -> Training:
+    """Model, AdamW, warm-up + cosine schedule, loss (CE family or PaCo with its queue) and the DDP step module."""
+    from common.checkpoint import load_init_weights
+    from common.runtime import make_grad_scaler, maybe_compile, wrap_ddp
+    from spmix.data import class_counts
 
-    parser = build_arg_parser("Train SPMix / baselines on ISIC 2018 Task 3")
-    cfg, args = parse_cli(Config, argv, parser, search_dirs=[PROJECT_DIR])
-    try:
-        validate(cfg)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
-    info = init_distributed()  # torchrun: one process per GPU, data.batch_size per process
-    seed_everything(cfg.seed, info.rank, deterministic=cfg.runtime.deterministic)
-    device = pick_device(cfg.runtime.device, info.local_rank)
-    with main_process_first():  # rank 0 writes the synthetic set, split file and saliency maps
-        prep = prepare_data(cfg)
-    loss_name = method_loss(cfg)
-    two_views = loss_name == "paco"
-    primary, balanced, val_loader = make_loaders(cfg, prep, two_views)
-    counts = class_counts(primary.dataset.labels)
-
-    model = SPMixNet(cfg.model, len(CLASSES), cfg.data.img_size).to(device)
-    if args.init_weights:
-        load_init_weights(model, args.init_weights)
+    counts = class_counts(loaders.primary.dataset.labels)
+    two_views = cfg.loss_name == "paco"
+    model = build_model(cfg.model, len(CLASSES), cfg.data.img_size).to(device)
+    if init_weights:
+        load_init_weights(model, init_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = len(primary)
+    spe = len(loaders.primary)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        cfg.optim.epochs * steps_per_epoch, int(round(cfg.optim.warmup_epochs * steps_per_epoch))))
-    scaler = make_grad_scaler(device, cfg.runtime.amp)
-    criterion = ClassificationLoss(loss_name if loss_name != "paco" else "ce", counts, cfg.loss.cb_beta).to(device)
-    paco = None
+        cfg.optim.epochs * spe, int(round(cfg.optim.warmup_epochs * spe))))
+    criterion = ClassificationLoss(cfg.loss_name if not two_views else "ce", counts, cfg.loss.cb_beta).to(device)
+    paco, queue = None, None
     if two_views:
         p = cfg.loss.paco
-        paco = (PaCoLoss(counts, p.alpha, p.beta, p.gamma, p.temperature).to(device),
-                LabelQueue(p.queue, cfg.model.proj_dim).to(device))
-
-    experiment_dir = resolve_path(cfg.runs_root) / "spmix" / cfg.experiment
-    resume = find_resume_checkpoint(args.resume, experiment_dir)
-    start_epoch, best = 0, None
-    run = create_run_dir("spmix", cfg.experiment, to_dict(cfg), root=cfg.runs_root, device=device,
-                         existing=resume.parent.parent if resume else None)
-    if resume is not None:
-        ckpt = load_checkpoint(resume, map_location=device)
-        start_epoch, _, best = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                      scaler=scaler)
-        if paco is not None and "queue" in ckpt.get("extra", {}):
-            paco[1].load_state_dict(ckpt["extra"]["queue"])
-        if info.is_main:
-            print(f"resumed from {resume} at epoch {start_epoch}")
-
-    ctx = StepContext(num_classes=len(CLASSES), epoch=start_epoch, epochs=cfg.optim.epochs,
-                      rng=np.random.default_rng(cfg.seed + 1000 * start_epoch + 1_000_003 * info.rank),
-                      generator=torch.Generator().manual_seed(cfg.seed + start_epoch + 1_000_003 * info.rank),
-                      cfg=cfg, two_views=two_views)
-    step_module = TrainStep(model, STEPS[METHODS[cfg.method][1]], criterion, ctx, paco)
+        queue = LabelQueue(p.queue, cfg.model.proj_dim).to(device)
+        paco = (PaCoLoss(counts, p.alpha, p.beta, p.gamma, p.temperature).to(device), queue)
+    ctx = StepContext(num_classes=len(CLASSES), epoch=0, epochs=cfg.optim.epochs, rng=None,
+                      generator=torch.Generator(), cfg=cfg, two_views=two_views)
+    step = TrainStep(model, STEPS[METHODS[cfg.method][1]], criterion, ctx, paco)
     # without PaCo the projector/predictor heads get no gradient, which DDP must be told about
-    step_module = maybe_compile(wrap_ddp(step_module, device, find_unused_parameters=not two_views),
-                                cfg.runtime.compile)
-    balanced_iter = cycle(balanced) if balanced is not None else None
-    groups = {"head": cfg.eval.head, "medium": cfg.eval.medium, "tail": cfg.eval.tail}
-    tracker = Tracker(run.path) if info.is_main else None
-    cfg_dict = to_dict(cfg)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        ctx.epoch = epoch
-        for loader in (primary, balanced):
-            if loader is not None and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(step_module, primary, balanced_iter, optimizer, scheduler, device, scaler,
-                                cfg.runtime.amp, cfg.optim.grad_clip)
-        logits, labels, _ = predict(model, val_loader, device, cfg.runtime.amp)  # gathered: same on every rank
-        val = group_metrics(labels, logits, groups)
-        score = val[cfg.eval.select_metric]
+    step = maybe_compile(wrap_ddp(step, device, find_unused_parameters=not two_views), cfg.runtime.compile)
+    return Training(model, optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp), step, ctx, queue, spe)
+
+
+def restore(training: Training, checkpoint: Path | None, device: torch.device) -> tuple[int, float | None]:
+    """Full state of a resumed run (model, optimiser, schedule, scaler, RNG, PaCo queue) -> (epoch, best)."""
+    from common.checkpoint import load_checkpoint, restore_training_state
+
+    if checkpoint is None:
+        return 0, None
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    epoch, _, best = restore_training_state(ckpt, model=training.model, optimizer=training.optimizer,
+                                            scheduler=training.scheduler, scaler=training.scaler)
+    if training.queue is not None and "queue" in ckpt.get("extra", {}):
+        training.queue.load_state_dict(ckpt["extra"]["queue"])
+    return epoch, best
+
+
+def save_epoch(training: Training, cfg: Config, run, epoch: int, best: float | None, improved: bool) -> None:
+    """``last.pt`` every epoch and ``best.pt`` when the validation metric improved (rank 0 only)."""
+    from common.config import to_dict
+
+    extra = {"queue": training.queue.state_dict()} if training.queue is not None else {}
+    kw = dict(model=training.model, config=to_dict(cfg), epoch=epoch + 1, step=(epoch + 1) * training.steps_per_epoch,
+              best_metric=best, optimizer=training.optimizer, scheduler=training.scheduler, scaler=training.scaler,
+              extra=extra)
+    if improved:
+        save_checkpoint(run.checkpoints / "best.pt", **kw)
+    save_checkpoint(run.checkpoints / "last.pt", **kw)
+
+
+def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, first: int, best: float | None,
+               tracker) -> float | None:
+    """The epoch loop: seeded data order, one training pass, validation, metrics row, checkpoints."""
+    from common.runtime import dist_info
+    from spmix.reports import training_grid
+
+    info = dist_info()
+    for epoch in range(first, cfg.optim.epochs):
+        seed_epoch(loaders, cfg.seed, epoch)
+        start_epoch(training.ctx, epoch, cfg.seed, info.rank)
+        batch: dict = {}
+        stats = train_one_epoch(training.step_module, loaders.primary, loaders.balanced, training.optimizer,
+                                training.scheduler, device, training.scaler, cfg.runtime.amp, cfg.optim.grad_clip,
+                                progress=cfg.runtime.progress and info.is_main, first_batch=batch)
+        val = evaluate(training.model, loaders.val, device, cfg.groups, cfg.runtime.amp).metrics  # all ranks
+        score = val[cfg.optim.select_metric]
         improved = best is None or score > best
         best = score if improved else best
         if not info.is_main:
             continue
-        row = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
-        tracker.log(row, step=epoch + 1)
+        tracker.log({"epoch": epoch + 1, "iteration": (epoch + 1) * training.steps_per_epoch, **stats,
+                     **{f"val_{k}": v for k, v in val.items()}}, step=epoch + 1)
+        tracker.log_image("train/batch", training_grid(batch, training.ctx.last_ratio.get("ratio"),
+                                                       cfg.saliency.patch), epoch + 1)
         print(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {stats['train_loss']:.4f} val "
-              f"{cfg.eval.select_metric} {score:.4f} tail {val['tail_recall']:.3f}", flush=True)
-        extra = {"queue": paco[1].state_dict()} if paco is not None else {}
-        kw = dict(model=model, config=cfg_dict, epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, best_metric=best,
-                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, extra=extra)
-        if improved:
-            save_checkpoint(run.checkpoints / "best.pt", **kw)
-        if cfg.save_every_epoch or epoch + 1 == cfg.optim.epochs:
-            save_checkpoint(run.checkpoints / "last.pt", **kw)
-    cleanup_distributed()  # the test evaluation below runs on rank 0 alone
-    if not info.is_main:
-        return {"run_dir": run.path, "test": None, "best_val": best, "saliency": cfg.saliency.resolved}
-    tracker.close()
+              f"{cfg.optim.select_metric} {score:.4f} tail {val['tail_recall']:.3f}", flush=True)
+        save_epoch(training, cfg, run, epoch, best, improved)
+    return best
+
+
+def evaluate_best(training: Training, cfg: Config, prep: Prepared, run, device, tracker) -> dict[str, float]:
+    """Evaluate ``best.pt`` on the test subset: eval tables, confusion matrix, ROC and a TensorBoard grid."""
+    from common.checkpoint import load_checkpoint
+    from spmix.reports import log_predictions, write_evaluation
+
     best_path = run.checkpoints / "best.pt"
     if best_path.is_file():
-        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
-    test = evaluate_subset(model, cfg, prep.frame, "test", device, run.eval, run.figures)
-    return {"run_dir": run.path, "test": test, "best_val": best, "saliency": cfg.saliency.resolved}
+        training.model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+    frame = subset(prep.frame, "test")
+    result = evaluate(training.model, eval_loader(cfg, frame), device, cfg.groups, cfg.runtime.amp,
+                      progress=cfg.runtime.progress)
+    write_evaluation(result, frame, "test", run.eval, run.figures)
+    log_predictions(tracker, result, frame, cfg, cfg.optim.epochs)
+    return result.metrics
+
+
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> dict:
+    """Checks, data, model, the epoch loop and the test evaluation, in that order."""
+    from common.rundir import check_writable, open_run
+    from common.runtime import cleanup_distributed, dist_info, main_process_first, setup_runtime
+    from common.tracking import Tracker
+
+    check_writable(cfg.runs_root)  # a read-only runs folder fails before any data work
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    info = dist_info()
+    with main_process_first():  # rank 0 writes the synthetic set, split file and saliency maps
+        prep = prepare_data(cfg)
+    loaders = make_loaders(cfg, prep, two_views=cfg.loss_name == "paco")
+    training = build_training(cfg, loaders, device, init_weights)
+    opened = open_run("spmix", cfg, resume=resume, device=device)
+    first, best = restore(training, opened.resume_from, device)
+    tracker = Tracker(opened.run.path) if info.is_main else None
+    best = run_epochs(training, cfg, loaders, opened.run, device, first, best, tracker)
+    cleanup_distributed()  # the test evaluation below runs on rank 0 alone
+    test = None
+    if info.is_main:
+        test = evaluate_best(training, cfg, prep, opened.run, device, tracker)
+        tracker.close()
+    return {"run_dir": opened.run.path, "test": test, "best_val": best, "saliency": cfg.saliency.resolved}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from common.cli import parse_train, train_parser
+    from common.datasets import DatasetFolderError, DataVerificationError
+    from common.rundir import RunFolderError
+
+    parser = train_parser("Train SPMix / baselines on ISIC 2018 Task 3")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    try:
+        return run_training(cfg, args.resume, args.init_weights)
+    except (DatasetFolderError, DataVerificationError, RunFolderError) as exc:
+        parser.exit(1, f"train.py: error: {exc}\n")
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""ISIC 2018 Task 3 reader, splits, samplers and paired augmentation (spec §3, §6.6–6.8)."""
+"""ISIC 2018 Task 3 reader, splits, samplers and paired augmentation."""
 
 import shutil
 
@@ -9,7 +9,6 @@ import torch
 
 from spmix.data import (
     CLASSES,
-    AugmentConfig,
     DatasetFormatError,
     ISICDataset,
     class_balanced_weights,
@@ -19,7 +18,8 @@ from spmix.data import (
     read_part,
     train_transforms,
 )
-from spmix.synth import long_tailed_counts
+from spmix.settings import AugmentConfig
+from spmix.synthetic_set import long_tailed_counts
 
 GT = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv"
 
@@ -84,8 +84,10 @@ def test_splits(synth_root, tmp_path):
     by_subset = {s: set(groups.reindex(lesion[lesion["subset"] == s]["image"]).dropna()) for s in ("train", "test")}
     assert by_subset["test"] and not by_subset["train"] & by_subset["test"]
     written = load_split(root, "spmix_repo", seed=0, holdout_per_class=3)
-    assert (root / "splits" / "spmix_repo_seed0.csv").is_file()
-    assert load_split(root, "spmix_repo", seed=0)["image"].tolist() == written["image"].tolist()
+    assert (root / "splits" / "spmix_repo_seed0_holdout3.csv").is_file()
+    assert load_split(root, "spmix_repo", seed=0, holdout_per_class=3)["image"].tolist() == written["image"].tolist()
+    elsewhere = load_split(root, "spmix_repo", seed=1, holdout_per_class=3, path=tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").is_file() and elsewhere["image"].tolist() != written["image"].tolist()
     with pytest.raises(ValueError, match="split"):
         make_split(root, "random")
 

@@ -1,4 +1,4 @@
-"""Losses (spec §1.8, §6.10): PaCo closed form, class-balanced weights, balanced softmax, label queue."""
+"""Losses: PaCo closed form, class-balanced weights, balanced softmax, label queue."""
 
 import torch
 import torch.nn.functional as F

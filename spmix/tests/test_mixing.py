@@ -1,4 +1,4 @@
-"""SPMix mixing rule and baselines (spec §1.3–1.5, §6.2–6.5)."""
+"""SPMix mixing rule (paper Sec. II-B, Eq. 1-3) and the mixing baselines."""
 
 import numpy as np
 import pytest
@@ -88,7 +88,8 @@ def test_label_always_from_dominant_image(rule):
 
 
 def test_tail_image_dominates_every_token():
-    """DSP #9: the tail image must not disappear from the mixed sample (balanced rule)."""
+    """The tail image must not disappear from the mixed sample under the balanced rule (a pitfall of long-tail
+    class mixing reported upstream)."""
     z_tail, z_head = torch.ones(2, 16, 4), -torch.ones(2, 16, 4)
     r = mixing_ratio(patch_scores(torch.rand(2, 1, 64, 64), 16), patch_scores(torch.rand(2, 1, 64, 64), 16), 0.8)
     mixed = mix_tokens(z_tail, z_head, r)

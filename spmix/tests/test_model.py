@@ -1,9 +1,12 @@
-"""Networks (spec §1.7): shapes, parameter counts, gradient flow, token mixing identity."""
+"""Networks: shapes, parameter counts, gradient flow, token mixing identity."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from spmix.model import ModelConfig, SPMixNet, count_parameters
+from spmix.model import SPMixNet, count_parameters
+from spmix.settings import ModelConfig
 
 SMALL = dict(tiny_channels=(8, 16, 32, 64), tiny_embed_dim=32, tiny_depth=2, tiny_heads=2, proj_hidden=32,
              proj_dim=16, pred_hidden=32)
@@ -74,9 +77,56 @@ def test_paper_hybrid_parameter_count():
     assert [(m.in_features, m.out_features) for m in linear] == [(256, 4096), (4096, 256)]
 
 
+def test_exact_parameter_counts_on_the_meta_device():
+    """Paper hybrid: timm's 56,762,976 backbone parameters (56.8 M); heads 768*7+7, projector
+    768*4096 + 4096*4096 + 4096*256 + two BN(4096) affine pairs, predictor 256*4096 + 4096*256 + one BN(4096)."""
+    from common.config import load_config
+    from spmix.model import build_model
+    from spmix.settings import Config
+
+    with torch.device("meta"):
+        paper = build_model(ModelConfig(backbone="vit_small_resnet50d_s16_224"), 7, 224)
+    assert count_parameters(paper.backbone) == 56_762_976
+    assert count_parameters(paper.classifier) == 768 * 7 + 7
+    assert count_parameters(paper.projector) == 768 * 4096 + 4096 * 4096 + 4096 * 256 + 2 * 2 * 4096 == 20_987_904
+    assert count_parameters(paper.predictor) == 256 * 4096 + 4096 * 256 + 2 * 4096 == 2_105_344
+    cfg = load_config(Config, Path(__file__).parent.parent / "configs" / "default.yaml")
+    with torch.device("meta"):
+        tiny = build_model(cfg.model, 7, cfg.data.img_size)
+    assert count_parameters(tiny) == 324_611 and count_parameters(tiny.backbone) == 191_548
+
+
+@pytest.mark.parametrize("paco", [False, True])
+def test_gradients_reach_exactly_the_trained_parameters(paco):
+    """CE trains backbone + classifier (the contrastive heads get no gradient); PaCo trains every parameter."""
+    import numpy as np
+
+    from spmix.engine import STEPS, StepContext, TrainStep
+    from spmix.losses import ClassificationLoss, LabelQueue, PaCoLoss
+    from spmix.settings import Config
+
+    torch.manual_seed(0)
+    cfg = Config()
+    model = SPMixNet(ModelConfig(**SMALL), 7, 64)
+    counts = [10, 40, 5, 4, 8, 2, 3]
+    ctx = StepContext(7, 0, 1, np.random.default_rng(0), torch.Generator().manual_seed(0), cfg, two_views=paco)
+    losses = (PaCoLoss(counts), LabelQueue(8, SMALL["proj_dim"])) if paco else None
+    step = TrainStep(model, STEPS["none"], ClassificationLoss("ce", counts), ctx, losses)
+    batch = {"image": torch.randn(4, 3, 64, 64), "image_k": torch.randn(4, 3, 64, 64),
+             "label": torch.tensor([0, 1, 2, 1])}
+    loss, _, _ = step(batch, None)
+    loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None}  # zero-init residual BNs: zero grads
+    heads = {n for n, _ in model.named_parameters() if n.startswith(("projector.", "predictor."))}
+    everything = {n for n, _ in model.named_parameters()}
+    assert got == (everything if paco else everything - heads)
+
+
 def test_unknown_backbone_and_hub_offline():
-    with pytest.raises(ValueError, match="backbone"):
-        SPMixNet(ModelConfig(backbone="vgg"), 7, 64)
+    from common.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="backbone"):
+        from_dict(ModelConfig, {"backbone": "vgg"})
     from common.weights import PretrainedWeightsError
 
     with pytest.raises(PretrainedWeightsError, match="resnet50d"):

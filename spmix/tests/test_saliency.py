@@ -1,4 +1,4 @@
-"""Saliency (spec §1.2, §6.1): detector availability, peak on the lesion, precompute tree and method recording."""
+"""Saliency: detector availability, peak on the lesion, precompute tree and method recording."""
 
 import json
 
@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from spmix.mixing import patch_scores
-from spmix.saliency_maps import (
+from spmix.saliency import (
     SaliencyUnavailableError,
     compute_saliency,
     fine_grained_available,
     precompute_tree,
     resolve_method,
 )
-from spmix.synth import _random_lesion, render_image
+from spmix.synthetic_set import random_lesion, render_image
 
 
 def test_opencv_contrib_saliency_is_importable():
@@ -29,7 +29,7 @@ def test_opencv_contrib_saliency_is_importable():
 
 @pytest.mark.parametrize("method", ["fine_grained", "spectral_residual"])
 def test_saliency_peaks_on_a_dark_disc(method):
-    """Spec §6.1: one dark disc on skin at 224 px -> the best of the 14 x 14 patch scores is within one patch of it."""
+    """One dark disc on skin at 224 px -> the best of the 14 x 14 patch scores is within one patch of it."""
     from common.synthetic import ellipse_mask, smooth_field
 
     rng = np.random.default_rng(1)
@@ -48,7 +48,7 @@ def test_saliency_follows_the_lesion_on_synthetic_images(method):
     """Patch scores correlate with how much lesion a patch holds (hair, freckles and shading are distractors)."""
     rng = np.random.default_rng(0)
     for _ in range(5):
-        image, mask = render_image(2, _random_lesion(rng), rng, size=(96, 128))
+        image, mask = render_image(2, random_lesion(rng), rng, size=(96, 128))
         sal = compute_saliency(image, method)
         assert sal.shape == image.shape[:2] and sal.min() >= 0 and sal.max() <= 1
         scores = patch_scores(torch.from_numpy(sal)[None], 16, tie_noise=0.0)[0]
@@ -57,7 +57,7 @@ def test_saliency_follows_the_lesion_on_synthetic_images(method):
 
 
 def test_explicit_method_without_contrib_fails_loudly(monkeypatch):
-    import spmix.saliency_maps as sm
+    import spmix.saliency as sm
 
     monkeypatch.setattr(sm, "fine_grained_available", lambda: False)
     with pytest.raises(SaliencyUnavailableError, match="opencv-contrib-python-headless"):

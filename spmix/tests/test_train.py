@@ -1,4 +1,4 @@
-"""Smoke and behaviour tests of train.py / eval.py on the synthetic set (CONVENTIONS: smoke, resume, behaviour)."""
+"""Smoke tests of train.py / eval.py / reproduce.py on the synthetic set (CONVENTIONS: smoke, resume, every method)."""
 
 import pandas as pd
 import pytest
@@ -7,13 +7,12 @@ import yaml
 from spmix.train import main as train_main
 
 
-def _args(tmp_path, *extra):
-    return ["--config", "configs/ci.yaml", f"data.root={tmp_path / 'data'}", f"runs_root={tmp_path / 'runs'}",
-            *extra]
+def _args(tmp_path, data, *extra):
+    return ["--config", "configs/ci.yaml", f"data.root={data}", f"runs_root={tmp_path / 'runs'}", *extra]
 
 
-def test_train_ci_then_resume_and_eval(tmp_path):
-    out = train_main(_args(tmp_path, "saliency.method=fine_grained"))
+def test_train_ci_then_resume_and_eval(tmp_path, ci_data, capsys):
+    out = train_main(_args(tmp_path, ci_data, "saliency.method=fine_grained"))
     run = out["run_dir"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     # the configured saliency method is the one that ran (fails when cv2.saliency is shadowed)
@@ -21,58 +20,79 @@ def test_train_ci_then_resume_and_eval(tmp_path):
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     summary = pd.read_csv(run / "eval" / "summary.csv")
     assert {"balanced_accuracy", "f1_macro", "tail_recall", "recall_DF"} <= set(summary.columns)
+    assert len(pd.read_csv(run / "eval" / "per_case.csv")) == 21
+    assert (run / "figures" / "confusion_test.png").is_file() and (run / "figures" / "roc_test.png").is_file()
     assert len(pd.read_csv(run / "metrics.csv")) == 2
+    assert list((run / "tb").glob("events.*"))
 
-    resumed = train_main(_args(tmp_path, "saliency.method=fine_grained", "optim.epochs=3", "--resume", "auto"))
-    assert resumed["run_dir"] == run
+    resumed = train_main(_args(tmp_path, ci_data, "saliency.method=fine_grained", "optim.epochs=3", "--resume",
+                               "auto"))
+    assert resumed["run_dir"] == run and f"resuming {run}" in capsys.readouterr().out
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
     from spmix.eval import main as eval_main
 
-    preds = eval_main(["--config", "configs/ci.yaml", f"data.root={tmp_path / 'data'}",
-                       f"runs_root={tmp_path / 'runs'}", "--predict",
-                       str(tmp_path / "data" / "ISIC2018_Task3_Test_Input"), "--out", str(tmp_path / "p.csv")])
+    preds = eval_main(["--checkpoint", str(run / "checkpoints" / "best.pt"), "--predict",
+                       str(ci_data / "ISIC2018_Task3_Test_Input"), "--out", str(tmp_path / "p")])
     assert list(preds.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     assert len(preds) == 21 and (preds.iloc[:, 1:].sum(axis=1) - 1).abs().max() < 1e-4
-    metrics = eval_main(["--config", "configs/ci.yaml", f"data.root={tmp_path / 'data'}",
-                         f"runs_root={tmp_path / 'runs'}", "--out", str(tmp_path / "ev")])
+    assert (tmp_path / "p" / "predictions.csv").is_file()
+    metrics = eval_main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}", "--out",
+                         str(tmp_path / "ev")])  # --checkpoint auto: newest best.pt of experiment ci
     assert 0.0 <= metrics["balanced_accuracy"] <= 1.0 and (tmp_path / "ev" / "per_case.csv").is_file()
+    assert pd.read_csv(tmp_path / "ev" / "summary.csv")["balanced_accuracy"].iloc[0] == pytest.approx(
+        metrics["balanced_accuracy"])
 
 
-def test_spectral_residual_is_recorded(tmp_path):
-    out = train_main(_args(tmp_path, "saliency.method=spectral_residual", "optim.epochs=1", "method=saliencymix"))
+def test_resume_auto_with_nothing_to_resume_says_so(tmp_path, ci_data, capsys):
+    train_main(_args(tmp_path, ci_data, "method=ce", "optim.epochs=1", "--resume", "auto"))
+    assert "no last.pt" in capsys.readouterr().out
+
+
+def test_spectral_residual_is_recorded(tmp_path, ci_data):
+    sal = f"saliency.root={tmp_path / 'sal'}"
+    out = train_main(_args(tmp_path, ci_data, "saliency.method=spectral_residual", sal, "optim.epochs=1",
+                           "method=saliencymix"))
     cfg = yaml.safe_load((out["run_dir"] / "config.yaml").read_text())
     assert cfg["saliency"]["resolved"] == "spectral_residual"
     with pytest.raises(RuntimeError, match="computed with spectral_residual"):  # stale maps of another method
-        train_main(_args(tmp_path, "saliency.method=fine_grained", "optim.epochs=1"))
+        train_main(_args(tmp_path, ci_data, "saliency.method=fine_grained", sal, "optim.epochs=1"))
 
 
-@pytest.mark.parametrize("method,extra", [("cmo", []), ("mixup", []), ("reweighting", []),
+@pytest.mark.parametrize("method,extra", [("cmo", []), ("mixup", []), ("reweighting", []), ("resampling", []),
                                           ("spmix", ["loss.name=paco", "spmix.dominant=instance"]),
                                           ("spmix", ["model.backbone=tiny_resnet"])])
-def test_every_method_runs_one_epoch(tmp_path, method, extra):
-    out = train_main(_args(tmp_path, f"method={method}", "optim.epochs=1", *extra))
+def test_every_method_runs_one_epoch(tmp_path, ci_data, method, extra):
+    out = train_main(_args(tmp_path, ci_data, f"method={method}", "optim.epochs=1", *extra))
     assert 0.0 <= out["test"]["balanced_accuracy"] <= 1.0
 
 
-def test_bad_config_key_and_value(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        train_main(_args(tmp_path, "optim.lrr=1"))
-    assert "optim.lr" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_main(_args(tmp_path, "method=remix"))
-    assert "method" in capsys.readouterr().err
-
-
-def test_reproduce_writes_comparison_and_figure(tmp_path):
+def test_reproduce_on_real_data_writes_comparison_and_leaves_the_data_untouched(tmp_path, real_copy, snapshot):
+    """`make reproduce-spmix DATA=<real folder>`: --data-root means real data, so nothing is generated into it."""
     from spmix.reproduce import main as reproduce_main
 
-    out = reproduce_main(["--config", "configs/ci.yaml", "--data-root", str(tmp_path / "data"), "--seeds", "1",
-                          "--jobs", "1", "--rows", "spmix", "ce", "--out", str(tmp_path / "cmp"),
-                          f"runs_root={tmp_path / 'runs'}", "optim.epochs=1"])
+    before = snapshot(real_copy)
+    out = reproduce_main(["--config", "configs/ci.yaml", "--data-root", str(real_copy), "--seeds", "1", "--jobs",
+                          "1", "--only", "spmix,ce", "--out", str(tmp_path / "runs"), "optim.epochs=1",
+                          f"data.split_file={tmp_path / 'split.csv'}", f"saliency.root={tmp_path / 'sal'}"])
+    assert snapshot(real_copy) == before
+    assert out.parent == tmp_path / "runs" / "spmix" / "reproduce"
+    assert (out / "config.yaml").is_file() and (out / "env.json").is_file()
     table = pd.read_csv(out / "comparison.csv")
     assert table["method"].tolist() == ["spmix", "ce"]
     assert list(table.columns[:3]) == ["method", "balanced_accuracy", "balanced_accuracy_std"]
     assert {"f1_macro", "tail_recall", "tail_recall_std"} <= set(table.columns)
     assert (out / "figures" / "spmix_mixed_samples.png").stat().st_size > 1000
     assert "spmix_mixed_samples.png" in (out / "comparison.md").read_text()
+    for row in ("spmix", "ce"):  # one experiment per row and seed, next to the comparison folder
+        runs = list((tmp_path / "runs" / "spmix" / f"reproduce-{row}-s0").iterdir())
+        assert len(runs) == 1 and (runs[0] / "checkpoints" / "best.pt").is_file()
+        assert yaml.safe_load((runs[0] / "config.yaml").read_text())["data"]["synthetic"] is False
+
+
+def test_reproduce_only_names_unknown_rows(capsys):
+    from spmix.reproduce import main as reproduce_main
+
+    with pytest.raises(SystemExit):
+        reproduce_main(["--only", "spmix,remix"])
+    assert "remix" in capsys.readouterr().err
