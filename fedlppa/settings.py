@@ -164,11 +164,12 @@ class EvalConfig:
     """Per-image metrics of the test split. ``empty_rule``: ``common`` (the repository policy: an empty prediction
     scores Dice 0 and HD95 = image diagonal), ``official_val`` (validation script: images whose metrics are all
     zero are left out of the mean) or ``official_test`` (test script: an empty prediction becomes a radius-1 disc
-    at the image centre before scoring)."""
+    at the image centre before scoring). ``site``: whose personalised model ``eval.py --predict`` uses."""
 
     empty_rule: Literal["common", "official_val", "official_test"] = "common"
     surface: bool = True
     overlays: int = 2
+    site: str = "a"
 
 
 @dataclass
