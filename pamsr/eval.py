@@ -20,10 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.cli import eval_parser, parse_eval
 from common.config import ConfigError, from_dict
+from common.datasets import verify_files
 from common.rundir import create_run_dir
 from common.runtime import maybe_compile, setup_runtime
 from common.tracking import write_eval_tables
@@ -106,13 +108,15 @@ def run_eval(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, *,
 def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Path, out: str | Path) -> Path:
     """Super-resolve every 8-bit LR image of a flat ``folder`` (real LR without HR) into ``out`` (8-bit PNG, zero
     padding of ``data.pad // scale`` LR px added and the matching HR padding removed again) + ``predictions.csv``."""
+    images = list_flat(folder)
+    verify_files([path for _, path in images], cfg.data.verify, what="LR image")  # before any output is written
     device = setup_runtime(cfg.runtime, cfg.seed)
     model = load_model(cfg, checkpoint, device)
     s, lr_pad = cfg.data.scale, cfg.data.pad // cfg.data.scale
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, path in list_flat(folder):
+    for name, path in tqdm(images, desc="predict", disable=not cfg.runtime.progress, leave=False):
         lr = minmax(np.pad(read_polar(path).astype(np.float64), lr_pad), str(path))
         sr = predict_image(model, lr, s, device, cfg.eval.tiled, cfg.eval.tile, test_overlap(cfg), cfg.runtime.amp)
         if lr_pad:

@@ -134,7 +134,8 @@ def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float
     cfg, ev = session.cfg, session.cfg.eval
     rows, preds = evaluate(session.model, session.splits.test, cfg.data.scale, cfg.data.pad, session.device,
                            tiled=ev.tiled, tile=ev.tile, overlap=ev.val_tile_overlap, cartesian=False,
-                           amp=cfg.runtime.amp, keep_predictions=True)
+                           amp=cfg.runtime.amp, keep_predictions=True,
+                           progress=cfg.runtime.progress and dist_info().is_main)
     psnr = float(np.mean([r["psnr"] for r in rows]))
     if state.best is None or psnr > state.best:
         state.best, state.best_epoch = psnr, epoch

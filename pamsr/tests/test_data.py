@@ -107,6 +107,10 @@ def test_preprocess_entry_point_registers_a_folder(synth_root, tmp_path):
     shutil.copytree(synth_root / "raw", tmp_path / "raw")
     out = preprocess.main(["--root", str(tmp_path), "--src", "raw", "--dst", "reg", "--subpixel"])
     assert len(list_samples(tmp_path, "reg")) == 5
+    before = (out / "registration.csv").read_bytes()
+    with pytest.raises(DataError, match="not empty"):  # registered data is never written over
+        preprocess.main(["--root", str(tmp_path), "--src", "raw", "--dst", "reg"])
+    assert (out / "registration.csv").read_bytes() == before
     text = (out / "registration.csv").read_text()
     truth = (synth_root / "shifts.csv").read_text().splitlines()[1:]
     for line in truth:

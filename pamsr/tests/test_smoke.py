@@ -121,6 +121,11 @@ def test_eval_and_predict(trained, tmp_path):
                            "--out", str(tmp_path / "sr"), *overrides])
     sr = cv2.imread(str(out / "scan_a_x2.png"), cv2.IMREAD_GRAYSCALE)
     assert sr.shape == (80, 104)
+    (lr_dir / "scan_b.png").write_bytes((lr_dir / "scan_a.png").read_bytes()[:60])  # truncated
+    with pytest.raises(DataVerificationError, match="scan_b.png"):
+        pamsr_eval.main(["--config", "configs/ci.yaml", "--predict", str(lr_dir), "--out", str(tmp_path / "sr2"),
+                         *overrides])
+    assert not (tmp_path / "sr2").exists()
 
 
 def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path, capsys):
