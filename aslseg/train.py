@@ -34,7 +34,7 @@ from aslseg.pipeline import (
 )
 from aslseg.semisup import SSLTrainer, build_segmenter
 from aslseg.settings import Config
-from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint
+from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from common.config import to_dict
 from common.rundir import RunDir, open_run
 from common.runtime import setup_runtime
@@ -86,6 +86,7 @@ class _Runner:
                                                     dict(saved["stats"])))
                     self.round_rows = [dict(x) for x in saved["round_rows"]]
             self.round_rows = self.round_rows or [dict(x) for x in state["extra"].get("round_rows", [])]
+            set_rng_state(state["rng"])
         elif self.cfg.loop.round0:
             snap = load_checkpoint(self.cfg.loop.round0)
             self.trainer.load_state_dict(snap["extra"]["trainer"])
