@@ -21,6 +21,7 @@ from common.cli import parse_train, train_parser
 from common.config import to_dict
 from common.rundir import RunDir, check_writable, open_run, resolve_path
 from common.runtime import (
+    autocast,
     cleanup_distributed,
     dist_info,
     make_grad_scaler,
@@ -169,6 +170,8 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     """Train ``model.method``; returns the run folder, test metrics of the best/final checkpoints, learnable
     parameters, memory and step time."""
     device = setup_runtime(cfg.runtime, cfg.seed)
+    for amp in (cfg.runtime.amp, cfg.runtime.lpm_amp):
+        autocast(device, amp)  # fp16 without CUDA is refused here, not at the first step
     check_writable(cfg.runs_root)  # before any data work
     bundle = prepare_data(cfg)  # every image checked before the run folder exists
     opened = open_run(PROJECT, cfg, resume=resume, device=device)
