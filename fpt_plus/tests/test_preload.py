@@ -69,3 +69,25 @@ def test_fp16_cache_option(ci_root: Path, tmp_path: Path, make_cfg) -> None:
     assert raw["value_states"].dtype == torch.float16
     keys, _ = cache.load(bundle.splits["test"][0].key)
     assert keys.dtype == torch.float32
+
+
+def test_lpm_work_uses_lpm_threads_not_the_side_network_setting(tmp_path: Path, make_cfg) -> None:
+    """runtime.threads=1 (the tiny side network) must not leak into preloading / feature caching: there
+    runtime.lpm_threads applies, 0 meaning torch's default for the machine."""
+    from common.runtime import apply_threads, setup_runtime
+    from fpt_plus.pipeline import lpm_threads
+
+    before = torch.get_num_threads()
+    try:
+        cfg = make_cfg(tmp_path, "runtime.threads=1", "runtime.lpm_threads=3")
+        setup_runtime(cfg.runtime, cfg.seed)
+        assert torch.get_num_threads() == 1
+        with lpm_threads(cfg):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1
+        default = apply_threads(0)
+        apply_threads(1)
+        with lpm_threads(make_cfg(tmp_path, "runtime.lpm_threads=0")):
+            assert torch.get_num_threads() == default
+    finally:
+        torch.set_num_threads(before)
