@@ -16,7 +16,7 @@ from common.runtime import RuntimeConfig
 
 __all__ = ["ImageEncoderConfig", "TextEncoderConfig", "SPBConfig", "ReportDecoderConfig", "ImageDecoderConfig",
            "ModelConfig", "LossConfig", "StageConfig", "OptimConfig", "AugmentConfig", "SynthConfig", "DataConfig",
-           "EvalConfig", "Config", "Method", "METHODS", "method_losses"]
+           "EvalConfig", "FinetuneConfig", "Config", "Method", "METHODS", "method_losses"]
 
 Method = Literal["prior", "global_only", "no_reconstruction", "no_local", "no_spb", "no_image_rec", "no_report_rec",
                  "official_quirks"]
@@ -245,6 +245,37 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Downstream fine-tuning (``finetune.py``): ``task`` on ``dataset`` with a ``fraction`` of its training labels
+    (nested seeded subsets), the image encoder initialised from ``init`` (a pre-training checkpoint, or ``none`` =
+    random initialisation). ``probe``: a linear layer on cached GAP(layer4) features; ``seg``: a U-Net decoder,
+    encoder fine-tuned; ``det``: torchvision RetinaNet + FPN of width ``det_width`` with ``det_head_convs``."""
+
+    task: Literal["probe", "seg", "det"] = "probe"
+    dataset: Literal["chexpert", "rsna", "siim", "covidx", "object_cxr"] = "chexpert"
+    fraction: float = 1.0
+    init: str = "none"
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 16
+    weight_decay: float = 1e-4
+    split_seed: int = 0
+    uncertainty: Literal["zeros", "ones", "ignore"] = "zeros"
+    det_width: int = 64
+    det_head_convs: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"finetune.fraction must lie in (0, 1], got {self.fraction}")
+        if self.epochs < 1:
+            raise ValueError(f"finetune.epochs must be >= 1, got {self.epochs}")
+        valid = {"probe": ("chexpert", "rsna", "siim", "covidx"), "seg": ("rsna", "siim"),
+                 "det": ("rsna", "object_cxr")}[self.task]
+        if self.dataset not in valid:
+            raise ValueError(f"finetune.task={self.task} supports datasets {valid}, got {self.dataset}")
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 114514
@@ -255,4 +286,5 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -9,6 +9,7 @@ epoch of stages 2 and 3), ``metrics.csv`` (one row per epoch), ``eval/summary.cs
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,10 +128,8 @@ def _finish(cfg: Config, model, data, run: RunDir, device: torch.device, evaluat
     if not dist_info().is_main:
         return
     if run.metrics_csv.is_file():
-        try:
+        with contextlib.suppress(KeyError):
             plot_curves(run.metrics_csv, ["train/loss"], run.figures / "loss_curve.png")
-        except KeyError:
-            pass
     if evaluate:
         summary, per_case = evaluate_pretrained(cfg, model, data, device, run.figures)
         write_eval_tables(run.eval, summary, per_case)

@@ -119,6 +119,23 @@ class ImageEncoder(nn.Module):
         x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
         return t.layer4(t.layer3(t.layer2(t.layer1(x))))
 
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale maps for dense heads: stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4."""
+        t = self.trunk
+        act = t.act1 if hasattr(t, "act1") else t.relu
+        stem = act(t.bn1(t.conv1(x)))
+        c1 = t.layer1(t.maxpool(stem))
+        c2 = t.layer2(c1)
+        c3 = t.layer3(c2)
+        return [stem, c1, c2, c3, t.layer4(c3)]
+
+    def pyramid_channels(self) -> list[int]:
+        t = self.trunk
+        widths = [t.bn1.num_features]
+        for layer in (t.layer1, t.layer2, t.layer3, t.layer4):
+            widths.append([m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features)
+        return widths
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.feature_map(x)
         if fmap.shape[-1] != self.grid or fmap.shape[-2] != self.grid:
