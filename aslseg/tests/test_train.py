@@ -78,3 +78,19 @@ def test_config_errors_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(_args(tmp_path, "runtime.amp=bf16"))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_reproduce_writes_the_comparison(shared):
+    from aslseg import reproduce
+
+    shared.mkdir(parents=True, exist_ok=True)
+    out = reproduce.main(["--config", "configs/ci.yaml", "--seeds", "1", "--workers", "1", "--only", "aslseg,bcp",
+                          "--out", str(shared / "repro"), f"data.root={shared.parent / 'data'}",
+                          f"sam_pretrain.cache_dir={shared.parent / 'sam'}"])
+    import pandas as pd
+
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["method"].tolist() == ["aslseg", "bcp"]
+    assert table.loc[0, "n_iterations"] == table.loc[1, "n_iterations"]  # equal segmenter budget
+    assert (out / "selection.csv").is_file() and (out / "rounds.csv").is_file()
