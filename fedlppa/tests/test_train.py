@@ -55,3 +55,30 @@ def test_continue_leaves_failed_site_out_and_checkpoint_site_count(ci_data, make
                      "data.synth.train_counts=[4,3]")
     with pytest.raises(FederationError, match="holds 3 sites, this config trains 2"):
         load_server_state(out.run_dir / "checkpoints" / "last.pt", other, 2)
+
+
+def test_eval_rebuilds_the_scored_models_and_predicts(ci_data, tmp_path):
+    from fedlppa.eval import main as eval_main
+
+    run = main(_args(ci_data, "experiment=evalme", "federation.rounds=1"))
+    last = run.run_dir / "checkpoints" / "last.pt"
+    summary = eval_main(["--checkpoint", str(last), "--out", str(tmp_path / "ev")])
+    assert summary == run.summary
+    assert (tmp_path / "ev" / "per_case.csv").is_file()
+    n = eval_main(["--checkpoint", str(last), "--predict", str(ci_data / "data" / "Domain2" / "test"),
+                   "--out", str(tmp_path / "pred"), "eval.site=b"])
+    assert n == 2 and len(list((tmp_path / "pred").glob("*.png"))) == 2
+
+
+def test_truncated_test_file_fails_before_any_run_folder(ci_data, tmp_path):
+    import shutil
+
+    from common.datasets import DataVerificationError
+
+    root = tmp_path / "data"
+    shutil.copytree(ci_data / "data", root)
+    victim = next((root / "Domain3" / "test").glob("*.h5"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(DataVerificationError, match=victim.name):
+        main(["--config", "configs/ci.yaml", f"data.root={root}", f"runs_root={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
