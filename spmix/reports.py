@@ -42,21 +42,29 @@ def write_evaluation(result: Evaluation, frame: pd.DataFrame, subset: str, eval_
         plot_roc(result.targets, probs, figures_dir / f"roc_{subset}.png", class_names=CLASSES)
 
 
-def training_grid(batch: dict, ratio: torch.Tensor | None, patch: int, n: int = 4) -> np.ndarray:
-    """TensorBoard grid of the first training batch: per row the input, its saliency and, for SPMix, the
-    class-balanced partner, the per-patch ratio r and the pixel picture of the mix ``r x_dom + (1 - r) x_ctx``."""
+def training_grid(batch: dict, cfg, n: int = 4) -> np.ndarray:
+    """TensorBoard grid of the first training batch: per row the input and its saliency and, for SPMix, the
+    dominant and context images of the label rule, the per-patch ratio r (without tie noise) and the pixel picture
+    of the mix ``r x_dom + (1 - r) x_ctx`` (a hybrid backbone mixes its tokens with the same r)."""
     from common.tracking import image_grid
-    from spmix.mixing import ratio_map
+    from spmix.mixing import mixing_ratio, order_pair, patch_scores, ratio_map
 
     inst, bal = batch["inst"], batch.get("bal")
+    pair = ratio = None
+    if cfg.method == "spmix" and bal is not None:
+        pair = order_pair((inst["image"], inst["sal"], inst["label"]), (bal["image"], bal["sal"], bal["label"]),
+                          cfg.spmix.dominant)
+        p = cfg.saliency.patch
+        ratio = mixing_ratio(patch_scores(pair.sal_dom, p, 0.0), patch_scores(pair.sal_ctx, p, 0.0), cfg.spmix.alpha)
     rows = []
     for i in range(min(n, inst["image"].shape[0])):
         row = [denormalise(inst["image"][i]), inst["sal"][i, 0].cpu().numpy()]
-        if bal is not None and ratio is not None and i < ratio.shape[0]:
+        if pair is not None:
             h, w = inst["image"].shape[-2:]
-            r = ratio_map(ratio[i : i + 1].cpu(), (h // patch, w // patch), patch)[0, 0].numpy()
-            x_dom, x_ctx = denormalise(bal["image"][i]), denormalise(inst["image"][i])
-            row += [x_dom, r, r[..., None] * x_dom + (1 - r[..., None]) * x_ctx]
+            p = cfg.saliency.patch
+            r = ratio_map(ratio[i : i + 1].cpu(), (h // p, w // p), p)[0, 0].numpy()[..., None]
+            x_dom, x_ctx = denormalise(pair.x_dom[i]), denormalise(pair.x_ctx[i])
+            row += [x_dom, x_ctx, r[..., 0], r * x_dom + (1 - r) * x_ctx]
         rows.append(row)
     return image_grid(rows)
 

@@ -132,8 +132,7 @@ def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, f
             continue
         tracker.log({"epoch": epoch + 1, "iteration": (epoch + 1) * training.steps_per_epoch, **stats,
                      **{f"val_{k}": v for k, v in val.items()}}, step=epoch + 1)
-        tracker.log_image("train/batch", training_grid(batch, training.ctx.last_ratio.get("ratio"),
-                                                       cfg.saliency.patch), epoch + 1)
+        tracker.log_image("train/batch", training_grid(batch, cfg), epoch + 1)
         print(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {stats['train_loss']:.4f} val "
               f"{cfg.optim.select_metric} {score:.4f} tail {val['tail_recall']:.3f}", flush=True)
         save_epoch(training, cfg, run, epoch, best, improved)

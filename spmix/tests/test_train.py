@@ -37,8 +37,8 @@ def test_train_ci_then_resume_and_eval(tmp_path, ci_data, capsys):
     assert list(preds.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     assert len(preds) == 21 and (preds.iloc[:, 1:].sum(axis=1) - 1).abs().max() < 1e-4
     assert (tmp_path / "p" / "predictions.csv").is_file()
-    metrics = eval_main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}", "--out",
-                         str(tmp_path / "ev")])  # --checkpoint auto: newest best.pt of experiment ci
+    metrics = eval_main(["--out", str(tmp_path / "ev"), "experiment=ci", f"runs_root={tmp_path / 'runs'}"])
+    # --checkpoint auto: newest best.pt of experiment ci, its stored config (the same data root)
     assert 0.0 <= metrics["balanced_accuracy"] <= 1.0 and (tmp_path / "ev" / "per_case.csv").is_file()
     assert pd.read_csv(tmp_path / "ev" / "summary.csv")["balanced_accuracy"].iloc[0] == pytest.approx(
         metrics["balanced_accuracy"])
