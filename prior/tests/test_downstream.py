@@ -1,0 +1,72 @@
+"""eval.py on a ci checkpoint (zero-shot, retrieval, prediction), finetune.py probe and segmentation, the
+zero-shot head's argmax, and bad fine-tuning requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import prior.eval as eval_module
+import prior.finetune as finetune_module
+import prior.train as train_module
+from common.config import ConfigError, load_config
+from prior.downstream import _combine, precision_at_k
+from prior.settings import Config
+
+STAGES = "optim.stages=[{epochs: 1, lr: 1.0e-3, lr_start: 1.0e-5, warmup_epochs: 0.5}, " \
+         "{epochs: 0, lr: 1.0e-3, lr_start: 1.0e-5}, {epochs: 1, lr: 5.0e-4, lr_start: 1.0e-6, warmup_epochs: 0.5}]"
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory) -> tuple[list[str], Path]:
+    tmp = tmp_path_factory.mktemp("prior_downstream")
+    common = ["--config", "configs/ci.yaml", f"runs_root={tmp / 'runs'}", f"data.root={tmp / 'synthetic'}",
+              "data.synth.n_studies=24", "data.image_size=32", "runtime.threads=1"]
+    run = train_module.main([*common, STAGES, "--no-eval"])
+    return common, run
+
+
+def test_eval_and_predict(ci_run, tmp_path: Path):
+    common, run = ci_run
+    checkpoint = run / "checkpoints" / "last.pt"
+    summary = eval_module.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
+                                *common[2:]])
+    assert 0 <= summary["zeroshot_accuracy"] <= 1 and "retrieval_p_at_5" in summary
+    assert (tmp_path / "eval" / "summary.csv").is_file()
+    images = next((Path(common[3].split("=", 1)[1]) / "CheXpert-v1.0-small" / "train").glob("patient0000*"))
+    eval_module.main(["--checkpoint", str(checkpoint), "--predict", str(images), "--out", str(tmp_path / "pred")])
+    frame = pd.read_csv(tmp_path / "pred" / "predict_per_case.csv")
+    assert len(frame) >= 1 and frame["prediction"].isin(["Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                                                          "Pleural Effusion"]).all()
+
+
+def test_finetune_probe_and_seg(ci_run):
+    common, run = ci_run
+    init = str(run / "checkpoints" / "last.pt")
+    probe = finetune_module.main([*common, "finetune.task=probe", "finetune.dataset=rsna", "finetune.epochs=5",
+                                  f"finetune.init={init}"])
+    assert "auc" in probe
+    seg = finetune_module.main([*common, "finetune.task=seg", "finetune.dataset=rsna", "finetune.epochs=1",
+                                "finetune.init=none"])
+    assert 0.0 <= seg["seg_dice"] <= 1.0 and seg["seg_cases"] >= 1
+
+
+def test_bad_finetune_requests():
+    with pytest.raises(ConfigError, match="supports datasets"):
+        load_config(Config, None, ["finetune.task=seg", "finetune.dataset=chexpert"])
+    with pytest.raises(ConfigError, match="fraction"):
+        load_config(Config, None, ["finetune.fraction=0"])
+
+
+def test_zeroshot_head_argmax_and_precision():
+    g = np.array([[0.0, 5.0, 0.0], [3.0, 0.0, 0.0]])
+    local = np.zeros_like(g)
+    assert _combine(g, local, 0.5).argmax(1).tolist() == [1, 0]
+    scores = np.array([[0.9, 0.1, 0.8], [0.1, 0.9, 0.2]])
+    assert precision_at_k(scores, np.array([0, 1]), np.array([0, 1, 0]), 1) == 1.0
+    assert precision_at_k(scores, np.array([0, 1]), np.array([0, 1, 0]), 2) == pytest.approx(0.75)
+    torch.manual_seed(0)
