@@ -114,14 +114,13 @@ def train_baseline(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: 
                    ) -> torch.nn.Module:
     """``full_supervision`` (all training labels) or ``pce_skeleton`` (fg+bg scribbles, partial CE)."""
     if cfg.method == "full_supervision":
-        images, labels, name, dice = [c.image for c in prep.train], [c.label for c in prep.train], "supervised", \
-            cfg.coarse.dice_weight
+        pairs = [(c.image, c.label) for c in prep.train]
+        stage = SegmenterStage.from_optim("supervised", cfg.optim, cfg.coarse.dice_weight)
     else:
         pairs = pce_labels(prep, cfg)
-        images, labels, name, dice = [p[0] for p in pairs], [p[1] for p in pairs], "pce", 0.0
-    stage = SegmenterStage.from_optim(name, cfg.optim, dice)
-    return train_segmenter(model, PairSampler(images, labels, cfg.data.crop), stage, stages, cfg.runtime, device,
-                           cfg.seed)
+        stage = SegmenterStage.from_optim("pce", cfg.optim, dice_weight=0.0)  # partial CE only
+    sampler = PairSampler([p[0] for p in pairs], [p[1] for p in pairs], cfg.data.crop)
+    return train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
 
 
 def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.device) -> PairSampler:
