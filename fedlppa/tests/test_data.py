@@ -141,3 +141,21 @@ def test_config_rejects_mismatched_sites(tmp_path, make_cfg):
 
     with pytest.raises(ConfigError, match="one entry per site"):
         make_cfg(tmp_path, "data.sup_types=[scribble]")
+
+
+@pytest.mark.parametrize("name,sites,size", [("faz", 5, 256), ("odoc", 5, 384), ("polyp", 4, 384),
+                                             ("prostate", 6, 384), ("default", 5, 64), ("cpu_small", 5, 32)])
+def test_every_config_loads(name, sites, size):
+    from common.config import load_config
+    from fedlppa.settings import Config
+
+    cfg = load_config(Config, Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.data.num_sites == sites and cfg.data.image_size == size
+
+
+@pytest.mark.parametrize("kind,channels,labels", [("odoc", 3, {0, 1, 2}), ("polyp", 3, {0, 1})])
+def test_other_synthetic_kinds(kind, channels, labels):
+    from fedlppa.synth import render_case
+
+    image, mask = render_case(kind, 64, 2, 0, 0)
+    assert image.shape == (channels, 64, 64) and set(np.unique(mask)) == labels
