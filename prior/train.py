@@ -35,6 +35,7 @@ from prior.evaluation import evaluate_pretrained
 from prior.models import build_model, count_parameters
 from prior.models.spb import kmeans_codes
 from prior.pipeline import prepare_data, pretrain_loader
+from prior.reports import swap_left_right
 from prior.settings import Config
 
 __all__ = ["PROJECT_DIR", "run_training", "main"]
@@ -93,6 +94,9 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     run, info = opened.run, dist_info()
     loader = pretrain_loader(cfg, data.train, info.rank)
     iters = len(loader)
+    if cfg.model.text.mode == "sentence":
+        every = {t for s in data.train for sentence in s.sentences for t in (sentence, swap_left_right(sentence))}
+        print(f"cached features of {model.text_encoder.precompute(sorted(every))} distinct sentences")
     start, step, optimizer, scheduler = 0, 0, None, None
     if opened.resume_from is not None:
         start, step, optimizer, scheduler = _restore(opened.resume_from, model, cfg, iters)

@@ -166,6 +166,22 @@ class TextEncoder(nn.Module):
                 feats, _ = self._token_features([[s]])
                 self._feature_cache[s] = feats[0, 0].float().cpu()
 
+    @torch.no_grad()
+    def precompute(self, sentences: list[str], chunk: int = 128) -> int:
+        """Fill the sentence-feature cache for ``sentences`` in a fixed order (grouped by token count, so no
+        padding); the cache then depends only on the set of sentences. Returns how many were encoded."""
+        todo = sorted({s for s in sentences if s not in self._feature_cache}, key=lambda s: (len(self.pieces(s)), s))
+        by_length: dict[int, list[str]] = {}
+        for s in todo:
+            by_length.setdefault(len(self.pieces(s)), []).append(s)
+        for group in by_length.values():
+            for start in range(0, len(group), chunk):
+                part = group[start : start + chunk]
+                feats, _ = self._token_features([[s] for s in part])
+                for s, f in zip(part, feats[:, 0].float().cpu()):
+                    self._feature_cache[s] = f
+        return len(todo)
+
     def _sentence_features(self, reports: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         self._encode_sentences([s for r in reports for s in r])
         s_max = max(max(len(r) for r in reports), 1)
