@@ -112,3 +112,10 @@ def test_config_validation():
         ModelConfig(pretrained="hub")
     with pytest.raises(ValueError, match="divisible by 16"):
         UNetUniV5(1, 2, 60, 3)
+
+
+@pytest.mark.parametrize("attention", ["sab", "cab", "multi"])
+def test_attention_options_build_and_run(attention):
+    model = build_model(ModelConfig(attention=attention, channels=SMALL), 1, 2, 32, 3, site=0)
+    out = model(torch.randn(2, 1, 32, 32))
+    assert out.logits.shape == (2, 2, 32, 32) and torch.isfinite(out.logits).all()
