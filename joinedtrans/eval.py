@@ -15,33 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.checkpoint import CheckpointError, load_checkpoint
 from common.cli import eval_parser, parse_eval
-from common.config import load_from_checkpoint
 from common.readers import list_images, read_image
 from common.runtime import cleanup_distributed, dist_info, setup_runtime
 from common.tracking import save_png, write_eval_tables
 from joinedtrans.data import Case, Loaded
 from joinedtrans.figures import draw_contours
-from joinedtrans.model import JoinedTrans
-from joinedtrans.pipeline import PROJECT, build_pipeline, infer, prepare_data, score_split
+from joinedtrans.pipeline import PROJECT, infer, load_pipeline, prepare_data, score_split
 from joinedtrans.settings import Config
 from joinedtrans.targets import channels_to_mask
 
-__all__ = ["PROJECT_DIR", "load_pipeline", "evaluate_split", "predict_folder", "main"]
+__all__ = ["PROJECT_DIR", "evaluate_split", "predict_folder", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
-
-
-def load_pipeline(cfg: Config, checkpoint: Path) -> tuple[JoinedTrans, list[float], list[float]]:
-    """The pipeline of a ``best.pt`` and the input statistics it was trained with."""
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("extra", {}).get("stage") != "pipeline":
-        raise CheckpointError(f"{checkpoint} is a checkpoint of stage `{ckpt.get('extra', {}).get('stage')}`, "
-                              f"not a trained pipeline; evaluate <run>/checkpoints/best.pt")
-    pipe = build_pipeline(load_from_checkpoint(Config, checkpoint))  # the network shape it was trained with
-    pipe.load_state_dict(ckpt["model"])
-    return pipe, ckpt["extra"]["mean"], ckpt["extra"]["std"]
 
 
 def evaluate_split(cfg: Config, checkpoint: Path, out: Path) -> dict[str, float]:

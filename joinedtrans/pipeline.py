@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from joinedtrans.vessel_data import VesselDataset, list_vessel_cases
 
 __all__ = ["DataBundle", "prepare_data", "vessel_root", "train_pretrain", "load_encoder", "train_coarse",
            "coarse_inputs", "coarse_predict", "train_fine", "train_fovea", "Prediction", "infer", "score_split",
-           "build_pipeline", "PROJECT"]
+           "build_pipeline", "load_pipeline", "PROJECT"]
 
 PROJECT = "joinedtrans"
 
@@ -78,7 +79,7 @@ def prepare_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------------------------- 1. pre-training
-def vessel_root(cfg: Config) -> "Path":  # noqa: F821
+def vessel_root(cfg: Config) -> Path:
     """``pretrain.root``, or the synthetic data root (which holds DRIVE/CHASE_DB1/HRF) when empty."""
     return resolve_path(cfg.pretrain.root or cfg.data.root)
 
@@ -297,6 +298,19 @@ def build_pipeline(cfg: Config) -> JoinedTrans:
     fine = build_fine_model(cfg.fine) if cfg.fine.enabled else None
     fovea = build_fovea_model(cfg.fovea) if cfg.fovea.enabled and cfg.coarse.heatmap else None
     return JoinedTrans(coarse, fine, fovea)
+
+
+def load_pipeline(cfg: Config, checkpoint) -> tuple[JoinedTrans, list[float], list[float]]:
+    """The pipeline of a ``best.pt`` (shape from the checkpoint's own config) and its input statistics."""
+    from common.config import load_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("extra", {}).get("stage") != "pipeline":
+        raise CheckpointError(f"{checkpoint} is a checkpoint of stage `{ckpt.get('extra', {}).get('stage')}`, "
+                              f"not a trained pipeline; evaluate <run>/checkpoints/best.pt")
+    pipe = build_pipeline(load_from_checkpoint(Config, checkpoint))
+    pipe.load_state_dict(ckpt["model"])
+    return pipe, ckpt["extra"]["mean"], ckpt["extra"]["std"]
 
 
 def _refine_disc(net: UNet, item: Loaded, pred: CoarsePrediction, cfg: Config, data_stats, device

@@ -56,7 +56,8 @@ class DataConfig:
 
     ``fold`` (1..5) is JOINED's GAMMA split (contiguous blocks of 20, fold 1 validates 0081-0100). ``fovea_table``
     overrides the fovea xlsx/csv path (relative to the dataset folder). ``coords_one_based`` subtracts 1 from the
-    table's coordinates. ``verify`` checks every listed file before any work. ``mask_snap`` snaps mask values outside {0, 128, 255} to the nearest of them (JPEG-like
+    table's coordinates. ``verify`` checks every listed file before any work. ``mask_snap`` snaps mask values
+    outside {0, 128, 255} to the nearest of them (JPEG-like
     re-saves) instead of refusing the file."""
 
     root: str = "data/synthetic/joinedtrans"

@@ -310,7 +310,8 @@ def write_refuge(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None
                 rows.append({"ID": i + 1, "ImgName": f"{name}.jpg", "Fovea_X": g.fovea[0], "Fovea_Y": g.fovea[1]})
             elif split == "val":
                 name = f"V{i + 1:04d}"
-                img_rel, mask_rel = f"REFUGE-Validation400/{name}.jpg", f"REFUGE-Validation400-GT/Disc_Cup_Masks/{name}.bmp"
+                img_rel = f"REFUGE-Validation400/{name}.jpg"
+                mask_rel = f"REFUGE-Validation400-GT/Disc_Cup_Masks/{name}.bmp"
                 rows.append({"ImgName": f"{name}.jpg", "Fovea_X": g.fovea[0], "Fovea_Y": g.fovea[1]})
             else:
                 name = f"T{i + 1:04d}"

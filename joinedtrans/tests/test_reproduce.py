@@ -1,0 +1,27 @@
+"""reproduce.py end to end on the CI config (one seed, two rows): sub-runs, comparison table, figures, retina smoke."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from joinedtrans import reproduce
+
+
+@pytest.mark.slow
+def test_reproduce_writes_the_comparison(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(Path(reproduce.__file__).parent)
+    out = reproduce.main(["--config", "configs/ci.yaml", "--only", "joinedtrans,coarse_only", "--seeds", "1",
+                          "--out", str(tmp_path), f"data.root={synth_root}", "data.synthetic=false"])
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["method"].tolist() == ["joinedtrans", "coarse_only"]
+    for column in ("dice_disc", "dice_cup", "vcdr_mae", "fovea_dist_norm", "dice_disc_hard", "fovea_dist_norm_hard",
+                   "dice_disc_std", "seeds", "params_m", "train_time_s"):
+        assert column in table.columns
+    assert table.loc[0, "params_m"] > table.loc[1, "params_m"]  # coarse only has no fine/fovea networks
+    info = json.loads((out / "figures" / "retina_smoke.json").read_text())
+    assert info["image_size"] == [1411, 1411] and (out / "figures" / "retina_smoke.png").is_file()
+    assert "PASS" in (out / "comparison.md").read_text() or "FAIL" in (out / "comparison.md").read_text()
