@@ -1,1 +1,1 @@
-"""JOINEDTrans: joint optic disc/cup segmentation and fovea detection (planned)."""
+"""JOINEDTrans: joint optic disc/cup segmentation and fovea detection, coarse-to-fine, vessel-pretrained encoder."""
