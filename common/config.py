@@ -136,64 +136,50 @@ def _closest(key: str, candidates: Sequence[str], prefix: str = "") -> str:
     return f"; valid keys under `{prefix.rstrip('.') or '(top level)'}`: {', '.join(sorted(candidates))}"
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
-    if tp is Any:
-        return value
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"`{key}` = {value!r} does not match {_type_name(tp)}")
-    if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        raise ConfigError(f"`{key}` = {value!r} is not one of {list(choices)}")
-    if value is None:
-        raise ConfigError(f"`{key}` is required (expected {_type_name(tp)}), got null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"`{key}` must be a mapping of {tp.__name__} fields, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if origin in (list, Sequence, typing.Sequence) or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"`{key}` must be a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"`{key}` must be a list, got {type(value).__name__} {value!r}")
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise ConfigError(f"`{key}` must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
-    if origin is dict or tp is dict:
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"`{key}` = {value!r} does not match {_type_name(tp)}")
+
+
+def _coerce_container(value: Any, tp: Any, key: str) -> Any:
+    """Lists, tuples (fixed length or ``tuple[T, ...]``) and dicts, item by item."""
+    origin = get_origin(tp) or tp
+    if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"`{key}` must be a mapping, got {type(value).__name__}")
         k_tp, v_tp = get_args(tp) or (Any, Any)
         return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"`{key}` must be a list, got {type(value).__name__} {value!r}")
+    args = get_args(tp)
+    if origin is not tuple:
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if args and len(args) != len(value):
+        raise ConfigError(f"`{key}` must have {len(args)} items, got {len(value)}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool, int, float, str and Path, with the lossless coercions of the module docstring."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool and isinstance(value, bool):
+        return value
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
+        if is_number and float(value).is_integer():
             return int(value)
         raise ConfigError(f"`{key}` must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number:
             return float(value)
         if isinstance(value, str):
             try:
@@ -201,19 +187,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"`{key}` must be a string, got {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"`{key}` must be a path, got {value!r}")
+    if tp is str and (isinstance(value, str) or is_number):
+        return str(value)
+    if tp is Path and isinstance(value, (str, Path)):
+        return Path(value)
+    names = {bool: "true or false", str: "a string", Path: "a path"}
+    if tp in names:
+        raise ConfigError(f"`{key}` must be {names[tp]}, got {value!r}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"`{key}` = {value!r} has unsupported type for annotation {_type_name(tp)}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return _coerce_union(value, tp, key)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"`{key}` = {value!r} is not one of {list(get_args(tp))}")
+    if value is None:
+        raise ConfigError(f"`{key}` is required (expected {_type_name(tp)}), got null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"`{key}` must be a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (Sequence, typing.Sequence):
+        tp = list[get_args(tp)[0]] if get_args(tp) else list
+    if get_origin(tp) in (list, tuple, dict) or tp in (list, tuple, dict):
+        return _coerce_container(value, tp, key)
+    return _coerce_scalar(value, tp, key)
 
 
 def _dataclass_of(tp: Any) -> type | None:

@@ -2,7 +2,7 @@
 
 Why per-worker reseeding matters: albumentations keeps its own generator (``Compose(seed=...)``) that ignores the
 global seeds, and MONAI ``Randomizable`` transforms hold their own ``RandomState``; with ``num_workers > 0`` every
-worker would otherwise start from the same copies and apply identical augmentations (MONAI issue #398).
+worker would otherwise start from the same copies and apply identical augmentations (Project-MONAI/MONAI#398).
 """
 
 from __future__ import annotations

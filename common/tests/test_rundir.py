@@ -47,13 +47,13 @@ def test_project_modules_import_from_inside_a_project_folder():
 
 
 def test_open_run_fresh_then_resume_auto_reuses_the_folder(tmp_path, capsys):
+    from dataclasses import dataclass
+    from pathlib import Path
+
     import torch
 
     from common.checkpoint import save_checkpoint
     from common.rundir import open_run
-
-    from dataclasses import dataclass
-    from pathlib import Path
 
     @dataclass
     class Cfg:

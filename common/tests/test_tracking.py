@@ -3,6 +3,7 @@ import csv
 import numpy as np
 import pytest
 
+from common.report import update_readme_results
 from common.tracking import (
     Tracker,
     image_grid,
@@ -11,7 +12,6 @@ from common.tracking import (
     plot_curves,
     write_comparison,
 )
-from common.report import update_readme_results
 
 
 def test_tracker_writes_csv_rows_and_tensorboard(tmp_path):
