@@ -426,12 +426,17 @@ def ensure_synthetic(root: str | Path, cfg: SynthConfig) -> Path:
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Write the synthetic REFUGE/GAMMA/PALM/DRIVE/CHASE_DB1/HRF trees")
     parser.add_argument("--out", default="data/synthetic/joinedtrans")
+    parser.add_argument("--print-config", action="store_true", help="print the generator settings and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig fields, e.g. n_train=8")
     args = parser.parse_args(argv)
     import yaml
 
     values = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     cfg = from_dict(SynthConfig, {**asdict(SynthConfig()), **values})
+    if args.print_config:
+        from common.config import print_config_and_exit
+
+        print_config_and_exit(cfg)
     from common.rundir import resolve_path
 
     root = ensure_synthetic(resolve_path(args.out), cfg)

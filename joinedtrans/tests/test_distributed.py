@@ -18,7 +18,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
            "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "train.py", "--config", "configs/ci.yaml",
-           f"runs_root={tmp_path}", f"data.root={synth_root}", "data.synthetic=false", "fine.enabled=false"]
+           f"runs_root={tmp_path}", f"data.root={synth_root}", "data.synthetic=false", "fine.enabled=false",
+           "optim.batch_size=4", "fovea.batch_size=4"]  # 2 per rank: BatchNorm needs more than one sample
     done = subprocess.run(cmd, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = list((tmp_path / "joinedtrans" / "ci").iterdir())
