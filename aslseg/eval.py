@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from aslseg.data import Case, extract_slices, load_volume, paste_back
-from aslseg.pipeline import evaluate_volumes, predict_probs, prepare_data
+from aslseg.engine import evaluate_volumes, predict_probs
+from aslseg.pipeline import prepare_data
 from aslseg.semisup import build_segmenter
 from aslseg.settings import Config
 from common.checkpoint import load_checkpoint

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from aslseg.engine import predict_probs
 from aslseg.pipeline import (
     LabelledPool,
     Prepared,
@@ -21,7 +22,6 @@ from aslseg.pipeline import (
     adapter_stage,
     embed_all,
     finetune_stage,
-    predict_probs,
     prepare_sam,
     pseudo_label,
 )

@@ -3,18 +3,17 @@ network -> reliable pseudo-labels expand the labelled set -> iterate), as number
 ``train.py`` through ``loop.py``:
 
 1. :func:`prepare_data` - split, labelled subset, slices of the labelled / unlabelled / test volumes;
-2. :func:`train_segmenter` - SSL iterations ``[start, end)`` of the segmenter on the current labelled pool;
-3. :func:`predict_probs` - segmenter tumour probabilities of slices;
+2. ``engine.train_segmenter`` - SSL iterations ``[start, end)`` of the segmenter on the current labelled pool;
+3. ``engine.predict_probs`` - segmenter tumour probabilities of slices;
 4. :func:`prepare_sam` - SAM with its checkpoint (the tiny SAM pre-trained on shapes first when asked);
 5. :func:`finetune_stage` - SAM fine-tuned on the ground-truth slices (SSL boxes as prompt noise);
 6. :func:`adapter_stage` - the adaptation network trained on corrupted ground truth;
 7. :func:`pseudo_label` - SSL prob -> boxes -> SAM -> adapter, per unlabelled slice;
-8. :func:`evaluate_volumes` - per-volume 3D tumour metrics on the original grid.
+8. ``engine.evaluate_volumes`` - per-volume 3D tumour metrics on the original grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,18 +30,15 @@ from aslseg.data import (
     list_cases,
     load_or_make_split,
     load_volume,
-    paste_back,
 )
 from aslseg.prompts import boxes_from_mask, component_points
 from aslseg.sam_model import SAMSegmenter, build_sam, input_norm_for
 from aslseg.sam_tuning import finetune_sam
-from aslseg.semisup import SSLBatch, SSLTrainer, filter_components
+from aslseg.semisup import SSLBatch, filter_components
 from aslseg.settings import Config
-from common.metrics import binary_segmentation_metrics
 
-__all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "sample_batch", "train_segmenter",
-           "predict_probs", "prepare_sam", "finetune_stage", "adapter_stage", "PseudoLabels", "pseudo_label",
-           "sam_gtbox_probs", "evaluate_volumes"]
+__all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "make_affine", "sample_batch", "prepare_sam",
+           "finetune_stage", "embed_all", "adapter_stage", "PseudoLabels", "pseudo_label", "sam_gtbox_probs"]
 
 
 @dataclass
@@ -118,7 +114,7 @@ def _augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     return image, label
 
 
-def _make_affine():
+def make_affine():
     from monai.transforms import RandAffine
 
     return RandAffine(prob=1.0, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1), padding_mode="border")
@@ -150,35 +146,11 @@ def sample_batch(pool: LabelledPool, cfg: Config, it: int, affine=None) -> SSLBa
     return SSLBatch(to_t(imgs), torch.from_numpy(np.stack(labs).round().astype(np.int64)), unl_t)
 
 
-def train_segmenter(trainer: SSLTrainer, pool: LabelledPool, cfg: Config, start: int, end: int,
-                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-    """2. SSL iterations ``start .. end - 1``; ``on_step(it + 1, losses)`` after each (logging, checkpoints)."""
-    from tqdm import tqdm
-
-    affine = _make_affine() if cfg.data.augment else None
-    for it in tqdm(range(start, end), desc=cfg.ssl.method, disable=not cfg.runtime.progress, leave=False):
-        rng = np.random.default_rng([cfg.seed, 99, it])
-        losses = trainer.step(it, sample_batch(pool, cfg, it, affine), rng)
-        if on_step is not None:
-            on_step(it + 1, losses)
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 32) -> np.ndarray:
-    """3. Tumour probability ``(N, H, W)`` of slices ``(N, H, W)`` in [0, 1]."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[i:i + batch], np.float32))[:, None].to(device)
-        out.append(model(x).softmax(dim=1)[:, 1].cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:]), np.float32)
-
-
 # --------------------------------------------------------------------------------------------- SAM + adapter
 def prepare_sam(cfg: Config, device: torch.device) -> SAMSegmenter:
     """4. SAM of ``sam.arch`` with ``sam.checkpoint`` (for the tiny SAM, ``pretrained`` runs/reuses
     ``pretrain_sam.py``'s cached result)."""
-    from aslseg.pretrain_sam import ensure_pretrained
+    from aslseg.sam_prior import ensure_pretrained
 
     pretrained = None
     if cfg.sam.arch == "tiny" and cfg.sam.checkpoint == "pretrained":
@@ -257,24 +229,3 @@ def pseudo_label(sam: SAMSegmenter, adapter: torch.nn.Module | None, images: np.
 def sam_gtbox_probs(sam: SAMSegmenter, slices: SliceSet, cfg: Config) -> np.ndarray:
     """SAM prompted with one ground-truth box per tumour component (the zero-shot upper bound of prompting)."""
     return _sam_probs(sam, slices.images, slices.tumour.astype(bool), cfg)
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-def evaluate_volumes(test: list[TestCase], probs: list[np.ndarray], surface: bool = True
-                     ) -> tuple[list[dict], dict[str, float]]:
-    """8. Per-volume tumour Dice, Jaccard, HD95 and ASD (mm, with spacing) on the original grid + global Dice."""
-    rows, inter, total = [], 0, 0
-    for case, p in zip(test, probs):
-        pred = paste_back(p, case.slices.meta[case.volume.case_id])
-        gt = case.volume.label == 2
-        m = binary_segmentation_metrics(pred, gt, case.volume.spacing, surface=surface)
-        rows.append({"case_id": case.volume.case_id, "dice": m["dice"], "jaccard": m["iou"],
-                     "hd95_mm": m.get("hd95", np.nan), "asd_mm": m.get("asd", np.nan),
-                     "empty_pred": m["empty_pred"], "empty_gt": m["empty_gt"]})
-        inter += int((pred & gt).sum())
-        total += int(pred.sum() + gt.sum())
-    keys = ["dice", "jaccard", "hd95_mm", "asd_mm"]
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    summary["dice_std"] = float(np.std([r["dice"] for r in rows]))
-    summary["dice_global"] = 2 * inter / total if total else 1.0
-    return rows, summary

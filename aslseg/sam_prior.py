@@ -1,4 +1,5 @@
-"""The stand-in for SAM's general knowledge: pre-train the whole tiny SAM on generic promptable shapes.
+"""The stand-in for SAM's general knowledge: pre-train the whole tiny SAM on generic promptable shapes
+(``pretrain_sam.py`` is its command line).
 
 The real ASLseg starts from SAM's SA-1B weights, which cannot be downloaded here; the tiny CPU SAM gets a small
 version of that prior instead: box (and sometimes point) prompts on an on-the-fly set of shapes (ellipses, stars,
@@ -7,8 +8,6 @@ Gaussian or speckle noise, with distractor shapes outside the box and 10 % boxes
 answer "nothing". Never CT anatomy. Loss: Dice + BCE on the mask and MSE of the IoU head. The result is cached
 under ``sam_pretrain.cache_dir`` keyed by the settings (reused, never silently retrained), with a report of the
 held-out Dice against the box's inscribed ellipse (what a box alone says about the shape).
-
-``python pretrain_sam.py [--config configs/default.yaml] [key=value ...]``
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,13 +26,13 @@ from scipy import ndimage
 from aslseg.prompts import boxes_from_mask, component_points, jitter_box
 from aslseg.sam_model import SAMSegmenter, build_tiny_sam, set_trainable
 from aslseg.sam_tuning import SAMExample, sam_train_step
-from aslseg.settings import Config, SAMPretrainConfig
+from aslseg.settings import SAMPretrainConfig
 from common.checkpoint import atomic_torch_save
 from common.rundir import resolve_path
 from common.synthetic import as_rng, ellipse_mask, smooth_field, speckle_noise
 
 __all__ = ["SHAPES", "random_shape", "shape_sample", "cache_path", "ellipse_baseline", "pretrain_tiny_sam",
-           "ensure_pretrained", "main"]
+           "ensure_pretrained"]
 
 SHAPES = ("ellipse", "star", "polygon", "ring", "blob")
 
@@ -169,19 +167,3 @@ def ensure_pretrained(cfg: SAMPretrainConfig, size: int, progress: bool = False)
     print(f"[aslseg] pre-trained tiny SAM ({report['seconds']} s): held-out Dice {report['heldout_dice']:.3f} vs "
           f"inscribed ellipse {report['ellipse_dice']:.3f} -> {path}")
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    from common.cli import parse_train, train_parser
-    from common.runtime import setup_runtime
-
-    parser = train_parser("Pre-train the tiny SAM on generic shapes (cached)")
-    cfg, _ = parse_train(Config, argv, parser, Path(__file__).resolve().parent)
-    setup_runtime(cfg.runtime, cfg.sam_pretrain.seed)
-    path = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress)
-    print(path.with_suffix(".json").read_text())
-    return path
-
-
-if __name__ == "__main__":
-    main()

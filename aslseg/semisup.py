@@ -26,22 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import UNet
 from scipy import ndimage
 
+from aslseg.model import SEGMENTER_PARAMS, build_model
 from aslseg.settings import ModelConfig, OptimConfig, SSLConfig
 
 __all__ = ["SEGMENTER_PARAMS", "build_segmenter", "generate_mask", "masked_dice_loss", "mix_loss", "dice_ce_loss",
            "ema_update", "filter_components", "pseudo_labels", "sigmoid_rampup", "uncertainty_mask", "SSLBatch",
            "SSLTrainer"]
 
-SEGMENTER_PARAMS = 1_625_161
-
-
-def build_segmenter(cfg: ModelConfig, in_channels: int = 1, out_channels: int = 2) -> UNet:
-    """MONAI 2D UNet ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits (H, W multiples of 16)."""
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(cfg.channels),
-                strides=tuple(cfg.strides), num_res_units=cfg.num_res_units)
+build_segmenter = build_model  # the segmenter of every paradigm (``model.build_model``)
 
 
 # --------------------------------------------------------------------------------------------- BCP pieces

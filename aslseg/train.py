@@ -21,17 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aslseg.engine import evaluate_volumes, predict_probs, train_segmenter
 from aslseg.loop import RoundResult, SAMState, labelled_pool, run_round
-from aslseg.pipeline import (
-    LabelledPool,
-    Prepared,
-    evaluate_volumes,
-    predict_probs,
-    prepare_data,
-    prepare_sam,
-    sam_gtbox_probs,
-    train_segmenter,
-)
+from aslseg.pipeline import LabelledPool, Prepared, prepare_data, prepare_sam, sam_gtbox_probs
 from aslseg.semisup import SSLTrainer, build_segmenter
 from aslseg.settings import Config
 from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
