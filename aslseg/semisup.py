@@ -163,7 +163,10 @@ class SSLTrainer:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
-        self.phase = "pretrain" if cfg.method == "bcp" and cfg.pretrain_iters > 0 else "main"
+        if cfg.method == "bcp":
+            self.phase = "pretrain" if cfg.pretrain_iters > 0 else "self"
+        else:
+            self.phase = "main"
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.optim_cfg

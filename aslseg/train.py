@@ -66,10 +66,16 @@ class _Runner:
     def _new_trainer(self, ssl_cfg) -> SSLTrainer:
         return SSLTrainer(ssl_cfg, self.cfg.optim, self.device, build_segmenter(self.cfg.model))
 
+    def _reinit_ssl(self):
+        third = self.cfg.loop.retrain_iters // 3
+        return dataclasses.replace(self.cfg.ssl, pretrain_iters=third, self_iters=self.cfg.loop.retrain_iters - third)
+
     def restore(self, state: dict | None, init_weights: str | None) -> None:
         if state is not None:
-            self.trainer.load_state_dict(state["extra"]["trainer"])
             self.it, self.offset = int(state["step"]), int(state["extra"].get("offset", 0))
+            if self.offset:  # inside a loop.reinit round: that trainer's own schedule
+                self.trainer = self._new_trainer(self._reinit_ssl())
+            self.trainer.load_state_dict(state["extra"]["trainer"])
             for r in range(1, self.cfg.loop.rounds + 1):
                 path = self.run.checkpoints / f"round{r}.pt"
                 if path.is_file():
@@ -129,9 +135,7 @@ class _Runner:
         self.results.append(res)
         self.tracker.log({f"select/{k}": v for k, v in res.stats.items()}, step=self.it)
         if self.cfg.loop.reinit:
-            third = self.cfg.loop.retrain_iters // 3
-            self.trainer = self._new_trainer(dataclasses.replace(
-                self.cfg.ssl, pretrain_iters=third, self_iters=self.cfg.loop.retrain_iters - third))
+            self.trainer = self._new_trainer(self._reinit_ssl())
             self.offset = start
         atomic_torch_save({"selected": torch.from_numpy(res.selected), "masks": torch.from_numpy(res.masks),
                            "stats": res.stats, "round_rows": self.round_rows}, self.run.checkpoints / f"round{r}.pt")
