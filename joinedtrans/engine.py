@@ -48,7 +48,7 @@ class Stage:
     seed: int
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     val_every: int = 0
-    find_unused: bool = False
+    find_unused: bool = True  # timm features_only keeps blocks past the last used level; curriculum phases
 
 
 def stage_file(run: RunDir, name: str) -> torch.Tensor:
