@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.config import load_config
 from fedlppa.settings import Config
 from fedlppa.synth import ensure_synthetic
 
 PROJECT = Path(__file__).resolve().parent.parent
+# one intra-op thread, as every client step uses: on a busy 2-core machine two OpenMP threads spin-wait
+torch.set_num_threads(1)
 
 
 def ci_config(tmp: Path, *overrides: str) -> Config:
