@@ -41,6 +41,7 @@ __all__ = [
     "make_sampler",
     "all_gather_arrays",
     "all_gather_tensor",
+    "all_gather_with_grad",
     "gather_by_index",
     "reduce_mean",
     "broadcast_object",
@@ -245,6 +246,17 @@ def all_gather_arrays(array: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a same-shaped tensor from every rank along dim 0, keeping the autograd graph (the backward
+    sums every rank's gradient into the local part: CLIP-style losses with other ranks' negatives); the tensor
+    itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
 def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate (along dim 0) a same-shaped tensor from every rank, in rank order, on its device (no gradient;
     e.g. the keys a MoCo-style queue enqueues). The tensor itself when not distributed."""

@@ -16,8 +16,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from common.runtime import all_gather_with_grad
+
 __all__ = ["LocalCrossAttention", "LocalAttentionOutput", "SentenceAttentionPool", "simsiam_patch_loss",
-           "intra_report_infonce", "global_clip_loss", "all_gather_with_grad", "rank_offset"]
+           "intra_report_infonce", "global_clip_loss", "rank_offset"]
 
 
 @dataclass
@@ -111,16 +113,6 @@ def intra_report_infonce(sentences: torch.Tensor, attended: torch.Tensor, mask: 
     m = mask.to(per_row.dtype)
     per_report = (per_row * m).sum(1) / m.sum(1).clamp(min=1)
     return per_report.mean()
-
-
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a same-shaped tensor from every rank along dim 0, keeping the autograd graph (the backward
-    sums the gradients of every rank into the local part); the tensor itself when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 def rank_offset(local_batch: int) -> int:
