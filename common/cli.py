@@ -91,7 +91,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def parse_train(cls: type[T], argv: Sequence[str] | None, parser: argparse.ArgumentParser,
                 project_dir: str | Path) -> tuple[T, argparse.Namespace]:
     """Parse a training command line into a validated config (exit 2 with the key named on a config error)."""
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = _load(cls, parser, args.config or DEFAULT_CONFIG, _overrides(args), project_dir)
     if args.print_config:
         print_config_and_exit(cfg)
@@ -128,7 +128,7 @@ def parse_eval(cls: type[T], argv: Sequence[str] | None, parser: argparse.Argume
       then its newest run's ``best.pt`` (else ``last.pt``), whose stored config is used unless ``--config`` was given.
     A missing checkpoint is a clean CLI error naming where it looked (unless ``require_checkpoint`` is false).
     """
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = _overrides(args)
     checkpoint: Path | None
     require_checkpoint = require_checkpoint and not args.print_config

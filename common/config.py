@@ -22,7 +22,8 @@ Rules (the repository's CONVENTIONS):
 - Every key is validated before any work starts: an unknown key, a value of the wrong type or a missing required
   value raises :class:`ConfigError` naming the dotted key and, for unknown keys, the closest valid key.
 - Values are coerced where that is lossless and unsurprising: int -> float, str -> Path, list -> tuple,
-  ``"1e-4"`` -> float (YAML 1.1 reads ``1e-4`` as a string).
+  ``"1e-4"`` -> float (YAML 1.1 reads ``1e-4`` as a string), and a bare ``off`` / ``on`` (which YAML 1.1 reads as
+  a boolean) -> ``"off"`` / ``"on"`` where the key's ``Literal`` has that choice (``runtime.amp=off``).
 """
 
 from __future__ import annotations
@@ -207,7 +208,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         return _coerce_union(value, tp, key)
     if origin is Literal:
-        if value in get_args(tp):
+        if isinstance(value, bool) and ("off" if not value else "on") in get_args(tp):
+            return "off" if not value else "on"  # YAML 1.1 reads a bare off / on as a boolean
+        if value in get_args(tp) and not (isinstance(value, bool) and bool not in map(type, get_args(tp))):
             return value
         raise ConfigError(f"`{key}` = {value!r} is not one of {list(get_args(tp))}")
     if value is None:

@@ -77,3 +77,23 @@ def test_a_typo_in_a_missing_section_suggests_the_key_from_the_whole_config():
         from_dict(Cfg, {"optim": {"lrr": 1.0}})
     with pytest.raises(ConfigError, match=r"`data.synthtic`; did you mean `data.synthetic`"):
         from_dict(Cfg, {"data": {"synthtic": True}})
+
+
+def test_bare_off_is_the_literal_choice_not_a_boolean():
+    from dataclasses import dataclass
+
+    from common.runtime import RuntimeConfig
+
+    @dataclass
+    class Wrap:
+        runtime: RuntimeConfig
+
+    assert from_dict(Wrap, {"runtime": {"amp": False}}).runtime.amp == "off"
+    with pytest.raises(ConfigError, match="not one of"):
+        from_dict(Wrap, {"runtime": {"amp": True}})
+
+
+def test_overrides_may_follow_options(tmp_path):
+    cfg, _ = parse_train(Cfg, ["train.lr=0.5", "--data-root", str(tmp_path), "train.lr=0.25"], train_parser("t"),
+                         _project(tmp_path))
+    assert cfg.train.lr == 0.25 and cfg.data.synthetic is False
