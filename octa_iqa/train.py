@@ -25,7 +25,7 @@ from common.checkpoint import load_checkpoint, load_init_weights, restore_traini
 from common.cli import parse_train, train_parser
 from common.config import to_dict
 from common.rundir import RunDir, check_writable, open_run, resolve_path
-from common.runtime import setup_runtime
+from common.runtime import dist_info, setup_runtime
 from common.seed import seed_loader_epoch
 from common.tracking import Tracker, image_grid, plot_curves
 from octa_iqa.data import QualityDataset
@@ -148,6 +148,8 @@ def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tr
 
 def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
     """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt`` carry bank + held-out scores)."""
+    if dist_info().world_size > 1:
+        raise RuntimeError("octa_iqa trains in one process (no torchrun path yet); run `python train.py` without it")
     check_writable(cfg.runs_root)
     device = setup_runtime(cfg.runtime, cfg.seed)
     data = prepare_data(cfg)  # every image checked before any run folder exists
