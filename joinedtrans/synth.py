@@ -198,17 +198,7 @@ def render_fundus(g: Geometry, rng: np.random.Generator, hard: str = "", gain: S
         small_only = img.copy()
         _haze(small_only, _half(g, g.fovea if hard == "fovea_low_quality" else g.disc), rng, 3.0 * scale)
         img = small_only
-    main, small = vessel_segments(g, rng)
-    v_small, m_small = render_vessels(shape, small)
-    v_main, m_main = render_vessels(shape, main)
-    vessel_colour = np.array([0.45, 0.1, 0.06], np.float32)
-    if hard in ("fovea_low_quality", "disc_low_quality"):
-        region = cv2.GaussianBlur(_half(g, g.fovea if hard == "fovea_low_quality" else g.disc).astype(np.float32),
-                                  (0, 0), 6 * scale)
-        v_small = v_small * (1 - 0.85 * region)
-        v_main = v_main * (1 - 0.4 * region)
-    _blend(img, 0.55 * v_small, vessel_colour)
-    _blend(img, 0.75 * v_main, vessel_colour)
+    vessels = _draw_vessels(img, g, rng, hard, scale)
     if hard == "fovea_occluded":  # a 1.2 DD lesion over the fovea, drawn over the vessels; centre off the fovea
         offset = rng.normal(0, 0.15 * g.dd, 2)
         occ = ellipse_mask(shape, (g.fovea[1] + offset[1], g.fovea[0] + offset[0]), (0.6 * g.dd, 0.6 * g.dd))
@@ -223,7 +213,25 @@ def render_fundus(g: Geometry, rng: np.random.Generator, hard: str = "", gain: S
     mask[cup_mask] = 0
     if palm:
         mask[disc_mask] = 0
-    return rgb, mask, (m_small | m_main) & (r_fov <= 1.0)
+    return rgb, mask, vessels & (r_fov <= 1.0)
+
+
+def _draw_vessels(img: np.ndarray, g: Geometry, rng: np.random.Generator, hard: str, scale: float) -> np.ndarray:
+    """Blend the arcade and small vessels of eye ``g`` into ``img`` (in place; faded in a low-quality half);
+    returns the boolean vessel mask."""
+    shape = img.shape[:2]
+    main, small = vessel_segments(g, rng)
+    v_small, m_small = render_vessels(shape, small)
+    v_main, m_main = render_vessels(shape, main)
+    vessel_colour = np.array([0.45, 0.1, 0.06], np.float32)
+    if hard in ("fovea_low_quality", "disc_low_quality"):
+        region = cv2.GaussianBlur(_half(g, g.fovea if hard == "fovea_low_quality" else g.disc).astype(np.float32),
+                                  (0, 0), 6 * scale)
+        v_small = v_small * (1 - 0.85 * region)
+        v_main = v_main * (1 - 0.4 * region)
+    _blend(img, 0.55 * v_small, vessel_colour)
+    _blend(img, 0.75 * v_main, vessel_colour)
+    return m_small | m_main
 
 
 def _low_frequency(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:

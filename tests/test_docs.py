@@ -67,7 +67,8 @@ def _cases() -> list[tuple[str, str]]:
 def test_readme_command_parses(readme, command, monkeypatch):
     here = Path(readme).parent.name or None
     project, entry, argv = _parse(command, here if here in PROJECTS else None)
-    monkeypatch.chdir(ROOT / project)
+    # a root README command without `cd <project>` runs from the repository root (its paths say so)
+    monkeypatch.chdir(ROOT if here not in PROJECTS and "cd " not in command else ROOT / project)
     module = importlib.import_module(f"{project}.{entry}")
     with pytest.raises(SystemExit) as info:
         module.main([*argv, "--print-config"])
