@@ -27,7 +27,16 @@ import torch
 from scipy import ndimage
 
 __all__ = ["DataError", "Case", "SiteData", "read_h5_case", "list_split", "read_site", "read_sites",
-           "augment_pair", "stack_batch"]
+           "augment_pair", "stack_batch", "PNG_MAPS", "PNG_DIRS"]
+
+# The released PNG layout: PNG value -> h5 label (official odocfaz_data_processing.py); the binary tasks of the
+# other releases use the FAZ map.
+PNG_MAPS = {
+    "faz": {"mask": {0: 0, 127: 1}, "weak": {0: 0, 127: 1, 254: 2}},
+    "odoc": {"mask": {0: 0, 170: 1, 85: 2}, "weak": {0: 0, 170: 1, 85: 2, 255: 3}},
+}
+PNG_DIRS = {"image": "imgs", "mask": "mask", "scribble": "scr", "scribble_noisy": "scr_n", "block": "block",
+            "box": "box", "keypoint": "keypoint"}
 
 
 class DataError(ValueError):

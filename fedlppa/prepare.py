@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fedlppa.synth import PNG_DIRS, PNG_MAPS
+from fedlppa.data import PNG_DIRS, PNG_MAPS
 
 __all__ = ["PNGMapError", "map_values", "convert_release", "main"]
 

@@ -27,10 +27,11 @@ from scipy import ndimage
 
 from common.datasets import ensure_dataset
 from common.synthetic import ellipse_mask, gaussian_noise, smooth_field, speckle_noise, vessel_tree
+from fedlppa.data import PNG_DIRS, PNG_MAPS
 from fedlppa.settings import SynthConfig
 from fedlppa.weak_labels import all_weak_labels
 
-__all__ = ["STYLES", "PNG_MAPS", "render_case", "write_dataset", "ensure_synthetic", "main"]
+__all__ = ["STYLES", "render_case", "write_dataset", "ensure_synthetic", "main"]
 
 # one row per site (a..e); b and d share a style
 STYLES = [
@@ -44,13 +45,6 @@ STYLES = [
     dict(gamma=1.3, contrast=0.7, density=1.8, noise="speckle", sigma=6.0, blur=1.2, down=2, vignette=0.0,
          bright=0.05),
 ]
-# PNG value -> h5 label (official odocfaz_data_processing.py); binary tasks of the other releases use the FAZ map
-PNG_MAPS = {
-    "faz": {"mask": {0: 0, 127: 1}, "weak": {0: 0, 127: 1, 254: 2}},
-    "odoc": {"mask": {0: 0, 170: 1, 85: 2}, "weak": {0: 0, 170: 1, 85: 2, 255: 3}},
-}
-PNG_DIRS = {"image": "imgs", "mask": "mask", "scribble": "scr", "scribble_noisy": "scr_n", "block": "block",
-            "box": "box", "keypoint": "keypoint"}
 
 
 def _irregular_ellipse(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:
