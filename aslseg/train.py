@@ -29,7 +29,7 @@ from aslseg.settings import Config
 from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from common.config import to_dict
 from common.rundir import RunDir, open_run
-from common.runtime import setup_runtime
+from common.runtime import dist_info, setup_runtime
 from common.tracking import Tracker, write_eval_tables
 
 __all__ = ["RunResult", "run", "main"]
@@ -186,6 +186,8 @@ def _zero_shot(cfg: Config, prep: Prepared, run: RunDir, tracker: Tracker, devic
 
 def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
     """Run ``cfg.method`` (see ``settings``): data checked first, then the run folder, then the stages."""
+    if dist_info().world_size > 1:
+        raise RuntimeError("aslseg trains in one process (no torchrun path yet); run `python train.py` without it")
     device = setup_runtime(cfg.runtime, cfg.seed)
     prep = prepare_data(cfg)
     opened = open_run("aslseg", cfg, resume=resume, device=device)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.runtime import RuntimeConfig as CommonRuntime
+from common.runtime import refuse_unsupported
 from fedlppa.losses import LossConfig
 from fedlppa.model import SUP_TYPES, ModelConfig
 
@@ -157,6 +158,14 @@ class RuntimeConfig(CommonRuntime):
     pool: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # clients train on CPU in float32 today: keys that would ask for more are refused, not ignored
+        refuse_unsupported(self, amp=False, compile=False, project="fedlppa")
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"runtime.device={self.device}: fedlppa clients run on CPU (no CUDA path yet); "
+                             f"use runtime.device=cpu")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.runtime import RuntimeConfig
+from common.runtime import RuntimeConfig, refuse_unsupported
 
 __all__ = ["ImageEncoderConfig", "TextEncoderConfig", "SPBConfig", "ReportDecoderConfig", "ImageDecoderConfig",
            "ModelConfig", "LossConfig", "StageConfig", "OptimConfig", "AugmentConfig", "SynthConfig", "DataConfig",
@@ -288,3 +288,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        refuse_unsupported(self.runtime, compile=False, project="prior")  # no compiled path (variable-length text)
