@@ -24,34 +24,33 @@ def per_site_dice(per_site: dict[str, dict[str, float]], path: Path, title: str)
     return save_figure(fig, path)
 
 
-def similarity_curves(history: Sequence[dict], path: Path) -> Path | None:
-    keys = sorted({k for row in history for k in row if k.startswith("sim_")})
+def _round_curves(history: Sequence[dict], prefix: str, ylabel: str, path: Path, label, width=None) -> Path | None:
+    """One line per ``<prefix><name>`` column of the round history; None when the history has none."""
+    keys = sorted({k for row in history for k in row if k.startswith(prefix)})
     if not keys:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     rounds = [row["round"] for row in history]
     for key in keys:
-        ax.plot(rounds, [row.get(key, np.nan) for row in history], label=key[4:], lw=2.5 if key == "sim_bd" else 1)
+        ax.plot(rounds, [row.get(key, np.nan) for row in history], label=label(key[len(prefix):]),
+                lw=width(key) if width else 1.5)
     ax.set_xlabel("round")
-    ax.set_ylabel("prompt similarity s_ik")
+    ax.set_ylabel(ylabel)
     ax.legend(ncol=2, fontsize=7)
     return save_figure(fig, path)
 
 
+def similarity_curves(history: Sequence[dict], path: Path) -> Path | None:
+    """Prompt similarity s_ik per site pair and round (the same-style pair b/d drawn thick)."""
+    return _round_curves(history, "sim_", "prompt similarity s_ik", path, str,
+                         lambda key: 2.5 if key == "sim_bd" else 1)
+
+
 def pseudo_dice_curve(history: Sequence[dict], path: Path) -> Path | None:
-    keys = sorted({k for row in history for k in row if k.startswith("pseudo_dice_")})
-    if not keys:
-        return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rounds = [row["round"] for row in history]
-    for key in keys:
-        ax.plot(rounds, [row.get(key, np.nan) for row in history], label=f"site {key[-1]}")
-    ax.set_xlabel("round")
-    ax.set_ylabel("pseudo-label Dice vs. full mask")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    """Dice of each site's pseudo-labels against its full mask, per round."""
+    return _round_curves(history, "pseudo_dice_", "pseudo-label Dice vs. full mask", path,
+                         lambda site: f"site {site}")
 
 
 def overlays(eval_sites: Sequence[SiteData], predictions: dict[int, np.ndarray], path: Path, count: int = 2
