@@ -245,7 +245,6 @@ def all_gather_arrays(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.concatenate(gathered, axis=0)
 
 
-@torch.no_grad()
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a same-shaped tensor from every rank along dim 0, keeping the autograd graph (the backward
     sums every rank's gradient into the local part: CLIP-style losses with other ranks' negatives); the tensor

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.metrics import auc_macro_ovr
 from common.runtime import (
     all_gather_tensor,
+    all_gather_with_grad,
     cleanup_distributed,
     gather_by_index,
     init_distributed,
@@ -45,6 +46,9 @@ def main() -> None:
         local_scores.append(s.numpy())
     idx, gathered = gather_by_index(np.concatenate(local_idx), np.concatenate(local_scores))
     probs = np.stack([1 - gathered, gathered], 1)
+    # the gather keeps the graph: rank r's loss weighs the gathered vector by (r + 1) * [0, 1, 2, 3]
+    local = torch.full((2,), float(info.rank + 1), requires_grad=True)
+    (all_gather_with_grad(local) * torch.arange(4.0) * (info.rank + 1)).sum().backward()
     result = {
         "world_size": info.world_size,
         "ddp_grad": model.weight.grad.ravel().tolist() + model.bias.grad.ravel().tolist(),
@@ -54,6 +58,7 @@ def main() -> None:
         "gathered_auc": auc_macro_ovr(labels[idx], probs),
         "single_process_auc": auc_macro_ovr(labels, np.stack([1 - scores, scores], 1)),
         "gathered_tensor": all_gather_tensor(torch.full((2,), float(info.rank))).tolist(),
+        "gather_with_grad_grad": local.grad.tolist(),
     }
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
     cleanup_distributed()

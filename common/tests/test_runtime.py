@@ -57,6 +57,9 @@ def test_torchrun_two_processes_sync_gradients_and_gather_exact_metrics(tmp_path
         assert res["gathered_auc"] == pytest.approx(res["single_process_auc"], abs=0)
         assert res["world_size"] == 2
         assert res["gathered_tensor"] == [0.0, 0.0, 1.0, 1.0]  # every rank's tensor, in rank order
+    # all_gather_with_grad: the local part's gradient sums every rank's loss ((1 + 2) x its slice of [0, 1, 2, 3])
+    assert results[0]["gather_with_grad_grad"] == [0.0, 3.0]
+    assert results[1]["gather_with_grad_grad"] == [6.0, 9.0]
 
 
 def test_backward_and_step_clips_and_steps():

@@ -47,9 +47,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the 2-rank loss equals the single-process loss, but the averaged "
-                   "gradients differ from the full-batch gradients (same numbers with torch's functional-collective "
-                   "all_gather, so the gather is not the cause); the global CLIP loss under DDP is not yet trusted")
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path: Path):
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
