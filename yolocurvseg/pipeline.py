@@ -31,8 +31,8 @@ from yolocurvseg.sca import SCAParams, generate_curves, preset_with_overrides
 from yolocurvseg.settings import Config
 from yolocurvseg.skeleton import read_noisy_skeleton, scribble_from_skeleton, simulate_noisy_skeleton
 
-__all__ = ["Splits", "list_splits", "Prepared", "prepare_data", "sca_params", "Background", "build_background",
-           "SyntheticPairs", "generate_pairs", "pce_labels", "synthesis_figure"]
+__all__ = ["Splits", "list_splits", "Prepared", "noisy_skeleton", "prepare_data", "sca_params", "Background",
+           "build_background", "SyntheticPairs", "generate_pairs", "pce_labels", "synthesis_figure"]
 
 
 @dataclass
@@ -60,13 +60,32 @@ def list_splits(cfg: Config) -> Splits:
 
 @dataclass
 class Prepared:
-    """Loaded cases: ``labelled`` (with its ``skeleton``), all ``train`` cases and ``test`` cases; ``polarity``."""
+    """Loaded cases: ``labelled`` (with its ``skeleton``), all ``train`` cases and ``test`` cases; ``polarity``;
+    ``skeleton_source``: where the labelled image's noisy skeleton came from (a file path, or ``simulated ...``)."""
 
     labelled: LoadedCase
     skeleton: np.ndarray
     train: list[LoadedCase]
     test: list[LoadedCase]
     polarity: str
+    skeleton_source: str = ""
+
+
+def noisy_skeleton(case: Case, loaded: LoadedCase, root: Path, cfg: Config, rng: int | np.random.Generator
+                   ) -> tuple[np.ndarray, str]:
+    """The noisy skeleton of one training case and where it came from, by ``data.skeleton``: ``file`` reads
+    ``<root>/skeleton/<id>.png`` (missing -> error naming the file); ``simulate`` draws one from the full label
+    (an explicit choice: the paper's setting has no such label). Returns ``(bool (H, W), source)``."""
+    if cfg.data.skeleton == "file":
+        if case.skeleton is None:
+            raise ConfigError(f"`data.skeleton` = file but {root / 'skeleton' / (case.case_id + '.png')} does not "
+                              f"exist; put the released noisy skeleton there, or choose data.skeleton=simulate to "
+                              f"simulate one from the full label (not the paper's setting)")
+        return read_noisy_skeleton(case.skeleton, loaded.image.shape), str(case.skeleton)
+    if loaded.label is None:
+        raise ConfigError(f"`data.skeleton` = simulate needs the label of case {case.case_id} ({case.image}), "
+                          f"which has none; use data.skeleton=file with a drawn skeleton")
+    return simulate_noisy_skeleton(loaded.label, rng, cfg.skeleton) > 0, f"simulated from the label {case.label}"
 
 
 def prepare_data(cfg: Config) -> Prepared:
@@ -75,22 +94,22 @@ def prepare_data(cfg: Config) -> Prepared:
     splits = list_splits(cfg)
     ids = [c.case_id for c in splits.train]
     chosen = d.labelled_case or ids[0]
+    if chosen not in ids and chosen.isdigit():  # YAML reads an override 03 as the octal integer 3
+        chosen = next((i for i in ids if i.isdigit() and int(i) == int(chosen)), chosen)
     if chosen not in ids:
         raise ConfigError(f"`data.labelled_case` = {chosen!r} is not a training case of {splits.root}; choose one "
                           f"of {ids}")
     train = load_cases(splits.train, d.dataset)
     test = load_cases(splits.test, d.dataset)
-    labelled, case = train[ids.index(chosen)], splits.train[ids.index(chosen)]
-    if d.skeleton == "file" or (d.skeleton == "auto" and case.skeleton is not None):
-        if case.skeleton is None:
-            raise ConfigError(f"`data.skeleton` = file but {splits.root}/skeleton/{chosen}.png does not exist; draw "
-                              f"it or use data.skeleton=simulate")
-        skeleton = read_noisy_skeleton(case.skeleton, labelled.image.shape)
-    else:
-        if labelled.label is None:
-            raise ConfigError(f"case {chosen} has neither a skeleton file nor a label to simulate one from")
-        skeleton = simulate_noisy_skeleton(labelled.label, cfg.seed, cfg.skeleton) > 0
-    return Prepared(labelled, skeleton, train, test, DATASETS[d.dataset].polarity)
+    i = ids.index(chosen)
+    skeleton, source = noisy_skeleton(splits.train[i], train[i], splits.root, cfg, cfg.seed)
+    if cfg.pce.images == "all" and cfg.method == "pce_skeleton":
+        for k, (case, loaded) in enumerate(zip(splits.train, train, strict=True)):
+            if k != i:  # every skeleton is read (or simulated) before any work
+                rng = np.random.default_rng([cfg.seed, 7, k])
+                loaded.skeleton = noisy_skeleton(case, loaded, splits.root, cfg, rng)[0]
+    print(f"[yolocurvseg] labelled image {chosen}: noisy skeleton ({d.skeleton}) {source}")
+    return Prepared(train[i], skeleton, train, test, DATASETS[d.dataset].polarity, source)
 
 
 def sca_params(cfg: Config) -> SCAParams:
@@ -146,15 +165,16 @@ def generate_pairs(bg: Background, prep: Prepared, cfg: Config, n: int | None = 
 
 
 def pce_labels(prep: Prepared, cfg: Config) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stage 4: (image, scribble) pairs of the pCE baseline: the labelled image's skeleton, or simulated skeletons of
-    every training image (``pce.images = all``). Scribble labels: 1 fg, 0 bg, 2 unlabelled (also outside the FOV)."""
+    """Stage 4: (image, scribble) pairs of the pCE baseline: the labelled image's skeleton, or the skeletons of
+    every training image (``pce.images = all``; read or simulated by ``data.skeleton`` in :func:`prepare_data`).
+    Scribble labels: 1 fg, 0 bg, 2 unlabelled (also outside the FOV)."""
     pairs = []
     cases = [prep.labelled] if cfg.pce.images == "one" else prep.train
-    for i, case in enumerate(cases):
-        if case is prep.labelled:
-            sk = prep.skeleton
-        else:
-            sk = simulate_noisy_skeleton(case.label, np.random.default_rng([cfg.seed, 7, i]), cfg.skeleton) > 0
+    for case in cases:
+        sk = prep.skeleton if case is prep.labelled else case.skeleton
+        if sk is None:
+            raise ValueError(f"case {case.case_id} has no noisy skeleton; prepare_data reads or simulates one for "
+                             f"every training image when pce.images=all")
         scribble = scribble_from_skeleton(sk, cfg.pce.bg_dilation)
         scribble[~case.fov] = 2
         pairs.append((case.image, scribble))

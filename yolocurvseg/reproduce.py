@@ -63,6 +63,8 @@ def summarise(per_run: pd.DataFrame, reference: str = "full_supervision") -> lis
             row[m] = float(sub[m].mean())
         row.update(dice_ratio_std=float(ratio_d.std(ddof=0)), cldice_ratio_std=float(ratio_c.std(ddof=0)),
                    dice_std=float(sub.dice.std(ddof=0)), cldice_std=float(sub.cldice.std(ddof=0)), runs=len(sub))
+        if "skeleton" in sub:  # where the noisy skeletons came from: file | simulate (none: full supervision)
+            row["skeleton"] = "+".join(sorted(set(sub.skeleton.astype(str))))
         rows.append(row)
     return rows
 
@@ -100,11 +102,13 @@ def sub_run(cfg: Config, plan: Plan, row: str, seed: int, choice: str | None, ex
         overrides.append(f"data.labelled_case={choice}")
     res = train.run_training(from_dict(Config, apply_overrides(to_dict(cfg), overrides)))
     label = choice if choice is not None else "all"
-    plan.records.append({"method": row, "labelled_case": label, "seed": seed, **res.summary, "run": str(res.run_dir)})
+    skeleton = "none" if method == "full_supervision" else res.skeleton
+    plan.records.append({"method": row, "labelled_case": label, "seed": seed, "skeleton": skeleton, **res.summary,
+                         "run": str(res.run_dir)})
     plan.figures.setdefault(row, res.run_dir / "figures" / "predictions.png")
     if row == "yolocurvseg" and "coarse" in res.stage_summaries:
         plan.records.append({"method": "yolocurvseg_coarse", "labelled_case": label, "seed": seed,
-                             **res.stage_summaries["coarse"], "run": str(res.run_dir)})
+                             "skeleton": skeleton, **res.stage_summaries["coarse"], "run": str(res.run_dir)})
         plan.figures.setdefault("synthesis", res.run_dir / "figures" / "synthesis.png")
 
 

@@ -43,9 +43,12 @@ class DataConfig:
     """``dataset`` layout under ``root`` (see data.py). ``synthetic``: generate the hidden DRIVE-like domain there on
     first use (only into a folder the generator creates). ``verify``: check every listed file before any work
     (``header``: it exists and its header decodes; ``full``: it decodes; ``off``). ``labelled_case``: id of the single
-    annotated training image ("" = the first); ``skeleton``: ``file`` (``<root>/skeleton/<id>.png``, required),
-    ``simulate`` (from the label) or ``auto`` (file if present). ``crop``: side of the random training crops of
-    every segmenter stage. ``n_train``/``n_test``/``size``/``synth_seed`` describe the synthetic domain only."""
+    annotated training image ("" = the first); ``skeleton``: ``file`` (the released noisy skeleton
+    ``<root>/skeleton/<id>.png``; a missing file is an error naming it) or ``simulate`` (an explicit choice: simulated
+    from the image's full label, which the paper's setting does not have; logged in the run and the comparison
+    table). The same rule applies to every skeleton the ``pce.images=all`` baseline uses. ``crop``: side of the
+    random training crops of every segmenter stage. ``n_train``/``n_test``/``size``/``synth_seed`` describe the
+    synthetic domain only."""
 
     dataset: Literal["drive", "chasedb1", "dca1", "octa500", "corn", "h5"] = "drive"
     root: str = "data/synthetic/yolocurvseg/drive_like"
@@ -56,7 +59,7 @@ class DataConfig:
     size: int = 128
     synth_seed: int = 0
     labelled_case: str = ""
-    skeleton: Literal["auto", "file", "simulate"] = "auto"
+    skeleton: Literal["file", "simulate"] = "file"
     reader_kwargs: dict[str, str] = field(default_factory=dict)
     max_train_images: int = 0  # 0 = all unlabelled training images
     crop: int = 96

@@ -56,6 +56,7 @@ class RunResult:
     run_dir: Path
     summary: dict[str, float]
     stage_summaries: dict[str, dict[str, float]] = field(default_factory=dict)
+    skeleton: str = ""  # data.skeleton (file | simulate) of the run
 
 
 def trim_metrics(csv_path: Path, last_step: int) -> None:
@@ -196,6 +197,7 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     opened = open_run(PROJECT, cfg, resume=resume, device=device)
     state = load_checkpoint(opened.resume_from) if opened.resume_from is not None else None
     stages = RunStages(cfg, opened.run, state)
+    (opened.run.path / "skeleton_source.txt").write_text(f"{cfg.data.skeleton}: {prep.skeleton_source}\n")
     model = build_model(cfg.model).to(device)
     if init_weights:
         load_init_weights(model, init_weights)
@@ -208,7 +210,7 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     stages.tracker.close()
     print(f"[{PROJECT}] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
           + f" -> {opened.run.path}")
-    return RunResult(opened.run.path, summary, stage_summaries)
+    return RunResult(opened.run.path, summary, stage_summaries, cfg.data.skeleton)
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:

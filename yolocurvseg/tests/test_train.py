@@ -157,3 +157,24 @@ def test_data_root_means_real_data(tmp_path, capsys):
         train.main(["--config", CFG, "--data-root", str(tmp_path / "DRIVE"), "--print-config"])
     out = capsys.readouterr().out
     assert "synthetic: false" in out and str(tmp_path / "DRIVE") in out
+
+
+def test_missing_skeleton_file_is_an_error_and_simulate_is_explicit(tmp_path, capsys):
+    """``data.skeleton=file`` (default) never falls back to a skeleton simulated from the label: a missing file stops
+    the run before its folder exists, naming the file; ``simulate`` is an explicit choice, logged in the run."""
+    from yolocurvseg.hidden_domain import ensure_hidden_domain
+
+    root = ensure_hidden_domain(tmp_path / "data", 4, 2, 64, 0)  # the ci domain
+    (root / "skeleton" / "03.png").unlink()
+    with pytest.raises(ConfigError, match=r"skeleton[/\\]03\.png"):
+        train.main(_args(tmp_path, "data.labelled_case=03"))
+    assert not (tmp_path / "runs" / "yolocurvseg").exists()
+    with pytest.raises(ConfigError, match=r"03\.png"):  # pCE on all images needs every skeleton file
+        train.main(_args(tmp_path, "data.labelled_case=04", "method=pce_skeleton", "pce.images=all"))
+    capsys.readouterr()
+    res = train.main(_args(tmp_path, "data.labelled_case=03", "data.skeleton=simulate", "method=pce_skeleton"))
+    assert res.skeleton == "simulate"
+    assert "simulated from the label" in (res.run_dir / "skeleton_source.txt").read_text()
+    assert "noisy skeleton (simulate) simulated from the label" in capsys.readouterr().out
+    res = train.main(_args(tmp_path, "data.labelled_case=04", "method=pce_skeleton"))
+    assert (res.run_dir / "skeleton_source.txt").read_text().startswith(f"file: {root / 'skeleton' / '04.png'}")
