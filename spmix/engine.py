@@ -268,15 +268,19 @@ def predict(model: nn.Module, loader, device: torch.device, amp: str = "off", pr
 
 def group_metrics(y_true: np.ndarray, logits: np.ndarray, groups: dict[str, Sequence[str]],
                   class_names: Sequence[str] = CLASSES) -> dict[str, float]:
-    """accuracy, balanced_accuracy, f1_macro, auc, per-class recall ``recall_<CLS>`` and group means
-    ``<group>_recall`` (classes absent from ``y_true`` are left out of the means)."""
+    """accuracy, balanced_accuracy, f1_macro, auc, ``loss`` (mean cross-entropy of the logits), per-class recall
+    ``recall_<CLS>`` and group means ``<group>_recall`` (classes absent from ``y_true`` are left out of the means;
+    a group none of whose classes is present is NaN)."""
     from common.metrics import classification_metrics
 
     m = classification_metrics(y_true, logits, num_classes=len(class_names), from_logits=True)
+    log_p = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)
+    loss = float(-log_p[torch.arange(len(y_true)), torch.as_tensor(y_true, dtype=torch.long)].mean())
     cm = m["confusion_matrix"]
     support = cm.sum(axis=1)
     recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
     out: dict[str, float] = {k: float(m[k]) for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc")}
+    out["loss"] = loss
     for name, r in zip(class_names, recall):
         out[f"recall_{name}"] = float(r)
     for group, members in groups.items():

@@ -22,9 +22,9 @@ def denormalise(image: torch.Tensor) -> np.ndarray:
 
 
 def write_evaluation(result: Evaluation, frame: pd.DataFrame, subset: str, eval_dir: Path,
-                     figures_dir: Path | None = None) -> None:
-    """``eval/summary.csv`` (one row), ``eval/per_case.csv`` (image, label, pred, p_<CLS>), and the confusion
-    matrix / ROC figures of ``subset``."""
+                     figures_dir: Path | None = None, prefix: str = "", extra: dict | None = None) -> None:
+    """``eval/<prefix>summary.csv`` (one row, plus the ``extra`` columns), ``eval/<prefix>per_case.csv`` (image,
+    label, pred, p_<CLS>), and the confusion matrix / ROC figures of ``subset`` (when ``figures_dir`` is given)."""
     from common.tracking import plot_confusion_matrix, plot_roc, write_eval_tables
 
     probs = torch.softmax(torch.from_numpy(result.outputs), 1).numpy()
@@ -33,7 +33,8 @@ def write_evaluation(result: Evaluation, frame: pd.DataFrame, subset: str, eval_
                              "pred": [CLASSES[i] for i in probs.argmax(1)]})
     for c, name in enumerate(CLASSES):
         per_case[f"p_{name}"] = probs[:, c]
-    write_eval_tables(eval_dir, {"subset": subset, "n": len(result.targets), **result.metrics}, per_case)
+    write_eval_tables(eval_dir, {"subset": subset, "n": len(result.targets), **(extra or {}), **result.metrics},
+                      per_case, prefix=prefix)
     if figures_dir is not None:
         from sklearn.metrics import confusion_matrix
 

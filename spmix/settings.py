@@ -73,7 +73,7 @@ class DataConfig:
     split_file: str = ""                 # "" -> data/splits/spmix/<root>-<hash>/<split>_seed<seed>.csv (real data)
     holdout_per_class: int = 46
     synth_train: int = 700
-    synth_val_per_class: int = 8
+    synth_val_per_class: int = 20
     synth_test_per_class: int = 30
     img_size: int = 96
     num_workers: int = 0

@@ -83,41 +83,59 @@ def build_training(cfg: Config, loaders: Loaders, device: torch.device, init_wei
     return Training(model, optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp), step, ctx, queue, spe)
 
 
-def restore(training: Training, checkpoint: Path | None, device: torch.device) -> tuple[int, float | None]:
-    """Full state of a resumed run (model, optimiser, schedule, scaler, RNG, PaCo queue) -> (epoch, best)."""
+def selection_key(val: dict[str, float], metric: str, epoch: int) -> tuple[float, float, float, int]:
+    """Order of validation results for ``best.pt``: the selection metric, ties broken by the validation macro
+    AUC, then by the lower validation loss, then by the later epoch (1-based ``epoch``). A constant prediction
+    scores exactly 1/C balanced accuracy every epoch, so without tie-breaks its first epoch would be kept."""
+    auc = val["auc"] if math.isfinite(val["auc"]) else -math.inf
+    return float(val[metric]), float(auc), -float(val["loss"]), int(epoch)
+
+
+def is_better(key: Sequence[float], best_key: Sequence[float] | None) -> bool:
+    """Lexicographic comparison of two :func:`selection_key` results (``None``: nothing kept yet)."""
+    return best_key is None or tuple(key) > tuple(best_key)
+
+
+def restore(training: Training, checkpoint: Path | None, device: torch.device) -> tuple[int, list | None]:
+    """Full state of a resumed run (model, optimiser, schedule, scaler, RNG, PaCo queue) -> (epoch, best key)."""
     from common.checkpoint import load_checkpoint, restore_training_state
 
     if checkpoint is None:
         return 0, None
     ckpt = load_checkpoint(checkpoint, map_location=device)
-    epoch, _, best = restore_training_state(ckpt, model=training.model, optimizer=training.optimizer,
-                                            scheduler=training.scheduler, scaler=training.scaler)
+    epoch, _, _ = restore_training_state(ckpt, model=training.model, optimizer=training.optimizer,
+                                         scheduler=training.scheduler, scaler=training.scaler)
     if training.queue is not None and "queue" in ckpt.get("extra", {}):
         training.queue.load_state_dict(ckpt["extra"]["queue"])
-    return epoch, best
+    return epoch, ckpt.get("extra", {}).get("best_key")
 
 
-def save_epoch(training: Training, cfg: Config, run, epoch: int, best: float | None, improved: bool) -> None:
-    """``last.pt`` every epoch and ``best.pt`` when the validation metric improved (rank 0 only)."""
+def save_epoch(training: Training, cfg: Config, run, epoch: int, best_key: list, improved: bool) -> None:
+    """``last.pt`` every epoch and ``best.pt`` when :func:`is_better` (rank 0 only)."""
     from common.config import to_dict
 
-    extra = {"queue": training.queue.state_dict()} if training.queue is not None else {}
+    extra = {"best_key": list(best_key)}
+    if training.queue is not None:
+        extra["queue"] = training.queue.state_dict()
     kw = dict(model=training.model, config=to_dict(cfg), epoch=epoch + 1, step=(epoch + 1) * training.steps_per_epoch,
-              best_metric=best, optimizer=training.optimizer, scheduler=training.scheduler, scaler=training.scaler,
-              extra=extra)
+              best_metric=best_key[0], optimizer=training.optimizer, scheduler=training.scheduler,
+              scaler=training.scaler, extra=extra)
     if improved:
         save_checkpoint(run.checkpoints / "best.pt", **kw)
     save_checkpoint(run.checkpoints / "last.pt", **kw)
 
 
-def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, first: int, best: float | None,
-               tracker) -> float | None:
+def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, first: int, best_key: list | None,
+               tracker) -> list | None:
     """The epoch loop: seeded data order, one training pass, validation, metrics row, checkpoints."""
+    from tqdm import tqdm
+
     from common.runtime import dist_info
     from spmix.reports import training_grid
 
     info = dist_info()
-    for epoch in range(first, cfg.optim.epochs):
+    for epoch in tqdm(range(first, cfg.optim.epochs), desc="epochs", disable=not (cfg.runtime.progress and
+                                                                                   info.is_main), leave=False):
         seed_epoch(loaders, cfg.seed, epoch)
         start_epoch(training.ctx, epoch, cfg.seed, info.rank)
         batch: dict = {}
@@ -125,34 +143,41 @@ def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, f
                                 training.scheduler, device, training.scaler, cfg.runtime.amp, cfg.optim.grad_clip,
                                 progress=cfg.runtime.progress and info.is_main, first_batch=batch)
         val = evaluate(training.model, loaders.val, device, cfg.groups, cfg.runtime.amp).metrics  # all ranks
-        score = val[cfg.optim.select_metric]
-        improved = best is None or score > best
-        best = score if improved else best
+        key = selection_key(val, cfg.optim.select_metric, epoch + 1)
+        improved = is_better(key, best_key)
+        best_key = list(key) if improved else best_key
         if not info.is_main:
             continue
         tracker.log({"epoch": epoch + 1, "iteration": (epoch + 1) * training.steps_per_epoch, **stats,
                      **{f"val_{k}": v for k, v in val.items()}}, step=epoch + 1)
         tracker.log_image("train/batch", training_grid(batch, cfg), epoch + 1)
         print(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {stats['train_loss']:.4f} val "
-              f"{cfg.optim.select_metric} {score:.4f} tail {val['tail_recall']:.3f}", flush=True)
-        save_epoch(training, cfg, run, epoch, best, improved)
-    return best
+              f"{cfg.optim.select_metric} {key[0]:.4f} auc {val['auc']:.3f} tail {val['tail_recall']:.3f}"
+              f"{' (best)' if improved else ''}", flush=True)
+        save_epoch(training, cfg, run, epoch, best_key, improved)
+    return best_key
 
 
-def evaluate_best(training: Training, cfg: Config, prep: Prepared, run, device, tracker) -> dict[str, float]:
-    """Evaluate ``best.pt`` on the test subset: eval tables, confusion matrix, ROC and a TensorBoard grid."""
+def evaluate_test(training: Training, cfg: Config, prep: Prepared, run, device, tracker) -> dict[str, dict]:
+    """The test subset with the final weights (``eval/final_summary.csv``) and with ``best.pt``
+    (``eval/summary.csv``, confusion matrix, ROC, a TensorBoard grid). -> {"best": metrics, "final": metrics}."""
     from common.checkpoint import load_checkpoint
     from spmix.reports import log_predictions, write_evaluation
 
-    best_path = run.checkpoints / "best.pt"
-    if best_path.is_file():
-        training.model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     frame = subset(prep.frame, "test")
-    result = evaluate(training.model, eval_loader(cfg, frame), device, cfg.groups, cfg.runtime.amp,
-                      progress=cfg.runtime.progress)
-    write_evaluation(result, frame, "test", run.eval, run.figures)
+    loader = eval_loader(cfg, frame)
+    final = evaluate(training.model, loader, device, cfg.groups, cfg.runtime.amp, progress=cfg.runtime.progress)
+    write_evaluation(final, frame, "test", run.eval, prefix="final_", extra={"checkpoint": "final",
+                                                                           "epoch": cfg.optim.epochs})
+    best_path = run.checkpoints / "best.pt"
+    ckpt = load_checkpoint(best_path, map_location=device)
+    training.model.load_state_dict(ckpt["model"])
+    result = evaluate(training.model, loader, device, cfg.groups, cfg.runtime.amp, progress=cfg.runtime.progress)
+    write_evaluation(result, frame, "test", run.eval, run.figures, extra={"checkpoint": "best",
+                                                                          "epoch": int(ckpt["epoch"])})
     log_predictions(tracker, result, frame, cfg, cfg.optim.epochs)
-    return result.metrics
+    return {"best": {**result.metrics, "epoch": float(ckpt["epoch"])},
+            "final": {**final.metrics, "epoch": float(cfg.optim.epochs)}}
 
 
 def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> dict:
@@ -169,15 +194,16 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     loaders = make_loaders(cfg, prep, two_views=cfg.loss_name == "paco")
     training = build_training(cfg, loaders, device, init_weights)
     opened = open_run("spmix", cfg, resume=resume, device=device)
-    first, best = restore(training, opened.resume_from, device)
+    first, best_key = restore(training, opened.resume_from, device)
     tracker = Tracker(opened.run.path) if info.is_main else None
-    best = run_epochs(training, cfg, loaders, opened.run, device, first, best, tracker)
+    best_key = run_epochs(training, cfg, loaders, opened.run, device, first, best_key, tracker)
     cleanup_distributed()  # the test evaluation below runs on rank 0 alone
-    test = None
+    test = {"best": None, "final": None}
     if info.is_main:
-        test = evaluate_best(training, cfg, prep, opened.run, device, tracker)
+        test = evaluate_test(training, cfg, prep, opened.run, device, tracker)
         tracker.close()
-    return {"run_dir": opened.run.path, "test": test, "best_val": best, "saliency": cfg.saliency.resolved}
+    return {"run_dir": opened.run.path, "test": test["best"], "test_final": test["final"],
+            "best_val": best_key[0] if best_key else None, "saliency": cfg.saliency.resolved}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
