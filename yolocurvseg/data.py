@@ -298,35 +298,49 @@ def load_cases(cases: list[Case], dataset: str, with_label: bool = True) -> list
 
 
 # --------------------------------------------------------------------------------------------- sampling
-def standardize(image: torch.Tensor) -> torch.Tensor:
-    """Per-image zero-mean unit-variance over the spatial axes of ``(B, 1, H, W)`` (segmenter input)."""
-    mean = image.mean(dim=(-2, -1), keepdim=True)
-    std = image.std(dim=(-2, -1), keepdim=True)
-    return (image - mean) / (std + 1e-6)
+def standardize(image: np.ndarray, fov: np.ndarray | None = None) -> np.ndarray:
+    """Zero mean, unit variance over the ``fov`` pixels (all pixels when None) of a ``(H, W)`` image: the segmenter
+    input of every stage and of inference, so training crops and whole test images share one statistic (the
+    statistics of the whole image inside its FOV; the dark surround of a fundus image never enters)."""
+    img = np.asarray(image, np.float32)
+    values = img[np.asarray(fov, bool)] if fov is not None else img
+    if values.size == 0:
+        raise ValueError("standardize: the FOV mask is empty")
+    return ((img - values.mean()) / (values.std() + 1e-6)).astype(np.float32)
 
 
 class PairSampler:
     """Random crops + flips/rot90 + gamma jitter from in-memory ``(H, W)`` images and integer labels.
 
-    ``labels`` use 0 bg, 1 fg and ``ignore_index`` (2) for unlabelled pixels. ``batch`` returns standardized images
-    ``(B, 1, c, c)`` float32 and labels ``(B, c, c)`` int64; images smaller than the crop are reflect-padded (labels
-    padded with ``ignore_index``).
+    ``labels`` use 0 bg, 1 fg and ``ignore_index`` (2) for unlabelled pixels. ``fovs``: one FOV mask per image, or
+    one for all, or None (whole image). ``batch`` returns images ``(B, 1, c, c)`` float32 standardized with the
+    statistics of the whole (gamma-jittered) image inside its FOV (:func:`standardize`, as at inference) and labels
+    ``(B, c, c)`` int64; images smaller than the crop are reflect-padded (labels padded with ``ignore_index``).
     """
 
     def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], crop: int, ignore_index: int = 2,
-                 gamma: float = 0.25):
+                 gamma: float = 0.25, fovs: list[np.ndarray] | np.ndarray | None = None):
         if len(images) != len(labels) or not images:
             raise ValueError(f"PairSampler needs matching non-empty lists, got {len(images)} images, "
                              f"{len(labels)} labels")
-        self.images, self.labels = images, labels
+        if fovs is not None and not isinstance(fovs, list):
+            fovs = [fovs] * len(images)
+        if fovs is not None and len(fovs) != len(images):
+            raise ValueError(f"PairSampler got {len(fovs)} FOV masks for {len(images)} images")
+        self.images, self.labels, self.fovs = images, labels, fovs
         self.crop, self.ignore_index, self.gamma = int(crop), ignore_index, gamma
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def crop_pair(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One random ``(c, c)`` crop of an image and its label (reflect / ignore padding), flip, rot90, gamma."""
+    def crop_pair(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+                  fov: np.ndarray | None = None, standardized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """One random ``(c, c)`` crop of an image and its label (reflect / ignore padding), flip, rot90, gamma;
+        ``standardized``: in the statistics of the whole gamma-jittered image inside ``fov``."""
         c = self.crop
+        img = np.clip(img, 0, 1) ** np.exp(rng.uniform(-self.gamma, self.gamma))
+        if standardized:
+            img = standardize(img, fov)
         h, w = img.shape
         if h < c or w < c:
             ph, pw = max(c - h, 0), max(c - w, 0)
@@ -338,9 +352,7 @@ class PairSampler:
         if rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
         k = int(rng.integers(4))
-        img, lab = np.rot90(img, k), np.rot90(lab, k)
-        img = np.clip(img, 0, 1) ** np.exp(rng.uniform(-self.gamma, self.gamma))
-        return img, lab
+        return np.rot90(img, k), np.rot90(lab, k)
 
     def image_crops(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` random image crops ``(size, c, c)`` float (labels discarded; unstandardized, in [0, 1])."""
@@ -349,10 +361,11 @@ class PairSampler:
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rng.integers(0, len(self.images), size=size)
-        pairs = [self.crop_pair(self.images[i], self.labels[i], rng) for i in idx]
+        pairs = [self.crop_pair(self.images[i], self.labels[i], rng, None if self.fovs is None else self.fovs[i],
+                                standardized=True) for i in idx]
         x = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.float32))[:, None]
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
-        return standardize(x), y
+        return x, y
 
 
 class MixedSampler:

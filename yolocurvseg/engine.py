@@ -192,11 +192,12 @@ def translate(model: CUTModel, images: np.ndarray, device: torch.device, progres
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: np.ndarray, roi: int, device: torch.device, tta: bool = False
-                  ) -> np.ndarray:
-    """Curve probability ``(H, W)`` float32 of a grey image ``(H, W)`` in [0, 1] (standardized per image)."""
+def predict_image(model: torch.nn.Module, image: np.ndarray, roi: int, device: torch.device, tta: bool = False,
+                  fov: np.ndarray | None = None) -> np.ndarray:
+    """Curve probability ``(H, W)`` float32 of a grey image ``(H, W)`` in [0, 1], standardized with its statistics
+    inside ``fov`` (the whole image when None), as every training crop is (``data.standardize``)."""
     model.eval()
-    x = standardize(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]).to(device)
+    x = torch.from_numpy(standardize(image, fov))[None, None].to(device)
     flips: Sequence[tuple[int, ...]] = [(), (-1,), (-2,)] if tta else [()]
     acc = torch.zeros(x.shape[-2:], device=device)
     for dims in flips:
@@ -211,7 +212,7 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, roi: int, device: t
 def predict(model: torch.nn.Module, cases: Sequence[LoadedCase], roi: int, device: torch.device, tta: bool = False,
             progress: bool = False) -> tuple[list[str], list[np.ndarray | None], list[np.ndarray]]:
     """``(indices, targets, outputs)``: case ids, their labels (None when unlabelled) and curve probabilities."""
-    outputs = [predict_image(model, c.image, roi, device, tta)
+    outputs = [predict_image(model, c.image, roi, device, tta, c.fov)
                for c in tqdm(cases, desc="predict", disable=not progress, leave=False)]
     return [c.case_id for c in cases], [c.label for c in cases], outputs
 

@@ -69,7 +69,7 @@ def evaluate_test_split(model: torch.nn.Module, cfg: Config, out: Path, device: 
     write_eval_tables(out, summary, rows)
     grid = []
     for case in prep.test[:3]:
-        prob = predict_image(model, case.image, cfg.eval.roi, device)
+        prob = predict_image(model, case.image, cfg.eval.roi, device, fov=case.fov)
         pred = prob > cfg.eval.threshold
         grid.append([case.image, overlay_mask(case.image, case.label), overlay_mask(case.image, pred)])
     save_png(image_grid(grid), out / "predictions.png")

@@ -116,11 +116,13 @@ def train_baseline(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: 
     """``full_supervision`` (all training labels) or ``pce_skeleton`` (fg+bg scribbles, partial CE)."""
     if cfg.method == "full_supervision":
         pairs = [(c.image, c.label) for c in prep.train]
+        fovs = [c.fov for c in prep.train]
         stage = SegmenterStage.from_optim("supervised", cfg.optim, cfg.coarse.dice_weight)
     else:
         pairs = pce_labels(prep, cfg)
+        fovs = [c.fov for c in ([prep.labelled] if cfg.pce.images == "one" else prep.train)]
         stage = SegmenterStage.from_optim("pce", cfg.optim, dice_weight=0.0)  # partial CE only
-    sampler = PairSampler([p[0] for p in pairs], [p[1] for p in pairs], cfg.data.crop)
+    sampler = PairSampler([p[0] for p in pairs], [p[1] for p in pairs], cfg.data.crop, fovs=fovs)
     return train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
 
 
@@ -138,7 +140,7 @@ def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.dev
                                 cfg.seed)
         synthesized = translate(cut, pairs.composites, device, cfg.runtime.progress)
     stages.figure("synthesis", synthesis_figure(prep, bg, pairs, synthesized))
-    return PairSampler(list(synthesized), list(pairs.masks), cfg.data.crop)
+    return PairSampler(list(synthesized), list(pairs.masks), cfg.data.crop, fovs=prep.labelled.fov)
 
 
 def evaluate_stage(cfg: Config, prep: Prepared, model: torch.nn.Module, run: RunDir, device: torch.device,
@@ -161,7 +163,7 @@ def train_yolocurvseg(cfg: Config, prep: Prepared, model: torch.nn.Module, stage
         fc = cfg.fine
         for r in range(fc.rounds):
             labels = pseudo_label_cases(model, prep.train, fc, cfg.eval.roi, device, cfg.runtime.progress)
-            real = PairSampler([c.image for c in prep.train], labels, cfg.data.crop)
+            real = PairSampler([c.image for c in prep.train], labels, cfg.data.crop, fovs=[c.fov for c in prep.train])
             sampler = MixedSampler(real, synth, fc.real_fraction)
             stage = SegmenterStage.from_optim(f"fine{r + 1}", cfg.optim, fc.dice_weight, fine=fc)
             model = train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)

@@ -173,3 +173,31 @@ def test_unexpected_files_are_named(drive_root, tmp_path, capsys):
     assert len(list_cases("drive", root, "train")) == 3
     out = capsys.readouterr().out
     assert "notes.txt" in out and "03_training_copy.tif" in out
+
+
+def test_training_crops_and_inference_share_the_fov_statistics():
+    """Every segmenter input is standardized with the statistics of its whole image inside the FOV: a full-size
+    training crop (no gamma jitter) holds exactly the values the model sees at inference, and the dark out-of-FOV
+    surround does not move them."""
+    import torch
+
+    from yolocurvseg.engine import predict_image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    fov = np.hypot(yy - 15.5, xx - 15.5) < 14
+    image = np.where(fov, 0.4 + 0.2 * rng.random((32, 32)), 0.02).astype(np.float32)
+    sampler = PairSampler([image], [np.zeros((32, 32), np.uint8)], crop=32, gamma=0.0, fovs=[fov])
+    x, _ = sampler.batch(np.random.default_rng(1), 1)
+    crop = x[0, 0].numpy()
+
+    class Identity(torch.nn.Module):  # logits (0, x): the curve probability is sigmoid(input)
+        def forward(self, t):
+            return torch.cat([torch.zeros_like(t), t], dim=1)
+
+    p = predict_image(Identity(), image, 32, torch.device("cpu"), fov=fov).astype(np.float64)
+    seen = np.log(p / (1 - p))
+    np.testing.assert_allclose(np.sort(crop.ravel()), np.sort(seen.ravel()), atol=1e-4)  # same values (flip/rot90)
+    assert abs(seen[fov].mean()) < 1e-4 and abs(seen[fov].std() - 1) < 1e-3  # FOV statistics, not whole-image
+    whole = (image - image.mean()) / image.std()
+    assert np.abs(whole[fov] - seen[fov]).max() > 0.5  # the surround would have shifted them
