@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.checkpoint import save_checkpoint
@@ -54,13 +55,26 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
+def fed_label_counts(cfg: Config, counts: np.ndarray) -> np.ndarray:
+    """Class counts of the labels the loss actually receives, for the losses that use a class prior (PaCo,
+    balanced softmax, re-weighting). Under the class-balanced sampler (re-sampling, or SPMix with
+    ``dominant: balanced``, where the label is the class-balanced image's) every class is fed equally often, so
+    the prior is uniform; adding the instance log-prior there would correct the imbalance a second time. The
+    released code feeds the instance-sampled labels (its dominant image), so its training-count prior
+    (GPaCo ``cal_weight_for_classes``) matches what it feeds."""
+    sampler, mixing, _ = METHODS[cfg.method]
+    balanced = sampler == "class_balanced" or (mixing == "spmix" and cfg.spmix.dominant == "balanced")
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.full_like(counts, counts.sum() / counts.size) if balanced else counts
+
+
 def build_training(cfg: Config, loaders: Loaders, device: torch.device, init_weights: str | None) -> Training:
     """Model, AdamW, warm-up + cosine schedule, loss (CE family or PaCo with its queue) and the DDP step module."""
     from common.checkpoint import load_init_weights
     from common.runtime import make_grad_scaler, maybe_compile, wrap_ddp
     from spmix.data import class_counts
 
-    counts = class_counts(loaders.primary.dataset.labels)
+    counts = fed_label_counts(cfg, class_counts(loaders.primary.dataset.labels))
     two_views = cfg.loss_name == "paco"
     model = build_model(cfg.model, len(CLASSES), cfg.data.img_size).to(device)
     if init_weights:

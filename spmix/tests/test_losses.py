@@ -1,10 +1,14 @@
 """Losses: PaCo closed form, class-balanced weights, balanced softmax, label queue."""
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from spmix.losses import ClassificationLoss, LabelQueue, PaCoLoss, effective_number_weights, soft_cross_entropy
 
+CI = Path(__file__).resolve().parents[1] / "configs" / "ci.yaml"
 COUNTS = (1113, 6705, 514, 327, 1099, 115, 142)
 
 
@@ -91,3 +95,42 @@ def test_label_queue_fifo():
     q.push(2 * torch.ones(3, 2), torch.tensor([4, 5, 6]))
     feats, labels = q.contents()
     assert feats.shape == (4, 2) and sorted(labels.tolist()) == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("dominant,uniform", [("balanced", True), ("instance", False)])
+def test_paco_prior_is_the_prior_of_the_labels_fed(dominant, uniform):
+    """SPMix with dominant=balanced feeds the class-balanced sampler's labels (uniform), so PaCo's log prior must be
+    uniform; with the released code's rule (instance labels) it is the training-count prior."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from common.config import load_config
+    from spmix.settings import Config
+    from spmix.train import build_training
+
+    labels = [1] * 60 + [0] * 10 + [4] * 10 + [2] * 5 + [3] * 3 + [6] * 2 + [5] * 2
+    loaders = SimpleNamespace(primary=type("L", (), {"dataset": SimpleNamespace(labels=labels),
+                                                     "__len__": lambda self: 3})())
+    cfg = load_config(Config, CI, ["loss.name=paco", f"spmix.dominant={dominant}"])
+    training = build_training(cfg, loaders, torch.device("cpu"), None)
+    paco = training.step_module._losses[1][0]
+    counts = np.bincount(labels, minlength=7)
+    expected = np.full(7, 1 / 7) if uniform else counts / counts.sum()
+    assert torch.allclose(paco.log_prior.exp(), torch.as_tensor(expected, dtype=torch.float32), atol=1e-6)
+
+
+def test_balanced_softmax_under_class_balanced_labels_has_no_prior_shift():
+    """Balanced softmax on labels drawn class-balanced would re-balance twice: its prior is uniform there."""
+    import numpy as np
+
+    from common.config import load_config
+    from spmix.settings import Config
+    from spmix.train import fed_label_counts
+
+    counts = np.array([100, 600, 40, 30, 100, 10, 12])
+    spmix = load_config(Config, CI, ["loss.name=balanced_softmax"])
+    assert np.allclose(fed_label_counts(spmix, counts), counts.mean())
+    plain = load_config(Config, CI, ["method=balanced_softmax"])
+    assert np.array_equal(fed_label_counts(plain, counts), counts)
