@@ -14,10 +14,11 @@ Nothing is ever written under a real ``<root>``: split files (``image,label,part
 ``data/splits/spmix/<root>-<hash>/`` (or ``data.split_file``) and saliency maps to ``data/saliency/spmix/...``
 (see ``pipeline.py``); only a synthetic root made by ``synthetic_set.py`` holds its own ``splits/`` and ``saliency/``.
 
-Splits (``data.split``): ``official`` (train / validation / test sets as released), ``spmix_repo`` (the released
-code: train ∪ validation pooled, a seeded held-out set of ``holdout_per_class`` = 46 images per class used for
-evaluation and model selection), ``lesion_disjoint`` (the same 46/class test set but drawn by ``lesion_id`` so no
-lesion is in two subsets, plus a separate lesion-disjoint validation set).
+Splits (``data.split``): ``official`` (train / validation / test sets as released), ``pooled_holdout`` (the released
+code's protocol: train ∪ validation pooled, a held-out set of ``holdout_per_class`` = 46 images per class used for
+evaluation and model selection; the held-out images are drawn with ``seed``, they are *not* the released
+``ISIC_val.txt`` list, which this project could not obtain), ``lesion_disjoint`` (the same 46/class test set
+but drawn by ``lesion_id`` so no lesion is in two subsets, plus a separate lesion-disjoint validation set).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from spmix.settings import CLASSES, AugmentConfig
 
 PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
-SPLITS = ("official", "spmix_repo", "lesion_disjoint")
+SPLITS = ("official", "pooled_holdout", "lesion_disjoint")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ISIC_MEAN = (0.765, 0.545, 0.569)
 ISIC_STD = (0.140, 0.151, 0.169)
@@ -89,11 +90,20 @@ def read_ground_truth(csv_path: Path, image_dir: Path, check_files: bool = True)
     return out
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def read_part(root: str | Path, part: str, check_files: bool = True) -> pd.DataFrame:
-    """One released part (``train``/``val``/``test``) -> DataFrame(image, label, path, part)."""
+    """One released part (``train``/``val``/``test``) -> DataFrame(image, label, path, part, gt_sha256), the last
+    column the SHA-256 of the ground-truth CSV the labels were read from."""
     root = Path(root)
-    frame = read_ground_truth(ground_truth_csv(root, part), input_dir(root, part), check_files)
+    csv_path = ground_truth_csv(root, part)
+    frame = read_ground_truth(csv_path, input_dir(root, part), check_files)
     frame["part"] = part
+    frame["gt_sha256"] = file_sha256(csv_path)
     return frame
 
 
@@ -144,7 +154,7 @@ def make_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: i
         return pd.concat([train, val, test], ignore_index=True)
     pool = pd.concat([train, val], ignore_index=True)
     rng = np.random.default_rng(seed)
-    if split == "spmix_repo":
+    if split == "pooled_holdout":
         held = _holdout(pool, holdout_per_class, rng, None)
         pool["subset"] = np.where(held, "test", "train")
         extra = pool[held].copy()
@@ -168,26 +178,61 @@ def split_name(split: str, seed: int = 0, holdout_per_class: int = 46) -> str:
     return "official.csv" if split == "official" else f"{split}_seed{seed}_holdout{holdout_per_class}.csv"
 
 
-def load_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46,
-               path: str | Path | None = None) -> pd.DataFrame:
-    """Read the split file ``path`` (default ``<root>/splits/<split_name>``) or create and write it; image paths
-    are resolved against ``root``. A real data root passes a ``path`` outside it (``pipeline.split_file``)."""
+SPLIT_COLUMNS = ["image", "label", "part", "subset", "gt_sha256"]
+
+
+def check_split(frame: pd.DataFrame, root: Path, path: Path) -> pd.DataFrame:
+    """A cached split file against the ground truth it was made from: every part's GT CSV is re-read (its
+    columns, one-hot rows and listed files checked), its SHA-256 must equal the one stored in the split, and
+    every row's image and label must be in it. Returns the split with resolved ``path``s."""
     from common.readers import require_columns
 
+    require_columns(frame, SPLIT_COLUMNS, path)
+    unknown = sorted(set(frame["part"]) - set(PARTS))
+    bad_subset = sorted(set(frame["subset"]) - set(PARTS))
+    if unknown or bad_subset:
+        raise DatasetFormatError(f"{path}: unknown part(s)/subset(s) {unknown + bad_subset}; use {list(PARTS)} (or "
+                                 f"delete the file to regenerate it)")
+    fix = f"Delete {path} to make a new split from the current ground truth"
+    for part, rows in frame.groupby("part"):
+        gt = read_part(root, part).set_index("image")
+        gt_csv = ground_truth_csv(root, part)
+        if set(rows["gt_sha256"]) != {gt["gt_sha256"].iloc[0]}:
+            raise DatasetFormatError(f"{gt_csv} changed since the split {path} was made from it (SHA-256 "
+                                     f"mismatch). {fix}")
+        absent = sorted(set(rows["image"]) - set(gt.index))
+        if absent:
+            raise DatasetFormatError(f"{path} lists {len(absent)} image(s) of the {part} part that {gt_csv} does "
+                                     f"not, e.g. {absent[0]}. {fix}")
+        labels = pd.to_numeric(rows["label"], errors="coerce")
+        wrong = rows[labels.to_numpy() != gt.loc[rows["image"], "label"].to_numpy()]
+        if len(wrong):
+            raise DatasetFormatError(f"{path}: image {wrong['image'].iloc[0]} has label {wrong['label'].iloc[0]!r} "
+                                     f"but {gt_csv} says {int(gt.loc[wrong['image'].iloc[0], 'label'])} "
+                                     f"({CLASSES[int(gt.loc[wrong['image'].iloc[0], 'label'])]}); labels are "
+                                     f"0..{len(CLASSES) - 1} in the CSV column order. {fix}")
+    duplicated = frame[frame.duplicated(["image", "subset"])]
+    if len(duplicated):
+        raise DatasetFormatError(f"{path}: image {duplicated['image'].iloc[0]} is listed twice in subset "
+                                 f"{duplicated['subset'].iloc[0]}. {fix}")
+    frame = frame.copy()
+    frame["label"] = frame["label"].astype(int)
+    frame["path"] = [str(input_dir(root, p) / f"{i}.jpg") for i, p in zip(frame["image"], frame["part"])]
+    return frame
+
+
+def load_split(root: str | Path, split: str, seed: int = 0, holdout_per_class: int = 46,
+               path: str | Path | None = None) -> pd.DataFrame:
+    """Read the split file ``path`` (default ``<root>/splits/<split_name>``) and check it against the ground
+    truth (:func:`check_split`), or create and write it; image paths are resolved against ``root``. A real data
+    root passes a ``path`` outside it (``pipeline.split_file``)."""
     root = Path(root)
     path = Path(path) if path is not None else root / "splits" / split_name(split, seed, holdout_per_class)
     if path.is_file():
-        frame = pd.read_csv(path)
-        require_columns(frame, ["image", "label", "part", "subset"], path)
-        unknown = sorted(set(frame["part"]) - set(PARTS))
-        if unknown:
-            raise DatasetFormatError(f"{path}: unknown part(s) {unknown}; use {list(PARTS)} (or delete the file to "
-                                     f"regenerate it)")
-        frame["path"] = [str(input_dir(root, p) / f"{i}.jpg") for i, p in zip(frame["image"], frame["part"])]
-        return frame
+        return check_split(pd.read_csv(path), root, path)
     frame = make_split(root, split, seed, holdout_per_class)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame[["image", "label", "part", "subset"]].to_csv(path, index=False)
+    frame[SPLIT_COLUMNS].to_csv(path, index=False)
     return frame
 
 

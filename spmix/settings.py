@@ -17,7 +17,7 @@ CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")  # column order of 
 
 Method = Literal["spmix", "ce", "resampling", "reweighting", "balanced_softmax", "mixup", "cutmix", "saliencymix",
                  "cmo"]
-Split = Literal["official", "spmix_repo", "lesion_disjoint"]
+Split = Literal["official", "pooled_holdout", "lesion_disjoint"]
 LossName = Literal["ce", "reweighting", "balanced_softmax", "paco"]
 SaliencyMethod = Literal["auto", "fine_grained", "spectral_residual"]
 Backbone = Literal["vit_small_resnet50d_s16_224", "tiny_hybrid", "resnet50", "resnet18", "tiny_resnet"]

@@ -75,7 +75,7 @@ def test_splits(synth_root, tmp_path):
     root = _copy(synth_root, tmp_path)
     official = make_split(root, "official")
     assert set(official["subset"]) == {"train", "val", "test"}
-    repo = make_split(root, "spmix_repo", seed=0, holdout_per_class=3)
+    repo = make_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
     test = repo[repo["subset"] == "test"]
     assert np.bincount(test["label"], minlength=7).tolist() == [3] * 7  # every class has >= 6 images here
     assert not set(test["image"]) & set(repo[repo["subset"] == "train"]["image"])
@@ -83,10 +83,11 @@ def test_splits(synth_root, tmp_path):
     groups = pd.read_csv(root / "ISIC2018_Task3_Training_LesionGroupings.csv").set_index("image")["lesion_id"]
     by_subset = {s: set(groups.reindex(lesion[lesion["subset"] == s]["image"]).dropna()) for s in ("train", "test")}
     assert by_subset["test"] and not by_subset["train"] & by_subset["test"]
-    written = load_split(root, "spmix_repo", seed=0, holdout_per_class=3)
-    assert (root / "splits" / "spmix_repo_seed0_holdout3.csv").is_file()
-    assert load_split(root, "spmix_repo", seed=0, holdout_per_class=3)["image"].tolist() == written["image"].tolist()
-    elsewhere = load_split(root, "spmix_repo", seed=1, holdout_per_class=3, path=tmp_path / "s.csv")
+    written = load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+    assert (root / "splits" / "pooled_holdout_seed0_holdout3.csv").is_file()
+    again = load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+    assert again["image"].tolist() == written["image"].tolist()
+    elsewhere = load_split(root, "pooled_holdout", seed=1, holdout_per_class=3, path=tmp_path / "s.csv")
     assert (tmp_path / "s.csv").is_file() and elsewhere["image"].tolist() != written["image"].tolist()
     with pytest.raises(ValueError, match="split"):
         make_split(root, "random")
@@ -127,3 +128,79 @@ def test_paired_augmentation_moves_saliency_with_image(synth_root):
     assert item["image"].shape == (3, 64, 64) and item["sal"].shape == (1, 64, 64)
     assert item["image_k"].shape == (3, 64, 64) and item["sal_k"].shape == (1, 64, 64)
     assert torch.is_tensor(item["label"])
+
+
+def _cached(synth_root, tmp_path):
+    """A copy of the set with a cached pooled_holdout split file; returns (root, split path, split frame)."""
+    root = _copy(synth_root, tmp_path)
+    frame = load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+    return root, root / "splits" / "pooled_holdout_seed0_holdout3.csv", frame
+
+
+def test_cached_split_stores_the_ground_truth_hash(synth_root, tmp_path):
+    import hashlib
+
+    root, path, frame = _cached(synth_root, tmp_path)
+    stored = pd.read_csv(path)
+    assert list(stored.columns) == ["image", "label", "part", "subset", "gt_sha256"]
+    train = stored[stored["part"] == "train"]
+    assert set(train["gt_sha256"]) == {hashlib.sha256((root / GT).read_bytes()).hexdigest()}
+    assert set(stored["part"]) == {"train", "val"}  # pooled_holdout pools the released train and validation parts
+    assert load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)["label"].tolist() == frame["label"].tolist()
+
+
+def test_edited_ground_truth_after_caching_is_refused(synth_root, tmp_path):
+    root, path, _ = _cached(synth_root, tmp_path)
+    gt = pd.read_csv(root / GT)
+    row = gt.index[gt["NV"] == 1.0][0]
+    gt.loc[row, ["NV", "DF"]] = [0.0, 1.0]  # a relabelled image, still a valid one-hot CSV
+    gt.to_csv(root / GT, index=False)
+    with pytest.raises(DatasetFormatError, match=r"changed since the split .* Delete"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+
+
+def test_ground_truth_losing_a_column_after_caching_is_named(synth_root, tmp_path):
+    root, _, _ = _cached(synth_root, tmp_path)
+    pd.read_csv(root / GT).drop(columns=["VASC"]).to_csv(root / GT, index=False)
+    with pytest.raises(ValueError, match="VASC"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+
+
+@pytest.mark.parametrize("label", [9, -1, "MEL"])
+def test_cached_split_with_a_wrong_label_is_refused(synth_root, tmp_path, label):
+    root, path, _ = _cached(synth_root, tmp_path)
+    stored = pd.read_csv(path)
+    stored["label"] = stored["label"].astype(object)
+    stored.loc[4, "label"] = label
+    stored.to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError, match=rf"{stored['image'].iloc[4]} has label .*{path.name}"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+
+
+def test_cached_split_with_an_unknown_image_or_no_hash_is_refused(synth_root, tmp_path):
+    root, path, _ = _cached(synth_root, tmp_path)
+    stored = pd.read_csv(path)
+    stored.loc[0, "image"] = "ISIC_9999999"
+    stored.to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError, match="ISIC_9999999"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+    stored.drop(columns=["gt_sha256"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="gt_sha256"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+
+
+def test_cached_split_with_a_deleted_image_is_refused(synth_root, tmp_path):
+    root, _, frame = _cached(synth_root, tmp_path)
+    victim = root / "ISIC2018_Task3_Training_Input" / f"{frame['image'].iloc[2]}.jpg"
+    victim.unlink()
+    with pytest.raises(DatasetFormatError, match=victim.stem):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
+
+
+def test_cached_split_with_an_unknown_subset_is_refused(synth_root, tmp_path):
+    root, path, _ = _cached(synth_root, tmp_path)
+    stored = pd.read_csv(path)
+    stored.loc[1, "subset"] = "holdout"
+    stored.to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError, match="holdout"):
+        load_split(root, "pooled_holdout", seed=0, holdout_per_class=3)
