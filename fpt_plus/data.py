@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from common.datasets import partition_by_suffix
 from common.readers import read_image, require_columns
 
-__all__ = ["SPLITS", "IMAGE_SUFFIXES", "Record", "DatasetError", "scan_imagefolder", "read_split_csv",
+__all__ = ["SPLITS", "IMAGE_SUFFIXES", "Record", "DatasetError", "scan_imagefolder", "read_split_csv", "infer_classes",
            "load_records", "side_transform", "lpm_transform", "compute_mean_std", "ClassificationDataset",
            "PreloadCache", "CacheError", "load_rgb"]
 
@@ -102,10 +102,35 @@ def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> 
     return records, class_names
 
 
+def infer_classes(labels: Sequence[str], splits: Sequence[str], split_file: Path) -> list[str]:
+    """The class list of a split CSV when ``data.classes`` is null, refusing what would silently create a class:
+    integer labels must cover ``0..max`` without a gap, names and integers must not mix, and every class must occur
+    in the train split (a label only val/test hold is a typo or an unknown class, not a new class)."""
+    numeric = [v.lstrip("-").isdigit() for v in labels]
+    fix = "set data.classes to the dataset's class list (label order) or fix the split file"
+    if any(numeric) and not all(numeric):
+        names = sorted({v for v, n in zip(labels, numeric) if not n})[:5]
+        raise DatasetError(f"{split_file}: labels mix integers and names ({names}) while data.classes is null; {fix}")
+    train = {v for v, s in zip(labels, splits) if s == "train"}
+    if all(numeric):
+        found = sorted({int(v) for v in labels})
+        gaps = sorted(set(range(max(found) + 1)) - {int(v) for v in train})
+        if found[0] < 0 or gaps:
+            raise DatasetError(f"{split_file}: integer labels {found} leave class index(es) {gaps} without a train "
+                               f"image while data.classes is null; {fix}")
+        return [str(i) for i in range(max(found) + 1)]
+    unseen = sorted(set(labels) - train)
+    if unseen:
+        raise DatasetError(f"{split_file}: label(s) {unseen} occur in val/test but never in train while data.classes "
+                           f"is null; {fix}")
+    return sorted(train)
+
+
 def read_split_csv(root: str | Path, split_file: str | Path, classes: Sequence[str] | None = None
                    ) -> tuple[list[Record], list[str]]:
     """Read a split CSV ``(image, label, split)``; labels are class names (or integer indices into ``classes``);
-    image paths are relative to ``root``."""
+    image paths are relative to ``root``. Without ``classes`` the list is inferred by :func:`infer_classes`, which
+    refuses gaps and val/test-only labels."""
     import pandas as pd
 
     root, split_file = Path(root), Path(split_file)
@@ -119,10 +144,7 @@ def read_split_csv(root: str | Path, split_file: str | Path, classes: Sequence[s
         raise DatasetError(f"{split_file}: split value(s) {bad_split} are not train/val/test")
     labels = list(frame["label"])
     if classes is None:
-        if all(v.lstrip("-").isdigit() for v in labels):
-            classes = [str(i) for i in range(max(int(v) for v in labels) + 1)]
-        else:
-            classes = sorted(set(labels))
+        classes = infer_classes(labels, list(frame["split"]), split_file)
     class_names = list(classes)
     index = {name: i for i, name in enumerate(class_names)}
     records = []

@@ -12,9 +12,10 @@ from typing import Literal
 
 from common.runtime import RuntimeConfig as BaseRuntimeConfig
 
-Method = Literal["fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter", "lora"]
-METHODS: tuple[str, ...] = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune", "vpt", "adapter",
-                            "lora")
+Method = Literal["fpt_plus", "fpt", "side_only", "side_only_hr", "linear_probe", "full_finetune", "vpt", "adapter",
+                 "lora"]
+METHODS: tuple[str, ...] = ("fpt_plus", "fpt", "side_only", "side_only_hr", "linear_probe", "full_finetune", "vpt",
+                            "adapter", "lora")
 FPT_METHODS: tuple[str, ...] = ("fpt_plus", "fpt")
 LPM_METHODS: tuple[str, ...] = ("linear_probe", "full_finetune", "vpt", "adapter", "lora")
 
@@ -79,20 +80,23 @@ class SynthConfig:
     seed: int = 1234
     lesion_radius: list[int] = field(default_factory=lambda: [9, 14])
     texture_amplitude: list[float] = field(default_factory=lambda: [0.05, 0.09])
-    decoy_radius: list[int] = field(default_factory=lambda: [9, 14])
 
     def __post_init__(self) -> None:
-        if self.num_grades < 2 or self.image_size < 16:
-            raise ValueError(f"data.synth: num_grades={self.num_grades} must be >= 2, image_size >= 16")
+        if self.num_grades < 2 or self.image_size < 16 or self.image_size % 2:
+            raise ValueError(f"data.synth: num_grades={self.num_grades} must be >= 2, image_size={self.image_size} "
+                             f"even and >= 16")
         for split in ("train", "val", "test"):
             count = getattr(self, f"num_{split}")
             if count < self.num_grades:
                 raise ValueError(f"data.synth.num_{split}={count} must be at least num_grades={self.num_grades} so "
                                  f"every class folder exists in every split")
-        for key in ("lesion_radius", "texture_amplitude", "decoy_radius"):
+        for key in ("lesion_radius", "texture_amplitude"):
             low_high = getattr(self, key)
             if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
                 raise ValueError(f"data.synth.{key}={low_high} must be [low, high] with 0 <= low <= high")
+        if self.texture_amplitude[1] >= 0.25:
+            raise ValueError(f"data.synth.texture_amplitude={self.texture_amplitude} must stay below 0.25 (the "
+                             f"untextured image is clamped to [a_max, 1 - a_max] so that no pixel clips)")
 
 
 @dataclass

@@ -2,17 +2,20 @@
 diagnostic cue of high-resolution medical images is small and fine-grained; CONVENTIONS "Data").
 
 Each image is a fundus-like RGB picture (dark surround, illuminated disc, optic disc, vessel tree, smooth
-illumination field, mild noise). Its *grade* g in 0..G-1 (DR-like: ``0_none`` ... ``4_proliferative``) is the number
-of "lesions": discs of radius ``lesion_radius`` px filled with a zero-mean checkerboard of period 2 px
-(amplitude ``texture_amplitude``). Every image also carries a random number of *decoys*: discs of the same size
-with the same low-frequency appearance but no texture. A zero-mean period-2 texture averages out exactly under
-the 4x area down-sampling of the side branch (256 -> 64 px), so the low-resolution image carries (almost) no
-information about the grade, while the LPM at full resolution can see it: side-only should stay near chance and
-FPT+ should climb, by how much depends on how well the LPM's features carry the texture.
+illumination field, mild noise). Every image, whatever its grade, carries the same number ``G - 1`` of dark discs
+("lesion candidates") of radius ``lesion_radius`` px with the same darkening; the *grade* g in 0..G-1 (DR-like:
+``0_none`` ... ``4_proliferative``) is how many of them are filled with a zero-mean checkerboard of period 2 px
+(amplitude ``texture_amplitude``). So the low-frequency content (disc count, positions, darkening) is drawn from
+the same distribution for every grade, and the only grade cue is the texture.
 
-Calibration (measured while building this task): 3-6 patches of radius 3-6 px were too weak (FPT+ AUC 0.57 vs
-0.52), 1-2 regions of radius 20-40 px too easy (1.00 vs 0.47); the grade-by-count task with radius 9-14 px lies
-between.
+The texture is exactly invisible after an even area down-sampling: its mask is constant on the aligned 2x2 pixel
+cells (each cell of a period-2 checkerboard sums to zero), and the untextured image is clamped to
+``[a_max, 1 - a_max]`` before the texture is added, so no pixel clips. Every random number is drawn in the same
+order for every grade (the textured subset is the first g of a permutation), so one seed rendered at two grades
+gives two images whose area-down-sampled versions differ only by the uint8 rounding:
+``tests/test_data.py`` checks this information bound (a low-resolution observer is at chance). An earlier version
+drew a grade-independent number of decoys *besides* g lesions of the same low-frequency look, so the count of dark
+discs (g + decoys) leaked the grade into the low-resolution image (Bayes macro AUC about 0.78 from the count alone).
 
 The set is written only into a folder the generator creates (``common.datasets.ensure_dataset``: ``<out>.partial``,
 renamed at the end, with a stamp of the parameters); a non-empty folder without that stamp is refused untouched.
@@ -60,8 +63,18 @@ def _place_discs(rng: np.random.Generator, count: int, size: int, radius: Sequen
     return out
 
 
+def _cell_mask(mask: np.ndarray) -> np.ndarray:
+    """``mask`` made constant on the aligned 2x2 pixel cells (a cell is in when most of its pixels are)."""
+    h, w = mask.shape
+    cells = mask.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) >= 0.5
+    return np.kron(cells, np.ones((2, 2), bool))
+
+
 def render_image(grade: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    """One ``(S, S, 3)`` uint8 image of the given grade (``grade`` textured lesions, random decoys)."""
+    """One ``(S, S, 3)`` uint8 image of the given grade: ``G - 1`` dark discs, the first ``grade`` of a random
+    permutation of them textured. The random numbers drawn do not depend on ``grade``."""
+    if not 0 <= grade < cfg.num_grades:
+        raise ValueError(f"grade {grade} outside 0..{cfg.num_grades - 1}")
     s = cfg.image_size
     fov = 0.46 * s
     yy, xx = np.mgrid[:s, :s].astype(np.float32)
@@ -71,19 +84,21 @@ def render_image(grade: int, cfg: SynthConfig, rng: np.random.Generator) -> np.n
     base = base * (1.0 - 0.45 * tree.intensity)
     od_y, od_x = s / 2 + rng.uniform(-0.1, 0.1) * s, s / 2 + rng.choice([-1, 1]) * 0.25 * s
     base = base + 0.35 * ellipse_mask((s, s), (od_y, od_x), (0.07 * s, 0.07 * s))
-    texture = np.zeros((s, s), np.float32)
-    checker = np.where((yy.astype(int) + xx.astype(int)) % 2 == 0, 1.0, -1.0).astype(np.float32)
-    lesions = _place_discs(rng, grade, s, cfg.lesion_radius, fov, [(od_y, od_x, 0.07 * s)])
-    decoys = _place_discs(rng, int(rng.integers(0, cfg.num_grades)), s, cfg.decoy_radius, fov,
-                          [(od_y, od_x, 0.07 * s)] + lesions)
-    for cy, cx, r in lesions + decoys:
-        base = base - 0.06 * ellipse_mask((s, s), (cy, cx), (r, r))  # same low-frequency look for both
+    discs = _place_discs(rng, cfg.num_grades - 1, s, cfg.lesion_radius, fov, [(od_y, od_x, 0.07 * s)])
+    for cy, cx, r in discs:
+        base = base - 0.06 * ellipse_mask((s, s), (cy, cx), (r, r))
+    textured = rng.permutation(len(discs))[:grade]
     amplitude = float(rng.uniform(*cfg.texture_amplitude))
-    for cy, cx, r in lesions:
-        texture += amplitude * checker * ellipse_mask((s, s), (cy, cx), (r, r))
     tint = np.array([1.0, 0.55, 0.3], np.float32) * rng.uniform(0.9, 1.1, size=3).astype(np.float32)
-    rgb = base[..., None] * tint + texture[..., None]
-    rgb = rgb + rng.normal(0.0, 0.01, size=rgb.shape).astype(np.float32)
+    rgb = base[..., None] * tint + rng.normal(0.0, 0.01, size=(s, s, 3)).astype(np.float32)
+    high = cfg.texture_amplitude[1]
+    rgb = np.clip(rgb, high, 1.0 - high)  # the texture added below never clips (clipping would un-zero its mean)
+    checker = np.where((yy.astype(int) + xx.astype(int)) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    texture = np.zeros((s, s), np.float32)
+    for j in textured:
+        cy, cx, r = discs[j]
+        texture += amplitude * checker * _cell_mask(ellipse_mask((s, s), (cy, cx), (r, r)))
+    rgb = rgb + texture[..., None]
     rgb = np.where(inside[..., None], rgb, 0.02)
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

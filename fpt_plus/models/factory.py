@@ -18,8 +18,8 @@ def build_model(m: ModelConfig, num_classes: int, *, preloaded: bool, lpm_amp: s
     values) and linear probing takes cached features; ``lpm_amp`` autocasts the frozen LPM forward of FPT/FPT+."""
     if m.method in FPT_METHODS:
         return build_fpt(m, num_classes, m.method, with_lpm=not preloaded, lpm_amp=lpm_amp)
-    if m.method == "side_only":
-        return build_side_only(m, num_classes)
+    if m.method in ("side_only", "side_only_hr"):
+        return build_side_only(m, num_classes, high_resolution=m.method == "side_only_hr")
     return build_petl(m, num_classes, m.method, cached_features=preloaded)
 
 

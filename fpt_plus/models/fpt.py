@@ -25,7 +25,8 @@ from torch import nn
 from fpt_plus.models.lpm import FrozenLPM
 from fpt_plus.settings import LPMConfig, ModelConfig, VariantConfig
 
-__all__ = ["FusionModule", "SideViT", "FineGrainedPromptTuning", "SideOnly", "build_side_vit"]
+__all__ = ["FusionModule", "SideViT", "FineGrainedPromptTuning", "SideOnly", "SideOnlyHR", "build_side_vit",
+           "build_fpt", "build_side_only"]
 
 
 class FusionModule(nn.Module):
@@ -172,6 +173,20 @@ class SideOnly(nn.Module):
         return self.side(side)
 
 
+class SideOnlyHR(nn.Module):
+    """Control: the same side ViT on the full-resolution LPM input (no LPM, no prompts). It separates "the
+    high-resolution view" from "the LPM's pre-trained knowledge": it sees every pixel FPT+'s LPM sees."""
+
+    input_keys = ("lpm",)
+
+    def __init__(self, side: SideViT):
+        super().__init__()
+        self.side = side
+
+    def forward(self, lpm: torch.Tensor) -> torch.Tensor:
+        return self.side(lpm)
+
+
 def build_fpt(m: ModelConfig, num_classes: int, variant_name: str, with_lpm: bool, lpm_amp: str = "off"
               ) -> FineGrainedPromptTuning:
     """FPT+ (``variant_name='fpt_plus'``) or FPT (``'fpt'``) from ``model:``; the LPM only when ``with_lpm``."""
@@ -188,7 +203,9 @@ def build_fpt(m: ModelConfig, num_classes: int, variant_name: str, with_lpm: boo
     return FineGrainedPromptTuning(fusion, side, lpm, lpm_amp=lpm_amp)
 
 
-def build_side_only(m: ModelConfig, num_classes: int) -> SideOnly:
-    """Side-network-only baseline with FPT+'s side settings (depth = number of tapped layers, low resolution)."""
-    return SideOnly(SideViT(build_side_vit(m.lpm, m.side_reduction, len(m.fpt_plus.layers),
-                                           m.fpt_plus.side_img_size, num_classes)))
+def build_side_only(m: ModelConfig, num_classes: int, high_resolution: bool = False) -> SideOnly | SideOnlyHR:
+    """Side-network-only baseline with FPT+'s side settings (depth = number of tapped layers) at the side resolution,
+    or (``high_resolution``) on the LPM's input at the LPM resolution."""
+    size = m.lpm.img_size if high_resolution else m.fpt_plus.side_img_size
+    side = SideViT(build_side_vit(m.lpm, m.side_reduction, len(m.fpt_plus.layers), size, num_classes))
+    return SideOnlyHR(side) if high_resolution else SideOnly(side)

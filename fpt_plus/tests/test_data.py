@@ -36,17 +36,61 @@ def test_imagefolder_reader_on_synthetic_layout(ci_root: Path) -> None:
     assert len({r.key for r in records}) == len(records)
 
 
-def test_synthetic_cue_vanishes_at_side_resolution() -> None:
-    """The period-2 texture is the only grade cue and the 4x side down-sampling removes it."""
-    cfg = SynthConfig(image_size=64, lesion_radius=[5, 6], decoy_radius=[5, 6])
-    image = render_image(4, cfg, np.random.default_rng(0)).astype(np.float32)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None]
-    checker = torch.from_numpy(np.indices((64, 64)).sum(0) % 2 * 2 - 1.0).float()
-    high = (x[0, 1] * checker).mean().abs()
-    low_img = torch.nn.functional.interpolate(x, size=16, mode="bilinear", antialias=True)
-    up = torch.nn.functional.interpolate(low_img, size=64, mode="nearest")
-    low = (up[0, 1] * checker).mean().abs()
-    assert high > 0.3 and low < 0.05 * high
+def _area_down(image: np.ndarray, factor: int) -> np.ndarray:
+    """``(S, S, 3)`` -> ``(S/f, S/f, 3)`` float mean over f x f cells (the side branch's 4x down-sampling)."""
+    s = image.shape[0] // factor
+    return image.astype(np.float64).reshape(s, factor, s, factor, 3).mean(axis=(1, 3))
+
+
+def test_low_resolution_image_is_grade_independent() -> None:
+    """Information bound of the generator at side resolution: one seed rendered at every grade gives images whose
+    4x area-down-sampled versions differ by at most the uint8 rounding (< 1 grey level), while the full-resolution
+    images differ by the texture. The low-resolution image is thus (up to rounding) a function of draws that do not
+    depend on the grade: any low-resolution classifier, counting dark discs included, is at chance."""
+    cfg = SynthConfig()
+    for seed in range(3):
+        images = [render_image(g, cfg, np.random.default_rng(seed)) for g in range(cfg.num_grades)]
+        lows = [_area_down(im, 4) for im in images]
+        for g in range(1, cfg.num_grades):
+            low_gap = np.abs(lows[g] - lows[0])
+            high_gap = np.abs(images[g].astype(np.float64) - images[0])
+            assert low_gap.max() <= 1.0 and low_gap.mean() < 0.05, (seed, g, low_gap.max(), low_gap.mean())
+            assert high_gap.max() >= 255 * cfg.texture_amplitude[0] - 1  # the texture is there at full resolution
+            assert (high_gap > 0).mean() > 0.002 * g
+
+
+def _auc_of(score: np.ndarray, grades: np.ndarray) -> float:
+    """Macro one-vs-rest AUC of a 1-D statistic, each class scored by how close the statistic is to the class's
+    mean in the other half (fit on even, scored on odd images): the count-statistic style bound."""
+    from sklearn.metrics import roc_auc_score
+
+    fit, test = np.arange(len(score)) % 2 == 0, np.arange(len(score)) % 2 == 1
+    centres = np.array([score[fit & (grades == g)].mean() for g in range(grades.max() + 1)])
+    closeness = -np.abs(score[test, None] - centres[None]) / (score.std() + 1e-9)
+    probs = np.exp(closeness) / np.exp(closeness).sum(1, keepdims=True)
+    return float(roc_auc_score(grades[test], probs, multi_class="ovr", labels=list(range(len(centres)))))
+
+
+def test_low_resolution_statistics_are_at_chance_and_the_texture_is_not() -> None:
+    """Over 120 images of random grades: the dark-disc area and the high-frequency energy of the down-sampled image
+    (the statistics a low-resolution counter could use) are at chance, the checkerboard energy at full resolution
+    is not (so the test can fail in both directions)."""
+    cfg = SynthConfig(image_size=128, lesion_radius=[5, 7])
+    rng = np.random.default_rng(7)
+    grades = np.arange(120) % cfg.num_grades
+    dark, energy, texture = [], [], []
+    checker = np.indices((128, 128)).sum(0) % 2 * 2 - 1.0
+    for g in grades:
+        image = render_image(int(g), cfg, rng)
+        low = _area_down(image, 4)[..., 1]
+        dark.append((low < np.median(low[low > 10]) - 3).sum())
+        energy.append(np.abs(np.diff(low, 2, axis=0)).sum() + np.abs(np.diff(low, 2, axis=1)).sum())
+        cells = (image[..., 1].astype(np.float64) * checker).reshape(64, 2, 64, 2).mean(axis=(1, 3))
+        texture.append((np.abs(cells) > 6).sum())  # 2x2 cells holding the checkerboard (amplitude >= 12.75)
+    aucs = {name: _auc_of(np.array(stat, float), grades)
+            for name, stat in (("dark area", dark), ("low-res energy", energy), ("texture", texture))}
+    assert abs(aucs["dark area"] - 0.5) < 0.12 and abs(aucs["low-res energy"] - 0.5) < 0.12, aucs
+    assert aucs["texture"] > 0.9, aucs
 
 
 def test_missing_class_folder_in_one_split(ci_root: Path, tmp_path: Path) -> None:
@@ -95,6 +139,21 @@ def test_split_csv_reader_and_unknown_label(tmp_path: Path) -> None:
     assert classes == ["benign", "malignant"] and [r.label for r in records] == [0, 1, 0, 1, 0, 1]
     with pytest.raises(DatasetError, match=r"label 'malignant' is not in the class list"):
         read_split_csv(tmp_path, tmp_path / "split.csv", classes=["benign", "nevus"])
+
+
+@pytest.mark.parametrize(("labels", "match"), [
+    (["0", "1", "2", "1", "2", "0", "2", "0", "7"], r"class index\(es\) \[3, 4, 5, 6, 7\] without a train image"),
+    (["0", "1", "0", "1", "0", "5_unknown"], r"mix integers and names \(\['5_unknown'\]\)"),
+    (["benign", "malignant", "benign", "malignant", "benign", "nevus"], r"\['nevus'\] occur in val/test but never"),
+])
+def test_split_csv_without_class_list_refuses_gaps_and_unknown_labels(tmp_path: Path, labels: list[str],
+                                                                      match: str) -> None:
+    """``data.classes: null`` on CSV data: a label that would silently become a new class stops the run, naming
+    ``data.classes`` as the fix (with the class list the same file reads, or fails on the unknown label)."""
+    path = _csv_dataset(tmp_path, labels)
+    with pytest.raises(DatasetError, match=match) as info:
+        read_split_csv(tmp_path, path)
+    assert "data.classes" in str(info.value)
 
 
 def test_split_csv_wrong_column(tmp_path: Path) -> None:

@@ -91,3 +91,23 @@ def test_lpm_work_uses_lpm_threads_not_the_side_network_setting(tmp_path: Path, 
             assert torch.get_num_threads() == default
     finally:
         torch.set_num_threads(before)
+
+
+def test_same_file_name_in_two_classes_gives_two_cache_entries(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    """The official preload keys its files by file stem, so ``0_none/a.png`` and ``1_mild/a.png`` would overwrite
+    each other; ours keys by the relative path: two files, each holding its own image's keys/values."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(ci_root / "data", root, ignore=shutil.ignore_patterns(".synthetic-stamp.json"))
+    for name in ("0_none", "1_mild"):
+        first = sorted((root / "train" / name).iterdir())[0]
+        first.rename(first.with_name("a.png"))
+    cfg = make_cfg(tmp_path, "data.synthetic=false", f"data.preload_dir={tmp_path / 'cache'}")
+    bundle = prepare_data(cfg)
+    cache = run_preload(cfg, bundle)
+    paths = [cache.path(f"train/{name}/a.png") for name in ("0_none", "1_mild")]
+    assert paths[0] != paths[1] and all(p.is_file() for p in paths)
+    (k0, v0), (k1, v1) = (cache.load(f"train/{name}/a.png") for name in ("0_none", "1_mild"))
+    assert not torch.equal(k0, k1) and not torch.equal(v0, v1)
+    assert len(list(cache.folder.rglob("*.safetensors"))) == sum(len(v) for v in bundle.splits.values())

@@ -144,7 +144,7 @@ def test_fpt_plus_beats_side_only_on_fine_grained_task(tmp_path: Path) -> None:
     fine-grained prompts, carries the 2-pixel texture that the 16^2 side image cannot see."""
     common_args = [f"data.root={tmp_path / 'data'}", f"runs_root={tmp_path / 'runs'}", "data.synth.num_grades=3",
                    "data.synth.num_train=150", "data.synth.num_val=50", "data.synth.num_test=100",
-                   "data.synth.lesion_radius=[5, 7]", "data.synth.decoy_radius=[5, 7]",
+                   "data.synth.lesion_radius=[5, 7]",
                    "data.synth.texture_amplitude=[0.08, 0.12]", "optim.epochs=15", "optim.batch_size=16",
                    "runtime.threads=1", "runtime.progress=false", "data.cache_images=true"]
     fpt_plus = train.main(["--config", "configs/ci.yaml", "model.method=fpt_plus", *common_args])
