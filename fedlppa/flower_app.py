@@ -17,6 +17,7 @@ uses ``server_app``/``client_app`` below, which read ``config``/``overrides``/``
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,7 +89,12 @@ def site_map(grid: Grid, num_sites: int, timeout: float = NODE_WAIT_S) -> dict[i
     queries = [Message(RecordDict({"q": ConfigRecord({"what": "partition-id"})}), node, MessageType.QUERY)
                for node in nodes]
     mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    if len(replies) < len(queries):
+        raise FederationError(f"{len(queries) - len(replies)} of {len(queries)} SuperNodes did not answer the "
+                              f"handshake within {timeout:.0f} s (each message starts a ClientApp process: on a slow "
+                              f"machine raise the run config value node-wait-s)")
+    for reply in replies:
         if reply.has_error():
             raise FederationError(f"node {reply.metadata.src_node_id} failed the handshake: {reply.error.reason}")
         pid = int(reply.content["site"]["partition-id"])
@@ -150,15 +156,16 @@ def _evaluate(grid: Grid, state: ServerState, mapping: dict[int, int], rnd: int)
 
 
 def make_server_app(cfg: Config, run_dir: Path, resume_from: Path | None = None,
-                    result: FlowerResult | None = None) -> ServerApp:
-    """The ServerApp of one run writing ``run_dir/checkpoints/last.pt`` (see module docstring)."""
+                    result: FlowerResult | None = None, node_wait_s: float = NODE_WAIT_S) -> ServerApp:
+    """The ServerApp of one run writing ``run_dir/checkpoints/last.pt`` (see module docstring); ``node_wait_s``
+    bounds the wait for the SuperNodes and their handshake replies."""
     app = ServerApp()
     result = result if result is not None else FlowerResult()
     k = cfg.data.num_sites
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        mapping = site_map(grid, k)
+        mapping = site_map(grid, k, timeout=node_wait_s)
         node_site = {n: s for s, n in mapping.items()}
         state = load_server_state(resume_from, cfg, k) if resume_from else new_server_state(cfg, _Sites(k))
         last = Path(run_dir) / "checkpoints" / "last.pt"
@@ -283,11 +290,20 @@ def _cfg_from(context: Context) -> Config:
 
 
 def _server_main(grid: Grid, context: Context) -> None:
+    """Deployment: checkpoints under ``run-dir``; the per-round history and the final per-site test metrics are
+    written to ``run-dir/flower_result.json`` when the run ends."""
     cfg = _cfg_from(context)
     run_dir = Path(str(context.run_config["run-dir"]))
     last = run_dir / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True, exist_ok=True)
     resume = last if str(context.run_config.get("resume", "")) == "auto" and last.is_file() else None
-    make_server_app(cfg, run_dir, resume)(grid, context)
+    result = FlowerResult()
+    wait = float(context.run_config.get("node-wait-s", NODE_WAIT_S))
+    make_server_app(cfg, run_dir, resume, result, node_wait_s=wait)(grid, context)
+    out = run_dir / "flower_result.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"history": result.history, "per_site": result.per_site}, indent=1))
+    tmp.replace(out)
 
 
 server_app = ServerApp()

@@ -1,11 +1,19 @@
 """Flower apps: the ServerApp/ClientApp pair (3 sites x 2 rounds, a site failing in round 2) gives the per-site
 metrics of the sequential driver to 1e-6, in process (a Grid that delivers messages to the ClientApp, as the
-Simulation Engine does) and, where Ray is installed, with ``flwr.simulation.run_simulation``; handshake errors."""
+Simulation Engine does), in a real deployment (one SuperLink, three SuperNodes, ``flwr run``; processes on
+127.0.0.1) and, where Ray is installed, with ``flwr.simulation.run_simulation``; handshake errors."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
@@ -120,3 +128,76 @@ def test_run_simulation_equals_sequential(ci_data, make_cfg, tmp_path):
     run_simulation(make_server_app(cfg, tmp_path / "sim", result=result), make_client_app(cfg, tmp_path / "st"),
                    num_supernodes=3, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     _assert_same(seq, result.per_site)
+
+
+# --------------------------------------------------------------------------------------------- deployment
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _deployment_env(tmp_path: Path, port: int) -> dict:
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    return {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@pytest.mark.slow
+def test_superlink_and_supernodes_equal_sequential(ci_data, make_cfg, tmp_path):
+    overrides = f"data.root={ci_data / 'data'} runs_root={ci_data / 'runs'} federation.rounds=2"
+    seq = _sequential(make_cfg(ci_data, "federation.rounds=2"), tmp_path)
+    port = _free_port()
+    env = _deployment_env(tmp_path, port)
+    procs = [_start([str(BIN / "flower-superlink"), "--insecure", "--port", str(port),
+                     "--disable-runtime-dependency-installation"], tmp_path / "superlink.log", env)]
+    try:
+        _wait_for_port(port, 120)
+        for site in range(3):
+            node = f'partition-id={site} num-partitions=3 state-dir="{tmp_path / "state"}"'
+            cmd = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                   "--port", str(_free_port()), "--node-config", node]
+            procs.append(_start(cmd, tmp_path / f"node{site}.log", env))
+        run_config = (f'config="configs/ci.yaml" overrides="{overrides}" run-dir="{tmp_path / "run"}" '
+                      f'node-wait-s=600')
+        proc = subprocess.run([str(BIN / "flwr"), "run", "fl_app", "test", "--run-config", run_config, "--stream"],
+                              cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        _stop(procs)
+    result = tmp_path / "run" / "flower_result.json"
+    assert result.is_file(), (proc.stdout[-4000:], proc.stderr[-2000:])
+    got = json.loads(result.read_text())
+    assert [row["round"] for row in got["history"]] == [1.0, 2.0]
+    _assert_same(seq, got["per_site"])
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["site_0.pt", "site_1.pt", "site_2.pt"]
