@@ -22,7 +22,7 @@ from common.readers import list_images, read_image
 from common.tracking import write_eval_tables
 from fedlppa.data import Case
 from fedlppa.engine import predict
-from fedlppa.federation import personalised_model, seed_client
+from fedlppa.federation import client_device, personalised_model, seed_client
 from fedlppa.fl_sequential import evaluate_sites, load_server_state, summarise_sites
 from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import CENTRALIZED, SITE_LETTERS, Config
@@ -66,7 +66,7 @@ def predict_folder(cfg: Config, checkpoint: Path, folder: Path, out: Path) -> in
     cases = [Case(p.stem, _read_any(p, cfg.data.in_channels), np.zeros((1, 1), np.uint8)) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
     for case in cases:
-        _, _, pred = predict(model, [case])
+        _, _, pred = predict(model, [case], client_device(cfg))
         cv2.imwrite(str(out / f"{case.stem}.png"), pred[0])
     print(f"[fedlppa] {len(cases)} label maps (site {cfg.eval.site}) -> {out}")
     return len(cases)

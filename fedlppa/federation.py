@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.runtime import pick_device
 from fedlppa.data import SiteData
 from fedlppa.engine import batch_at, dice_fg, epoch_batches, evaluate, num_batches, poly_lr, train_iterations
 from fedlppa.losses import fedlppa_loss, partial_cross_entropy
@@ -33,7 +34,8 @@ from fedlppa.model import ala_parameter_names, build_model, is_bn_key
 from fedlppa.settings import Config, resolved_arch
 
 __all__ = ["ClientState", "SiteSpec", "TrainReply", "ClientFailureError", "FederationError", "initial_global_state",
-           "make_site_model", "seed_client", "personalised_model", "ala_update", "client_train", "client_evaluate",
+           "make_site_model", "client_device", "seed_client", "personalised_model", "ala_update", "client_train",
+           "client_evaluate",
            "aux_keys", "aux_for_site", "prompt_similarity", "weighted_average", "Aggregator"]
 
 AUX_PREFIX = "decoder_auxiliary."
@@ -89,7 +91,17 @@ class TrainReply:
 
 
 def _clone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
+    """A detached CPU copy: states travel and are averaged on CPU whatever device a client trains on."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def client_device(cfg: Config) -> torch.device:
+    """Where a client trains and evaluates (``runtime.device``: ``auto`` = CUDA when present)."""
+    return pick_device(cfg.runtime.device)
+
+
+def _on(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0].to(device), batch[1].to(device)
 
 
 def make_site_model(cfg: Config, site: int, sup_type: str) -> torch.nn.Module:
@@ -135,9 +147,10 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
     losses is below ``threshold`` (at most ``max_epochs``). The model is left at the final theta (BatchNorm
     buffers stay theta_G's). Returns (W, the loss of the last batch of every pass)."""
     params = dict(model.named_parameters())
-    base = {n: global_state[n].detach().clone() for n in names}
-    delta = {n: old_state[n].detach() - base[n] for n in names}
-    w = {n: (weights[n].clone() if weights is not None else torch.ones_like(base[n])) for n in names}
+    device = next(iter(params.values())).device
+    base = {n: global_state[n].detach().to(device, copy=True) for n in names}
+    delta = {n: old_state[n].detach().to(device) - base[n] for n in names}
+    w = {n: (weights[n].to(device, copy=True) if weights is not None else torch.ones_like(base[n])) for n in names}
     buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
     model.train()
     losses: list[float] = []
@@ -151,7 +164,7 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
     for _ in range(max_epochs if start_phase else 1):
         for x, y in batches:
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
+            loss = loss_fn(model, x.to(device), y.to(device))
             loss.backward()
             with torch.no_grad():
                 for n in names:
@@ -163,7 +176,7 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
             break
     model.zero_grad(set_to_none=True)
     model.load_state_dict({**model.state_dict(), **buffers})
-    return w, losses
+    return {n: v.cpu() for n, v in w.items()}, losses
 
 
 def _ala_due(cfg: Config, state: ClientState, global_state: Mapping[str, torch.Tensor], rnd: int) -> bool:
@@ -201,13 +214,14 @@ def personalised_model(cfg: Config, spec: SiteSpec, state: ClientState, global_s
     model = make_site_model(cfg, spec.site, spec.sup_type)
     if method == "local" and state.old_state is not None:
         model.load_state_dict(state.old_state)
-        return model
+        return model.to(client_device(cfg))
     merged = dict(global_state)
     if method == "fedbn" and state.old_state is not None:
         merged.update({k: v for k, v in state.old_state.items() if is_bn_key(model, k)})
     if aux is not None:
         merged.update(aux)
     model.load_state_dict(merged)
+    model.to(client_device(cfg))
     if _ala_due(cfg, state, merged, rnd):
         batches = epoch_batches(spec.data.train, cfg.optim.batch_size, cfg.seed, spec.site, rnd, stream=1,
                                 **_batch_kwargs(cfg))
@@ -227,7 +241,8 @@ def _loss_fn(cfg: Config, spec: SiteSpec, global_state: Mapping[str, torch.Tenso
     method = cfg.federation.method
     anchors = None
     if method == "fedprox":
-        anchors = {k: v.detach() for k, v in global_state.items() if v.is_floating_point()}
+        device = client_device(cfg)
+        anchors = {k: v.detach().to(device) for k, v in global_state.items() if v.is_floating_point()}
 
     def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: int) -> dict:
         target, mask = y[:, 0], y[:, 1]
@@ -268,9 +283,11 @@ def client_train(cfg: Config, spec: SiteSpec, state: ClientState, global_state: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     cache: dict[int, list] = {}
     start, total = state.iter_global, cfg.federation.total_iters
+    device = client_device(cfg)
     logs = train_iterations(
         model, optimizer, start, cfg.federation.iters_per_round,
-        lambda t: batch_at(cache, spec.data.train, o.batch_size, cfg.seed, spec.site, t, **_batch_kwargs(cfg)),
+        lambda t: _on(batch_at(cache, spec.data.train, o.batch_size, cfg.seed, spec.site, t, **_batch_kwargs(cfg)),
+                      device),
         _loss_fn(cfg, spec, global_state, lam_rng), lambda t: poly_lr(o.lr, t, total, o.poly_power),
         _failure_hook(cfg, spec.site, rnd, start))
     uploaded = _clone(model.state_dict())
@@ -289,7 +306,8 @@ def client_evaluate(cfg: Config, spec: SiteSpec, state: ClientState, global_stat
     seed_client(cfg, spec.site, rnd + 1)
     probe = copy.copy(state)
     model = personalised_model(cfg, spec, probe, global_state, aux, rnd + 1, update_state=False)
-    return evaluate(model, spec.data.test, cfg.data.num_classes, cfg.eval.empty_rule, cfg.eval.surface, keep=keep)
+    return evaluate(model, spec.data.test, cfg.data.num_classes, cfg.eval.empty_rule, cfg.eval.surface,
+                    device=client_device(cfg), keep=keep)
 
 
 # --------------------------------------------------------------------------------------------- server

@@ -161,11 +161,8 @@ class RuntimeConfig(CommonRuntime):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # clients train on CPU in float32 today: keys that would ask for more are refused, not ignored
+        # clients train in float32, eager: keys that would ask for more are refused, not ignored
         refuse_unsupported(self, amp=False, compile=False, project="fedlppa")
-        if self.device not in ("auto", "cpu"):
-            raise ValueError(f"runtime.device={self.device}: fedlppa clients run on CPU (no CUDA path yet); "
-                             f"use runtime.device=cpu")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from common.cli import parse_train, train_parser
 from common.rundir import open_run
 from common.tracking import Tracker, write_eval_tables
 from fedlppa import figures
-from fedlppa.federation import make_site_model
+from fedlppa.federation import client_device, make_site_model
 from fedlppa.fl_sequential import FederationRun, new_server_state, run_federation, save_server_state
 from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import Config
@@ -54,7 +54,7 @@ def write_outputs(result: FederationRun, eval_sites: list, cfg: Config, predicti
 def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> FederationRun:
     """Data (checked first), run folder (new or resumed), all rounds, final evaluation, tables and figures."""
     specs, eval_sites = prepare_sites(cfg)
-    opened = open_run("fedlppa", cfg, resume=resume, device="cpu")
+    opened = open_run("fedlppa", cfg, resume=resume, device=client_device(cfg))
     resume_from = opened.resume_from
     if init_weights and resume_from is None:
         resume_from = _init_from(cfg, specs, init_weights, opened.run.path)
