@@ -13,10 +13,11 @@ The networks of the later stages (synthesizer, coarse and fine segmenter) are tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from common.config import ConfigError
@@ -24,7 +25,17 @@ from common.datasets import verify_files
 from common.rundir import resolve_path
 from common.synthetic import as_rng
 from common.tracking import image_grid, overlay_mask
-from yolocurvseg.background import augment_background, composite, estimate_curve_contrast, inpaint, inpainting_mask
+from yolocurvseg.background import augment_background, estimate_curve_contrast, inpaint, inpainting_mask
+from yolocurvseg.compositor import (
+    CurveAppearance,
+    centre_contrast,
+    curve_layer,
+    fit_appearance,
+    fuse,
+    radius_map,
+    renoise_band,
+    texture_std,
+)
 from yolocurvseg.data import DATASETS, Case, LoadedCase, case_files, list_cases, load_cases
 from yolocurvseg.hidden_domain import ensure_hidden_domain
 from yolocurvseg.sca import SCAParams, generate_curves, preset_with_overrides
@@ -32,7 +43,7 @@ from yolocurvseg.settings import Config
 from yolocurvseg.skeleton import read_noisy_skeleton, scribble_from_skeleton, simulate_noisy_skeleton
 
 __all__ = ["Splits", "list_splits", "Prepared", "noisy_skeleton", "prepare_data", "sca_params", "Background",
-           "build_background", "SyntheticPairs", "generate_pairs", "pce_labels", "synthesis_figure"]
+           "build_background", "SyntheticPairs", "generate_pairs", "appearance_rows", "pce_labels", "synthesis_figure"]
 
 
 @dataclass
@@ -119,26 +130,40 @@ def sca_params(cfg: Config) -> SCAParams:
 
 @dataclass
 class Background:
-    """``mask`` (inflated skeleton, bool), ``image`` (inpainted background, float32), ``contrast`` of the curves."""
+    """``mask`` (inflated skeleton, bool), ``image`` (inpainted background, float32, re-noised when
+    ``background.renoise``), ``contrast`` (median curve contrast on the skeleton) and the fitted ``appearance`` of
+    the curves (None: one median contrast, no PSF)."""
 
     mask: np.ndarray
     image: np.ndarray
     contrast: float
+    appearance: CurveAppearance | None = None
 
 
 def build_background(prep: Prepared, cfg: Config) -> Background:
-    """Stage 2: inpaint the inflated noisy skeleton (inside the FOV) out of the labelled image."""
-    mask = inpainting_mask(prep.skeleton, cfg.background.radius) & prep.labelled.fov
-    image = inpaint(prep.labelled.image, mask, cfg.background.method)
-    contrast = cfg.curves.contrast or estimate_curve_contrast(prep.labelled.image, image, prep.skeleton,
-                                                              prep.polarity)
-    return Background(mask, image, contrast)
+    """Stage 2: inpaint the inflated noisy skeleton (inside the FOV) out of the labelled image, fit the curve
+    appearance on the residual (``compositor.fit_appearance``), re-noise the band."""
+    img, fov = prep.labelled.image, prep.labelled.fov
+    mask = inpainting_mask(prep.skeleton, cfg.background.radius) & fov
+    image = inpaint(img, mask, cfg.background.method)
+    cc = cfg.curves
+    contrast = cc.contrast or estimate_curve_contrast(img, image, prep.skeleton, prep.polarity)
+    appearance = None
+    if cc.contrast_model == "calibre" or cc.psf == "fitted":
+        appearance = fit_appearance(img, image, prep.skeleton, prep.polarity, float(cfg.background.radius))
+        if cc.contrast_model == "median":
+            appearance = CurveAppearance(appearance.sigma, contrast, 0.0, contrast, contrast)
+        if cc.psf == "off":
+            appearance = replace(appearance, sigma=0.0)
+    if cfg.background.renoise:
+        image = renoise_band(image, img, mask, fov, np.random.default_rng([cfg.seed, 103]))
+    return Background(mask, image, contrast, appearance)
 
 
 @dataclass
 class SyntheticPairs:
     """``composites`` ``(N, H, W)`` float32 (domain A), exact ``masks`` ``(N, H, W)`` uint8, the rendered ``curves``
-    (anti-aliased intensity) and the diversified ``backgrounds``, both ``(N, H, W)`` float32."""
+    (anti-aliased coverage) and the diversified ``backgrounds``, both ``(N, H, W)`` float32."""
 
     composites: np.ndarray
     masks: np.ndarray
@@ -147,21 +172,56 @@ class SyntheticPairs:
 
 
 def generate_pairs(bg: Background, prep: Prepared, cfg: Config, n: int | None = None) -> SyntheticPairs:
-    """Stage 3: ``n`` (default ``curves.n_samples``) synthetic pairs; deterministic given ``cfg.seed``."""
+    """Stage 3: ``n`` (default ``curves.n_samples``) synthetic pairs; deterministic given ``cfg.seed``. Curve layer
+    ``compositor.curve_layer`` (contrast by local radius, PSF) times a jitter in [0.8, 1.2], fused with a
+    diversified background."""
     n = cfg.curves.n_samples if n is None else n
     rng = as_rng(np.random.default_rng([cfg.seed, 101]))
     params = sca_params(cfg)
     fov = prep.labelled.fov
+    multiplicative = cfg.curves.contrast_model == "calibre"
     comps, masks, curves, bgs = [], [], [], []
     for _ in tqdm(range(n), desc="curves", disable=not cfg.runtime.progress, leave=False):
         b = augment_background(bg.image, rng, cfg.background.aug, fov)
         c = generate_curves(b.shape, params, rng, allowed=fov)
-        contrast = bg.contrast * rng.uniform(0.8, 1.2)
-        comps.append(composite(b, c.intensity, contrast, prep.polarity))
+        radii = radius_map(c.tree.pos, c.tree.radius, c.intensity)
+        layer = curve_layer(c.intensity, radii, bg.appearance, bg.contrast) * rng.uniform(0.8, 1.2)
+        comps.append(fuse(b, layer, prep.polarity, multiplicative))
         masks.append(c.mask.astype(np.uint8))
         curves.append(c.intensity)
         bgs.append(b)
     return SyntheticPairs(np.stack(comps), np.stack(masks), np.stack(curves), np.stack(bgs))
+
+
+def appearance_rows(prep: Prepared, cfg: Config, variants: dict[str, list[str]], n: int = 24) -> list[dict]:
+    """Stage 3 check: the composites' appearance against the real training images (``compositor.centre_contrast``
+    by calibre: radius < 1.2 px, 1.2-2 px, > 2 px; ``texture_std`` of the background inside vs outside the inpainted
+    band). One row for the real images (their labels, only for this measurement), one per ``variants`` entry
+    (name -> config overrides, e.g. the compositor features switched off)."""
+    from common.config import apply_overrides, from_dict, to_dict
+
+    def by_calibre(images: list, masks: list, fovs: list) -> dict[str, float]:
+        pairs = [centre_contrast(i, m, f, prep.polarity) for i, m, f in zip(images, masks, fovs, strict=True)]
+        r, c = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        bins = {"contrast_r_lt_1.2": r < 1.2, "contrast_r_1.2_2": (r >= 1.2) & (r <= 2), "contrast_r_gt_2": r > 2}
+        return {k: float(np.median(c[b])) if b.any() else float("nan") for k, b in bins.items()}
+
+    lab = prep.labelled
+    vessel_free = lab.fov & ~ndimage.binary_dilation(lab.label > 0, iterations=2) if lab.label is not None else lab.fov
+    labelled = [c for c in prep.train if c.label is not None]
+    rows = [{"images": "real training images", **by_calibre([c.image for c in labelled], [c.label for c in labelled],
+                                                            [c.fov for c in labelled]),
+             "texture_in_band": float("nan"), "texture_outside_band": texture_std(lab.image, vessel_free)}]
+    for name, overrides in variants.items():
+        vcfg = from_dict(Config, apply_overrides(to_dict(cfg), overrides))
+        bg = build_background(prep, vcfg)
+        pairs = generate_pairs(bg, prep, vcfg, n=n)
+        outside = vessel_free & ~ndimage.binary_dilation(bg.mask, iterations=2)
+        rows.append({"images": f"composites ({name})", **by_calibre(list(pairs.composites), list(pairs.masks),
+                                                                    [lab.fov] * n),
+                     "texture_in_band": texture_std(bg.image, bg.mask), "texture_outside_band":
+                     texture_std(bg.image, outside), "psf_sigma": bg.appearance.sigma if bg.appearance else 0.0})
+    return rows
 
 
 def pce_labels(prep: Prepared, cfg: Config) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -93,11 +93,13 @@ class OptimConfig:
 
 @dataclass
 class BackgroundConfig:
-    """Inpainting of the inflated noisy skeleton: dilation ``radius`` (px) and ``method``; ``aug`` diversifies the
-    one extracted background."""
+    """Inpainting of the inflated noisy skeleton: dilation ``radius`` (px) and ``method``; ``renoise``: copy the
+    labelled image's fine texture from outside the inpainted band into it (``compositor.renoise_band``); ``aug``
+    diversifies the one extracted background."""
 
     radius: int = 4
     method: Literal["telea", "ns", "biharmonic"] = "telea"
+    renoise: bool = True
     aug: BackgroundAug = field(default_factory=BackgroundAug)
 
     def __post_init__(self) -> None:
@@ -107,12 +109,16 @@ class BackgroundConfig:
 @dataclass
 class CurvesConfig:
     """SCA ``preset`` (octa500, corn, drive, chasedb1, dca1) with field ``overrides`` (checked here against the SCA
-    parameters); ``n_samples`` synthetic pairs; ``contrast`` of the naive composite (0 = estimated on the labelled
-    image's skeleton)."""
+    parameters); ``n_samples`` synthetic pairs. Appearance of the curves in the composite (``compositor.py``), fitted
+    on the labelled image: ``contrast_model`` = ``calibre`` (contrast as a line in the local radius, multiplicative
+    for dark curves) or ``median`` (one median contrast on the skeleton, additive; ``contrast`` > 0 fixes it);
+    ``psf`` = ``fitted`` (Gaussian blur of the curve layer, width fitted on the vessel edge profile) or ``off``."""
 
     preset: Literal["octa500", "corn", "drive", "chasedb1", "dca1"] = "drive"
     overrides: dict[str, Any] = field(default_factory=dict)
     n_samples: int = 200
+    contrast_model: Literal["calibre", "median"] = "calibre"
+    psf: Literal["fitted", "off"] = "fitted"
     contrast: float = 0.0
 
     def __post_init__(self) -> None:
