@@ -2,11 +2,15 @@
 write ``runs/fpt_plus/reproduce/<timestamp>/comparison.{csv,md}`` plus figures (FPT+ paper Sec. IV; official README
 table). Each method and seed is its own experiment, ``runs/fpt_plus/reproduce-<method>-s<seed>/<timestamp>/``.
 
-Default (embedded, CPU): synthetic fine-grained grading data and a small random-initialised LPM (configs/default.yaml)
-with ``fpt_plus``, ``fpt``, ``side_only``, ``linear_probe`` and ``full_finetune`` (the last with fewer epochs:
-back-propagating through the LPM is the expensive part on a CPU). ``--all`` adds VPT-deep, Adapter and LoRA and
-three seeds for the cheap methods. ``--config configs/messidor2.yaml --data-root /data/messidor2`` runs the paper
-setting on real data (every method for the configured epochs).
+Default (embedded, CPU): synthetic fine-grained grading data and a small LPM pre-trained on a synthetic texture
+source domain (``pretrain_lpm.py``, built here when ``model.pretrained`` names its missing file). Rows
+(``ROWS``): ``fpt_plus`` (its own ``optim.epochs``), ``fpt_plus_matched`` (FPT+ for the LPM rows' epochs),
+``fpt``, ``side_only`` (side network at low resolution), ``side_only_hr`` (the same side network on the
+full-resolution image, no LPM), ``linear_probe``, ``lora``, ``full_finetune``; ``--all`` adds ``vpt``, ``adapter``
+and ``fpt_plus_random_lpm`` (FPT+ on the random-initialised LPM: readout vs transfer) and 3 seeds for every row.
+Rows that back-propagate through the LPM train for ``optim.lpm_epochs`` with ``runtime.lpm_threads`` threads; every
+row takes its learning rate and warm-up from ``optim.method_lr`` / ``optim.method_warmup_epochs``. Seeds: 3 for
+``fpt_plus``, ``fpt_plus_matched``, ``lora``, ``side_only``, ``side_only_hr``, else 1 (``--seeds`` overrides).
 
     python reproduce.py [--config CFG] [--data-root DIR] [--all] [--only fpt_plus,side_only] [--out RUNS] [key=value]
 """
@@ -28,13 +32,22 @@ from fpt_plus import train
 from fpt_plus.engine import pme, ppe
 from fpt_plus.settings import Config, ModelConfig
 
-__all__ = ["main", "OFFICIAL", "CORE_METHODS", "EXTRA_METHODS"]
+__all__ = ["main", "OFFICIAL", "ROWS", "CORE_ROWS", "EXTRA_ROWS", "train_argv", "parse", "seeds_of"]
 
 PROJECT = "fpt_plus"
 PROJECT_DIR = Path(__file__).resolve().parent
-CORE_METHODS = ("fpt_plus", "fpt", "side_only", "linear_probe", "full_finetune")
-EXTRA_METHODS = ("vpt", "adapter", "lora")
-CHEAP_METHODS = ("fpt_plus", "fpt", "side_only", "linear_probe")
+ROWS: dict[str, tuple[str, ...]] = {  # row -> (method, extra overrides)
+    "fpt_plus": ("fpt_plus",), "fpt_plus_matched": ("fpt_plus",), "fpt": ("fpt",), "side_only": ("side_only",),
+    "side_only_hr": ("side_only_hr",), "linear_probe": ("linear_probe",), "lora": ("lora",),
+    "full_finetune": ("full_finetune",), "vpt": ("vpt",), "adapter": ("adapter",),
+    "fpt_plus_random_lpm": ("fpt_plus", "model.pretrained=none"),
+}
+CORE_ROWS = ("fpt_plus", "fpt_plus_matched", "fpt", "side_only", "side_only_hr", "linear_probe", "lora",
+             "full_finetune")
+EXTRA_ROWS = ("vpt", "adapter", "fpt_plus_random_lpm")
+THREE_SEEDS = ("fpt_plus", "fpt_plus_matched", "lora", "side_only", "side_only_hr")
+LPM_ROWS = ("fpt_plus_matched", "lora", "full_finetune", "vpt", "adapter")  # trained for optim.lpm_epochs
+BACKPROP_LPM = ("lora", "full_finetune", "vpt", "adapter")  # on a CPU: runtime.lpm_threads threads
 # official README (ViT-B, 8-dataset average): learnable %, memory, AUC (percent)
 OFFICIAL = {"full_finetune": (100.0, 23128, 88.82), "vpt": (0.17, 20582, 83.68), "adapter": (2.03, 19360, 84.14),
             "lora": (0.68, 20970, 85.94), "fpt": (1.81, 1824, 86.40), "fpt_plus": (1.03, 736, 87.12)}
@@ -117,7 +130,7 @@ def _row(method: str, runs: list[dict[str, Any]], full_peak: float | None) -> di
         "epochs": first["epochs"],
         "learnable_params": first["learnable"],
         "learnable_percent": first["learnable_percent"],
-        "learnable_percent_vitb": _vitb_percent(method, len(first["classes"])),
+        "learnable_percent_vitb": _vitb_percent(first["method"], len(first["classes"])),
         "learnable_percent_official": official[0],
         "peak_mib": first["peak_mib"],
         "memory_vs_full": first["peak_mib"] / full_peak if full_peak else float("nan"),
@@ -131,45 +144,64 @@ def _row(method: str, runs: list[dict[str, Any]], full_peak: float | None) -> di
 
 def parse(argv: Sequence[str] | None) -> tuple[Config, Any]:
     parser = reproduce_parser("Reproduce the FPT+ comparison (all methods, one table).")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds of the cheap methods (default 1, --all 3)")
-    parser.add_argument("--lpm-epochs", type=int, default=None,
-                        help="epochs of the methods that back-propagate through the LPM (default: 4 on the "
-                             "synthetic CPU default, else optim.epochs)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds of every row (default: 3 for fpt_plus, fpt_plus_matched, lora, side_only, "
+                             "side_only_hr and 1 for the others; 3 for all with --all)")
     argv = list(argv) if argv is not None else None
-    base, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=CORE_METHODS + EXTRA_METHODS)
+    base, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=tuple(ROWS))
     if args.out is not None:  # --out is the runs root of the sub-runs and of the comparison folder
         base.runs_root = str(args.out)
     return base, args
 
 
-def train_argv(args: Any, base: Config, method: str, seed: int, lpm_epochs: int, on_cpu: bool) -> list[str]:
-    """The train.py command line of one row and seed: its own experiment, the LPM-trained rows shorter on a CPU
-    and with the LPM's thread count (``runtime.lpm_threads``, 0 = torch default)."""
+def seeds_of(row: str, args: Any) -> int:
+    return args.seeds or (3 if args.all or row in THREE_SEEDS else 1)
+
+
+def train_argv(args: Any, base: Config, row: str, seed: int, on_cpu: bool) -> list[str]:
+    """The train.py command line of one row and seed: its own experiment; the LPM rows for ``optim.lpm_epochs``
+    and, on a CPU, those back-propagating through the LPM with ``runtime.lpm_threads`` (0 = torch default)."""
+    method, *extra = ROWS[row]
     argv = ["--config", args.config or DEFAULT_CONFIG, *(["--data-root", args.data_root] if args.data_root else []),
-            *args.overrides, f"model.method={method}", f"experiment=reproduce-{method}-s{seed}", f"seed={seed}",
-            f"runs_root={base.runs_root}"]
-    if method not in CHEAP_METHODS:
-        argv.append(f"optim.epochs={lpm_epochs}")
-        if on_cpu:
-            argv.append(f"runtime.threads={base.runtime.lpm_threads}")
+            *args.overrides, f"model.method={method}", *extra, f"experiment=reproduce-{row}-s{seed}",
+            f"seed={seed}", f"runs_root={base.runs_root}"]
+    if row in LPM_ROWS:
+        argv.append(f"optim.epochs={base.optim.lpm_epochs or base.optim.epochs}")
+    if row in BACKPROP_LPM and on_cpu:
+        argv.append(f"runtime.threads={base.runtime.lpm_threads}")
     return argv
 
 
-def run_rows(args: Any, base: Config, methods: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    seeds = args.seeds or (3 if args.all else 1)
-    lpm_epochs = args.lpm_epochs or (4 if base.data.synthetic else base.optim.epochs)
+def ensure_pretrained_lpm(args: Any, base: Config) -> None:
+    """Pre-train the LPM when ``model.pretrained`` names the missing file of the default recipe for this LPM."""
+    from common.rundir import resolve_path
+    from fpt_plus import pretrain_lpm
+    from fpt_plus.pretraining import weights_path
+    from fpt_plus.settings import PretrainConfig
+
+    spec = base.model.pretrained
+    if spec in ("none", "hub") or resolve_path(spec).is_file():
+        return
+    expected = weights_path(PretrainConfig(), base.model.lpm)
+    if resolve_path(spec) != resolve_path(expected):
+        raise SystemExit(f"model.pretrained={spec} does not exist, and it is not the pre-training recipe's file for "
+                         f"this model.lpm ({expected}); point it at a weight file or at {expected}")
+    pretrain_lpm.main(["--config", args.config or DEFAULT_CONFIG, *args.overrides])
+
+
+def run_rows(args: Any, base: Config, rows: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     on_cpu = not torch.cuda.is_available() or base.runtime.device == "cpu"
     results: dict[str, list[dict[str, Any]]] = {}
-    for method in methods:
+    for row in rows:
         runs = []
-        for seed in range(base.seed, base.seed + (seeds if method in CHEAP_METHODS else 1)):
+        for seed in range(base.seed, base.seed + seeds_of(row, args)):
             t0 = time.perf_counter()
-            result = train.main(train_argv(args, base, method, seed, lpm_epochs, on_cpu))
+            result = train.main(train_argv(args, base, row, seed, on_cpu))
             result["wall_s"] = time.perf_counter() - t0
-            print(f"== {method} seed {seed}: test auc {result['test_best']['auc']:.4f} "
+            print(f"== {row} seed {seed}: test auc {result['test_best']['auc']:.4f} "
                   f"({result['wall_s']:.0f} s)", flush=True)
             runs.append(result)
-        results[method] = runs
+        results[row] = runs
     return results
 
 
@@ -195,11 +227,12 @@ def write_table(base: Config, results: dict[str, list[dict[str, Any]]], out: Run
 
 def main(argv: Sequence[str] | None = None) -> Path:
     base, args = parse(argv)
-    methods = list(args.only or (CORE_METHODS + (EXTRA_METHODS if args.all else ())))
+    rows = list(args.only or (CORE_ROWS + (EXTRA_ROWS if args.all else ())))
     check_writable(base.runs_root)
     out = create_run_dir(PROJECT, "reproduce", base, root=base.runs_root)
     start = time.perf_counter()
-    results = run_rows(args, base, methods)
+    ensure_pretrained_lpm(args, base)
+    results = run_rows(args, base, rows)
     path = write_table(base, results, out, args.config or DEFAULT_CONFIG, time.perf_counter() - start)
     print((path / "comparison.md").read_text())
     print(f"comparison written to {path} (wall {(time.perf_counter() - start) / 60:.1f} min)")

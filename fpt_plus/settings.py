@@ -137,6 +137,15 @@ class OptimConfig:
     eval_every: int = 1
     save_every: int = 10
     eval_batch_size: int = 32
+    method_lr: dict[str, float] = field(default_factory=dict)  # per-method learning rate (else `lr`)
+    method_warmup_epochs: dict[str, float] = field(default_factory=dict)  # per-method warm-up (else `warmup_epochs`)
+    lpm_epochs: int = 0  # reproduce.py: epochs of the rows that run the LPM in training (0 = `epochs`)
+
+    def lr_for(self, method: str) -> float:
+        return self.method_lr.get(method, self.lr)
+
+    def warmup_for(self, method: str) -> float:
+        return self.method_warmup_epochs.get(method, self.warmup_epochs)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
@@ -150,6 +159,12 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must lie in [0, optim.epochs)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+        for key in ("method_lr", "method_warmup_epochs"):
+            unknown = sorted(set(getattr(self, key)) - set(METHODS))
+            if unknown:
+                raise ValueError(f"optim.{key}: unknown method(s) {unknown}; methods: {', '.join(METHODS)}")
+        if any(v <= 0 for v in self.method_lr.values()) or self.lpm_epochs < 0:
+            raise ValueError("optim.method_lr values must be > 0 and optim.lpm_epochs >= 0 (0 = optim.epochs)")
 
 
 @dataclass
@@ -167,6 +182,25 @@ class RuntimeConfig(BaseRuntimeConfig):
 
 
 @dataclass
+class PretrainConfig:
+    """Recipe of the CPU LPM's pre-training on the synthetic texture source domain (``pretrain_lpm.py``); the
+    weights live under ``data/pretrained/fpt_plus/<hash of this recipe and model.lpm>/``."""
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1.0e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 15
+    image_weight: float = 0.5  # weight of the image-level presence loss beside the per-token texture loss
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"pretraining recipe: steps={self.steps}, batch_size={self.batch_size} must be >= 1, "
+                             f"lr={self.lr} > 0 and 0 <= warmup_steps={self.warmup_steps} < steps")
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -179,6 +213,9 @@ class Config:
     def __post_init__(self) -> None:
         check_model(self.model)
         check_data(self.data)
+        warmup = self.optim.warmup_for(self.model.method)
+        if not 0 <= warmup < self.optim.epochs:
+            raise ValueError(f"optim.method_warmup_epochs.{self.model.method}={warmup} must lie in [0, optim.epochs)")
 
 
 def check_model(m: ModelConfig) -> None:

@@ -81,8 +81,9 @@ def measure_memory(model: torch.nn.Module, loader: Any, device: torch.device) ->
 
 
 def make_state(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, device: torch.device) -> TrainState:
-    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
-    scheduler = make_scheduler(optimizer, cfg.optim.epochs, steps_per_epoch, cfg.optim.warmup_epochs)
+    method = cfg.model.method
+    optimizer = make_optimizer(model, cfg.optim.lr_for(method), cfg.optim.weight_decay, cfg.optim.betas)
+    scheduler = make_scheduler(optimizer, cfg.optim.epochs, steps_per_epoch, cfg.optim.warmup_for(method))
     return TrainState(optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp))
 
 

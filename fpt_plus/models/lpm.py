@@ -44,8 +44,16 @@ def build_vit(cfg: LPMConfig, num_classes: int = 0, img_size: int | None = None,
 
     With a weight file, timm's checkpoint filter interpolates the position embeddings to the requested grid.
     """
-    from common.weights import create_timm_model
+    from common.rundir import resolve_path
+    from common.weights import PretrainedWeightsError, create_timm_model
 
+    if pretrained not in ("none", "hub"):
+        path = resolve_path(pretrained)  # relative paths are taken from the repository root, like data/ and runs/
+        if not path.is_file() and "pretrained/fpt_plus" in path.as_posix():
+            raise PretrainedWeightsError(f"model.pretrained={pretrained}: the pre-trained CPU LPM is missing; build "
+                                         f"it with `python pretrain_lpm.py` (reproduce.py does it when missing) or "
+                                         f"set model.pretrained=none for a random LPM")
+        pretrained = str(path)
     kwargs = dict(img_size=img_size or cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
                   depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
                   num_classes=num_classes, global_pool="token")
