@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 from tqdm import tqdm
 
 from common.checkpoint import restore_training_state
@@ -36,7 +37,8 @@ from yolocurvseg.settings import EvalConfig, FineConfig, OptimConfig, StepRuntim
 from yolocurvseg.synthesizer import CUTModel
 
 __all__ = ["StageStore", "SegmenterStage", "poly_lambda", "run_steps", "train_synthesizer", "train_segmenter",
-           "translate", "predict_image", "predict", "pseudo_labels", "pseudo_label_cases", "evaluate"]
+           "translate", "predict_image", "predict", "postprocess", "pseudo_labels", "pseudo_label_cases",
+           "evaluate"]
 
 
 class StageStore(Protocol):
@@ -217,6 +219,19 @@ def predict(model: torch.nn.Module, cases: Sequence[LoadedCase], roi: int, devic
     return [c.case_id for c in cases], [c.label for c in cases], outputs
 
 
+def postprocess(mask: np.ndarray, fov: np.ndarray | None, min_component: int) -> np.ndarray:
+    """bool ``(H, W)``: ``mask`` inside ``fov`` without its 8-connected components of fewer than ``min_component``
+    pixels (``0``: unchanged)."""
+    m = np.asarray(mask, bool) & (np.ones_like(mask, bool) if fov is None else np.asarray(fov, bool))
+    if min_component <= 0 or not m.any():
+        return m if min_component > 0 else np.asarray(mask, bool)
+    labels, n = ndimage.label(m, np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_component
+    keep[0] = False
+    return keep[labels]
+
+
 def pseudo_labels(prob: np.ndarray, fov: np.ndarray, fg_threshold: float, bg_threshold: float) -> np.ndarray:
     """uint8 ``(H, W)``: 1 where ``prob > fg_threshold``, 0 where ``prob < bg_threshold`` or outside the FOV,
     ``IGNORE`` (2) elsewhere."""
@@ -243,7 +258,12 @@ def evaluate(model: torch.nn.Module, cases: Sequence[LoadedCase], ev: EvalConfig
     ids, targets, probs = predict(model, cases, ev.roi, device, ev.tta, progress)
     rows: list[dict[str, float | str]] = []
     for cid, target, prob, case in zip(ids, targets, probs, cases, strict=True):
-        rows.append({"case_id": cid, **curve_metrics(prob > ev.threshold, target > 0, case.fov, ev.surface)})
+        raw = prob > ev.threshold
+        row = {"case_id": cid, **curve_metrics(postprocess(raw, case.fov, ev.min_component), target > 0, case.fov,
+                                               ev.surface)}
+        if ev.min_component:
+            row["betti0_error_raw"] = curve_metrics(raw, target > 0, case.fov, surface=False)["betti0_error"]
+        rows.append(row)
     keys = [k for k in rows[0] if k != "case_id"] if rows else []
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return rows, summary

@@ -26,7 +26,7 @@ from common.rundir import resolve_path
 from common.runtime import setup_runtime
 from common.tracking import image_grid, overlay_mask, save_png, write_eval_tables
 from yolocurvseg.data import DATASETS, read_grey
-from yolocurvseg.engine import evaluate, predict_image
+from yolocurvseg.engine import evaluate, postprocess, predict_image
 from yolocurvseg.model import build_model
 from yolocurvseg.pipeline import prepare_data
 from yolocurvseg.settings import Config
@@ -54,7 +54,8 @@ def predict_files(model: torch.nn.Module, files: list[Path], out_dir: Path, cfg:
     channel = DATASETS[cfg.data.dataset].channel
     rows = []
     for f in files:
-        mask = predict_image(model, read_grey(f, channel), cfg.eval.roi, device, cfg.eval.tta) > cfg.eval.threshold
+        prob = predict_image(model, read_grey(f, channel), cfg.eval.roi, device, cfg.eval.tta)
+        mask = postprocess(prob > cfg.eval.threshold, None, cfg.eval.min_component)
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out_dir / f"{f.stem}_mask.png")
         rows.append({"file": str(f), "mask": str(out_dir / f"{f.stem}_mask.png"), "curve_fraction": float(mask.mean())})
     csv_path = out_dir / "predictions.csv"
@@ -70,7 +71,7 @@ def evaluate_test_split(model: torch.nn.Module, cfg: Config, out: Path, device: 
     grid = []
     for case in prep.test[:3]:
         prob = predict_image(model, case.image, cfg.eval.roi, device, fov=case.fov)
-        pred = prob > cfg.eval.threshold
+        pred = postprocess(prob > cfg.eval.threshold, case.fov, cfg.eval.min_component)
         grid.append([case.image, overlay_mask(case.image, case.label), overlay_mask(case.image, pred)])
     save_png(image_grid(grid), out / "predictions.png")
     return summary

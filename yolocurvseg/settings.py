@@ -215,15 +215,18 @@ class StepRuntimeConfig(RuntimeConfig):
 @dataclass
 class EvalConfig:
     """Sliding-window inference over ``roi`` px windows, curve = ``p > threshold``, optional flip TTA; ``surface``
-    adds HD95."""
+    adds HD95. ``min_component``: post-processing of every method alike, 8-connected predicted components of fewer
+    pixels are removed inside the FOV (0 = off; the metrics then also report ``betti0_error_raw``, before it)."""
 
     roi: int = 128
     threshold: float = 0.5
     tta: bool = False
     surface: bool = True
+    min_component: int = 0
 
     def __post_init__(self) -> None:
         _at_least("eval", 8, roi=self.roi)
+        _at_least("eval", 0, min_component=self.min_component)
         if not 0 < self.threshold < 1:
             raise ValueError(f"eval.threshold must be in (0, 1), got {self.threshold}")
 

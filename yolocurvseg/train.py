@@ -15,9 +15,11 @@ final model is the reported one); test metrics go to ``eval/per_case.csv`` and `
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from yolocurvseg.data import MixedSampler, PairSampler
 from yolocurvseg.engine import (
     SegmenterStage,
     evaluate,
+    postprocess,
     predict,
     pseudo_label_cases,
     train_segmenter,
@@ -45,7 +48,7 @@ from yolocurvseg.pipeline import Prepared, build_background, generate_pairs, pce
 from yolocurvseg.settings import Config
 from yolocurvseg.synthesizer import CUTModel
 
-__all__ = ["RunResult", "RunStages", "run_training", "main"]
+__all__ = ["RunResult", "RunStages", "matched_steps", "run_training", "main"]
 
 PROJECT = "yolocurvseg"
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -57,6 +60,7 @@ class RunResult:
     summary: dict[str, float]
     stage_summaries: dict[str, dict[str, float]] = field(default_factory=dict)
     skeleton: str = ""  # data.skeleton (file | simulate) of the run
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # CPU seconds (this process) per stage
 
 
 def trim_metrics(csv_path: Path, last_step: int) -> None:
@@ -84,6 +88,16 @@ class RunStages:
         if resume_state is not None:
             trim_metrics(run.metrics_csv, int(resume_state["extra"].get("global_step", 0)))
         self.tracker = Tracker(run.path)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the CPU time (``time.process_time``) of the block to ``seconds[name]``."""
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.process_time() - start
 
     def finished(self, name: str) -> Mapping[str, Any] | None:
         path = self.run.checkpoints / f"{name}.pt"
@@ -111,34 +125,45 @@ class RunStages:
         self.tracker.log_image(f"figures/{name}", image, self.global_step, self.run.figures / f"{name}.png")
 
 
+def matched_steps(cfg: Config) -> int:
+    """Segmenter steps of the ``full_supervision`` reference: as many as the pipeline's segmenter stages together
+    (``optim.steps`` coarse + ``fine.rounds`` x ``fine.steps``), so the upper bound is not trained shorter."""
+    return cfg.optim.steps + (cfg.fine.rounds * cfg.fine.steps if cfg.fine.enabled else 0)
+
+
 def train_baseline(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStages, device: torch.device
                    ) -> torch.nn.Module:
-    """``full_supervision`` (all training labels) or ``pce_skeleton`` (fg+bg scribbles, partial CE)."""
+    """``full_supervision`` (all training labels, :func:`matched_steps`) or ``pce_skeleton`` (fg+bg scribbles,
+    partial CE, ``optim.steps``)."""
     if cfg.method == "full_supervision":
         pairs = [(c.image, c.label) for c in prep.train]
         fovs = [c.fov for c in prep.train]
         stage = SegmenterStage.from_optim("supervised", cfg.optim, cfg.coarse.dice_weight)
+        stage = replace(stage, steps=matched_steps(cfg))  # the pipeline's segmenter steps, all stages together
     else:
         pairs = pce_labels(prep, cfg)
         fovs = [c.fov for c in ([prep.labelled] if cfg.pce.images == "one" else prep.train)]
         stage = SegmenterStage.from_optim("pce", cfg.optim, dice_weight=0.0)  # partial CE only
     sampler = PairSampler([p[0] for p in pairs], [p[1] for p in pairs], cfg.data.crop, fovs=fovs)
-    return train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
+    with stages.timed(stage.name):
+        return train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
 
 
 def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.device) -> PairSampler:
     """Background, curves and (for ``yolocurvseg``) the CUT synthesizer: the synthetic training pairs."""
-    bg = build_background(prep, cfg)
-    pairs = generate_pairs(bg, prep, cfg)
+    with stages.timed("pairs"):
+        bg = build_background(prep, cfg)
+        pairs = generate_pairs(bg, prep, cfg)
     synthesized = pairs.composites
     if cfg.method == "yolocurvseg" and cfg.synthesizer.enabled:
         sc = cfg.synthesizer
         domain_a = PairSampler(list(pairs.composites), list(pairs.masks), sc.crop, gamma=0.0)
         real = [c.image for c in prep.train]
         domain_b = PairSampler(real, [np.zeros_like(r, np.uint8) for r in real], sc.crop, gamma=0.0)
-        cut = train_synthesizer(CUTModel(sc.cut).to(device), domain_a, domain_b, sc, stages, cfg.runtime, device,
-                                cfg.seed)
-        synthesized = translate(cut, pairs.composites, device, cfg.runtime.progress)
+        with stages.timed("cut"):
+            cut = train_synthesizer(CUTModel(sc.cut).to(device), domain_a, domain_b, sc, stages, cfg.runtime,
+                                    device, cfg.seed)
+            synthesized = translate(cut, pairs.composites, device, cfg.runtime.progress)
     stages.figure("synthesis", synthesis_figure(prep, bg, pairs, synthesized))
     return PairSampler(list(synthesized), list(pairs.masks), cfg.data.crop, fovs=prep.labelled.fov)
 
@@ -157,23 +182,28 @@ def train_yolocurvseg(cfg: Config, prep: Prepared, model: torch.nn.Module, stage
     synth = synthesize(cfg, prep, stages, device)
     if cfg.coarse.enabled:
         stage = SegmenterStage.from_optim("coarse", cfg.optim, cfg.coarse.dice_weight)
-        model = train_segmenter(model, synth, stage, stages, cfg.runtime, device, cfg.seed)
+        with stages.timed("coarse"):
+            model = train_segmenter(model, synth, stage, stages, cfg.runtime, device, cfg.seed)
         summaries["coarse"] = evaluate_stage(cfg, prep, model, stages.run, device, prefix="coarse_")
     if cfg.method == "yolocurvseg" and cfg.fine.enabled:
         fc = cfg.fine
         for r in range(fc.rounds):
-            labels = pseudo_label_cases(model, prep.train, fc, cfg.eval.roi, device, cfg.runtime.progress)
+            with stages.timed("fine"):
+                labels = pseudo_label_cases(model, prep.train, fc, cfg.eval.roi, device, cfg.runtime.progress)
             real = PairSampler([c.image for c in prep.train], labels, cfg.data.crop, fovs=[c.fov for c in prep.train])
             sampler = MixedSampler(real, synth, fc.real_fraction)
             stage = SegmenterStage.from_optim(f"fine{r + 1}", cfg.optim, fc.dice_weight, fine=fc)
-            model = train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
+            with stages.timed("fine"):
+                model = train_segmenter(model, sampler, stage, stages, cfg.runtime, device, cfg.seed)
     return model
 
 
 def prediction_grid(model: torch.nn.Module, prep: Prepared, cfg: Config, device: torch.device) -> np.ndarray:
     """Image | ground truth | prediction for the first three test images."""
     ids, targets, probs = predict(model, prep.test[:3], cfg.eval.roi, device)
-    return image_grid([[c.image, overlay_mask(c.image, t), overlay_mask(c.image, p > cfg.eval.threshold)]
+    ev = cfg.eval
+    return image_grid([[c.image, overlay_mask(c.image, t), overlay_mask(c.image, postprocess(p > ev.threshold, c.fov,
+                                                                                              ev.min_component))]
                        for c, t, p in zip(prep.test[:3], targets, probs, strict=True)])
 
 
@@ -212,7 +242,7 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     stages.tracker.close()
     print(f"[{PROJECT}] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
           + f" -> {opened.run.path}")
-    return RunResult(opened.run.path, summary, stage_summaries, cfg.data.skeleton)
+    return RunResult(opened.run.path, summary, stage_summaries, cfg.data.skeleton, stages.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:
