@@ -27,12 +27,13 @@ from torch.utils.data import Dataset
 from common.datasets import partition_by_suffix, split_path
 from common.readers import ImageReadError, read_image
 from common.rundir import resolve_path
-from pamsr.degradation import DegradationError, displace_odd_rows, make_pair
+from pamsr.degradation import DegradationError, displace_odd_rows, make_pair, scale_like
 from pamsr.patches import crop_pair, sample_patch
 from pamsr.settings import DataConfig, DisplacementConfig, PatchSelectionConfig
 
 __all__ = ["HR_NAME", "IMAGE_SUFFIXES", "DataError", "list_samples", "list_flat", "read_polar", "kfold_split",
-           "split_file", "write_split", "SPLITS", "split_samples", "PolarImage", "load_images", "check_pair",
+           "split_file", "write_split", "SPLITS", "fold_in_split", "split_samples", "clean_path", "PolarImage",
+           "load_images", "check_pair",
            "TrainPatches"]
 
 HR_NAME = "1_X1_X1.png"
@@ -117,35 +118,59 @@ def write_split(path: Path, samples: Sequence[str], folds: Sequence[int]) -> Pat
 
 @dataclass
 class PolarImage:
-    """One evaluation image: ``lr`` ``(h, w)`` and padded ``hr`` ``(h*s, w*s)``, float32 in [0, 1]."""
+    """One evaluation image: ``lr`` ``(h, w)`` and padded ``hr`` ``(h*s, w*s)``, float32 in [0, 1]; ``clean``: the
+    noise-free ground truth ``(h*s, w*s)`` on the HR's intensity scale (synthetic data only, else ``None``)."""
 
     name: str
     lr: np.ndarray
     hr: np.ndarray
+    clean: np.ndarray | None = None
 
 
-SPLITS = {"train": lambda fold, held_out: fold != held_out, "test": lambda fold, held_out: fold == held_out,
-          "all": lambda fold, held_out: True}
+SPLITS = ("train", "val", "test", "all")
+
+
+def fold_in_split(fold: int, split: str, cfg: DataConfig) -> bool:
+    """``test`` = fold ``data.fold``; ``val`` = fold ``data.val_fold`` (``null``: the test fold, as official);
+    ``train`` = every other fold; ``all`` = every fold."""
+    val = cfg.fold if cfg.val_fold is None else cfg.val_fold
+    return {"train": fold not in (cfg.fold, val), "val": fold == val, "test": fold == cfg.fold, "all": True}[split]
 
 
 def split_samples(cfg: DataConfig, split: str, dataset: str | None = None) -> list[tuple[str, Path]]:
-    """``[(sample, hr_path), ...]`` of ``split`` (``train`` = folds != data.fold, ``test`` = fold data.fold,
-    ``all``) of ``dataset`` (default ``data.dataset``); records the split (:func:`split_file`)."""
+    """``[(sample, hr_path), ...]`` of ``split`` (:func:`fold_in_split`) of ``dataset`` (default ``data.dataset``);
+    records the split (:func:`split_file`)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be train, test or all, got {split!r}")
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     name = dataset or cfg.dataset
     samples = list_samples(resolve_path(cfg.root), name)
     folds = kfold_split([s for s, _ in samples], cfg.n_folds, cfg.split_seed)
     write_split(split_file(cfg, name), [s for s, _ in samples], folds)
-    return [item for item, fold in zip(samples, folds) if SPLITS[split](fold, cfg.fold)]
+    return [item for item, fold in zip(samples, folds) if fold_in_split(fold, split, cfg)]
+
+
+def clean_path(cfg: DataConfig, sample: str) -> Path | None:
+    """``<root>/<data.clean_dataset>/<sample>/1_X1_X1.png`` when ``data.clean_dataset`` is set and the file exists
+    (the synthetic set's noise-free ground truth; real data has none)."""
+    if not cfg.clean_dataset:
+        return None
+    path = resolve_path(cfg.root) / cfg.clean_dataset / sample / HR_NAME
+    return path if path.is_file() else None
 
 
 def load_images(cfg: DataConfig, split: str, dataset: str | None = None) -> list[PolarImage]:
-    """LR/HR pairs of ``split`` (see :func:`split_samples`), each ``lr (h, w)`` and padded ``hr (h*s, w*s)``."""
+    """LR/HR pairs of ``split`` (see :func:`split_samples`), each ``lr (h, w)`` and padded ``hr (h*s, w*s)``, plus
+    the clean ground truth where :func:`clean_path` finds one (put on the HR's intensity scale)."""
     out = []
     for sample, path in split_samples(cfg, split, dataset):
-        lr, hr = make_pair(read_polar(path, cfg.median), cfg.scale, cfg.pad, cfg.normalise, name=str(path))
-        out.append(PolarImage(sample, lr, hr))
+        raw = read_polar(path, cfg.median)
+        lr, hr = make_pair(raw, cfg.scale, cfg.pad, cfg.normalise, name=str(path))
+        check_pair(lr, hr, cfg.scale, str(path))
+        clean = None
+        if (found := clean_path(cfg, sample)) is not None:
+            clean = scale_like(read_polar(found), raw, cfg.pad, name=str(found))
+            check_pair(lr, clean, cfg.scale, f"{found} (clean target of {path})")
+        out.append(PolarImage(sample, lr, hr, clean))
     return out
 
 
@@ -190,6 +215,7 @@ class TrainPatches(Dataset):
             d = self.displacement
             lr, _ = displace_odd_rows(lr, rng, d.p, d.max_shift, d.banded, d.band)
         lr_patch, hr_patch = crop_pair(lr, item.hr, y, x, cfg.patch_size, cfg.scale)
+        check_pair(lr_patch, hr_patch, cfg.scale, f"{item.name} patch at LR ({y}, {x})")
         return {"lr": torch.from_numpy(np.ascontiguousarray(lr_patch))[None],
                 "hr": torch.from_numpy(np.ascontiguousarray(hr_patch))[None],
                 "corner": torch.tensor([cfg.scale * y, cfg.scale * x])}

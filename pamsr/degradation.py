@@ -16,7 +16,7 @@ import numpy as np
 from pamsr.geometry import pad_image
 from pamsr.registration import shift_rows
 
-__all__ = ["DegradationError", "prepare_hr", "decimate", "minmax", "make_pair", "displace_odd_rows"]
+__all__ = ["DegradationError", "prepare_hr", "decimate", "minmax", "make_pair", "scale_like", "displace_odd_rows"]
 
 
 class DegradationError(ValueError):
@@ -67,6 +67,18 @@ def make_pair(hr: np.ndarray, scale: int, pad: int = 12, normalise: str = "indep
     else:
         raise ValueError(f"data.normalise must be independent or joint, got {normalise!r}")
     return lr_n.astype(np.float32), hr_n.astype(np.float32)
+
+
+def scale_like(image: np.ndarray, reference: np.ndarray, pad: int, name: str = "image") -> np.ndarray:
+    """Pad ``image`` like the HR and put it on the intensity scale of the normalised HR made from ``reference``
+    (``(x - min) / (max - min)`` of the padded reference, clipped to [0, 1]) -> float32. Used for the clean ground
+    truth, so that its PSNR against the SR measures the error of the signal, not of a different normalisation."""
+    if np.shape(image) != np.shape(reference):
+        raise DegradationError(f"{name}: size {np.shape(image)} differs from its HR image {np.shape(reference)}; "
+                               f"the clean ground truth must have the HR's size (regenerate the synthetic set)")
+    padded = pad_image(np.asarray(reference, np.float64), pad)
+    lo, hi = float(padded.min()), float(padded.max())
+    return minmax(pad_image(np.asarray(image, np.float64), pad), name, lo, hi).astype(np.float32)
 
 
 def displace_odd_rows(lr: np.ndarray, rng: np.random.Generator, p: float = 0.5, max_shift: int = 2,

@@ -2,8 +2,9 @@
 
 Evaluation protocol (official): SR clamped to [0, 1] and quantised to 1/255, PSNR (``data_range=1``) and SSIM
 (7x7 window) on the whole zero-padded polar image, averaged over the held-out fold. We add the same metrics after
-scan conversion to Cartesian (padding removed first), and on "displaced" LR inputs (odd LR rows shifted by a seeded
-random offset, the degradation the displacement augmentation is meant to handle).
+scan conversion to Cartesian (padding removed first), against the noise-free ground truth where the data have one
+(``*_clean``: the synthetic set; the official target is the median-filtered noisy scan), and on "displaced" LR inputs
+(odd LR rows shifted by a seeded random offset, the degradation the displacement augmentation is meant to handle).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from common.metrics import psnr, ssim
 from common.runtime import autocast, backward_and_step
+from pamsr.data import check_pair
 from pamsr.degradation import displace_odd_rows
 from pamsr.geometry import polar_to_cartesian, unpad_image
 from pamsr.inference import super_resolve
@@ -29,9 +31,10 @@ __all__ = ["train_one_epoch", "quantise", "image_metrics", "predict_image", "pre
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, max_steps: int | None = None,
-                    progress: bool = False, desc: str = "train") -> dict[str, float]:
+                    progress: bool = False, desc: str = "train",
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, float]:
     """One pass over ``loader`` (batches of ``lr`` ``(B, 1, p, p)``, ``hr`` ``(B, 1, sp, sp)``) -> mean losses and
-    ``steps`` (the number of optimiser steps taken)."""
+    ``steps`` (the number of optimiser steps taken). ``scheduler`` is stepped after every optimiser step."""
     model.train()
     sums: dict[str, float] = {}
     steps = 0
@@ -43,6 +46,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {float(loss)} at step {steps}; lower optim.lr")
         backward_and_step(loss, optimizer, scaler, model.parameters(), grad_clip)
+        if scheduler is not None:
+            scheduler.step()
         for k, v in {"loss": float(loss.detach()), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1
@@ -56,10 +61,14 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0
 
 
-def image_metrics(sr: np.ndarray, hr: np.ndarray, pad: int, cartesian: bool = True) -> dict[str, float]:
-    """PSNR/SSIM of a padded ``(H, W)`` SR polar image against its HR: polar (official) and Cartesian."""
+def image_metrics(sr: np.ndarray, hr: np.ndarray, pad: int, cartesian: bool = True,
+                  clean: np.ndarray | None = None) -> dict[str, float]:
+    """PSNR/SSIM of a padded ``(H, W)`` SR polar image against its HR: polar (official) and Cartesian; with the
+    noise-free ground truth ``clean`` also ``psnr_clean`` / ``ssim_clean`` (same padded polar frame)."""
     sr_q = quantise(sr)
     out = {"psnr": psnr(sr_q, hr, data_range=1.0), "ssim": ssim(sr_q, hr, data_range=1.0)}
+    if clean is not None:
+        out |= {"psnr_clean": psnr(sr_q, clean, data_range=1.0), "ssim_clean": ssim(sr_q, clean, data_range=1.0)}
     if cartesian:
         c_sr, c_hr = polar_to_cartesian(unpad_image(sr_q, pad)), polar_to_cartesian(unpad_image(hr, pad))
         out |= {"psnr_cart": psnr(c_sr, c_hr, data_range=1.0), "ssim_cart": ssim(c_sr, c_hr, data_range=1.0)}
@@ -83,9 +92,11 @@ def predict(model: nn.Module, images: Sequence, scale: int, device: torch.device
     ``(H, W)`` in [0, 1]."""
     names, targets, outputs = [], [], []
     for item in tqdm(images, desc="predict", disable=not progress, leave=False):
+        check_pair(item.lr, item.hr, scale, item.name)
         names.append(item.name)
         targets.append(item.hr)
         outputs.append(predict_image(model, item.lr, scale, device, tiled, tile, overlap, amp))
+        check_pair(item.lr, outputs[-1], scale, f"{item.name} (network output)")
     return names, targets, outputs
 
 
@@ -110,10 +121,12 @@ def evaluate(model: nn.Module, images: Sequence, scale: int, pad: int, device: t
     """
     run = {"tiled": tiled, "tile": tile, "overlap": overlap, "amp": amp, "progress": progress}
     names, targets, outputs = predict(model, images, scale, device, **run)
-    rows = [{"case": n, **image_metrics(sr, hr, pad, cartesian)} for n, hr, sr in zip(names, targets, outputs)]
+    rows = [{"case": n, **image_metrics(sr, hr, pad, cartesian, item.clean)}
+            for n, hr, sr, item in zip(names, targets, outputs, images)]
     if displaced_shift > 0:
         _, _, shifted = predict(model, displaced_images(images, displaced_shift, seed), scale, device, **run)
-        for row, hr, sr in zip(rows, targets, shifted):
-            m = image_metrics(sr, hr, pad, cartesian=False)
+        for row, hr, sr, item in zip(rows, targets, shifted, images):
+            m = image_metrics(sr, hr, pad, cartesian=False, clean=item.clean)
             row |= {"psnr_displaced": m["psnr"], "ssim_displaced": m["ssim"]}
+            row |= {"psnr_clean_displaced": m["psnr_clean"]} if "psnr_clean" in m else {}
     return rows, (dict(zip(names, outputs)) if keep_predictions else {})

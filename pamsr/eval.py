@@ -29,7 +29,7 @@ from common.datasets import verify_files
 from common.rundir import create_run_dir
 from common.runtime import maybe_compile, setup_runtime
 from common.tracking import write_eval_tables
-from pamsr.data import list_flat, load_images, read_polar
+from pamsr.data import check_pair, list_flat, load_images, read_polar
 from pamsr.degradation import minmax
 from pamsr.engine import evaluate, predict_image
 from pamsr.figures import comparison_figure, nearest_upsample
@@ -40,7 +40,8 @@ from pamsr.settings import PROJECT_DIR, Config, ModelConfig
 
 __all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "predict_folder", "main"]
 
-METRICS = ("psnr", "ssim", "psnr_cart", "ssim_cart", "psnr_displaced", "ssim_displaced")
+METRICS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean", "ssim", "psnr_cart", "ssim_cart",
+           "psnr_displaced", "ssim_displaced")
 
 
 def test_overlap(cfg: Config) -> int:
@@ -119,6 +120,7 @@ def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Pat
     for name, path in tqdm(images, desc="predict", disable=not cfg.runtime.progress, leave=False):
         lr = minmax(np.pad(read_polar(path).astype(np.float64), lr_pad), str(path))
         sr = predict_image(model, lr, s, device, cfg.eval.tiled, cfg.eval.tile, test_overlap(cfg), cfg.runtime.amp)
+        check_pair(lr, sr, s, f"{path} (network output)")
         if lr_pad:
             sr = sr[lr_pad * s:-lr_pad * s, lr_pad * s:-lr_pad * s]
         target = out / f"{name}_x{s}.png"

@@ -26,6 +26,7 @@ from pamsr.data import (
     DataError,
     PolarImage,
     TrainPatches,
+    clean_path,
     list_samples,
     load_images,
     read_polar,
@@ -78,15 +79,15 @@ def synthetic_params(cfg: Config) -> dict:
 
 def ensure_synthetic(cfg: Config) -> Path:
     """Stage 1: the synthetic set at ``data.root`` (``raw/``, ``mid_filter/``, ``clean/``, ``shifts.csv`` and the
-    registered ``reg_mid/``), generated on first use into a folder the generator creates, reused when its stamp
-    matches, refused otherwise (:func:`common.datasets.ensure_dataset`)."""
+    registered ``reg/`` and ``reg_mid/`` (+ 3x3 median)), generated on first use into a folder the generator
+    creates, reused when its stamp matches, refused otherwise (:func:`common.datasets.ensure_dataset`)."""
     from pamsr.synth import write_dataset
 
     s, progress = cfg.data.synth, cfg.runtime.progress
 
     def generate(folder: Path) -> None:
-        write_dataset(folder, s.n_samples, s.size, s.max_shift, s.subpixel, s.noise, s.speckle_looks, s.seed,
-                      progress=progress)
+        write_dataset(folder, s, progress=progress)
+        register_folder(folder, RAW_DATASET, "reg", cfg.registration, median=False, progress=progress)
         register_folder(folder, RAW_DATASET, "reg_mid", cfg.registration, progress=progress)
 
     return ensure_dataset(resolve_path(cfg.data.root), synthetic_params(cfg), generate,
@@ -94,11 +95,13 @@ def ensure_synthetic(cfg: Config) -> Path:
 
 
 def split_paths(cfg: Config) -> list[Path]:
-    """Every HR file the run reads: the training folds of ``data.dataset`` and the held-out fold of
-    ``data.test_dataset`` (default ``data.dataset``)."""
+    """Every HR file the run reads: the training folds of ``data.dataset`` and the validation and test folds of
+    ``data.test_dataset`` (default ``data.dataset``), plus their clean ground truth where it exists."""
     train = split_samples(cfg.data, "train")
-    test = split_samples(cfg.data, "test", cfg.data.test_dataset)
-    return [path for _, path in train + test]
+    held_out = split_samples(cfg.data, "val", cfg.data.test_dataset) + split_samples(cfg.data, "test",
+                                                                                     cfg.data.test_dataset)
+    clean = [clean_path(cfg.data, sample) for sample, _ in held_out]
+    return [path for _, path in train + held_out] + [p for p in clean if p is not None]
 
 
 def prepare_data(cfg: Config) -> Path:
@@ -118,14 +121,18 @@ def prepare_data(cfg: Config) -> Path:
 
 @dataclass
 class Splits:
-    """Stage 4: the training images (folds != ``data.fold``) and the held-out images (fold ``data.fold``)."""
+    """Stage 4: the training images, the validation images (fold ``data.val_fold``: best epoch and early stop) and
+    the test images (fold ``data.fold``); with ``data.val_fold: null`` validation = test, as in the official code."""
 
     train: list[PolarImage]
+    val: list[PolarImage]
     test: list[PolarImage]
 
 
 def load_splits(cfg: Config) -> Splits:
-    return Splits(load_images(cfg.data, "train"), load_images(cfg.data, "test", cfg.data.test_dataset))
+    held_out = cfg.data.test_dataset
+    return Splits(load_images(cfg.data, "train"), load_images(cfg.data, "val", held_out),
+                  load_images(cfg.data, "test", held_out))
 
 
 def make_train_loader(cfg: Config, images: list[PolarImage]) -> DataLoader:

@@ -1,28 +1,36 @@
 """Reproduce the PAMSR comparison on one configuration: train the proposed model (SwinIR + registration +
 displacement degradation + gradient patch selection) and the baselines/ablations of the paper's tables on the same
-data and fold, evaluate them with the official protocol (polar PSNR/SSIM) plus Cartesian and displaced-input
-metrics, check the registration module against the synthetic ground-truth shifts, and write
-``runs/pamsr/reproduce/<timestamp>/comparison.{csv,md}`` with a figure of LR / bicubic / ours / HR crops. Each row
-trains (or, for bicubic, only evaluates) in its own run ``runs/pamsr/reproduce-<row>-s<seed>/<timestamp>/``.
+data and folds over several seeds, evaluate them with the official protocol (polar PSNR/SSIM against the HR scan)
+plus the noise-free ground truth (``*_clean``, synthetic data) and displaced-input metrics, check the registration
+module against the synthetic ground-truth shifts, check the paper's claims on the seed means, and write
+``runs/pamsr/reproduce/<timestamp>/comparison.{csv,md}`` (mean and ``_std`` over seeds), ``per_seed.csv``,
+``claims.csv`` and a figure of LR / bicubic / ours / HR crops. Each row and seed trains (or, for bicubic, only
+evaluates) in its own run ``runs/pamsr/reproduce-<row>-s<seed>/<timestamp>/``; ``--jobs N`` runs N of them at a
+time, each with one thread.
 
-    python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--all] [--only ROW,ROW] [key=value ...]
+    python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--all] [--only ROW,ROW]
+                        [--seeds 1,2,3] [--jobs 2] [key=value ...]
 
-Rows: ``pamsr``, ``bicubic``, ``edsr``, ``no_registration`` (trained on the unregistered ``mid_filter`` set),
-``no_displacement`` (no displacement augmentation), ``no_patch_selection`` (uniform patches); ``--all`` adds
-``signed_official_score`` (the official signed Sobel window score) and ``rec_loss`` (+0.5 scanning-consistency loss).
+Rows: ``pamsr``, ``bicubic``, ``edsr``, ``no_registration`` (trained on the unregistered
+``data.unregistered_dataset``), ``no_displacement`` (no displacement augmentation), ``no_patch_selection`` (uniform
+patches); ``--all`` adds ``signed_official_score`` (the official signed Sobel window score) and ``rec_loss`` (+0.5
+scanning-consistency loss).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import DEFAULT_CONFIG, data_root_overrides, parse_reproduce, reproduce_parser
-from common.config import ConfigError, load_config
+from common.config import load_config
 from common.rundir import create_run_dir, resolve_path
 from common.tracking import write_comparison
 from pamsr.data import load_images
@@ -35,13 +43,14 @@ from pamsr.settings import PROJECT_DIR, Config
 from pamsr.synth import make_sample
 from pamsr.train import run_training
 
-__all__ = ["VARIANTS", "EXTRA_VARIANTS", "ROWS", "registration_check", "row_configs", "run_row", "main"]
+__all__ = ["VARIANTS", "EXTRA_VARIANTS", "ROWS", "registration_check", "row_overrides", "row_configs", "run_row",
+           "run_all", "aggregate", "check_claims", "write_table", "main"]
 
 VARIANTS: list[tuple[str, list[str]]] = [
     ("pamsr", []),
     ("bicubic", ["model.name=bicubic"]),
     ("edsr", ["model.name=edsr"]),
-    ("no_registration", ["data.dataset=mid_filter", "data.test_dataset=reg_mid"]),
+    ("no_registration", []),  # see row_overrides
     ("no_displacement", ["displacement.enabled=false"]),
     ("no_patch_selection", ["patch_selection.mode=random"]),
 ]
@@ -51,13 +60,15 @@ EXTRA_VARIANTS: list[tuple[str, list[str]]] = [
 ]
 ROWS = [m for m, _ in VARIANTS + EXTRA_VARIANTS]
 KEEP_PREDICTIONS = ("pamsr", "bicubic")
+COLUMNS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean")
 
 
 def registration_check(cfg: Config, n_subpixel: int = 4) -> dict[str, float]:
-    """Registration of the synthetic set against ``shifts.csv`` (integer) and of freshly rendered images with
-    fractional shifts (sub-pixel mode). Empty dict for real data (no ground truth)."""
+    """Registration of the synthetic set (``<data.dataset>/registration.csv``) against the fixed odd-row shift of
+    ``shifts.csv`` (the drift around it averages out over a scan), and of freshly rendered images with fractional
+    constant shifts (sub-pixel mode). Empty dict for real data (no ground truth)."""
     root = resolve_path(cfg.data.root)
-    truth_file, est_file = root / "shifts.csv", root / "reg_mid" / "registration.csv"
+    truth_file, est_file = root / "shifts.csv", root / cfg.data.dataset / "registration.csv"
     if not (cfg.data.synthetic and truth_file.is_file() and est_file.is_file()):
         return {}
     with truth_file.open() as handle:
@@ -70,7 +81,8 @@ def registration_check(cfg: Config, n_subpixel: int = 4) -> dict[str, float]:
     sub_err = []
     for _ in range(n_subpixel):
         d = float(np.round(rng.uniform(-cfg.data.synth.max_shift, cfg.data.synth.max_shift), 2))
-        raw = make_sample(cfg.data.synth.size, d, rng, cfg.data.synth.noise, cfg.data.synth.speckle_looks)["raw"]
+        synth = cfg.data.synth
+        raw = make_sample(synth.size, d, rng, synth.noise, synth.speckle_looks, synth)["raw"]
         est_d, _ = estimate_shift(raw, cfg.registration.max_shift, subpixel=True,
                                   presmooth=cfg.registration.presmooth)
         sub_err.append(abs(est_d - d))
@@ -78,30 +90,99 @@ def registration_check(cfg: Config, n_subpixel: int = 4) -> dict[str, float]:
     return out
 
 
-def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seed: int) -> list[tuple[str, Config]]:
-    """Every row's validated config (before any work): the base overrides, then the row's own, one experiment per
-    row and seed (``reproduce-<row>-s<seed>``)."""
-    extras = dict(VARIANTS + EXTRA_VARIANTS)
-    return [(m, load_config(Config, config, [*base, *extras[m], f"experiment=reproduce-{m}-s{seed}"],
-                            search_dirs=[PROJECT_DIR])) for m in methods]
+def row_overrides(method: str, base: Config) -> list[str]:
+    """The overrides of one row; ``no_registration`` trains on ``data.unregistered_dataset`` and is tested on the
+    registered set like every other row."""
+    if method == "no_registration":
+        return [f"data.dataset={base.data.unregistered_dataset}",
+                f"data.test_dataset={base.data.test_dataset or base.data.dataset}"]
+    return list(dict(VARIANTS + EXTRA_VARIANTS)[method])
+
+
+def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
+                ) -> list[tuple[str, int, Config]]:
+    """Every (row, seed)'s validated config (before any work): the base overrides, then the row's own, one
+    experiment per row and seed (``reproduce-<row>-s<seed>``)."""
+    cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])
+    return [(m, seed, load_config(Config, config, [*base, *row_overrides(m, cfg), f"seed={seed}",
+                                                   f"experiment=reproduce-{m}-s{seed}"], search_dirs=[PROJECT_DIR]))
+            for m in methods for seed in seeds]
 
 
 def run_row(method: str, cfg: Config) -> tuple[dict, dict]:
-    """Train (unless bicubic) and evaluate one row -> ``(comparison row, predictions of the held-out images)``."""
+    """Train (unless bicubic) and evaluate one row and seed -> ``(row, predictions of the test images)``."""
     tic = time.time()
     if cfg.model.name == "bicubic":
         run, checkpoint = create_run_dir("pamsr", cfg.experiment, cfg, root=cfg.runs_root).path, None
     else:
-        print(f"== {method}: training", flush=True)
+        print(f"== {method} seed {cfg.seed}: training", flush=True)
         run = run_training(cfg)
         checkpoint = run / "checkpoints" / "best.pt"
     summary, _, preds = run_eval(cfg, checkpoint, run / "eval", figures_dir=run / "figures",
                                  keep_predictions=method in KEEP_PREDICTIONS)
     params = count_parameters(build_model(cfg.model, cfg.data.scale, cfg.data.patch_size))
-    row = {"method": method, **{k: v for k, v in summary.items() if k != "n_cases"}, "params": params,
-           "minutes": (time.time() - tic) / 60}
-    print(f"== {method}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()), flush=True)
+    row = {"method": method, "seed": cfg.seed, **{k: v for k, v in summary.items() if k != "n_cases"},
+           "params": params, "minutes": (time.time() - tic) / 60, "run": str(run)}
+    print(f"== {method} seed {cfg.seed}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()), flush=True)
     return row, preds
+
+
+def run_all(tasks: Sequence[tuple[str, int, Config]], jobs: int, on_done: Callable[[list[dict]], None]
+            ) -> tuple[list[dict], dict]:
+    """Every (row, seed), ``jobs`` at a time in fresh processes (``jobs == 1``: in this process, in order).
+    Returns the per-seed rows in task order and the predictions of the first seed's rows."""
+    results: dict[int, tuple[dict, dict]] = {}
+    if jobs <= 1:
+        for i, (method, _, cfg) in enumerate(tasks):
+            results[i] = run_row(method, cfg)
+            on_done([results[k][0] for k in sorted(results)])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_row, method, cfg): i for i, (method, _, cfg) in enumerate(tasks)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                on_done([results[k][0] for k in sorted(results)])
+    rows = [results[i][0] for i in range(len(tasks))]
+    first = tasks[0][1] if tasks else None
+    preds = {tasks[i][0]: results[i][1] for i in range(len(tasks)) if tasks[i][1] == first}
+    return rows, preds
+
+
+def aggregate(per_seed: Sequence[dict]) -> list[dict]:
+    """One row per method: the mean over seeds of each of :data:`COLUMNS`, its ``_std`` (population std over
+    seeds) and the number of ``seeds``; headline column first (official-protocol ``psnr``). Every metric of every
+    seed is in ``per_seed.csv``."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in per_seed):
+        rows = [r for r in per_seed if r["method"] == method]
+        row: dict = {"method": method}
+        for key in [k for k in COLUMNS if k in rows[0]]:
+            values = np.array([r[key] for r in rows], dtype=float)
+            row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+        row |= {"seeds": len(rows), "params": rows[0]["params"],
+                "minutes": float(np.mean([r["minutes"] for r in rows]))}
+        out.append(row)
+    return out
+
+
+def check_claims(rows: Sequence[dict]) -> list[dict]:
+    """The paper's claims on the seed means (PSNR against the clean image; held when the margin is reached):
+    pamsr >= bicubic + 1 dB and >= EDSR; each ablation >= 0.1 dB below pamsr (no_displacement on displaced
+    inputs)."""
+    by = {r["method"]: r for r in rows}
+    specs = [("pamsr >= bicubic + 1.0 dB (psnr_clean)", "bicubic", "psnr_clean", 1.0),
+             ("pamsr >= edsr (psnr_clean)", "edsr", "psnr_clean", 0.0),
+             ("no_registration <= pamsr - 0.1 dB (psnr_clean)", "no_registration", "psnr_clean", 0.1),
+             ("no_patch_selection <= pamsr - 0.1 dB (psnr_clean)", "no_patch_selection", "psnr_clean", 0.1),
+             ("no_displacement <= pamsr - 0.1 dB (psnr_clean_displaced)", "no_displacement",
+              "psnr_clean_displaced", 0.1)]
+    out = []
+    for claim, other, key, margin in specs:
+        if "pamsr" in by and other in by and key in by["pamsr"]:
+            gap = by["pamsr"][key] - by[other][key]
+            spread = by["pamsr"][f"{key}_std"] + by[other][f"{key}_std"]
+            out.append({"claim": claim, "gap_db": gap, "std_sum_db": spread, "held": bool(gap >= margin)})
+    return out
 
 
 def crops_figure(cfg: Config, preds: dict, out: Path) -> list[str]:
@@ -115,49 +196,74 @@ def crops_figure(cfg: Config, preds: dict, out: Path) -> list[str]:
     return ["figures/crops.png"]
 
 
-def notes(cfg: Config, rows: Sequence[dict], reg: dict[str, float], config: str, wall: float) -> str:
-    """The comparison page's text: data, protocol, and what the ablations show as measured."""
-    by = {r["method"]: r for r in rows}
-    lines = [f"Data: `{cfg.data.root}` (dataset `{cfg.data.dataset}`), x{cfg.data.scale}, fold {cfg.data.fold} of "
-             f"{cfg.data.n_folds} (KFold seed {cfg.data.split_seed}); config `{config}`; seed {cfg.seed}; "
-             f"wall time {wall:.1f} min.",
-             "Metrics: psnr/ssim = official protocol (whole zero-padded polar image, SR quantised to 1/255); "
-             "*_cart = after scan conversion to Cartesian; *_displaced = LR inputs whose odd rows are shifted by a "
-             f"seeded offset in ±{cfg.displacement.max_shift} px. Figure columns: LR (nearest) | bicubic | "
-             "ours | HR; top row polar, bottom row Cartesian.",
+def write_table(rows: Sequence[dict], path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def notes(cfg: Config, rows: Sequence[dict], claims: Sequence[dict], reg: dict[str, float], config: str,
+          wall: float) -> str:
+    """The comparison page's text: data, protocol, the claims as measured and the registration check."""
+    seeds = sorted({r["seeds"] for r in rows})
+    val = "the test fold (official)" if cfg.data.val_fold is None else f"fold {cfg.data.val_fold}"
+    lines = [f"Data: `{cfg.data.root}` (dataset `{cfg.data.dataset}`), x{cfg.data.scale}, test fold {cfg.data.fold} "
+             f"of {cfg.data.n_folds} (KFold seed {cfg.data.split_seed}), validation (best epoch) on {val}; config "
+             f"`{config}`; {'/'.join(map(str, seeds))} seeds per row (mean, `_std` = std over seeds); wall time "
+             f"{wall:.1f} min.",
+             "Metrics: psnr/ssim = official protocol (whole zero-padded polar image against the HR scan, SR quantised "
+             "to 1/255); *_clean = the same against the noise-free ground truth; *_displaced = LR inputs whose odd "
+             f"rows are shifted by a seeded offset in ±{cfg.displacement.max_shift} LR px. Figure columns: LR "
+             "(nearest) | bicubic | ours | HR; top row polar, bottom row Cartesian.",
              "Paper numbers: not available to this project (only the abstract); see README."]
-    if "pamsr" in by and "no_displacement" in by:
-        d = by["pamsr"]["psnr_displaced"] - by["no_displacement"]["psnr_displaced"]
-        lines.append(f"Displacement augmentation on displaced test inputs: {d:+.2f} dB PSNR "
-                     f"({'higher' if d > 0 else 'not higher'} than without, as measured).")
+    for c in claims:
+        lines.append(f"Claim {c['claim']}: gap {c['gap_db']:+.2f} dB (sum of the two seed stds {c['std_sum_db']:.2f})"
+                     f" -> {'held' if c['held'] else 'missed'}.")
     if reg:
         lines.append("Registration on the synthetic set: " + ", ".join(f"{k}={v:.3f}" for k, v in reg.items()) + ".")
     return "\n\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, list[tuple[str, int, Config]], Config]:
     parser = reproduce_parser("PAMSR: train + evaluate the method, baselines and ablations on the same data")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds (rows are averaged)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, each in its own process with 1 thread")
     _, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=ROWS)
     config = args.config or DEFAULT_CONFIG
     base = [*args.overrides, *data_root_overrides(args.data_root), *([f"runs_root={args.out}"] if args.out else [])]
+    if args.jobs > 1:
+        base.append("runtime.threads=1")
     methods = args.only or [m for m, _ in VARIANTS + (EXTRA_VARIANTS if args.all else [])]
     try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])
-        configs = row_configs(config, base, methods, cfg.seed)
-    except ConfigError as exc:
+        tasks = row_configs(config, base, methods, seeds)
+    except ValueError as exc:  # ConfigError is a ValueError, and so is a bad --seeds list
         parser.error(str(exc))
+    return args, config, tasks, cfg
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args, config, tasks, cfg = parse(argv)
     tic = time.time()
     prepare_data(cfg)
     out = create_run_dir("pamsr", "reproduce", cfg, root=cfg.runs_root)
-    rows, preds = [], {}
-    for method, row_cfg in configs:
-        row, preds[method] = run_row(method, row_cfg)
-        rows.append(row)
-        write_comparison(rows, out.path, "PAMSR (partial: run in progress)", notes="Rows so far; the run continues.")
+
+    def partial(done: list[dict]) -> None:
+        write_comparison(aggregate(done), out.path, "PAMSR (partial: run in progress)",
+                         notes="Rows so far (means over the seeds finished so far); the run continues.")
+
+    per_seed, preds = run_all(tasks, args.jobs, partial)
+    rows, claims = aggregate(per_seed), check_claims(aggregate(per_seed))
+    write_table(per_seed, out.path / "per_seed.csv")
+    if claims:
+        write_table(claims, out.path / "claims.csv")
     figures = crops_figure(cfg, preds, out.path)
     wall = (time.time() - tic) / 60
     write_comparison(rows, out.path, f"PAMSR x{cfg.data.scale}: method vs baselines and ablations", figures,
-                     notes=notes(cfg, rows, registration_check(cfg), config, wall))
+                     notes=notes(cfg, rows, claims, registration_check(cfg), config, wall))
     print((out.path / "comparison.md").read_text())
     print(f"reproduce finished in {wall:.1f} min: {out.path}")
     return out.path

@@ -75,14 +75,24 @@ class PatchSelectionConfig:
 
 @dataclass
 class SynthConfig:
-    """Synthetic rotational-scan PAM set generated on first use when ``data.synthetic`` (see ``synth.py``)."""
+    """Synthetic rotational-scan PAM set generated on first use when ``data.synthetic`` (see ``synth.py``).
+
+    Odd-row displacement of a scan: sign ``shift_sign`` (1 or -1; 0 = random per scan) times a magnitude in
+    ``[max_shift / 2, max_shift]``, plus a slow sinusoidal ``drift`` (px). Vessels: Gaussian blur ``blur`` px,
+    minimum radius ``min_radius`` px, ``capillaries`` thin trees from the border. Noise: Gamma speckle with
+    ``speckle_looks`` looks and additive Gaussian noise ``noise``."""
 
     n_samples: int = 12
     size: int = 488
     max_shift: int = 4
+    shift_sign: int = 1
+    drift: float = 0.3
     subpixel: bool = False
-    noise: float = 0.02
-    speckle_looks: float = 12.0
+    noise: float = 0.005
+    speckle_looks: float = 200.0
+    blur: float = 0.4
+    min_radius: float = 0.4
+    capillaries: int = 12
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +102,12 @@ class SynthConfig:
             raise ValueError(f"data.synth.size must be even (a diameter through the centre), got {self.size}")
         _at_least("data.synth.max_shift", self.max_shift, 0)
         _at_least("data.synth.noise", self.noise, 0)
+        _at_least("data.synth.drift", self.drift, 0)
+        _at_least("data.synth.blur", self.blur, 0)
+        _at_least("data.synth.min_radius", self.min_radius, 0.05)
+        _at_least("data.synth.capillaries", self.capillaries, 0)
+        if self.shift_sign not in (-1, 0, 1):
+            raise ValueError(f"data.synth.shift_sign must be -1, 0 (random per scan) or 1, got {self.shift_sign}")
         if self.speckle_looks <= 0:
             raise ValueError(f"data.synth.speckle_looks must be > 0, got {self.speckle_looks}")
 
@@ -103,6 +119,10 @@ class DataConfig:
     ``synthetic``: generate the synthetic set into ``root`` on first use (only into a folder the generator created).
     ``verify``: check every listed image before any work (``header``: it decodes its header, ``full``: completely).
     ``test_dataset``: evaluate on another folder with the same sample names (default ``dataset``).
+    ``clean_dataset``: folder of noise-free ground truth with the same sample names (the synthetic ``clean/``);
+    where it exists the metrics ``psnr_clean`` / ``ssim_clean`` are added; ``null`` = none.
+    ``unregistered_dataset``: the same scans without registration (the "no registration" ablation trains on it).
+    ``val_fold``: the fold used for validation (best epoch, early stop); ``null`` = the test fold ``fold`` (official).
     """
 
     root: str = "data/synthetic/pamsr"
@@ -110,12 +130,15 @@ class DataConfig:
     verify: Literal["header", "full", "off"] = "header"
     dataset: str = "reg_mid"
     test_dataset: str | None = None
+    clean_dataset: str | None = "clean"
+    unregistered_dataset: str = "mid_filter"
     scale: int = 2
     pad: int = 12
     median: bool = False
     normalise: Literal["independent", "joint"] = "independent"
     n_folds: int = 5
     fold: int = 0
+    val_fold: int | None = None
     split_seed: int = 55
     patch_size: int = 64
     epoch_size: int = 1000
@@ -128,6 +151,8 @@ class DataConfig:
         _at_least("data.n_folds", self.n_folds, 2)
         if not 0 <= self.fold < self.n_folds:
             raise ValueError(f"data.fold must lie in [0, {self.n_folds}), got {self.fold}")
+        if self.val_fold is not None and not 0 <= self.val_fold < self.n_folds:
+            raise ValueError(f"data.val_fold must lie in [0, {self.n_folds}) or be null, got {self.val_fold}")
         _at_least("data.pad", self.pad, 0)
         _at_least("data.patch_size", self.patch_size, 4)
         _at_least("data.epoch_size", self.epoch_size, 1)
@@ -136,7 +161,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``name: swinir | edsr | rcan | bicubic``; SwinIR-M values by default (official ``src/model/swinir.py``)."""
+    """``name: swinir | edsr | rcan | bicubic``; SwinIR-M values by default (official ``src/model/swinir.py``).
+
+    ``bicubic_skip`` (our deviation, off in the paper configs): output = bicubic(LR) + network(LR) with the last
+    convolution zero-initialised, so that a short CPU run starts from bicubic instead of from noise."""
 
     name: Literal["swinir", "edsr", "rcan", "bicubic"] = "swinir"
     embed_dim: int = 180
@@ -151,6 +179,7 @@ class ModelConfig:
     res_scale: float = 1.0
     n_resgroups: int = 10
     reduction: int = 16
+    bicubic_skip: bool = False
     pretrained: str = "none"
     init_from: str | None = None
 
@@ -184,7 +213,11 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     """Adam with MultiStepLR (``decay`` = milestones in epochs, official ``--decay 200 --gamma 0.5``) and early
-    stopping after ``patience`` epochs without a new best validation PSNR."""
+    stopping after ``patience`` epochs without a new best validation PSNR.
+
+    ``warmup_steps`` (ours; official 0): linear warm-up of the lr over the first optimiser steps. ``schedule:
+    cosine`` (ours) replaces the milestones by a cosine decay to 0 over ``epochs``. The lr factor is applied per
+    optimiser step."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -196,6 +229,8 @@ class OptimConfig:
     gamma: float = 0.5
     patience: int = 30
     grad_clip: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["multistep", "cosine"] = "multistep"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -205,6 +240,7 @@ class OptimConfig:
         _at_least("optim.patience", self.patience, 1)
         _at_least("optim.weight_decay", self.weight_decay, 0)
         _at_least("optim.grad_clip", self.grad_clip, 0)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
         if any(m < 1 for m in self.decay):

@@ -11,8 +11,10 @@ epoch with early stopping (``optim.patience`` epochs without a new best). x4/x8 
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +110,26 @@ def build_loss(cfg: Config, splits: Splits, device: torch.device) -> SRLoss:
     return SRLoss(cfg.loss.l1, cfg.loss.rec, rec)
 
 
-def build_optimiser(optim: OptimConfig, model: torch.nn.Module
+def lr_factor(optim: OptimConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step lr factor: linear warm-up over ``optim.warmup_steps``, then MultiStepLR on epoch milestones (official
+    ``src/utility.py::make_optimizer``; the same lr as stepping MultiStepLR once per epoch) or a cosine decay."""
+    total = max(optim.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        if optim.schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step / total, 1.0)))
+        return warm * optim.gamma ** bisect.bisect_right(sorted(optim.decay), step // steps_per_epoch)
+
+    return factor
+
+
+def build_optimiser(optim: OptimConfig, model: torch.nn.Module, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam + MultiStepLR (official ``src/utility.py::make_optimizer``)."""
+    """Adam + a per-step LambdaLR (:func:`lr_factor`)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                  weight_decay=optim.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.decay), gamma=optim.gamma)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim, max(steps_per_epoch, 1)))
 
 
 def start_or_resume(session: Session, resume_from: Path | None, init_weights: str | None) -> TrainState:
@@ -129,10 +145,10 @@ def start_or_resume(session: Session, resume_from: Path | None, init_weights: st
 
 
 def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float]:
-    """Polar PSNR/SSIM on the held-out fold (training-time overlap ``eval.val_tile_overlap``); keeps ``best.pt`` and
-    logs LR / SR / HR crops of the first held-out image to TensorBoard."""
+    """Polar PSNR/SSIM on the validation fold (training-time overlap ``eval.val_tile_overlap``); keeps ``best.pt``
+    and logs LR / SR / HR crops of the first validation image to TensorBoard."""
     cfg, ev = session.cfg, session.cfg.eval
-    rows, preds = evaluate(session.model, session.splits.test, cfg.data.scale, cfg.data.pad, session.device,
+    rows, preds = evaluate(session.model, session.splits.val, cfg.data.scale, cfg.data.pad, session.device,
                            tiled=ev.tiled, tile=ev.tile, overlap=ev.val_tile_overlap, cartesian=False,
                            amp=cfg.runtime.amp, keep_predictions=True,
                            progress=cfg.runtime.progress and dist_info().is_main)
@@ -142,7 +158,7 @@ def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float
         if dist_info().is_main:
             save_checkpoint(session.run.checkpoints / "best.pt", model=session.model, config=to_dict(cfg),
                             epoch=epoch + 1, step=state.step, best_metric=psnr, extra={"best_epoch": epoch})
-    item = session.splits.test[0]
+    item = session.splits.val[0]
     panels = {"lr": nearest_upsample(item.lr, cfg.data.scale), "sr": preds[item.name], "hr": item.hr}
     session.tracker.log_image("val/lr_sr_hr", crop_grid(panels, cfg.data.pad, min(128, item.hr.shape[0] // 2)),
                               epoch + 1)
@@ -157,9 +173,8 @@ def run_epoch(session: Session, state: TrainState, epoch: int) -> dict[str, floa
     stats = train_one_epoch(session.train_model, session.loader, session.loss_fn, session.optimizer,
                             session.device, cfg.runtime.amp, session.scaler, cfg.optim.grad_clip,
                             progress=cfg.runtime.progress and dist_info().is_main,
-                            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}")
+                            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", scheduler=session.scheduler)
     state.step += int(stats.pop("steps"))
-    session.scheduler.step()
     log = {f"train/{k}": v for k, v in stats.items()}
     log |= {"train/lr": session.optimizer.param_groups[0]["lr"], "train/step": float(state.step)}
     if (epoch + 1) % cfg.eval.val_every == 0 or epoch + 1 == cfg.optim.epochs:
@@ -207,16 +222,18 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     prepare_data(cfg)  # the synthetic set on first use; every listed image checked before the run folder exists
     splits = load_splits(cfg)
     model = build_model(cfg.model, cfg.data.scale, cfg.data.patch_size).to(device)
-    optimizer, scheduler = build_optimiser(cfg.optim, model)
+    loader = make_train_loader(cfg, splits.train)
+    optimizer, scheduler = build_optimiser(cfg.optim, model, len(loader))
     opened = open_run("pamsr", cfg, resume=resume, device=device)
     train_model = maybe_compile(wrap_ddp(model, device), cfg.runtime.compile)
     session = Session(cfg, device, opened.run, splits, model, train_model, build_loss(cfg, splits, device),
-                      optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp),
-                      make_train_loader(cfg, splits.train), Tracker(opened.run.path))
+                      optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp), loader,
+                      Tracker(opened.run.path))
     state = start_or_resume(session, opened.resume_from, init_weights)
     if dist_info().is_main:
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters; {len(splits.train)} train / "
-              f"{len(splits.test)} test images; starting at epoch {state.epoch + 1} of {cfg.optim.epochs}")
+              f"{len(splits.val)} validation / {len(splits.test)} test images; starting at epoch {state.epoch + 1} "
+              f"of {cfg.optim.epochs}")
     fit(session, state)
     finish(session)
     return opened.run.path

@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pamsr.models.swinir import Upsample
+from pamsr.models.upsampling import Upsample, add_bicubic_skip, bicubic_upsample, zero_init
 
 __all__ = ["EDSR", "RCAN", "Bicubic", "bicubic_upsample"]
 
@@ -33,16 +32,19 @@ class EDSR(nn.Module):
     """EDSR for one channel: ``(B, 1, h, w)`` -> ``(B, 1, h*s, w*s)``."""
 
     def __init__(self, upscale: int = 2, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
-                 in_chans: int = 1, out_chans: int = 1):
+                 in_chans: int = 1, out_chans: int = 1, bicubic_skip: bool = False):
         super().__init__()
+        self.upscale, self.bicubic_skip = upscale, bicubic_skip
         self.head = nn.Conv2d(in_chans, n_feats, 3, 1, 1)
         self.body = nn.Sequential(*[_ResBlock(n_feats, res_scale) for _ in range(n_resblocks)],
                                   nn.Conv2d(n_feats, n_feats, 3, 1, 1))
         self.tail = nn.Sequential(Upsample(upscale, n_feats), nn.Conv2d(n_feats, out_chans, 3, 1, 1))
+        if bicubic_skip:
+            zero_init(self.tail[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(x)
-        return self.tail(self.body(x) + x)
+        f = self.head(x)
+        return add_bicubic_skip(self.tail(self.body(f) + f), x, self.upscale, self.bicubic_skip)
 
 
 class _ChannelAttention(nn.Module):
@@ -79,30 +81,19 @@ class RCAN(nn.Module):
     """RCAN for one channel: ``(B, 1, h, w)`` -> ``(B, 1, h*s, w*s)``."""
 
     def __init__(self, upscale: int = 2, n_resgroups: int = 10, n_resblocks: int = 20, n_feats: int = 64,
-                 reduction: int = 16, in_chans: int = 1, out_chans: int = 1):
+                 reduction: int = 16, in_chans: int = 1, out_chans: int = 1, bicubic_skip: bool = False):
         super().__init__()
+        self.upscale, self.bicubic_skip = upscale, bicubic_skip
         self.head = nn.Conv2d(in_chans, n_feats, 3, 1, 1)
         self.body = nn.Sequential(*[_ResidualGroup(n_feats, n_resblocks, reduction) for _ in range(n_resgroups)],
                                   nn.Conv2d(n_feats, n_feats, 3, 1, 1))
         self.tail = nn.Sequential(Upsample(upscale, n_feats), nn.Conv2d(n_feats, out_chans, 3, 1, 1))
+        if bicubic_skip:
+            zero_init(self.tail[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(x)
-        return self.tail(self.body(x) + x)
-
-
-def bicubic_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """``(B, C, h, w)`` -> ``(B, C, h*s, w*s)`` bicubic, with LR pixel ``i`` placed on HR pixel ``s*i``.
-
-    HR pixels beyond the last LR sample (the last ``s-1`` rows/columns) use border extension.
-    """
-    b, c, h, w = lr.shape
-    ys = torch.arange(h * scale, dtype=lr.dtype, device=lr.device) / scale
-    xs = torch.arange(w * scale, dtype=lr.dtype, device=lr.device) / scale
-    gy = 2 * ys / max(h - 1, 1) - 1
-    gx = 2 * xs / max(w - 1, 1) - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).unsqueeze(0).expand(b, -1, -1, -1)
-    return F.grid_sample(lr, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        f = self.head(x)
+        return add_bicubic_skip(self.tail(self.body(f) + f), x, self.upscale, self.bicubic_skip)
 
 
 class Bicubic(nn.Module):

@@ -15,7 +15,6 @@ conv and a residual connection. The official configuration (embed 180, depths 6x
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
+
+from pamsr.models.upsampling import Upsample, add_bicubic_skip, zero_init
 
 __all__ = ["SwinIR", "RSTB", "Upsample", "swinir_m"]
 
@@ -51,21 +52,6 @@ class RSTB(nn.Module):
         return y + x
 
 
-class Upsample(nn.Sequential):
-    """Pixel-shuffle upsampler: ``[conv(F, 4F) + PixelShuffle(2)] x log2(s)`` or ``conv(F, 9F) + PixelShuffle(3)``."""
-
-    def __init__(self, scale: int, num_feat: int):
-        layers: list[nn.Module] = []
-        if scale & (scale - 1) == 0:
-            for _ in range(int(math.log2(scale))):
-                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
-        elif scale == 3:
-            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
-        else:
-            raise ValueError(f"scale {scale} is not supported; use 2, 3, 4 or 8")
-        super().__init__(*layers)
-
-
 class SwinIR(nn.Module):
     """SwinIR (classical SR, pixel-shuffle) with PAMSR's input/output adapter convolutions.
 
@@ -77,7 +63,7 @@ class SwinIR(nn.Module):
                  img_size: int = 64, embed_dim: int = 180, depths: Sequence[int] = (6, 6, 6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.1, patch_norm: bool = True, num_feat: int = 64,
-                 img_range: float = 1.0):
+                 img_range: float = 1.0, bicubic_skip: bool = False):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
@@ -102,6 +88,9 @@ class SwinIR(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, adapter_chans, 3, 1, 1)
         self.conv_final = nn.Conv2d(adapter_chans, out_chans, 3, 1, 1)
         self.apply(self._init_weights)
+        self.bicubic_skip = bicubic_skip
+        if bicubic_skip:
+            zero_init(self.conv_final)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -123,6 +112,7 @@ class SwinIR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, h, w)`` LR in [0, 1] -> ``(B, 1, h*s, w*s)`` SR (not clamped)."""
         h, w = x.shape[-2:]
+        lr = x
         pad_h, pad_w = (-h) % self.window_size, (-w) % self.window_size
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
@@ -131,7 +121,7 @@ class SwinIR(nn.Module):
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         x = self.conv_final(x) / self.img_range
-        return x[..., : h * self.upscale, : w * self.upscale]
+        return add_bicubic_skip(x[..., : h * self.upscale, : w * self.upscale], lr, self.upscale, self.bicubic_skip)
 
 
 def swinir_m(upscale: int, **kwargs) -> SwinIR:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pamsr.pipeline import register_folder
-from pamsr.settings import RegistrationConfig
+from pamsr.settings import RegistrationConfig, SynthConfig
 from pamsr.synth import write_dataset
 
 
@@ -13,6 +13,6 @@ from pamsr.synth import write_dataset
 def synth_root(tmp_path_factory):
     """``raw/``, ``mid_filter/``, ``clean/``, ``shifts.csv`` and the registered ``reg_mid/`` (5 samples, 104 px)."""
     root = tmp_path_factory.mktemp("pamsr_data")
-    write_dataset(root, n_samples=5, size=104, max_shift=3, seed=3)
+    write_dataset(root, SynthConfig(n_samples=5, size=104, max_shift=3, seed=3))
     register_folder(root, "raw", "reg_mid", RegistrationConfig(max_shift=8), progress=False)
     return root

@@ -110,8 +110,9 @@ def test_eval_and_predict(trained, tmp_path):
     base, overrides, run = trained
     summary = pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", str(run / "checkpoints" / "best.pt"),
                                *overrides])
-    for key in ("psnr", "ssim", "psnr_cart", "ssim_cart", "psnr_displaced"):
-        assert np.isfinite(summary[key])
+    for key in ("psnr", "ssim", "psnr_cart", "ssim_cart", "psnr_displaced", "psnr_clean", "ssim_clean",
+                "psnr_clean_displaced"):
+        assert np.isfinite(summary[key]), key
     assert (run / "eval" / "summary.csv").is_file() and (run / "eval" / "per_case.csv").is_file()
     assert (run / "figures" / "eval_crops.png").is_file()
     lr_dir = tmp_path / "lr"
@@ -141,15 +142,21 @@ def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path, capsys):
 @pytest.mark.slow
 def test_reproduce_writes_comparison(trained):
     _, overrides, _ = trained
-    out = reproduce.main(["--config", "configs/ci.yaml", *overrides, "optim.epochs=1",
-                          "--only", "pamsr,bicubic,no_displacement"])
+    out = reproduce.main(["--config", "configs/ci.yaml", *overrides, "optim.epochs=1", "--seeds", "1,2",
+                          "--jobs", "1", "--only", "pamsr,bicubic,no_displacement"])
     with (out / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert out.parent.name == "reproduce" and (out / "config.yaml").is_file() and (out / "env.json").is_file()
     for row in ("pamsr", "bicubic", "no_displacement"):  # one run per row and seed, next to (not inside) reproduce/
-        (sub,) = list((out.parent.parent / f"reproduce-{row}-s1").iterdir())
-        assert (sub / "eval" / "summary.csv").is_file()
+        for seed in (1, 2):
+            (sub,) = list((out.parent.parent / f"reproduce-{row}-s{seed}").iterdir())
+            assert (sub / "eval" / "summary.csv").is_file()
     assert [r["method"] for r in rows] == ["pamsr", "bicubic", "no_displacement"]
-    assert list(rows[0])[:3] == ["method", "psnr", "ssim"]
+    assert list(rows[0])[:5] == ["method", "psnr", "psnr_std", "psnr_clean", "psnr_clean_std"]
+    assert all(r["seeds"] == "2" for r in rows) and float(rows[0]["psnr_std"]) > 0  # two seeds, two trajectories
+    with (out / "per_seed.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 6
+    with (out / "claims.csv").open() as handle:  # only the claims whose rows ran
+        assert [r["claim"].split()[0] for r in csv.DictReader(handle)] == ["pamsr", "no_displacement"]
     assert (out / "comparison.md").is_file() and (out / "figures" / "crops.png").is_file()
     assert "reg_exact_fraction=1.000" in (out / "comparison.md").read_text()
