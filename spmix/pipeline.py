@@ -58,7 +58,8 @@ def locate_data(cfg: Config, progress: bool = False) -> Path:
     root = resolve_path(cfg.data.root)
     if cfg.data.synthetic:
         d = cfg.data
-        return ensure_synthetic(root, d.synth_train, d.synth_val_per_class, d.synth_test_per_class, progress=progress)
+        return ensure_synthetic(root, d.synth_train, d.synth_val_per_class, d.synth_test_per_class,
+                                tail_pool=d.synth_tail_pool, progress=progress)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist; point --data-root at the folder holding the "
                                 f"unzipped ISIC 2018 Task 3 archives (layout in spmix/README.md)")

@@ -1,11 +1,13 @@
 """Reproduce the paper's comparison on the synthetic long-tailed set (or ISIC 2018 with --data-root).
 
 SPMix and every baseline (CE, class-balanced re-sampling, re-weighting, balanced softmax, Mixup, CutMix,
-SaliencyMix, CMO) run through the same train.py with the same budget and seeds; every row trains with CE except
-re-weighting / balanced softmax (their loss). ``--all`` adds the extra rows: ``spmix_paco`` (the official PaCo
-training, two views: the most expensive row), the released code's label rule (``spmix_instance``), uniform 50/50
-token mixing without saliency (``spmix_uniform``, alpha = 0.5) and mixing only half of the steps (``spmix_half``,
-spmix.prob = 0.5; the released code mixes every step).
+SaliencyMix, CMO, re-sampling + Mixup / CutMix, which separate the sampler from the mixing, and ``spmix_uniform``:
+SPMix with the saliency replaced by uniform scores, i.e. r = 0.5 on every token) run through the same train.py
+with the same budget; every row trains with CE except re-weighting / balanced softmax (their loss). The rows the
+claims compare (spmix, ce, resampling, spmix_uniform) get ``--seeds`` seeds, the others one (``--all``: every row
+``--seeds``). ``--all`` adds the extra rows: ``spmix_paco`` (the official PaCo training, two views: the most
+expensive row), the released code's label rule (``spmix_instance``) and mixing only half of the steps
+(``spmix_half``, spmix.prob = 0.5; the released code mixes every step).
 
     python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--seeds 3] [--jobs 2] [--all]
                         [--only spmix,ce] [--out RUNS_ROOT] [key=value ...]
@@ -38,14 +40,19 @@ ROWS: dict[str, list[str]] = {
     "cutmix": ["method=cutmix", "loss.name=ce"],
     "saliencymix": ["method=saliencymix", "loss.name=ce"],
     "cmo": ["method=cmo", "loss.name=ce"],
+    "resampling_mixup": ["method=resampling_mixup", "loss.name=ce"],
+    "resampling_cutmix": ["method=resampling_cutmix", "loss.name=ce"],
+    "spmix_uniform": ["method=spmix", "loss.name=ce", "spmix.alpha=0.5"],  # uniform scores: r = 0.5 everywhere
 }
+KEY_ROWS = ("spmix", "ce", "resampling", "spmix_uniform")   # --seeds seeds; the other rows 1 (all --seeds with --all)
 ABLATIONS: dict[str, list[str]] = {
     "spmix_paco": ["method=spmix", "loss.name=paco"],
     "spmix_instance": ["method=spmix", "loss.name=ce", "spmix.dominant=instance"],
-    "spmix_uniform": ["method=spmix", "loss.name=ce", "spmix.alpha=0.5"],
     "spmix_half": ["method=spmix", "loss.name=ce", "spmix.prob=0.5"],
 }
-METRICS = ("balanced_accuracy", "f1_macro", "tail_recall", "medium_recall", "head_recall", "accuracy", "auc")
+METRICS = ("balanced_accuracy", "tail_recall", "head_recall", "f1_macro", "medium_recall", "accuracy", "auc",
+           "train_tail_recall")
+FINAL_METRICS = ("balanced_accuracy", "tail_recall")   # of the final weights, columns ``final_<metric>``
 
 
 def run_one(argv: list[str]) -> dict:
@@ -53,7 +60,8 @@ def run_one(argv: list[str]) -> dict:
     from spmix.train import main as train_main
 
     out = train_main(argv)
-    return {"test": out["test"], "saliency": out["saliency"], "run_dir": str(out["run_dir"])}
+    return {"test": out["test"], "final": out["test_final"], "saliency": out["saliency"],
+            "run_dir": str(out["run_dir"])}
 
 
 def summarise(results: dict[str, list[dict]]) -> list[dict]:
@@ -65,8 +73,13 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
             vals = np.array([r["test"][metric] for r in runs], dtype=np.float64)
             row[metric] = float(np.nanmean(vals))
             row[f"{metric}_std"] = float(np.nanstd(vals))
+        for metric in FINAL_METRICS:
+            vals = np.array([r["final"][metric] for r in runs], dtype=np.float64)
+            row[f"final_{metric}"] = float(np.nanmean(vals))
+            row[f"final_{metric}_std"] = float(np.nanstd(vals))
         for cls in ("AKIEC", "VASC", "DF"):
             row[f"recall_{cls}"] = float(np.nanmean([r["test"][f"recall_{cls}"] for r in runs]))
+        row["best_epoch"] = float(np.mean([r["test"]["epoch"] for r in runs]))
         row["seeds"] = len(runs)
         rows.append(row)
     return rows
@@ -76,6 +89,11 @@ def select_rows(args) -> dict[str, list[str]]:
     """The default table, ``--all`` adds the ablations, ``--only`` keeps the named rows (in table order)."""
     table = {**ROWS, **ABLATIONS} if args.all or args.only else dict(ROWS)
     return {k: v for k, v in table.items() if not args.only or k in args.only}
+
+
+def row_seeds(name: str, args) -> int:
+    """Seeds of one row: ``--seeds`` for the rows the claims compare (:data:`KEY_ROWS`) and under ``--all``, else 1."""
+    return args.seeds if args.all or name in KEY_ROWS else 1
 
 
 def prepare_once(cfg: Config, seeds: int):
@@ -115,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from spmix.reports import mixed_samples_figure
 
     parser = reproduce_parser("SPMix vs baselines: comparison table on one data set")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (0, 1, ...)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds (0, 1, ...) of spmix, ce, resampling, spmix_uniform; other rows 1 (--all: all)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training processes (runtime.threads each)")
     cfg, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=[*ROWS, *ABLATIONS])
     if args.seeds < 1 or args.jobs < 1:
@@ -128,13 +147,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     base = ["--config", config_file(args.config or DEFAULT_CONFIG), *args.overrides,
             *data_root_overrides(args.data_root), f"runs_root={runs_root}"]
     jobs = [(name, [*base, *extra, f"seed={seed}", f"experiment=reproduce-{name}-s{seed}"])
-            for name, extra in table.items() for seed in range(args.seeds)]
+            for name, extra in table.items() for seed in range(row_seeds(name, args))]
     out = create_run_dir("spmix", "reproduce", cfg, root=runs_root)
     start = time.time()
     rows = summarise(run_jobs(jobs, list(table), args.jobs))
     figure = mixed_samples_figure(cfg, prep, out.figures / "spmix_mixed_samples.png")
-    notes = (f"Data: {prep.data_root} (split {cfg.data.split}); {args.seeds} seeds per row; test subset; metrics are "
-             f"fractions, mean over seeds with `_std`. Saliency detector that ran: {cfg.saliency.resolved}. "
+    notes = (f"Data: {prep.data_root} (split {cfg.data.split}); seeds per row in column `seeds`; test subset, "
+             f"best.pt (`final_*`: the final weights; `train_tail_recall`: best.pt on its training images); metrics "
+             f"are fractions, mean over seeds with `_std` (population std). "
+             f"Saliency detector that ran: {cfg.saliency.resolved}. "
              f"Backbone {cfg.model.backbone} at {cfg.data.img_size} px, {cfg.optim.epochs} epochs, random init; "
              f"every row uses CE except reweighting / balanced_softmax (their loss) and spmix_paco (PaCo). "
              f"Sub-runs: {runs_root}/spmix/reproduce-<row>-s<seed>/. "

@@ -16,7 +16,7 @@ from common.runtime import RuntimeConfig
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")  # column order of the ISIC 2018 Task 3 CSVs
 
 Method = Literal["spmix", "ce", "resampling", "reweighting", "balanced_softmax", "mixup", "cutmix", "saliencymix",
-                 "cmo"]
+                 "cmo", "resampling_mixup", "resampling_cutmix"]
 Split = Literal["official", "pooled_holdout", "lesion_disjoint"]
 LossName = Literal["ce", "reweighting", "balanced_softmax", "paco"]
 SaliencyMethod = Literal["auto", "fine_grained", "spectral_residual"]
@@ -34,6 +34,8 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
     "cutmix": ("instance", "cutmix", "ce"),
     "saliencymix": ("instance", "saliencymix", "ce"),
     "cmo": ("instance", "cmo", "ce"),
+    "resampling_mixup": ("class_balanced", "mixup", "ce"),     # separates the sampler from the mixing
+    "resampling_cutmix": ("class_balanced", "cutmix", "ce"),
 }
 SALIENCY_METHODS = ("spmix", "saliencymix")  # methods that read saliency maps
 
@@ -72,9 +74,10 @@ class DataConfig:
     split: Split = "official"
     split_file: str = ""                 # "" -> data/splits/spmix/<root>-<hash>/<split>_seed<seed>.csv (real data)
     holdout_per_class: int = 46
-    synth_train: int = 700
+    synth_train: int = 400
     synth_val_per_class: int = 20
     synth_test_per_class: int = 30
+    synth_tail_pool: int = 1             # training contexts per tail class in the synthetic set (spurious context)
     img_size: int = 96
     num_workers: int = 0
     cache: bool = True                   # keep decoded images in memory (small data sets)
@@ -87,6 +90,8 @@ class DataConfig:
         _require(self.holdout_per_class >= 1, f"data.holdout_per_class={self.holdout_per_class} must be >= 1")
         _require(self.synth_train >= 7 and self.synth_val_per_class >= 1 and self.synth_test_per_class >= 1,
                  "data.synth_train must be >= 7 and data.synth_val_per_class / synth_test_per_class >= 1")
+        _require(1 <= self.synth_tail_pool <= 4, f"data.synth_tail_pool={self.synth_tail_pool} must lie in [1, 4] "
+                                                 f"(3 tail classes share 12 contexts)")
         _require(self.img_size >= 16, f"data.img_size={self.img_size} must be >= 16")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         for group in ("head", "medium", "tail"):

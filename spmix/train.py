@@ -174,7 +174,9 @@ def run_epochs(training: Training, cfg: Config, loaders: Loaders, run, device, f
 
 def evaluate_test(training: Training, cfg: Config, prep: Prepared, run, device, tracker) -> dict[str, dict]:
     """The test subset with the final weights (``eval/final_summary.csv``) and with ``best.pt``
-    (``eval/summary.csv``, confusion matrix, ROC, a TensorBoard grid). -> {"best": metrics, "final": metrics}."""
+    (``eval/summary.csv``, confusion matrix, ROC, a TensorBoard grid), and ``best.pt`` on its training images
+    (``eval/train_summary.csv``: test recall far below training recall = over-fitting).
+    -> {"best": metrics (+ ``train_*``), "final": metrics}."""
     from common.checkpoint import load_checkpoint
     from spmix.reports import log_predictions, write_evaluation
 
@@ -190,7 +192,12 @@ def evaluate_test(training: Training, cfg: Config, prep: Prepared, run, device, 
     write_evaluation(result, frame, "test", run.eval, run.figures, extra={"checkpoint": "best",
                                                                           "epoch": int(ckpt["epoch"])})
     log_predictions(tracker, result, frame, cfg, cfg.optim.epochs)
-    return {"best": {**result.metrics, "epoch": float(ckpt["epoch"])},
+    train_frame = subset(prep.frame, "train")  # how well best.pt fits its own training images (over-fitting)
+    fit = evaluate(training.model, eval_loader(cfg, train_frame), device, cfg.groups, cfg.runtime.amp)
+    write_evaluation(fit, train_frame, "train", run.eval, prefix="train_", extra={"checkpoint": "best",
+                                                                                 "epoch": int(ckpt["epoch"])})
+    fit_metrics = {f"train_{k}": fit.metrics[k] for k in ("balanced_accuracy", "tail_recall", "head_recall")}
+    return {"best": {**result.metrics, **fit_metrics, "epoch": float(ckpt["epoch"])},
             "final": {**final.metrics, "epoch": float(cfg.optim.epochs)}}
 
 

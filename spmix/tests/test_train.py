@@ -60,6 +60,7 @@ def test_spectral_residual_is_recorded(tmp_path, ci_data):
 
 
 @pytest.mark.parametrize("method,extra", [("cmo", []), ("mixup", []), ("reweighting", []), ("resampling", []),
+                                          ("resampling_cutmix", []),
                                           ("spmix", ["loss.name=paco", "spmix.dominant=instance"]),
                                           ("spmix", ["model.backbone=tiny_resnet"])])
 def test_every_method_runs_one_epoch(tmp_path, ci_data, method, extra):
@@ -81,13 +82,28 @@ def test_reproduce_on_real_data_writes_comparison_and_leaves_the_data_untouched(
     table = pd.read_csv(out / "comparison.csv")
     assert table["method"].tolist() == ["spmix", "ce"]
     assert list(table.columns[:3]) == ["method", "balanced_accuracy", "balanced_accuracy_std"]
-    assert {"f1_macro", "tail_recall", "tail_recall_std"} <= set(table.columns)
+    assert {"f1_macro", "tail_recall", "tail_recall_std", "head_recall", "seeds", "final_balanced_accuracy",
+            "train_tail_recall", "best_epoch"} <= set(table.columns)
+    assert table["seeds"].tolist() == [1, 1]
     assert (out / "figures" / "spmix_mixed_samples.png").stat().st_size > 1000
     assert "spmix_mixed_samples.png" in (out / "comparison.md").read_text()
     for row in ("spmix", "ce"):  # one experiment per row and seed, next to the comparison folder
         runs = list((tmp_path / "runs" / "spmix" / f"reproduce-{row}-s0").iterdir())
         assert len(runs) == 1 and (runs[0] / "checkpoints" / "best.pt").is_file()
         assert yaml.safe_load((runs[0] / "config.yaml").read_text())["data"]["synthetic"] is False
+
+
+def test_reproduce_rows_and_seeds():
+    """The default table's rows in order; the rows the claims compare get --seeds seeds, the others one."""
+    from types import SimpleNamespace
+
+    from spmix.reproduce import ROWS, row_seeds
+
+    assert list(ROWS) == ["spmix", "ce", "resampling", "reweighting", "balanced_softmax", "mixup", "cutmix",
+                          "saliencymix", "cmo", "resampling_mixup", "resampling_cutmix", "spmix_uniform"]
+    args = SimpleNamespace(seeds=3, all=False)
+    assert [row_seeds(r, args) for r in ROWS] == [3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3]
+    assert {row_seeds(r, SimpleNamespace(seeds=3, all=True)) for r in ROWS} == {3}
 
 
 def test_reproduce_only_names_unknown_rows(capsys):
