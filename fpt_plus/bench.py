@@ -12,6 +12,14 @@ blocks, all 12 blocks run; optimised = fused attention in untapped blocks, chunk
 in tapped ones, blocks after the last tapped one skipped, optionally bf16 autocast.
 
     python bench.py [--device cpu|cuda] [--quick] [--batch N] [--out runs/bench]
+    python bench.py --lpm-modes [--lpm-size 512 --lpm-batch 4]   # LPM forward only: the four modes + matmul peak
+
+``--lpm-modes``: the FPT+ LPM forward (ViT-B/16, or ``--config``'s LPM) in the modes ``eager`` (the official code's
+way: explicit attention with the full N x N matrix in every block, all blocks), ``fp32`` (ours), ``bf16`` (ours under
+bf16 autocast; run only where the device has native bf16 units, see ``models/lpm.py:native_bf16``, unless
+``--force-bf16``), ``bf16_compile`` and ``fp32_compile`` (``torch.compile`` of ours), each in a fresh process, with
+seconds per image, achieved GFLOP/s (of the full 12-block forward, so the modes are comparable), peak RSS and the
+speed-up over ``eager``; plus a 2048^3 matmul in fp32 and bf16 as the machine's peak.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from fpt_plus.settings import Config, ModelConfig
 __all__ = ["measure_step", "measure_lpm_forward", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
-TRAIN_METHODS = ("full_finetune", "linear_probe", "vpt", "adapter", "lora", "side_only", "fpt", "fpt_plus",
-                 "fpt_plus_online")
+TRAIN_METHODS = ("full_finetune", "linear_probe", "vpt", "adapter", "lora", "side_only", "side_only_hr", "fpt",
+                 "fpt_plus", "fpt_plus_online")
 
 
 _GEOMETRY: dict[str, str | None] = {"config": None}  # a YAML whose `model:` replaces the paper's ViT-B geometry
@@ -163,6 +171,78 @@ def measure_lpm_forward(mode: str, lpm_size: int, batch: int, device: torch.devi
             "step_s": seconds, "seconds_per_image": seconds / batch, "device": str(device)}
 
 
+def lpm_forward_flops(lpm_size: int) -> float:
+    """FLOPs of one image through every block of the configured LPM (2 per multiply-add): linear layers
+    ``24 d^2 N`` and attention ``4 N^2 d`` per block, plus the patch embedding."""
+    from fpt_plus.models.lpm import num_tokens
+
+    lpm = _config("fpt_plus", lpm_size).model.lpm
+    n, d = num_tokens(lpm_size, lpm.patch_size), lpm.embed_dim
+    hidden = d * lpm.mlp_ratio
+    per_block = 2 * n * (4 * d * d + 2 * d * hidden) + 4 * n * n * d
+    return lpm.depth * per_block + 2 * (n - 1) * 3 * lpm.patch_size ** 2 * d
+
+
+@torch.no_grad()
+def measure_lpm_mode(mode: str, lpm_size: int, batch: int, repeats: int = 2) -> dict[str, Any]:
+    """One CPU/CUDA LPM forward mode (see the module docstring); run it in a fresh process."""
+    from common.runtime import autocast
+    from fpt_plus.models.lpm import FrozenLPM, native_bf16
+    from fpt_plus.profiling import time_steps
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = _config("fpt_plus", lpm_size)
+    lpm = FrozenLPM(cfg.model.lpm, cfg.model.fpt_plus.layers, cfg.model.token_ratio).to(device)
+    images = torch.randn(batch, 3, lpm_size, lpm_size, device=device)
+    amp = "bf16" if mode.startswith("bf16") else "off"
+    forward = torch.compile(lpm) if mode.endswith("compile") else lpm
+
+    def run() -> None:
+        with autocast(device, amp):
+            _eager_lpm_forward(lpm, images) if mode == "eager" else forward(images)
+
+    t0 = time.perf_counter()
+    run()  # warm-up (and compilation)
+    first = time.perf_counter() - t0
+    seconds = time_steps(run, device, repeats=repeats, warmup=0)
+    return {"mode": mode, "lpm_size": lpm_size, "batch": batch, "seconds_per_image": seconds / batch,
+            "first_call_s": first, "gflops_per_s": lpm_forward_flops(lpm_size) * batch / seconds / 1e9,
+            "native_bf16": native_bf16(device), "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """Achieved GFLOP/s of a ``size^3`` matmul in fp32 and bf16 (the machine's practical peak)."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        out[f"matmul_{name}_gflops_per_s"] = 2 * size ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+def run_lpm_modes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every LPM mode in its own fresh process (bf16 modes only with native bf16 or ``--force-bf16``)."""
+    from fpt_plus.models.lpm import native_bf16
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for mode in ("eager", "fp32", "fp32_compile", "bf16", "bf16_compile"):
+        if mode.startswith("bf16") and not (native_bf16(device) or args.force_bf16):
+            rows.append({"mode": mode, "skipped": f"no native bf16 on {device} (avx512_bf16/amx_bf16 absent); "
+                                                  f"--force-bf16 runs it emulated"})
+            continue
+        rows.append(_in_subprocess("mode", mode, args.lpm_size, args.lpm_batch, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
+    eager = next((r for r in rows if r.get("mode") == "eager" and "seconds_per_image" in r), None)
+    for r in rows:
+        if eager and "seconds_per_image" in r:
+            r["speedup_vs_eager"] = eager["seconds_per_image"] / r["seconds_per_image"]
+    return rows
+
+
 def _cache_size(lpm_size: int) -> dict[str, Any]:
     """Measured bytes of one FPT+ preload file (fp32 and fp16) at ``lpm_size``."""
     import tempfile
@@ -201,8 +281,11 @@ def _worker(kind: str, name: str, size: int, batch: int, repeats: int) -> None:
     torch.manual_seed(0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     device = torch.device("cpu")
-    result = (measure_step(name, size, batch, device, repeats) if kind == "step"
-              else measure_lpm_forward(name, size, batch, device, repeats))
+    if kind == "mode":
+        result = measure_lpm_mode(name, size, batch, repeats)
+    else:
+        result = (measure_step(name, size, batch, device, repeats) if kind == "step"
+                  else measure_lpm_forward(name, size, batch, device, repeats))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["peak_rss_mib"] = peak / 1024
     result["peak_rss_above_start_mib"] = (peak - base) / 1024
@@ -218,6 +301,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--config", default=None,
                         help="take the model geometry from this YAML instead of the paper's ViT-B/16 (e.g. ci.yaml)")
+    parser.add_argument("--lpm-modes", action="store_true", help="LPM forward modes + matmul peak only")
+    parser.add_argument("--lpm-size", type=int, default=512, help="--lpm-modes: LPM input size")
+    parser.add_argument("--lpm-batch", type=int, default=4, help="--lpm-modes: images per forward")
+    parser.add_argument("--repeats", type=int, default=2, help="--lpm-modes: timed forwards per mode")
+    parser.add_argument("--force-bf16", action="store_true", help="--lpm-modes: run bf16 without native units")
     parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -264,6 +352,36 @@ def _measure_all(device: torch.device, batch: int, repeats: int, sizes: list[int
     return rows
 
 
+def write_lpm_modes(args: argparse.Namespace) -> Path:
+    """``--lpm-modes``: rows + matmul peak -> ``runs/bench/fpt_plus/<time>-lpm/lpm_modes.{json,csv}``."""
+    import os
+
+    import pandas as pd
+
+    from common.rundir import resolve_path
+
+    start = time.perf_counter()
+    rows = run_lpm_modes(args)
+    summary = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "lpm_size": args.lpm_size, "batch": args.lpm_batch,
+               "gflop_per_image": lpm_forward_flops(args.lpm_size) / 1e9, **matmul_peak(), "rows": rows,
+               "wall_s": time.perf_counter() - start}
+    out = resolve_path(args.out) / "fpt_plus" / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-lpm")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lpm_modes.json").write_text(json.dumps(summary, indent=2))
+    pd.DataFrame(rows).to_csv(out / "lpm_modes.csv", index=False)
+    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
+    print(f"LPM modes written to {out}")
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = _parser().parse_args(argv)
     if args.config is not None:
@@ -278,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from common.rundir import resolve_path
 
+    if args.lpm_modes:
+        return write_lpm_modes(args)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     cuda = device.type == "cuda"

@@ -25,6 +25,7 @@ from common.runtime import setup_runtime
 from fpt_plus.data import IMAGE_SUFFIXES, SPLITS, Record
 from fpt_plus.engine import evaluate, predict
 from fpt_plus.models.factory import build_model
+from fpt_plus.models.lpm import resolve_lpm_amp
 from fpt_plus.pipeline import PROJECT, SCALARS, DataBundle, build_dataset, make_loader, prepare_data, write_evaluation
 from fpt_plus.settings import Config
 
@@ -35,7 +36,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 def load_model(cfg: Config, checkpoint: Path, num_classes: int, device: torch.device) -> torch.nn.Module:
     """The network with the LPM built in (online path) and the checkpoint's learnable weights."""
-    model = build_model(cfg.model, num_classes, preloaded=False, lpm_amp=cfg.runtime.lpm_amp).to(device)
+    amp = resolve_lpm_amp(cfg.model.lpm.amp, device)
+    model = build_model(cfg.model, num_classes, preloaded=False, lpm_amp=amp).to(device)
     model.load_state_dict(load_checkpoint(checkpoint, map_location=device)["model"])
     return model
 

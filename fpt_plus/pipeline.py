@@ -49,7 +49,7 @@ from fpt_plus.data import (
     lpm_transform,
     side_transform,
 )
-from fpt_plus.models.lpm import FrozenLPM, num_selected
+from fpt_plus.models.lpm import FrozenLPM, num_selected, resolve_lpm_amp
 from fpt_plus.settings import FPT_METHODS, Config
 
 __all__ = ["DataBundle", "prepare_data", "lpm_threads", "preload_root", "uses_cache", "side_size", "cache_for",
@@ -152,6 +152,13 @@ def lpm_threads(cfg: Config) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def device_of(cfg: Config) -> torch.device:
+    """The device ``runtime.device`` names (``auto``: CUDA when present), for decisions made before a run starts."""
+    from common.runtime import pick_device
+
+    return pick_device(cfg.runtime.device)
+
+
 def uses_cache(cfg: Config) -> bool:
     """FPT variants and linear probing read cached LPM outputs when ``data.preload`` is on."""
     return cfg.data.preload and cfg.model.method in (*FPT_METHODS, "linear_probe")
@@ -213,7 +220,8 @@ def cache_for(cfg: Config, bundle: DataBundle, variant: str | None = None) -> Pr
         "init_seed": lpm.init_seed if cfg.model.pretrained == "none" else None,
         "token_ratio": cfg.model.token_ratio, "token_imp": cfg.model.token_imp,
         "num_keep": num_selected(lpm.img_size, lpm.patch_size, cfg.model.token_ratio),
-        "dtype": cfg.data.preload_dtype, "mean": bundle.mean, "std": bundle.std, "lpm_amp": cfg.runtime.lpm_amp,
+        "dtype": cfg.data.preload_dtype, "mean": bundle.mean, "std": bundle.std,
+        "lpm_amp": resolve_lpm_amp(cfg.model.lpm.amp, device_of(cfg)),
     }
     return PreloadCache(folder, meta)
 
@@ -251,7 +259,7 @@ def write_cache(cfg: Config, variant: str, bundle: DataBundle, cache: PreloadCac
                          num_workers=cfg.data.num_workers, split_across_ranks=False)  # ``todo`` is this rank's shard
     with lpm_threads(cfg), torch.no_grad():
         for batch in tqdm(loader, desc=f"preload {variant}", leave=False, disable=not cfg.runtime.progress):
-            with autocast(device, cfg.runtime.lpm_amp):
+            with autocast(device, resolve_lpm_amp(cfg.model.lpm.amp, device)):
                 keys, values = lpm(batch["lpm"].to(device))  # (L, B, H, k, d)
             keys, values = keys.float().cpu(), values.float().cpu()
             for j, i in enumerate(batch["index"].tolist()):
@@ -270,9 +278,15 @@ def cached_features(model: torch.nn.Module, cfg: Config, bundle: DataBundle, spl
                          num_workers=cfg.data.num_workers, split_across_ranks=False)  # every rank needs all features
     model.eval()
     with lpm_threads(cfg):
-        feats = [model.encode(batch["lpm"].to(device)).float().cpu()
+        amp = resolve_lpm_amp(cfg.model.lpm.amp, device)
+        feats = [_encode(model, batch["lpm"].to(device), amp)
                  for batch in tqdm(loader, desc=f"features {split}", leave=False, disable=not cfg.runtime.progress)]
     return torch.cat(feats)
+
+
+def _encode(model: torch.nn.Module, images: torch.Tensor, amp: str) -> torch.Tensor:
+    with autocast(images.device, amp):
+        return model.encode(images).float().cpu()
 
 
 def build_loaders(cfg: Config, bundle: DataBundle, model: torch.nn.Module, device: torch.device

@@ -34,6 +34,8 @@ class LPMConfig:
     mlp_ratio: float = 4.0
     init_seed: int = 0  # seed of the random initialisation when model.pretrained=none (same LPM for every method)
     attn_chunk: int = 0  # query-chunk size of tapped-layer attention; 0 = auto (bounded memory)
+    amp: Literal["off", "bf16", "auto"] = "off"  # autocast of the frozen LPM forward; auto = bf16 where the device
+    # has native bf16 matrix units (decided at run time: models/lpm.py:native_bf16), else fp32
 
 
 @dataclass
@@ -172,7 +174,6 @@ class RuntimeConfig(BaseRuntimeConfig):
     """``runtime:``: device, amp (autocast of the trainable path), compile, deterministic, threads (applied by
     ``common.runtime.setup_runtime``; 0 = torch default), progress, plus:"""
 
-    lpm_amp: Literal["off", "bf16", "fp16"] = "off"  # autocast of the frozen LPM forward only
     lpm_threads: int = 0  # torch threads while the frozen LPM runs (preloading, feature caching); 0 = torch default
 
     def __post_init__(self) -> None:

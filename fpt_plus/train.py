@@ -34,6 +34,7 @@ from common.seed import seed_loader_epoch
 from common.tracking import Tracker, plot_curves
 from fpt_plus.engine import evaluate, make_optimizer, make_scheduler, prepare_batch, train_one_epoch
 from fpt_plus.models.factory import build_model, count_learnable, learnable_percent
+from fpt_plus.models.lpm import resolve_lpm_amp
 from fpt_plus.pipeline import (
     PROJECT,
     DataBundle,
@@ -171,13 +172,13 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     """Train ``model.method``; returns the run folder, test metrics of the best/final checkpoints, learnable
     parameters, memory and step time."""
     device = setup_runtime(cfg.runtime, cfg.seed)
-    for amp in (cfg.runtime.amp, cfg.runtime.lpm_amp):
-        autocast(device, amp)  # fp16 without CUDA is refused here, not at the first step
+    autocast(device, cfg.runtime.amp)  # fp16 without CUDA is refused here, not at the first step
+    cfg.model.lpm.amp = resolve_lpm_amp(cfg.model.lpm.amp, device)  # auto -> what this device runs fast
     check_writable(cfg.runs_root)  # before any data work
     bundle = prepare_data(cfg)  # every image checked before the run folder exists
     opened = open_run(PROJECT, cfg, resume=resume, device=device)
     model = build_model(cfg.model, bundle.num_classes, preloaded=uses_cache(cfg),
-                        lpm_amp=cfg.runtime.lpm_amp).to(device)
+                        lpm_amp=cfg.model.lpm.amp).to(device)
     loaders = build_loaders(cfg, bundle, model, device)
     memory = measure_memory(model, loaders["train"], device) if dist_info().is_main else {}
     state = make_state(cfg, model, len(loaders["train"]), device)

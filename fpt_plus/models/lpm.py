@@ -23,8 +23,43 @@ from torch.nn import functional as F
 
 from fpt_plus.settings import LPMConfig
 
-__all__ = ["build_vit", "FrozenLPM", "num_tokens", "num_selected", "select_tokens", "chunked_attention",
+__all__ = ["native_bf16", "resolve_lpm_amp", "build_vit", "FrozenLPM", "num_tokens", "num_selected", "select_tokens",
+           "chunked_attention",
            "reference_frozen_params", "auto_chunk"]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run on native units: CUDA's ``is_bf16_supported``; on a CPU, oneDNN's bf16
+    support *and* the ``avx512_bf16`` or ``amx_bf16`` instruction flag (oneDNN also reports bf16 on AVX-512 CPUs
+    that only emulate it, where it is slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return _onednn_bf16() and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def _onednn_bf16() -> bool:
+    mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and mkldnn_bf16 is not None and mkldnn_bf16())
+
+
+def resolve_lpm_amp(mode: str, device: torch.device) -> str:
+    """``model.lpm.amp`` at run time: ``off`` / ``bf16`` as given, ``auto`` = bf16 where :func:`native_bf16`."""
+    if mode == "auto":
+        return "bf16" if native_bf16(device) else "off"
+    if mode not in ("off", "bf16"):
+        raise ValueError(f"model.lpm.amp must be off, bf16 or auto, got {mode!r}")
+    return mode
 
 
 def num_tokens(img_size: int, patch_size: int) -> int:

@@ -72,10 +72,16 @@ def test_frozen_lpm_runs_with_lpm_threads_zero(ci_root: Path, tmp_path: Path, ma
 
 
 def test_reproduce_trains_lpm_baselines_with_lpm_threads(restore_threads) -> None:
-    """The rows that back-propagate through the LPM get ``runtime.threads=<runtime.lpm_threads>`` (0 = default)."""
-    base, args = reproduce.parse(["runtime.threads=1", "runtime.lpm_threads=0"])
-    for method in ("lora", "full_finetune", "side_only_hr"):
-        argv = reproduce.train_argv(args, base, method, 0, 4, on_cpu=True)
-        assert argv[-1] == "runtime.threads=0" or "runtime.threads=0" in argv, (method, argv)
-    cheap = reproduce.train_argv(args, base, "fpt_plus", 0, 4, on_cpu=True)
-    assert "runtime.threads=0" not in cheap
+    """The rows that back-propagate through the LPM get ``runtime.threads=<runtime.lpm_threads>`` (0 = default) and
+    ``optim.lpm_epochs``; the cheap rows keep the run's own thread count."""
+    base, args = reproduce.parse(["runtime.threads=1", "runtime.lpm_threads=0", "optim.lpm_epochs=3"])
+    for row in ("lora", "full_finetune", "vpt", "adapter"):
+        argv = reproduce.train_argv(args, base, row, 0, on_cpu=True)
+        assert "runtime.threads=0" in argv and "optim.epochs=3" in argv, (row, argv)
+    for row in ("fpt_plus", "side_only", "side_only_hr", "linear_probe"):
+        assert not any(a.startswith(("runtime.threads=", "optim.epochs=")) for a in
+                       reproduce.train_argv(args, base, row, 0, on_cpu=True)[-3:]), row
+    matched = reproduce.train_argv(args, base, "fpt_plus_matched", 1, on_cpu=True)
+    assert "model.method=fpt_plus" in matched and "optim.epochs=3" in matched and "seed=1" in matched
+    random = reproduce.train_argv(args, base, "fpt_plus_random_lpm", 0, on_cpu=True)
+    assert "model.pretrained=none" in random

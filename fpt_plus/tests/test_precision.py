@@ -1,0 +1,86 @@
+"""``model.lpm.amp``: ``auto`` decides bf16 at run time from the device (both branches, by monkeypatching what the
+CPU reports), the decision reaches the preload cache, and a bf16 LPM gives the fp32 AUC at reduced scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fpt_plus.engine import compute_metrics
+from fpt_plus.models import lpm as lpm_module
+from fpt_plus.models.factory import build_model
+from fpt_plus.models.lpm import native_bf16, resolve_lpm_amp
+from fpt_plus.pipeline import build_dataset, make_loader, prepare_data, run_preload
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("onednn", "flags", "expected"), [
+    (True, {"avx2", "avx512_bf16"}, "bf16"), (True, {"amx_bf16"}, "bf16"),
+    (True, {"avx2", "avx512bw"}, "off"),  # oneDNN emulates bf16 on plain AVX-512: slower than fp32
+    (False, {"avx512_bf16"}, "off"),
+])
+def test_auto_is_bf16_only_on_native_bf16_units(monkeypatch, onednn: bool, flags: set[str], expected: str) -> None:
+    monkeypatch.setattr(lpm_module, "_onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(lpm_module, "_cpu_flags", lambda: flags)
+    assert native_bf16(CPU) is (expected == "bf16")
+    assert resolve_lpm_amp("auto", CPU) == expected
+    assert resolve_lpm_amp("off", CPU) == "off" and resolve_lpm_amp("bf16", CPU) == "bf16"
+
+
+def test_this_machine_reports_what_its_cpu_flags_say() -> None:
+    flags = lpm_module._cpu_flags()
+    if not {"avx512_bf16", "amx_bf16"} & flags:
+        assert resolve_lpm_amp("auto", CPU) == "off"
+
+
+def _cache(cfg, bundle, native: bool, monkeypatch, tmp_path: Path, name: str):
+    monkeypatch.setattr(lpm_module, "_onednn_bf16", lambda: native)
+    monkeypatch.setattr(lpm_module, "_cpu_flags", lambda: {"avx512_bf16"} if native else set())
+    return run_preload(cfg(f"data.preload_dir={tmp_path / name}"), bundle)
+
+
+def test_auto_decision_reaches_the_cache_and_bf16_keeps_the_auc(ci_root: Path, tmp_path: Path, make_cfg,
+                                                                monkeypatch) -> None:
+    """With native bf16 reported, ``auto`` preloads under bf16 (meta says so, keys differ from fp32 at bf16
+    precision); a model trained on the fp32 cache scores the same AUC on either cache (reduced scale: ci data)."""
+    def cfg(*extra: str):
+        return make_cfg(ci_root, "model.lpm.amp=auto", *extra)
+
+    bundle = prepare_data(cfg())
+    fp32 = _cache(cfg, bundle, False, monkeypatch, tmp_path, "fp32")
+    bf16 = _cache(cfg, bundle, True, monkeypatch, tmp_path, "bf16")
+    assert fp32.meta["lpm_amp"] == "off" and bf16.meta["lpm_amp"] == "bf16"
+    records = [r for split in ("train", "val", "test") for r in bundle.splits[split]]
+    k32, _ = fp32.load(records[0].key)
+    k16, _ = bf16.load(records[0].key)
+    rel = float((k32 - k16).norm() / k32.norm())
+    assert 0 < rel < 0.05, rel
+
+    torch.manual_seed(0)
+    model = build_model(cfg().model, bundle.num_classes, preloaded=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train = make_loader(build_dataset(cfg(), bundle, "train", model.input_keys, train=False, cache=fp32), 10,
+                        train=False, seed=0)
+    for _ in range(15):
+        for batch in train:
+            loss = torch.nn.functional.cross_entropy(model(batch["side"], batch["keys"], batch["values"]),
+                                                     batch["label"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    aucs, logits = [], []
+    for cache in (fp32, bf16):
+        ds = build_dataset(cfg(), bundle, "train", model.input_keys, train=False, cache=cache, records=records)
+        with torch.no_grad():
+            out = torch.cat([model(b["side"], b["keys"], b["values"]) for b in make_loader(ds, 20, train=False,
+                                                                                             seed=0)])
+        logits.append(out)
+        aucs.append(compute_metrics(np.array([r.label for r in records]), out.numpy(), bundle.num_classes)["auc"])
+    assert aucs[0] > 0.7  # the model learned something, so parity is not trivially chance vs chance
+    assert abs(aucs[0] - aucs[1]) < 0.02, aucs
+    assert float((logits[0] - logits[1]).abs().max()) < 0.1 * float(logits[0].abs().max())
