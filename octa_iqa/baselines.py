@@ -9,10 +9,14 @@ non-outstanding scores, or the upper cut of a 3-component GMM): this shows what 
   max of the map (Defard et al., ICPR 2021; anomalib defaults);
 - ``patchcore``: layers 2-3 with 3x3 neighbourhood aggregation, greedy coreset (10 %), nearest-neighbour distance,
   image score = max (Roth et al., CVPR 2022; without the re-weighting step);
-- ``kmeans_raw``: k-means (k = 3) on PCA of pooled raw backbone features; clusters named by their distance to the
-  mean of the outstanding training images (nearest = outstanding, farthest = ungradable);
-- ``supervised``: the same backbone + a linear head fine-tuned with cross-entropy on all training labels (the upper
-  bound, as in the dataset's own paper, COIPS).
+- ``kmeans_raw_transductive``: k-means (k = 3) on PCA of pooled raw backbone features of the test images (scaler,
+  PCA and k-means are fitted on the test set: transductive); clusters named by their distance to the mean of the
+  outstanding training images (nearest = outstanding, farthest = ungradable);
+- ``supervised``: the same backbone + a linear head fine-tuned with cross-entropy on all training labels, early
+  stopping on a stratified 20 % validation part of the training set (the upper bound, as in the dataset's own
+  paper, COIPS);
+- ``handcrafted_logreg``: global image statistics (:mod:`octa_iqa.handcrafted`) + a class-balanced logistic
+  regression on all training labels (what a simple supervised model reaches).
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from octa_iqa.data import QualityDataset, Record
+from common.seed import seed_loader_epoch
+from octa_iqa.data import QualityDataset, Record, load_image
 from octa_iqa.engine import make_loader
+from octa_iqa.handcrafted import statistics_matrix
 from octa_iqa.model import greedy_coreset, nearest_distances
 from octa_iqa.settings import Config
 from octa_iqa.thresholds import quantile_threshold, second_threshold
 
-__all__ = ["BaselineOutput", "backbone_features", "two_threshold_labels", "padim", "patchcore", "kmeans_raw",
-           "supervised"]
+__all__ = ["BaselineOutput", "backbone_features", "two_threshold_labels", "padim", "patchcore",
+           "kmeans_raw_transductive", "supervised", "handcrafted_logreg"]
 
 
 @dataclass
@@ -131,7 +138,7 @@ def _finish(hold_scores: np.ndarray, test_scores: np.ndarray, cfg: Config) -> Ba
     return BaselineOutput(pred, test_scores, test_scores, tau)
 
 
-def kmeans_raw(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config) -> BaselineOutput:
+def kmeans_raw_transductive(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg: Config) -> BaselineOutput:
     """k-means (k = 3) on raw pooled backbone features of the test images; named by distance to the normal mean."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
@@ -153,9 +160,38 @@ def kmeans_raw(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor], cfg:
     return BaselineOutput(pred, dist, dist)
 
 
+def _probabilities(probs: np.ndarray) -> BaselineOutput:
+    """(N, 3) class probabilities -> prediction, outstanding-vs-rest score 1 - p2, ungradable share p0 / (p0 + p1)."""
+    ug = probs[:, 0] / np.maximum(probs[:, 0] + probs[:, 1], 1e-12)
+    return BaselineOutput(probs.argmax(1), 1.0 - probs[:, 2], ug)
+
+
+def _class_weight(records: Sequence[Record], device: torch.device) -> torch.Tensor:
+    counts = np.bincount([r.label for r in records], minlength=3).astype(np.float64)
+    return torch.tensor(counts.sum() / np.maximum(counts, 1) / 3, dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def _predict_probs(net: nn.Module, records: Sequence[Record], cfg: Config, device: torch.device) -> np.ndarray:
+    net.eval()
+    loader = make_loader(QualityDataset(records, cfg.data, cfg.model.pretrained), cfg.baselines.supervised_batch_size,
+                         False, cfg.seed, cfg.data.num_workers)
+    return torch.cat([net(b["image"].to(device)).softmax(1).cpu() for b in loader]).numpy()
+
+
+def _val_loss(net: nn.Module, records: Sequence[Record], cfg: Config, weight: torch.Tensor,
+              device: torch.device) -> float:
+    probs = torch.from_numpy(_predict_probs(net, records, cfg, device)).clamp_min(1e-8)
+    labels = torch.tensor([r.label for r in records])
+    return float(F.nll_loss(probs.log(), labels, weight=weight.cpu()))
+
+
 def supervised(backbone_state: dict, train_records: Sequence[Record], test_records: Sequence[Record], cfg: Config,
                device: torch.device) -> BaselineOutput:
-    """Fine-tune backbone + linear head on all three classes (cross-entropy, flips/+-5 deg/brightness)."""
+    """Fine-tune backbone + linear head on all three classes (class-weighted cross-entropy, flips/+-5 deg/brightness)
+    until the validation loss has not improved for ``supervised_patience`` epochs; the best epoch is kept."""
+    from sklearn.model_selection import train_test_split
+
     from common.weights import create_timm_model
 
     weights = cfg.model.pretrained if cfg.model.pretrained not in ("none", "selfsup") else "none"
@@ -163,27 +199,46 @@ def supervised(backbone_state: dict, train_records: Sequence[Record], test_recor
     if cfg.model.pretrained == "selfsup":
         net.load_state_dict(backbone_state, strict=False)
     net.to(device)
-    loader = make_loader(QualityDataset(train_records, cfg.data, cfg.model.pretrained, augment=True, seed=cfg.seed),
+    fit, val = train_test_split(list(train_records), test_size=0.2, random_state=cfg.seed,
+                                stratify=[r.label for r in train_records])
+    loader = make_loader(QualityDataset(fit, cfg.data, cfg.model.pretrained, augment=True, seed=cfg.seed),
                          cfg.baselines.supervised_batch_size, True, cfg.seed, cfg.data.num_workers)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.baselines.supervised_lr)
-    counts = np.bincount([r.label for r in train_records], minlength=3).astype(np.float64)
-    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / 3, dtype=torch.float32, device=device)
-    for epoch in range(cfg.baselines.supervised_epochs):
+    weight = _class_weight(train_records, device)
+    best, best_state, bad = float("inf"), None, 0
+    progress = tqdm(range(cfg.baselines.supervised_epochs), desc="supervised", disable=not cfg.runtime.progress)
+    for epoch in progress:
+        seed_loader_epoch(loader, cfg.seed, epoch)
         net.train()
-        total = 0.0
         for batch in loader:
-            logits = net(batch["image"].to(device))
-            loss = F.cross_entropy(logits, torch.as_tensor(batch["label"], device=device), weight=weight)
+            loss = F.cross_entropy(net(batch["image"].to(device)), torch.as_tensor(batch["label"], device=device),
+                                   weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(logits)
-        print(f"[supervised] epoch {epoch + 1}/{cfg.baselines.supervised_epochs} loss={total / len(train_records):.4f}",
-              flush=True)
-    net.eval()
-    test_loader = make_loader(QualityDataset(test_records, cfg.data, cfg.model.pretrained),
-                              cfg.baselines.supervised_batch_size, False, cfg.seed, cfg.data.num_workers)
-    with torch.no_grad():
-        probs = torch.cat([net(b["image"].to(device)).softmax(1).cpu() for b in test_loader]).numpy()
-    ug = probs[:, 0] / np.maximum(probs[:, 0] + probs[:, 1], 1e-12)
-    return BaselineOutput(probs.argmax(1), 1.0 - probs[:, 2], ug)
+        val_loss = _val_loss(net, val, cfg, weight, device)
+        print(f"[supervised] epoch {epoch + 1} train={float(loss):.4f} val={val_loss:.4f}", flush=True)
+        if val_loss < best - 1e-4:
+            best, bad = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= cfg.baselines.supervised_patience:
+                break
+    net.load_state_dict(best_state)
+    return _probabilities(_predict_probs(net, test_records, cfg, device))
+
+
+def handcrafted_logreg(train_records: Sequence[Record], test_records: Sequence[Record], cfg: Config
+                       ) -> BaselineOutput:
+    """Global image statistics + class-balanced logistic regression (standardised features), all training labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def stats(records: Sequence[Record]) -> np.ndarray:
+        return statistics_matrix([load_image(r.path, cfg.data.image_size, cfg.data.resize) for r in records])
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced"))
+    model.fit(stats(train_records), [r.label for r in train_records])
+    return _probabilities(model.predict_proba(stats(test_records)))

@@ -1,10 +1,12 @@
 """Test-time clustering of the non-outstanding images into gradable / ungradable (UNO-QA abstract).
 
-Descriptor per image: global-average-pooled adapted scales (L x D) + [s(x), mean patch score, 99th-percentile patch
-score] (the score block repeated ``score_weight`` times), standardised over the images being clustered; reduced by
-PCA (default, whitened) / t-SNE / UMAP; clustered into 2 groups by k-means or a GMM. The cluster with the higher
-mean s(x) is named ungradable: the rule uses scores only, never labels. If a cluster holds fewer than
-``min_fraction`` of the images, a 2-component GMM on s(x) replaces it (degenerate-cluster guard).
+Descriptor per image, over the images being clustered: the global-average-pooled adapted scales (L x D),
+standardised and reduced by PCA to a few unwhitened components (``n_components``), scaled to unit total variance;
+next to it the score block [s(x), top-1 % patch term, image term, mean patch distance], standardised and scaled to a
+total standard deviation of ``score_weight`` (so ``score_weight`` is the weight of the scores relative to the pooled
+features). t-SNE / UMAP options embed the whole descriptor in 2-D. Clustered into 2 groups by k-means or a GMM.
+The cluster with the higher mean s(x) is named ungradable: the rule uses scores only, never labels. If a cluster
+holds fewer than ``min_fraction`` of the images, a 2-component GMM on s(x) replaces it (degenerate-cluster guard).
 """
 
 from __future__ import annotations
@@ -32,26 +34,37 @@ class ClusterResult:
     fallback: bool
 
 
-def build_descriptor(pooled: np.ndarray, score_feats: np.ndarray, score_weight: float = 1.0) -> np.ndarray:
-    """(N, L*D) pooled adapted features + (N, 3) score features -> (N, F) standardised descriptor."""
+def _unit_block(x: np.ndarray) -> np.ndarray:
+    """Columns standardised, then the block scaled to unit total variance."""
     from sklearn.preprocessing import StandardScaler
 
-    reps = max(1, int(round(score_weight)))
-    raw = np.concatenate([pooled] + [score_feats] * reps, axis=1).astype(np.float64)
-    if len(raw) < 2:
-        return np.zeros_like(raw)
-    return StandardScaler().fit_transform(raw)
+    z = StandardScaler().fit_transform(x)
+    total = float(np.sqrt((z**2).sum(axis=1).mean()))
+    return z / total if total > 0 else z
+
+
+def build_descriptor(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
+    """(N, L*D) pooled adapted features + (N, S) score features -> (N, F) descriptor (see the module docstring)."""
+    pooled = np.asarray(pooled, np.float64)
+    if len(pooled) < 2:
+        return np.zeros((len(pooled), cfg.n_components + score_feats.shape[1]))
+    block = _unit_block(pooled)
+    if cfg.reduce == "pca" and cfg.n_components > 0:
+        from sklearn.decomposition import PCA
+
+        k = max(1, min(cfg.n_components, len(pooled) - 1, pooled.shape[1]))
+        block = _unit_block(PCA(k, whiten=cfg.whiten, random_state=cfg.seed).fit_transform(block))
+    elif cfg.n_components == 0:
+        block = np.zeros((len(pooled), 0))
+    return np.concatenate([block, cfg.score_weight * _unit_block(np.asarray(score_feats, np.float64))], axis=1)
 
 
 def reduce_features(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
+    """The descriptor as it is (``pca``: the reduction is inside :func:`build_descriptor`; ``none``), or its 2-D
+    t-SNE / UMAP embedding."""
     n = len(x)
-    if cfg.reduce == "none" or n < 3:
+    if cfg.reduce in ("pca", "none") or n < 3:
         return x
-    if cfg.reduce == "pca":
-        from sklearn.decomposition import PCA
-
-        k = max(1, min(cfg.n_components, n - 1, x.shape[1]))
-        return PCA(k, whiten=cfg.whiten, random_state=cfg.seed).fit_transform(x)
     if cfg.reduce == "tsne":
         from sklearn.manifold import TSNE
 
@@ -100,7 +113,7 @@ def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: Cl
     if n < 4:  # too few to cluster: all gradable unless clearly separated; use the score split
         assignment = (scores > np.median(scores)).astype(np.int64)
         return ClusterResult(name_clusters(assignment, scores), assignment, np.zeros((n, 2)), True)
-    z = reduce_features(build_descriptor(pooled, score_feats, cfg.score_weight), cfg)
+    z = reduce_features(build_descriptor(pooled, score_feats, cfg), cfg)
     assignment = cluster_two(z, cfg)
     fallback = False
     if np.bincount(assignment, minlength=2).min() < cfg.min_fraction * n:

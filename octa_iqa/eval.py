@@ -25,7 +25,8 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.cli import eval_parser, parse_eval
-from common.runtime import pick_device
+from common.datasets import verify_files
+from common.runtime import dist_info, pick_device
 from common.tracking import plot_confusion_matrix, write_eval_tables
 from octa_iqa.assessment import example_grid, plot_embedding, plot_score_histograms, quality_metrics
 from octa_iqa.cluster import ClusterResult, cluster_non_outstanding
@@ -62,14 +63,20 @@ def load_trained(cfg: Config, checkpoint: str | Path, device: torch.device | Non
     model = build_model(cfg.model, "none")
     model.load_state_dict(ckpt["model"])
     model.to(device or torch.device("cpu")).eval()
-    return model, np.asarray(ckpt["extra"]["holdout_scores"], dtype=np.float64)
+    extra = ckpt["extra"]
+    if "holdout_patch_term" in extra:  # s(x) of the held-out images under this config's image_weight
+        held = model.combine(extra["holdout_patch_term"].double(), extra["holdout_image_term"].double(),
+                             cfg.threshold.image_weight)
+        return model, held.numpy()
+    return model, np.asarray(extra["holdout_scores"], dtype=np.float64)
 
 
 def score_records(model: LowQualityRepresentation, records: Sequence[Record], cfg: Config,
                   device: torch.device) -> ScoredSet:
     loader = make_loader(QualityDataset(records, cfg.data, cfg.model.pretrained), cfg.optim.batch_size, False,
                          cfg.seed, cfg.data.num_workers)
-    return score_loader(model, loader, device, cfg.threshold.top_fraction, cfg.threshold.aggregate)
+    return score_loader(model, loader, device, cfg.threshold.top_fraction, cfg.threshold.aggregate,
+                        cfg.threshold.image_weight)
 
 
 def assess(scored: ScoredSet, holdout_scores: np.ndarray, cfg: Config) -> Assessment:
@@ -117,13 +124,17 @@ def run_eval(cfg: Config, checkpoint: str | Path, out_dir: str | Path, splits: S
              figures: bool = True) -> pd.DataFrame:
     """Evaluate the test split and every configured extra split that exists; returns the summary table."""
     device = pick_device(cfg.runtime.device)
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, with_train=False)  # the evaluated splits only, checked before any work
     model, holdout = load_trained(cfg, checkpoint, device)
     out_dir = Path(out_dir)
     available = {cfg.data.test_split: data.test, **data.extra}
+    for split in splits or []:
+        if split not in available:
+            available[split] = load_records(cfg.data, split)
+            verify_files([r.path for r in available[split]], cfg.data.verify, what="OCTA image")
     rows, tables = [], []
     for split in splits or list(available):
-        records = available[split] if split in available else load_records(cfg.data, split)
+        records = available[split]
         metrics, per_case, _ = evaluate_split(model, holdout, records, cfg, device, out_dir, split, figures)
         rows.append({"split": split, "n": len(records), **_scalar_row(metrics)})
         tables.append(per_case)
@@ -137,6 +148,7 @@ def predict_folder(cfg: Config, checkpoint: str | Path, folder: str | Path, out_
     device = pick_device(cfg.runtime.device)
     model, holdout = load_trained(cfg, checkpoint, device)
     records = list_unlabeled(folder)
+    verify_files([r.path for r in records], cfg.data.verify, what="OCTA image")
     scored = score_records(model, records, cfg, device)
     result = assess(scored, holdout, cfg)
     frame = pd.DataFrame({"path": [str(r.path) for r in records], "score": scored.scores,
@@ -149,7 +161,15 @@ def predict_folder(cfg: Config, checkpoint: str | Path, folder: str | Path, out_
     return frame
 
 
+def refuse_torchrun() -> None:
+    """Only train.py has a torchrun path; evaluation runs in one process."""
+    if dist_info().distributed:
+        raise SystemExit("octa_iqa: evaluation runs in one process (only train.py has a torchrun path); "
+                         "run it with python, not torchrun")
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    refuse_torchrun()
     parser = eval_parser("UNO-QA: evaluate on labelled splits or predict on a folder")
     parser.add_argument("--split", nargs="*", default=None, help="splits to evaluate (default: test + extra)")
     request = parse_eval(Config, argv, parser, "octa_iqa", PROJECT_DIR)

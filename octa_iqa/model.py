@@ -24,7 +24,7 @@ from torch import nn
 from common.weights import create_timm_model
 from octa_iqa.settings import BankConfig, LossConfig, ModelConfig
 
-__all__ = ["build_backbone", "build_model", "LowQualityRepresentation", "Embedding", "nearest_distances",
+__all__ = ["build_backbone", "build_model", "Adaptors", "LowQualityRepresentation", "Embedding", "nearest_distances",
            "compactness_loss",
            "image_scores", "kmeans_bank", "greedy_coreset", "fit_bank", "count_trainable"]
 
@@ -47,6 +47,13 @@ class Embedding:
     scales: list[torch.Tensor]
 
 
+class Adaptors(nn.ModuleList):
+    """Per-scale 1x1 convolutions ``C_l -> D``; a module of its own so that DDP can wrap exactly what trains."""
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [adaptor(f) for adaptor, f in zip(self, feats)]
+
+
 class LowQualityRepresentation(nn.Module):
     """Frozen backbone + trainable adaptors + memory bank buffer ``bank`` (K, E)."""
 
@@ -57,10 +64,15 @@ class LowQualityRepresentation(nn.Module):
             p.requires_grad_(False)
         channels = backbone.feature_info.channels()
         self.kernel = aggregation_kernel
-        self.adaptors = nn.ModuleList(nn.Conv2d(c, adaptor_dim, kernel_size=1) for c in channels)
+        self.adaptors = Adaptors(nn.Conv2d(c, adaptor_dim, kernel_size=1) for c in channels)
         self.embed_dim = adaptor_dim * len(channels)
         self.register_buffer("bank", torch.zeros(bank_size, self.embed_dim))
         self.register_buffer("scale", torch.ones(()))  # mean per-dimension std of the initial normal embeddings
+        # image-level term: Gaussian of the pooled adapted scales of the outstanding images (mean, precision), and
+        # the held-out (median, spread) of the patch term and of the image term that put both on one scale
+        self.register_buffer("pooled_mean", torch.zeros(2 * self.embed_dim))
+        self.register_buffer("pooled_precision", torch.eye(2 * self.embed_dim))
+        self.register_buffer("term_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
     def train(self, mode: bool = True) -> LowQualityRepresentation:
         super().train(mode)
@@ -76,11 +88,12 @@ class LowQualityRepresentation(nn.Module):
                      for f in feats]
         return feats
 
-    def embed(self, x: torch.Tensor | None = None, feats: list[torch.Tensor] | None = None) -> Embedding:
+    def embed(self, x: torch.Tensor | None = None, feats: list[torch.Tensor] | None = None,
+              adaptors: nn.Module | None = None) -> Embedding:
         """(B, 3, S, S) images, or their cached :meth:`backbone_features`, -> :class:`Embedding` with patches
-        (B, E, S/4, S/4)."""
+        (B, E, S/4, S/4). ``adaptors``: the DDP-wrapped :attr:`adaptors` in a torchrun job."""
         feats = self.backbone_features(x) if feats is None else feats
-        scales = [adaptor(f) for adaptor, f in zip(self.adaptors, feats)]
+        scales = (adaptors or self.adaptors)(feats)
         size = scales[0].shape[-2:]
         up = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
               for s in scales]
@@ -91,6 +104,35 @@ class LowQualityRepresentation(nn.Module):
         if bank.ndim != 2 or bank.shape[1] != self.embed_dim:
             raise ValueError(f"bank must be (K, {self.embed_dim}), got {tuple(bank.shape)}")
         self.bank = bank.detach().to(self.bank.device, self.bank.dtype).clone()
+
+    def fit_image_term(self, pooled: np.ndarray) -> None:
+        """Fit the Gaussian (Ledoit-Wolf shrinkage) of (N, 2*L*D) pooled adapted scales (spatial mean and std) of
+        outstanding images."""
+        from sklearn.covariance import LedoitWolf
+
+        pooled = np.asarray(pooled, dtype=np.float64)
+        lw = LedoitWolf().fit(pooled)
+        self.pooled_mean = torch.as_tensor(lw.location_, dtype=torch.float32, device=self.bank.device)
+        self.pooled_precision = torch.as_tensor(lw.precision_, dtype=torch.float32, device=self.bank.device)
+
+    def image_term(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, 2*L*D) pooled adapted scales -> (N,) Mahalanobis distance to the outstanding Gaussian."""
+        delta = pooled.to(self.pooled_mean) - self.pooled_mean
+        return torch.einsum("nd,de,ne->n", delta, self.pooled_precision, delta).clamp_min(0).sqrt()
+
+    def set_term_stats(self, patch_term: np.ndarray, image_term: np.ndarray) -> None:
+        """Median and standard deviation of both terms over held-out outstanding images."""
+        stats = [float(np.median(patch_term)), float(np.std(patch_term)) + 1e-8,
+                 float(np.median(image_term)), float(np.std(image_term)) + 1e-8]
+        self.term_stats = torch.tensor(stats, device=self.bank.device)
+
+    def combine(self, patch_term: torch.Tensor, image_term: torch.Tensor, image_weight: float) -> torch.Tensor:
+        """s(x) = z(patch term) + image_weight * z(image term), each standardised by :meth:`set_term_stats`;
+        ``image_weight = 0`` leaves the raw top-1 % patch score."""
+        if image_weight == 0:
+            return patch_term
+        p_mu, p_sd, g_mu, g_sd = (float(v) for v in self.term_stats)
+        return (patch_term - p_mu) / p_sd + image_weight * (image_term.to(patch_term) - g_mu) / g_sd
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch signature
         key = prefix + "bank"

@@ -42,13 +42,14 @@ def _load_extra(cfg: Config) -> dict[str, list[Record]]:
     return extra
 
 
-def prepare_data(cfg: Config) -> PreparedData:
-    """Generate the synthetic set on first use (``data.synthetic``), read every split and check each image
-    (``data.verify``) before anything is trained or any run folder exists."""
+def prepare_data(cfg: Config, with_train: bool = True) -> PreparedData:
+    """Generate the synthetic set on first use (``data.synthetic``), read every split that is used and check each
+    of its images (``data.verify``; all training images, not only the outstanding ones) before anything is
+    trained or any run folder exists. ``with_train=False`` (evaluation) leaves the training split unread."""
     root = resolve_path(cfg.data.root)
     if cfg.data.synthetic:
         generate_dataset(root, cfg.data.synth)
-    train = load_records(cfg.data, cfg.data.train_split)
+    train = load_records(cfg.data, cfg.data.train_split) if with_train else []
     test = load_records(cfg.data, cfg.data.test_split)
     extra = _load_extra(cfg)
     every = [r.path for records in (train, test, *extra.values()) for r in records]

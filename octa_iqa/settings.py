@@ -26,8 +26,11 @@ class SynthConfig:
     size: int = 128
     train_counts: list[int] = field(default_factory=lambda: [80, 80, 240])  # per label 0, 1, 2
     test_counts: list[int] = field(default_factory=lambda: [60, 60, 60])
-    gradable_severity: tuple[float, float] = (0.12, 0.55)
-    ungradable_severity: tuple[float, float] = (0.45, 1.0)
+    gradable_severity: tuple[float, float] = (0.6, 0.95)  # one artefact, inside a local region
+    ungradable_severity: tuple[float, float] = (0.75, 1.0)  # one artefact over the whole image
+    combined_severity: tuple[float, float] = (0.45, 0.7)  # 2-3 co-occurring artefacts over the whole image
+    ungradable_multi_fraction: float = 0.5
+    local_extent: tuple[float, float] = (0.45, 0.75)  # local region axes as fractions of the side
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -35,10 +38,13 @@ class SynthConfig:
             counts = getattr(self, name)
             if len(counts) != 3 or min(counts) < 0:
                 raise ValueError(f"synth.{name} must hold 3 non-negative counts (labels 0, 1, 2), got {counts}")
-        for name in ("gradable_severity", "ungradable_severity"):
+        for name in ("gradable_severity", "ungradable_severity", "combined_severity", "local_extent"):
             lo, hi = getattr(self, name)
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ValueError(f"synth.{name} must satisfy 0 <= low <= high <= 1, got {(lo, hi)}")
+        if not 0.0 <= self.ungradable_multi_fraction <= 1.0:
+            raise ValueError(f"synth.ungradable_multi_fraction must lie in [0, 1], got "
+                             f"{self.ungradable_multi_fraction}")
 
 
 @dataclass
@@ -48,7 +54,7 @@ class DataConfig:
     ``data/splits/octa_iqa/`` (or ``split_file``), never inside the data root. ``verify``: every listed image is
     checked before any work (``header`` decode, ``full`` decode, or ``off``)."""
 
-    root: str = "data/synthetic/octa_iqa"
+    root: str = "data/synthetic/octa_iqa_v2"
     synthetic: bool = True
     verify: VerifyMode = "header"
     split_file: str | None = None
@@ -62,7 +68,7 @@ class DataConfig:
     extra_splits: list[str] = field(default_factory=list)  # e.g. the two external test folders of sOCTA-3x3-10k
     image_size: int = 128
     resize: int | None = None  # resize before the centre crop (e.g. 256 -> crop 224); null = image_size
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = 0.3  # outstanding training images held out for early stopping and tau
     split_seed: int = 0
     augment: bool = True
     num_workers: int = 0
@@ -147,12 +153,21 @@ class OptimConfig:
 
 @dataclass
 class ThresholdConfig:
-    """Outstanding vs non-outstanding: image score = top-1 % patch distance, tau from held-out outstanding images."""
+    """Outstanding vs non-outstanding: s(x) = z(top-1 % patch distance) + image_weight * z(Mahalanobis distance of
+    the pooled adapted scales to the outstanding training images); tau from held-out outstanding images.
+    ``image_weight: 0`` is the patch score alone."""
 
     rule: Literal["quantile", "otsu", "gmm2"] = "quantile"
     quantile: float = 0.95
-    top_fraction: float = 0.01  # image score = mean of the top 1 % patch distances
+    top_fraction: float = 0.01  # patch term = mean of the top 1 % patch distances
     aggregate: Literal["topk_mean", "max"] = "topk_mean"
+    image_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.quantile < 1.0 or not 0.0 < self.top_fraction <= 1.0 or self.image_weight < 0:
+            raise ValueError(f"threshold.quantile must lie in [0.5, 1), threshold.top_fraction in (0, 1] and "
+                             f"threshold.image_weight >= 0; got {self.quantile}, {self.top_fraction}, "
+                             f"{self.image_weight}")
 
 
 @dataclass
@@ -160,23 +175,29 @@ class ClusterConfig:
     """Test-time clustering of the non-outstanding images into gradable / ungradable (the paper's stage 2)."""
 
     reduce: Literal["pca", "tsne", "umap", "none"] = "pca"
-    n_components: int = 32
-    whiten: bool = True
-    method: Literal["kmeans", "gmm"] = "kmeans"
+    n_components: int = 1  # PCA components of the pooled features (0: score block only)
+    whiten: bool = False
+    method: Literal["kmeans", "gmm"] = "gmm"
     n_init: int = 10
     min_fraction: float = 0.02
-    score_weight: float = 1.0  # replicate factor of the score features in the descriptor
+    score_weight: float = 0.5  # total std of the score block relative to the pooled block (unit total variance)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_components < 0 or self.score_weight < 0 or not 0.0 <= self.min_fraction < 0.5:
+            raise ValueError(f"cluster.n_components and cluster.score_weight must be >= 0 and cluster.min_fraction "
+                             f"in [0, 0.5); got {self.n_components}, {self.score_weight}, {self.min_fraction}")
 
 
 @dataclass
 class BaselineConfig:
-    """Baselines: PaDiM, PatchCore, k-means on raw features, supervised upper bound."""
+    """Baselines: PaDiM, PatchCore, k-means on raw features, supervised upper bounds."""
 
     padim_dims: int = 100
     patchcore_coreset_ratio: float = 0.1
     second_split: Literal["otsu", "gmm3"] = "otsu"
-    supervised_epochs: int = 8
+    supervised_epochs: int = 40  # at most; early stopping on the validation loss
+    supervised_patience: int = 4
     supervised_lr: float = 1e-3
     supervised_batch_size: int = 32
 

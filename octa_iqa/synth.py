@@ -11,10 +11,13 @@ Gradable and ungradable images are the same kind of image with graded artefacts 
 - ``shadow``: a dark ellipse (media opacity / floaters / vignetting);
 - ``projection``: a displaced, blurred ghost of the large vessels.
 
-Each degraded image draws one severity ``t`` in [0, 1] from its class range (gradable 0.12-0.55, ungradable
-0.45-1.0 by default, so the classes overlap as they do in reality) and one to three artefact kinds, each applied at
-``t`` times a jitter. ``meta.csv`` at the root records the severity and kinds of every image (not part of the real
-format; the readers ignore it).
+Severity ``t`` in [0, 1] maps to each kind's physical strength through ``KIND_GAIN``, calibrated so that equal
+severity means equal anomaly magnitude (standardised distance of global image statistics from outstanding
+images, :mod:`octa_iqa.handcrafted`). A gradable image carries one artefact (default ``t`` in 0.6-0.95) inside a
+local region (an ellipse with axes of 45-75 % of the side); an ungradable image carries one severe artefact over
+the whole image (``t`` in 0.75-1.0) or two to three co-occurring moderate ones (``t`` in 0.45-0.7): the quality
+grade is a matter of extent and co-occurrence, not only of one artefact's strength. ``meta.csv`` at the root
+records the severity and kinds of every image (not part of the real format; the readers ignore it).
 
     python synth.py [--root DIR] [--size 128] [--seed 0]
 """
@@ -40,8 +43,10 @@ from octa_iqa.settings import SynthConfig
 __all__ = ["ARTEFACTS", "render_outstanding", "apply_artefact", "degrade", "make_image", "write_dataset", "main"]
 
 ARTEFACTS = ("motion", "blur", "low_signal", "shadow", "projection")
-_ARTEFACT_P = np.array([0.3, 0.2, 0.2, 0.15, 0.15])
 _MAX_LINES = 10
+# severity -> physical strength, calibrated (tests/test_data.py re-measures it) so that the anomaly magnitude
+# averaged over severities 0.25-1 is the same (3.0 standardised units) for every kind at 128 px
+KIND_GAIN = {"motion": 0.785, "blur": 0.377, "low_signal": 1.011, "shadow": 1.913, "projection": 1.537}
 
 
 def render_outstanding(size: int, rng: int | np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -72,12 +77,14 @@ def apply_artefact(image: np.ndarray, kind: str, severity: float, rng: int | np.
                    vessels: np.ndarray | None = None) -> np.ndarray:
     """Apply one artefact at ``severity`` in [0, 1] to an (S, S) float image; severity 0 returns the image.
 
-    Random placements are drawn in a fixed order whatever the severity, so for the same ``rng`` seed a higher
-    severity is the same artefact, only stronger (the severity sweeps of the tests rely on it)."""
+    The physical strength is ``u = KIND_GAIN[kind] * severity``: the gains are calibrated so that one severity gives
+    about the same anomaly magnitude (:func:`octa_iqa.handcrafted.anomaly_magnitude`) for every kind. Random
+    placements are drawn in a fixed order whatever the severity, so for the same ``rng`` seed a higher severity is
+    the same artefact, only stronger (the severity sweeps of the tests rely on it)."""
     rng = as_rng(rng)
     if kind not in ARTEFACTS:
         raise ValueError(f"unknown artefact {kind!r}; choose from {ARTEFACTS}")
-    t = float(np.clip(severity, 0.0, 1.0))
+    u = KIND_GAIN[kind] * float(np.clip(severity, 0.0, 1.0))
     img = image.astype(np.float32).copy()
     s = img.shape[0]
     if kind == "motion":
@@ -85,49 +92,68 @@ def apply_artefact(image: np.ndarray, kind: str, severity: float, rng: int | np.
         levels = rng.uniform(0.6, 1.0, size=_MAX_LINES)
         shift_row = int(rng.integers(s // 5, 4 * s // 5))
         direction = int(rng.choice([-1, 1]))
-        for r, level in zip(rows[: int(round(t * _MAX_LINES))], levels):
-            img[r : r + 2] = np.maximum(img[r : r + 2], level)
-        shift = int(round(direction * t * 0.08 * s))
+        n_lines = min(_MAX_LINES, int(np.ceil(4 * u - 1e-9)))
+        for r, level in zip(rows[:n_lines], levels):
+            img[r : r + 2] = np.maximum(img[r : r + 2], level * min(1.0, u))
+        shift = int(round(direction * u * 0.04 * s))
         if shift:
             img[shift_row:] = np.roll(img[shift_row:], shift, axis=1)
         return img
     if kind == "blur":
-        return ndimage.gaussian_filter(img, 0.2 + 2.0 * t) if t > 0 else img
+        return ndimage.gaussian_filter(img, 2.2 * u) if u > 0.02 else img
     if kind == "low_signal":
         noise = rng.standard_normal(img.shape).astype(np.float32)
-        return np.clip(img * (1.0 - 0.6 * t) + noise * 0.08 * t, 0, 1)
+        return np.clip(img * max(0.05, 1.0 - 0.6 * u) + noise * 0.08 * u, 0, 1)
     if kind == "shadow":
         center = (rng.uniform(0.2, 0.8) * s, rng.uniform(0.2, 0.8) * s)
-        axes = tuple(rng.uniform(0.18, 0.35, size=2) * s)
+        axes = tuple(rng.uniform(0.18, 0.35, size=2) * s * (0.6 + 0.4 * min(u, 2.0)))
         angle = rng.uniform(0, 180)
         mask = ndimage.gaussian_filter(ellipse_mask((s, s), center, axes, angle).astype(np.float32), s / 20)
-        return img * (1.0 - 0.85 * t * mask)
+        return img * (1.0 - min(0.95, 0.85 * u) * mask)
     # projection: a displaced, blurred copy of the large vessels
     ghost = vessels if vessels is not None else (img > 0.7).astype(np.float32)
     dy, dx = rng.integers(-s // 12, s // 12 + 1, size=2)
     ghost = ndimage.gaussian_filter(np.roll(ghost, (int(dy), int(dx)), axis=(0, 1)), 1.5)
-    return np.clip(img + 0.6 * t * ghost / (ghost.max() + 1e-6), 0, 1)
+    return np.clip(img + 0.6 * u * ghost / (ghost.max() + 1e-6), 0, 1)
 
 
 def degrade(image: np.ndarray, severity: float, kinds: Sequence[str], rng: int | np.random.Generator | None = None,
             vessels: np.ndarray | None = None) -> np.ndarray:
-    """Apply several artefacts, each at ``severity`` times a jitter in [0.8, 1.2] (clipped to [0, 1])."""
+    """Apply several artefacts over the whole image, each at ``severity`` times a jitter in [0.9, 1.1]."""
     rng = as_rng(rng)
     img = image
     for kind in kinds:
-        img = apply_artefact(img, kind, float(np.clip(severity * rng.uniform(0.8, 1.2), 0, 1)), rng, vessels)
+        img = apply_artefact(img, kind, float(np.clip(severity * rng.uniform(0.9, 1.1), 0, 1)), rng, vessels)
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def local_region(size: int, extent: float, rng: np.random.Generator) -> np.ndarray:
+    """Soft (S, S) mask in [0, 1] of one ellipse whose axes are about ``extent * S`` / 2, placed at random."""
+    center = tuple(rng.uniform(0.25, 0.75, size=2) * size)
+    axes = tuple(rng.uniform(0.8, 1.2, size=2) * extent * size / 2)
+    mask = ellipse_mask((size, size), center, axes, rng.uniform(0, 180)).astype(np.float32)
+    return ndimage.gaussian_filter(mask, size / 40)
+
+
 def make_image(label: int, cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, float, list[str]]:
-    """One image of class ``label`` (0, 1, 2) -> (uint8 (S, S) image, severity, artefact kinds)."""
+    """One image of class ``label`` (0, 1, 2) -> (uint8 (S, S) image, severity, artefact kinds).
+
+    gradable: one mild artefact confined to a local region; ungradable: one severe artefact over the whole image
+    (probability ``1 - ungradable_multi_fraction``) or 2-3 co-occurring moderate ones over the whole image."""
     base = render_outstanding(cfg.size, rng)
     if label == 2:
         return (base["image"] * 255).round().astype(np.uint8), 0.0, []
-    lo, hi = cfg.ungradable_severity if label == 0 else cfg.gradable_severity
-    severity = float(rng.uniform(lo, hi))
-    n_kinds = int(rng.integers(1, 4))
-    kinds = [str(k) for k in rng.choice(ARTEFACTS, size=n_kinds, replace=False, p=_ARTEFACT_P)]
+    if label == 1:
+        severity = float(rng.uniform(*cfg.gradable_severity))
+        kind = str(rng.choice(ARTEFACTS))
+        region = local_region(cfg.size, float(rng.uniform(*cfg.local_extent)), rng)
+        hit = degrade(base["image"], severity, [kind], rng, base["vessels"])
+        img = region * hit + (1 - region) * base["image"]
+        return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), severity, [kind]
+    multi = bool(rng.random() < cfg.ungradable_multi_fraction)
+    severity = float(rng.uniform(*(cfg.combined_severity if multi else cfg.ungradable_severity)))
+    n_kinds = int(rng.integers(2, 4)) if multi else 1
+    kinds = [str(k) for k in rng.choice(ARTEFACTS, size=n_kinds, replace=False)]
     img = degrade(base["image"], severity, kinds, rng, base["vessels"])
     return (img * 255).round().astype(np.uint8), severity, kinds
 
@@ -156,7 +182,7 @@ def write_dataset(root: str | Path, cfg: SynthConfig) -> Path:
 
 def synth_params(cfg: SynthConfig) -> dict:
     """What determines the synthetic set's content (stored in its stamp)."""
-    return {"generator": "octa_iqa.synth/1", **to_dict(cfg)}
+    return {"generator": "octa_iqa.synth/2", **to_dict(cfg)}
 
 
 def generate_dataset(root: str | Path, cfg: SynthConfig) -> Path:
@@ -168,7 +194,7 @@ def generate_dataset(root: str | Path, cfg: SynthConfig) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Write a synthetic sOCTA-3x3-10k-style quality dataset")
-    parser.add_argument("--root", default="data/synthetic/octa_iqa")
+    parser.add_argument("--root", default="data/synthetic/octa_iqa_v2")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-counts", type=int, nargs=3, default=[80, 80, 240], metavar=("N0", "N1", "N2"))

@@ -25,13 +25,13 @@ from common.checkpoint import load_checkpoint, load_init_weights, restore_traini
 from common.cli import parse_train, train_parser
 from common.config import to_dict
 from common.rundir import RunDir, check_writable, open_run, resolve_path
-from common.runtime import dist_info, setup_runtime
+from common.runtime import barrier, cleanup_distributed, is_main_process, main_process_first, setup_runtime, wrap_ddp
 from common.seed import seed_loader_epoch
 from common.tracking import Tracker, image_grid, plot_curves
 from octa_iqa.data import QualityDataset
 from octa_iqa.engine import collect_patches, evaluate_loss, score_loader, stack_images, train_one_epoch
 from octa_iqa.model import LowQualityRepresentation, build_model, count_trainable, fit_bank
-from octa_iqa.pipeline import TrainLoaders, build_loaders, cache_frozen_features, prepare_data
+from octa_iqa.pipeline import PreparedData, TrainLoaders, build_loaders, cache_frozen_features, prepare_data
 from octa_iqa.selfsup import pretrain_backbone
 from octa_iqa.settings import Config
 
@@ -64,8 +64,11 @@ def _bank_patches(cfg: Config) -> int | None:
 
 
 def _save(run: RunDir, name: str, model, optimizer, cfg: Config, state: TrainState) -> None:
-    save_checkpoint(run.checkpoints / name, model=model, config=to_dict(cfg), epoch=state.epoch, step=state.step,
-                    best_metric=state.best, optimizer=optimizer, extra=state.extra)
+    """Rank 0 writes; every rank waits until the file is complete (the others read ``best.pt`` at the end)."""
+    if is_main_process():
+        save_checkpoint(run.checkpoints / name, model=model, config=to_dict(cfg), epoch=state.epoch, step=state.step,
+                        best_metric=state.best, optimizer=optimizer, extra=state.extra)
+    barrier()
 
 
 def initialise(model: LowQualityRepresentation, cfg: Config, loaders: TrainLoaders, tracker: Tracker,
@@ -103,14 +106,16 @@ def resume_state(path: Path, model, optimizer) -> TrainState:
 
 def fit_adaptors(model, optimizer, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tracker,
                  state: TrainState, device: torch.device) -> None:
-    """The epoch loop: adaptors, bank refresh, held-out compactness, early stopping, best/last checkpoints."""
+    """The epoch loop: adaptors (DDP-wrapped under torchrun), bank refresh, held-out compactness, early stopping,
+    best/last checkpoints."""
     epochs = cfg.optim.epochs if cfg.model.train_head else 0
+    adaptors = wrap_ddp(model.adaptors, device)
     for epoch in tqdm(range(state.epoch, epochs), desc="epochs", disable=not cfg.runtime.progress):
         if state.extra["bad_epochs"] >= cfg.optim.patience:
             break
         tic = time.time()
         seed_loader_epoch(loaders.train, cfg.seed, epoch)
-        terms = train_one_epoch(model, loaders.train, optimizer, cfg.loss, device)
+        terms = train_one_epoch(model, loaders.train, optimizer, cfg.loss, device, adaptors)
         state.epoch, state.step = epoch + 1, state.step + len(loaders.train)
         points = collect_patches(model, loaders.fit, device, _bank_patches(cfg), cfg.seed + epoch + 1)
         model.set_bank(fit_bank(points, cfg.bank, cfg.seed + epoch + 1, previous=model.bank))
@@ -130,11 +135,20 @@ def fit_adaptors(model, optimizer, loaders: TrainLoaders, cfg: Config, run: RunD
 
 
 def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tracker, device: torch.device) -> None:
-    """Reload the best model and store its held-out scores (tau is derived from them); anomaly-map figure."""
+    """Reload the best model, fit the image-level term on the fit images, put both terms on the held-out scale and
+    store the held-out scores s(x) (tau is derived from them); anomaly-map figure."""
     best = load_checkpoint(run.checkpoints / "best.pt")
     model.load_state_dict(best["model"])
-    held = score_loader(model, loaders.hold, device, cfg.threshold.top_fraction, cfg.threshold.aggregate)
-    extra = {**best["extra"], "holdout_scores": torch.from_numpy(held.scores.astype(np.float64))}
+    top, agg = cfg.threshold.top_fraction, cfg.threshold.aggregate
+    model.fit_image_term(score_loader(model, loaders.fit, device, top, agg).pooled)
+    held = score_loader(model, loaders.hold, device, top, agg)
+    model.set_term_stats(held.patch_term, held.image_term)
+    held = score_loader(model, loaders.hold, device, top, agg, cfg.threshold.image_weight)
+    if not is_main_process():
+        return
+    extra = {**best["extra"], "holdout_scores": torch.from_numpy(held.scores.astype(np.float64)),
+             "holdout_patch_term": torch.from_numpy(held.patch_term.astype(np.float64)),
+             "holdout_image_term": torch.from_numpy(held.image_term.astype(np.float64))}
     save_checkpoint(run.checkpoints / "best.pt", model=model, config=to_dict(cfg), epoch=best["epoch"],
                     step=best["step"], best_metric=best["best_metric"], extra=extra)
     shown = QualityDataset(loaders.hold_records[:6], cfg.data, cfg.model.pretrained)
@@ -146,15 +160,17 @@ def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tr
         plot_curves(run.metrics_csv, ["train/compact", "val/compactness"], run.figures / "loss.png")
 
 
-def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> Path:
-    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt`` carry bank + held-out scores)."""
-    if dist_info().world_size > 1:
-        raise RuntimeError("octa_iqa trains in one process (no torchrun path yet); run `python train.py` without it")
+def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None,
+                 data: PreparedData | None = None) -> Path:
+    """Train with ``cfg``; returns the run folder (``checkpoints/{last,best}.pt`` carry bank + held-out scores).
+    ``data``: splits already prepared and checked by the caller (``reproduce.py``), else prepared here."""
     check_writable(cfg.runs_root)
-    device = setup_runtime(cfg.runtime, cfg.seed)
-    data = prepare_data(cfg)  # every image checked before any run folder exists
-    opened = open_run("octa_iqa", cfg, resume=resume, device=device)
+    device = setup_runtime(cfg.runtime, cfg.seed)  # under torchrun: the process group (gloo on CPU, nccl on CUDA)
+    with main_process_first():  # rank 0 generates the synthetic set, the others then only read and check it
+        data = data or prepare_data(cfg)  # every image checked before any run folder exists
+    opened = open_run("octa_iqa", cfg, resume=resume, device=device)  # rank 0 names the folder, all ranks share it
     run = opened.run
+    torch.manual_seed(cfg.seed)  # the same backbone and adaptor initialisation on every rank
     model = build_model(cfg.model, "none" if opened.resume_from else None).to(device)
     loaders = build_loaders(cfg, data.train)
     optimizer = torch.optim.Adam(model.adaptors.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -178,7 +194,10 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = train_parser("UNO-QA: train the low-quality representation module on outstanding images")
     cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
-    return run_training(cfg, resume=args.resume, init_weights=args.init_weights)
+    try:
+        return run_training(cfg, resume=args.resume, init_weights=args.init_weights)
+    finally:
+        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -153,3 +153,32 @@ def test_wrong_config_key_stops_before_work(capsys):
     with pytest.raises(SystemExit):
         train_main(["--config", "configs/ci.yaml", "model.adaptor_dims=8"])
     assert "did you mean `model.adaptor_dim`" in capsys.readouterr().err
+
+
+def test_artefact_kinds_are_calibrated_to_equal_anomaly_magnitude():
+    """Equal severity, about equal anomaly magnitude (global-statistics distance from outstanding images) for every
+    kind: the mean over severities 0.25-1 within 25 % of the calibration target, each kind monotone in severity."""
+    from octa_iqa.handcrafted import anomaly_magnitude, statistics_matrix
+    from octa_iqa.synth import ARTEFACTS
+
+    reference = statistics_matrix([render_outstanding(128, 1000 + i)["image"] for i in range(40)])
+    bases = [render_outstanding(128, seed) for seed in range(6)]
+    for kind in ARTEFACTS:
+        mags = [float(np.median(anomaly_magnitude([apply_artefact(b["image"], kind, t, i + 100, b["vessels"])
+                                                   for i, b in enumerate(bases)], reference)))
+                for t in (0.25, 0.5, 0.75, 1.0)]
+        assert all(a <= b + 0.05 for a, b in zip(mags, mags[1:])), (kind, mags)
+        assert 0.75 * 3.0 < np.mean(mags) < 1.25 * 3.0, (kind, mags)
+
+
+def test_gradable_is_local_and_ungradable_global_or_combined():
+    from octa_iqa.synth import make_image
+
+    cfg = SynthConfig(size=64)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        _, severity, kinds = make_image(1, cfg, rng)
+        assert len(kinds) == 1 and cfg.gradable_severity[0] <= severity <= cfg.gradable_severity[1]
+        _, severity, kinds = make_image(0, cfg, rng)
+        assert (len(kinds) == 1 and severity >= cfg.ungradable_severity[0]) or (
+            len(kinds) in (2, 3) and cfg.combined_severity[0] <= severity <= cfg.combined_severity[1])

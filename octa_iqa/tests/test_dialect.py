@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -33,16 +34,32 @@ def test_data_root_means_real_data(tmp_path, capsys):
     assert "synthetic: false" in out and str(tmp_path) in out
 
 
-def test_truncated_test_image_stops_before_any_checkpoint(tmp_path, make_config):
+@pytest.mark.parametrize("folder", ["test/1", "train/0"])
+def test_truncated_image_stops_before_any_run_folder(tmp_path, make_config, folder):
+    """A truncated image in the test split, or among the non-outstanding training images (never used for training),
+    stops the run up front: nothing is trained and no run folder exists."""
     from octa_iqa.train import run_training
 
     cfg = make_config(tmp_path, "model.pretrained=none")
     generate_dataset(cfg.data.root, cfg.data.synth)
-    victim = sorted((Path(cfg.data.root) / "test" / "1").glob("*.png"))[0]
+    victim = sorted((Path(cfg.data.root) / folder).glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:40])
     with pytest.raises(DataVerificationError, match=victim.name):
         run_training(cfg)
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.pt"))
+    assert not (tmp_path / "runs" / "octa_iqa").exists()
+
+
+def test_eval_reads_only_the_evaluated_splits(trained, tmp_path):
+    """Evaluation checks the splits it evaluates, not the training split (here absent)."""
+    import shutil
+
+    from octa_iqa.eval import main as eval_main
+
+    cfg, run = trained
+    shutil.copytree(Path(cfg.data.root) / "test", tmp_path / "only_test" / "test")
+    summary = eval_main(["--checkpoint", str(run / "checkpoints" / "best.pt"), "--out", str(tmp_path / "ev"),
+                         f"data.root={tmp_path / 'only_test'}", "data.synthetic=false"])
+    assert summary.loc[0, "n"] == 24
 
 
 def test_resumed_run_writes_the_uninterrupted_rows(trained, tmp_path, make_config):
@@ -69,3 +86,35 @@ def test_values_it_cannot_honour_are_refused_before_work(override, message, caps
     with pytest.raises(SystemExit):
         main(["--config", "configs/ci.yaml", override])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_one_run_folder_same_scores(trained, tmp_path):
+    """2 gloo processes: the frozen features are extracted in shares and gathered, the adaptors train under DDP on
+    shares of the same global batches; one run folder, and the held-out scores and loss rows of one process."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from common.checkpoint import load_checkpoint
+
+    cfg, straight = trained
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", str(Path(__file__).parents[1] / "train.py"),
+           "--config", "configs/ci.yaml", f"runs_root={runs}", f"data.root={cfg.data.root}", "model.pretrained=none",
+           "optim.epochs=3", "runtime.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = list((runs / "octa_iqa" / cfg.experiment).iterdir())
+    assert len(folders) == 1, folders
+    got = load_checkpoint(folders[0] / "checkpoints" / "best.pt")["extra"]
+    want = load_checkpoint(straight / "checkpoints" / "best.pt")["extra"]
+    for key in ("holdout_patch_term", "holdout_image_term", "holdout_scores"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-3)
+    rows = pd.read_csv(folders[0] / "metrics.csv").set_index("step")
+    ref = pd.read_csv(straight / "metrics.csv").set_index("step")
+    np.testing.assert_allclose(rows["val/compactness"], ref["val/compactness"], rtol=1e-4)

@@ -87,3 +87,19 @@ def test_hub_weights_fail_offline_with_message():
 
     with pytest.raises(PretrainedWeightsError, match="model.pretrained"):
         build_backbone(ModelConfig(backbone="resnet18", pretrained="hub"))
+
+
+def test_backbone_file_given_by_path_is_loaded_with_imagenet_normalisation(tmp_path):
+    """``model.pretrained=/path``: the file's weights end up in the features_only backbone (the ImageNet row of
+    reproduce.py), and the inputs get ImageNet mean/std."""
+    import timm
+
+    from octa_iqa.data import input_stats
+
+    torch.manual_seed(3)
+    source = timm.create_model("resnet10t", pretrained=False)
+    path = tmp_path / "resnet10t_imagenet.pth"
+    torch.save(source.state_dict(), path)
+    backbone = build_backbone(ModelConfig(backbone="resnet10t", pretrained=str(path)))
+    torch.testing.assert_close(backbone.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+    assert input_stats(str(path))[0] == (0.485, 0.456, 0.406)
