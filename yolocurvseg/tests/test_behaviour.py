@@ -1,6 +1,6 @@
 """Behaviour on the hidden synthetic domain (small): a segmenter that never saw a real label, trained on SCA curves
-composited on the ONE inpainted background, segments the hidden test images far above chance; the fine stage's
-pseudo-labels keep it there."""
+composited on the ONE inpainted background, segments the hidden test images far above chance; the claimed ordering
+(full pipeline >= its coarse stage, > pCE on the same skeleton, >= synthetic-only) holds at reduced scale."""
 
 from pathlib import Path
 
@@ -28,7 +28,10 @@ def _chance_dice(res) -> float:
 
 
 @pytest.mark.slow
-def test_synthetic_curves_alone_segment_the_hidden_domain(tmp_path):
+def test_synthetic_curves_alone_segment_the_hidden_domain_and_the_ordering_holds(tmp_path):
+    """Reduced scale, deterministic (fixed seeds, one thread): synthetic-only is far above chance; the full pipeline
+    is at least as good as its own coarse stage (the fine stage must not lose Dice) and beats pCE on the same
+    skeleton by 0.05 Dice and the synthetic-only ablation."""
     args = ["--config", CFG, f"runs_root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}", *COMMON]
     synth_only = train.main(args + ["method=synthetic_only"])
     chance = _chance_dice(synth_only)
@@ -36,5 +39,8 @@ def test_synthetic_curves_alone_segment_the_hidden_domain(tmp_path):
     assert synth_only.summary["dice"] > 0.5, synth_only.summary
     assert synth_only.summary["cldice"] > 0.5
     full = train.main(args + ["method=yolocurvseg", "experiment=yolo"])
-    assert full.summary["dice"] > 0.5, full.summary
-    assert full.summary["dice"] > full.stage_summaries["coarse"]["dice"] - 0.05
+    pce = train.main(args + ["method=pce_skeleton", "experiment=pce"])
+    dice, coarse = full.summary["dice"], full.stage_summaries["coarse"]["dice"]
+    assert dice >= coarse, (dice, coarse)
+    assert dice >= pce.summary["dice"] + 0.05, (dice, pce.summary)
+    assert dice >= synth_only.summary["dice"], (dice, synth_only.summary)

@@ -46,3 +46,45 @@ def test_reproduce_cli_checks_rows_and_parses(capsys):
     with pytest.raises(SystemExit) as info:
         reproduce.main(["--only", "yolocurvseg,full_supervision", "--print-config"])
     assert info.value.code == 0
+
+
+def test_plan_gives_every_row_three_runs_and_full_supervision_three_seeds():
+    from yolocurvseg.reproduce import ABLATIONS, Plan, plan_jobs
+
+    rows = ["yolocurvseg", "full_supervision", "pce_skeleton", "synthetic_only", "yolocurvseg_coarse"]
+    jobs = plan_jobs(Plan(rows, ["09", "15", "20"], [0], "runs"))
+    count = {r: sum(j.row == r for j in jobs) for r in rows}
+    assert count == {"yolocurvseg": 3, "full_supervision": 3, "pce_skeleton": 3, "synthetic_only": 3,
+                     "yolocurvseg_coarse": 0}  # the coarse row comes out of each yolocurvseg run
+    assert sorted(j.seed for j in jobs if j.row == "full_supervision") == [0, 1, 2]
+    assert [j.row for j in jobs[:4]] == ["yolocurvseg", "pce_skeleton", "synthetic_only", "full_supervision"]
+    every = plan_jobs(Plan([*rows, "pce_skeleton_all", *ABLATIONS], ["a", "b", "c", "d", "e"], [0, 1, 2], "runs"))
+    assert sum(j.row == "yolocurvseg_no_psf" for j in every) == 15
+    assert all(j.extra == ("curves.psf=off",) for j in every if j.row == "yolocurvseg_no_psf")
+
+
+def test_full_supervision_gets_the_pipelines_segmenter_steps():
+    from common.config import apply_overrides, from_dict, to_dict
+    from yolocurvseg.settings import Config
+    from yolocurvseg.train import matched_steps
+
+    cfg = from_dict(Config, apply_overrides(to_dict(Config()), ["optim.steps=300", "fine.steps=150", "fine.rounds=2"]))
+    assert matched_steps(cfg) == 600
+    cfg.fine.enabled = False
+    assert matched_steps(cfg) == 300
+
+
+def test_small_components_are_removed_inside_the_fov():
+    import numpy as np
+
+    from yolocurvseg.engine import postprocess
+
+    mask = np.zeros((20, 20), bool)
+    mask[2, 2:18] = True  # a 16-px vessel piece: kept
+    mask[10:12, 10:12] = True  # a 4-px blob: removed
+    mask[18, 0:3] = True  # outside the FOV: removed
+    fov = np.ones((20, 20), bool)
+    fov[17:] = False
+    out = postprocess(mask, fov, 5)
+    assert out[2, 2:18].all() and not out[10:12, 10:12].any() and not out[17:].any()
+    np.testing.assert_array_equal(postprocess(mask, fov, 0), mask)
