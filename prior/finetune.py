@@ -1,8 +1,9 @@
-"""Downstream evaluation of a pre-trained PRIOR image encoder: linear probe, segmentation (detection: planned).
+"""Downstream evaluation of a pre-trained PRIOR image encoder: linear probe, segmentation, detection.
 
     python finetune.py --config configs/default.yaml finetune.task=probe finetune.dataset=chexpert \\
         finetune.fraction=0.1 finetune.init=/path/to/checkpoints/last.pt
     python finetune.py --config configs/rsna.yaml finetune.task=seg finetune.init=none     # random init baseline
+    python finetune.py --config configs/object_cxr.yaml finetune.task=det finetune.init=/path/to/last.pt
 
 Writes ``runs/prior/<experiment>-<task>-<dataset>/<timestamp>/eval/{summary,per_case}.csv``.
 """
@@ -17,6 +18,7 @@ from common.cli import parse_train, train_parser
 from common.rundir import open_run, resolve_path
 from common.runtime import setup_runtime
 from common.tracking import write_eval_tables
+from prior.detection import build_detector, evaluate_det, train_det
 from prior.finetuning import SegNet, evaluate_seg, task_data, train_probe, train_seg
 from prior.models import build_image_encoder
 from prior.settings import Config
@@ -43,9 +45,6 @@ def run_finetune(cfg: Config) -> tuple[Path, dict]:
     """Run ``cfg.finetune`` and return the run folder and the summary metrics."""
     device = setup_runtime(cfg.runtime, cfg.seed)
     ft = cfg.finetune
-    if ft.task == "det":
-        raise NotImplementedError("finetune.task=det (RetinaNet + FPN) is planned and not implemented yet; use "
-                                  "probe or seg")
     data = task_data(cfg)
     encoder = build_image_encoder(cfg.model, cfg.data.image_size).to(device)
     source = load_encoder_weights(encoder, ft.init)
@@ -55,6 +54,9 @@ def run_finetune(cfg: Config) -> tuple[Path, dict]:
     per_case: list[dict] = []
     if ft.task == "probe":
         summary = train_probe(encoder, data, cfg, device)
+    elif ft.task == "det":
+        det = build_detector(encoder, cfg.data.image_size, ft.det_width, ft.det_head_convs).to(device)
+        summary, per_case = evaluate_det(train_det(det, data, cfg, device), data, cfg, device)
     else:
         net = train_seg(SegNet(encoder).to(device), data, cfg, device)
         summary, per_case = evaluate_seg(net, data, cfg, device)

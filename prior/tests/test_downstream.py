@@ -1,4 +1,4 @@
-"""eval.py on a ci checkpoint (zero-shot, retrieval, prediction), finetune.py probe and segmentation, the
+"""eval.py on a ci checkpoint (zero-shot, retrieval, prediction), finetune.py probe, segmentation and detection, the
 zero-shot head's argmax, and bad fine-tuning requests."""
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def test_finetune_probe_and_seg(ci_run):
     seg = finetune_module.main([*common, "finetune.task=seg", "finetune.dataset=rsna", "finetune.epochs=1",
                                 "finetune.init=none"])
     assert 0.0 <= seg["seg_dice"] <= 1.0 and seg["seg_cases"] >= 1
+    det = finetune_module.main([*common, "finetune.task=det", "finetune.dataset=object_cxr", "finetune.epochs=1",
+                                "finetune.det_width=8", "finetune.init=none"])
+    assert -1.0 <= det["det_map"] <= 1.0 and det["det_cases"] >= 1
 
 
 def test_bad_finetune_requests():
