@@ -18,13 +18,13 @@ from torch import nn
 from tqdm import tqdm
 
 from common.metrics import psnr, ssim
-from common.runtime import autocast, backward_and_step
+from common.runtime import autocast, backward_and_step, unwrap_model
 from pamsr.data import check_pair
 from pamsr.degradation import displace_odd_rows
 from pamsr.geometry import polar_to_cartesian, unpad_image
 from pamsr.inference import super_resolve
 
-__all__ = ["train_one_epoch", "quantise", "image_metrics", "predict_image", "predict", "displaced_images",
+__all__ = ["WeightEMA", "train_one_epoch", "quantise", "image_metrics", "predict_image", "predict", "displaced_images",
            "evaluate"]
 
 
@@ -32,7 +32,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, max_steps: int | None = None,
                     progress: bool = False, desc: str = "train",
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, float]:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, ema: WeightEMA | None = None
+                    ) -> dict[str, float]:
     """One pass over ``loader`` (batches of ``lr`` ``(B, 1, p, p)``, ``hr`` ``(B, 1, sp, sp)``) -> mean losses and
     ``steps`` (the number of optimiser steps taken). ``scheduler`` is stepped after every optimiser step."""
     model.train()
@@ -48,12 +49,38 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss_
         backward_and_step(loss, optimizer, scaler, model.parameters(), grad_clip)
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update(model)
         for k, v in {"loss": float(loss.detach()), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1
         if max_steps is not None and steps >= max_steps:
             break
     return {k: v / max(steps, 1) for k, v in sums.items()} | {"steps": float(steps)}
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (``shadow = d * shadow + (1 - d) * w`` after
+    every optimiser step; integer buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in unwrap_model(model).state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.shadow[key].copy_(value)
 
 
 def quantise(image: np.ndarray) -> np.ndarray:
@@ -76,17 +103,17 @@ def image_metrics(sr: np.ndarray, hr: np.ndarray, pad: int, cartesian: bool = Tr
 
 
 def predict_image(model: nn.Module, lr: np.ndarray, scale: int, device: torch.device, tiled: bool, tile: int,
-                  overlap: int, amp: str = "off") -> np.ndarray:
+                  overlap: int, amp: str = "off", self_ensemble: bool = False) -> np.ndarray:
     """``(h, w)`` LR in [0, 1] -> ``(h*s, w*s)`` SR in [0, 1] (float32)."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None].to(device)
     with autocast(device, amp):
-        sr = super_resolve(model, x, scale, tiled, tile, overlap)
+        sr = super_resolve(model, x, scale, tiled, tile, overlap, self_ensemble)
     return sr[0, 0].float().cpu().numpy()
 
 
 def predict(model: nn.Module, images: Sequence, scale: int, device: torch.device, *, tiled: bool = True,
-            tile: int = 64, overlap: int = 48, amp: str = "off", progress: bool = False
+            tile: int = 64, overlap: int = 48, amp: str = "off", progress: bool = False, self_ensemble: bool = False
             ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Super-resolve every ``PolarImage`` -> ``(indices, targets, outputs)``: case names, padded HR ``(H, W)`` and SR
     ``(H, W)`` in [0, 1]."""
@@ -95,7 +122,7 @@ def predict(model: nn.Module, images: Sequence, scale: int, device: torch.device
         check_pair(item.lr, item.hr, scale, item.name)
         names.append(item.name)
         targets.append(item.hr)
-        outputs.append(predict_image(model, item.lr, scale, device, tiled, tile, overlap, amp))
+        outputs.append(predict_image(model, item.lr, scale, device, tiled, tile, overlap, amp, self_ensemble))
         check_pair(item.lr, outputs[-1], scale, f"{item.name} (network output)")
     return names, targets, outputs
 
@@ -112,14 +139,15 @@ def displaced_images(images: Sequence, max_shift: int, seed: int) -> list:
 
 def evaluate(model: nn.Module, images: Sequence, scale: int, pad: int, device: torch.device, *, tiled: bool = True,
              tile: int = 64, overlap: int = 48, cartesian: bool = True, displaced_shift: int = 0, seed: int = 0,
-             amp: str = "off", keep_predictions: bool = False, progress: bool = False
+             amp: str = "off", keep_predictions: bool = False, progress: bool = False, self_ensemble: bool = False
              ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Per-image metrics on ``images`` (``PolarImage``). With ``displaced_shift > 0`` the metrics are repeated on
     displaced LR inputs (:func:`displaced_images`, columns ``*_displaced``).
 
     Returns ``(rows, predictions)``; ``predictions`` maps image name -> SR ``(H, W)`` when ``keep_predictions``.
     """
-    run = {"tiled": tiled, "tile": tile, "overlap": overlap, "amp": amp, "progress": progress}
+    run = {"tiled": tiled, "tile": tile, "overlap": overlap, "amp": amp, "progress": progress,
+           "self_ensemble": self_ensemble}
     names, targets, outputs = predict(model, images, scale, device, **run)
     rows = [{"case": n, **image_metrics(sr, hr, pad, cartesian, item.clean)}
             for n, hr, sr, item in zip(names, targets, outputs, images)]

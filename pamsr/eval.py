@@ -68,7 +68,13 @@ def load_model(cfg: Config, checkpoint: str | Path | None, device: torch.device)
         raise CheckpointError(f"{checkpoint} was trained at x{scale} but data.scale={cfg.data.scale}; "
                               f"set data.scale={scale} or use a x{cfg.data.scale} checkpoint")
     model = build_model(model_cfg, scale).to(device)
-    model.load_state_dict(ckpt["model"])
+    if cfg.eval.weights == "ema":
+        if "ema" not in ckpt.get("extra", {}):
+            raise CheckpointError(f"eval.weights=ema: {checkpoint} holds no EMA weights; train with optim.ema=0.999 "
+                                  f"(or evaluate with eval.weights=model)")
+        model.load_state_dict(ckpt["extra"]["ema"])
+    else:
+        model.load_state_dict(ckpt["model"])
     return maybe_compile(model.eval(), cfg.runtime.compile)
 
 
@@ -95,7 +101,8 @@ def run_eval(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, *,
     rows, preds = evaluate(model, images, cfg.data.scale, cfg.data.pad, device, tiled=cfg.eval.tiled,
                            tile=cfg.eval.tile, overlap=test_overlap(cfg), cartesian=cfg.eval.cartesian,
                            displaced_shift=cfg.displacement.max_shift if displaced else 0, seed=cfg.seed,
-                           amp=cfg.runtime.amp, keep_predictions=True, progress=cfg.runtime.progress)
+                           amp=cfg.runtime.amp, keep_predictions=True, progress=cfg.runtime.progress,
+                           self_ensemble=cfg.eval.self_ensemble)
     summary = summarise(rows)
     write_eval_tables(out_dir, summary, rows)
     if figures_dir is not None:
@@ -119,7 +126,8 @@ def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Pat
     rows = []
     for name, path in tqdm(images, desc="predict", disable=not cfg.runtime.progress, leave=False):
         lr = minmax(np.pad(read_polar(path).astype(np.float64), lr_pad), str(path))
-        sr = predict_image(model, lr, s, device, cfg.eval.tiled, cfg.eval.tile, test_overlap(cfg), cfg.runtime.amp)
+        sr = predict_image(model, lr, s, device, cfg.eval.tiled, cfg.eval.tile, test_overlap(cfg), cfg.runtime.amp,
+                           cfg.eval.self_ensemble)
         check_pair(lr, sr, s, f"{path} (network output)")
         if lr_pad:
             sr = sr[lr_pad * s:-lr_pad * s, lr_pad * s:-lr_pad * s]

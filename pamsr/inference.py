@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["tile_starts", "forward_tiled", "super_resolve", "default_overlap"]
+__all__ = ["tile_starts", "forward_tiled", "dihedral", "realign", "super_resolve", "default_overlap"]
 
 
 def default_overlap(scale: int, tile: int = 64) -> int:
@@ -53,9 +53,37 @@ def forward_tiled(model: nn.Module, lr: torch.Tensor, scale: int, tile: int = 64
     return out / weight
 
 
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """Transform ``k`` in 0..7 of the 8 flips/transposes of the last two axes (or its inverse)."""
+    if inverse:
+        x = x.transpose(-2, -1) if k & 4 else x
+        x = x.flip(-1) if k & 2 else x
+        return x.flip(-2) if k & 1 else x
+    x = x.flip(-2) if k & 1 else x
+    x = x.flip(-1) if k & 2 else x
+    return x.transpose(-2, -1) if k & 4 else x
+
+
 @torch.no_grad()
 def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int, tiled: bool = True, tile: int = 64,
-                  overlap: int = 48) -> torch.Tensor:
-    """Whole-image or tiled forward, clamped to [0, 1]: ``(B, 1, h, w)`` -> ``(B, 1, h*s, w*s)``."""
-    pred = forward_tiled(model, lr, scale, tile, overlap) if tiled else model(lr)
-    return pred.clamp(0, 1)
+                  overlap: int = 48, self_ensemble: bool = False) -> torch.Tensor:
+    """Whole-image or tiled forward, clamped to [0, 1]: ``(B, 1, h, w)`` -> ``(B, 1, h*s, w*s)``. With
+    ``self_ensemble`` the mean over the 8 flipped/transposed inputs (outputs transformed back)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return forward_tiled(model, x, scale, tile, overlap) if tiled else model(x)
+
+    if not self_ensemble:
+        return forward(lr).clamp(0, 1)
+    outs = [realign(dihedral(forward(dihedral(lr, k)), k, inverse=True), k, scale) for k in range(8)]
+    return torch.stack(outs).mean(0).clamp(0, 1)
+
+
+def realign(sr: torch.Tensor, k: int, scale: int) -> torch.Tensor:
+    """Undo the grid offset a flip introduces: LR pixel ``i`` sits on HR pixel ``s*i`` (LR = HR[::s, ::s]), so a
+    flipped input's output, flipped back, lands ``s - 1`` HR pixels too far; shift it back (edge pixels repeated)."""
+    for axis, flipped in ((-2, k & 1), (-1, k & 2)):
+        if flipped and scale > 1:
+            body = sr.narrow(axis, scale - 1, sr.shape[axis] - scale + 1)
+            edge = sr.narrow(axis, sr.shape[axis] - 1, 1).expand_as(sr.narrow(axis, 0, scale - 1))
+            sr = torch.cat([body, edge], dim=axis)
+    return sr

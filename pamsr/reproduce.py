@@ -36,6 +36,7 @@ from common.tracking import write_comparison
 from pamsr.data import load_images
 from pamsr.eval import run_eval
 from pamsr.figures import comparison_figure, nearest_upsample
+from pamsr.headroom import measure as measure_headroom
 from pamsr.models import build_model, count_parameters
 from pamsr.pipeline import prepare_data
 from pamsr.registration import estimate_shift
@@ -106,7 +107,7 @@ def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seeds:
     cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])
     return [(m, seed, load_config(Config, config, [*base, *row_overrides(m, cfg), f"seed={seed}",
                                                    f"experiment=reproduce-{m}-s{seed}"], search_dirs=[PROJECT_DIR]))
-            for m in methods for seed in seeds]
+            for seed in seeds for m in methods]  # seed by seed: an interrupted run still has complete seeds
 
 
 def run_row(method: str, cfg: Config) -> tuple[dict, dict]:
@@ -204,8 +205,14 @@ def write_table(rows: Sequence[dict], path: Path) -> Path:
     return path
 
 
+def headroom(cfg: Config) -> dict[str, float]:
+    """Bicubic, best linear 6x6 predictor and HR scan against the clean test images (synthetic data only)."""
+    train, test = load_images(cfg.data, "train"), load_images(cfg.data, "test", cfg.data.test_dataset)
+    return measure_headroom(train, test, cfg.data.scale) if test and test[0].clean is not None else {}
+
+
 def notes(cfg: Config, rows: Sequence[dict], claims: Sequence[dict], reg: dict[str, float], config: str,
-          wall: float) -> str:
+          wall: float, room: dict[str, float] | None = None) -> str:
     """The comparison page's text: data, protocol, the claims as measured and the registration check."""
     seeds = sorted({r["seeds"] for r in rows})
     val = "the test fold (official)" if cfg.data.val_fold is None else f"fold {cfg.data.val_fold}"
@@ -221,6 +228,9 @@ def notes(cfg: Config, rows: Sequence[dict], claims: Sequence[dict], reg: dict[s
     for c in claims:
         lines.append(f"Claim {c['claim']}: gap {c['gap_db']:+.2f} dB (sum of the two seed stds {c['std_sum_db']:.2f})"
                      f" -> {'held' if c['held'] else 'missed'}.")
+    if room:
+        lines.append("Headroom against the clean test images (PSNR): " + ", ".join(f"{k} {v:.2f} dB" for k, v in
+                                                                             room.items()) + " (`headroom.py`).")
     if reg:
         lines.append("Registration on the synthetic set: " + ", ".join(f"{k}={v:.3f}" for k, v in reg.items()) + ".")
     return "\n\n".join(lines)
@@ -261,9 +271,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if claims:
         write_table(claims, out.path / "claims.csv")
     figures = crops_figure(cfg, preds, out.path)
+    room = headroom(cfg)
     wall = (time.time() - tic) / 60
     write_comparison(rows, out.path, f"PAMSR x{cfg.data.scale}: method vs baselines and ablations", figures,
-                     notes=notes(cfg, rows, claims, registration_check(cfg), config, wall))
+                     notes=notes(cfg, rows, claims, registration_check(cfg), config, wall, room))
     print((out.path / "comparison.md").read_text())
     print(f"reproduce finished in {wall:.1f} min: {out.path}")
     return out.path

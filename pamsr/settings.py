@@ -217,7 +217,9 @@ class OptimConfig:
 
     ``warmup_steps`` (ours; official 0): linear warm-up of the lr over the first optimiser steps. ``schedule:
     cosine`` (ours) replaces the milestones by a cosine decay to 0 over ``epochs``. The lr factor is applied per
-    optimiser step."""
+    optimiser step. ``ema``: decay of an exponential moving average of the weights updated after every step
+    (official ``Trainer_burst_ema`` keeps one with 0.999 but never saves it; here it is saved in the checkpoints
+    and evaluated with ``eval.weights: ema``); 0 = off."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -231,6 +233,7 @@ class OptimConfig:
     grad_clip: float = 0.0
     warmup_steps: int = 0
     schedule: Literal["multistep", "cosine"] = "multistep"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -241,6 +244,8 @@ class OptimConfig:
         _at_least("optim.weight_decay", self.weight_decay, 0)
         _at_least("optim.grad_clip", self.grad_clip, 0)
         _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"optim.ema must lie in [0, 1) (0 = off), got {self.ema}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
         if any(m < 1 for m in self.decay):
@@ -250,12 +255,16 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     """Tiled inference (official ``forward_tile``): LR tile and overlap; ``tile_overlap: null`` = 64 - 32 // s in
-    test mode, ``val_tile_overlap`` during training-time validation (official 4)."""
+    test mode, ``val_tile_overlap`` during training-time validation (official 4). ``self_ensemble``: average the
+    outputs of the 8 flips/transposes of the input (official ``--self_ensemble``, off in the templates);
+    ``weights``: evaluate the trained weights or their moving average (``ema``, needs ``optim.ema > 0``)."""
 
     tile: int = 64
     tile_overlap: int | None = None
     val_tile_overlap: int = 4
     tiled: bool = True
+    self_ensemble: bool = False
+    weights: Literal["model", "ema"] = "model"
     cartesian: bool = True
     val_every: int = 1
 

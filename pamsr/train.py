@@ -15,7 +15,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from common.runtime import dist_info, make_grad_scaler, maybe_compile, setup_run
 from common.seed import seed_loader_epoch
 from common.tracking import Tracker, plot_curves
 from common.weights import load_pretrained
-from pamsr.engine import evaluate, train_one_epoch
+from pamsr.engine import WeightEMA, evaluate, train_one_epoch
 from pamsr.figures import crop_grid, nearest_upsample
 from pamsr.losses import RecLoss, SRLoss
 from pamsr.models import build_model, count_parameters
@@ -70,6 +70,11 @@ class Session:
     scaler: torch.amp.GradScaler
     loader: DataLoader
     tracker: Tracker
+    ema: WeightEMA | None = None
+
+    def extra(self, state: TrainState) -> dict:
+        """What the checkpoints hold besides the model: the best epoch and the EMA weights (``optim.ema``)."""
+        return {"best_epoch": state.best_epoch} | ({"ema": self.ema.state_dict()} if self.ema else {})
 
 
 def resolve_init_from(cfg: Config) -> Path | None:
@@ -141,6 +146,10 @@ def start_or_resume(session: Session, resume_from: Path | None, init_weights: st
     ckpt = load_checkpoint(resume_from)
     epoch, step, best = restore_training_state(ckpt, model=session.model, optimizer=session.optimizer,
                                                scheduler=session.scheduler, scaler=session.scaler)
+    if session.ema is not None:
+        if "ema" not in ckpt.get("extra", {}):
+            raise ValueError(f"{resume_from} holds no EMA weights (trained with optim.ema=0); resume with optim.ema=0")
+        session.ema.load_state_dict(ckpt["extra"]["ema"])
     return TrainState(epoch, step, best, int(ckpt.get("extra", {}).get("best_epoch", epoch - 1)))
 
 
@@ -157,7 +166,8 @@ def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float
         state.best, state.best_epoch = psnr, epoch
         if dist_info().is_main:
             save_checkpoint(session.run.checkpoints / "best.pt", model=session.model, config=to_dict(cfg),
-                            epoch=epoch + 1, step=state.step, best_metric=psnr, extra={"best_epoch": epoch})
+                            epoch=epoch + 1, step=state.step, best_metric=psnr,
+                            extra=session.extra(replace(state, best_epoch=epoch)))
     item = session.splits.val[0]
     panels = {"lr": nearest_upsample(item.lr, cfg.data.scale), "sr": preds[item.name], "hr": item.hr}
     session.tracker.log_image("val/lr_sr_hr", crop_grid(panels, cfg.data.pad, min(128, item.hr.shape[0] // 2)),
@@ -173,7 +183,8 @@ def run_epoch(session: Session, state: TrainState, epoch: int) -> dict[str, floa
     stats = train_one_epoch(session.train_model, session.loader, session.loss_fn, session.optimizer,
                             session.device, cfg.runtime.amp, session.scaler, cfg.optim.grad_clip,
                             progress=cfg.runtime.progress and dist_info().is_main,
-                            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", scheduler=session.scheduler)
+                            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", scheduler=session.scheduler,
+                            ema=session.ema)
     state.step += int(stats.pop("steps"))
     log = {f"train/{k}": v for k, v in stats.items()}
     log |= {"train/lr": session.optimizer.param_groups[0]["lr"], "train/step": float(state.step)}
@@ -186,7 +197,7 @@ def save_last(session: Session, state: TrainState, epoch: int) -> None:
     if dist_info().is_main:
         save_checkpoint(session.run.checkpoints / "last.pt", model=session.model, config=to_dict(session.cfg),
                         epoch=epoch + 1, step=state.step, best_metric=state.best, optimizer=session.optimizer,
-                        scheduler=session.scheduler, scaler=session.scaler, extra={"best_epoch": state.best_epoch})
+                        scheduler=session.scheduler, scaler=session.scaler, extra=session.extra(state))
 
 
 def fit(session: Session, state: TrainState) -> None:
@@ -228,7 +239,7 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
     train_model = maybe_compile(wrap_ddp(model, device), cfg.runtime.compile)
     session = Session(cfg, device, opened.run, splits, model, train_model, build_loss(cfg, splits, device),
                       optimizer, scheduler, make_grad_scaler(device, cfg.runtime.amp), loader,
-                      Tracker(opened.run.path))
+                      Tracker(opened.run.path), WeightEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None)
     state = start_or_resume(session, opened.resume_from, init_weights)
     if dist_info().is_main:
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters; {len(splits.train)} train / "

@@ -52,3 +52,18 @@ def test_banded_displacement_varies_per_band():
     _, shifts = displace_odd_rows(lr, np.random.default_rng(3), p=1.0, max_shift=2, banded=True, band=16)
     bands = shifts.reshape(-1, 8)  # 8 odd rows per band of 16 rows
     assert np.all(bands == bands[:, :1]) and len(np.unique(bands[:, 0])) > 1 and np.all(shifts != 0)
+
+
+def test_headroom_linear_predictor_is_at_least_bicubic(synth_root):
+    """The least-squares 6x6 filter contains bicubic (4x4 taps), so fitted on the images it is scored on it cannot
+    be worse than bicubic (up to the 1/255 quantisation); both stay below the clean image."""
+    from pamsr.data import load_images
+    from pamsr.headroom import measure
+    from pamsr.settings import DataConfig
+
+    images = load_images(DataConfig(root=str(synth_root)), "all")
+    room = measure(images, images, 2)
+    assert room["linear"] >= room["bicubic"] - 0.05
+    assert 15 < room["bicubic"] < 60 and np.isfinite(room["hr_scan"])
+    with pytest.raises(ValueError, match="clean ground truth"):
+        measure(load_images(DataConfig(root=str(synth_root), clean_dataset=None), "all"), images, 2)

@@ -75,3 +75,33 @@ def test_bench_reports_both_modes_and_ratios_from_fresh_processes(tmp_path):
     assert rows.loc["tiled", "speed_vs_whole"] == rows.loc["tiled", "mpix_per_s"] / rows.loc["whole", "mpix_per_s"]
     # each forward's own peak: whole-image activations of a 128^2 LR input take well over a megabyte
     assert (rows["forward_memory_mb"] > 1).all()
+
+
+def test_self_ensemble_transforms_invert_and_keep_the_decimation_grid():
+    """The 8 flips/transposes invert exactly, and after the realignment the self-ensemble of the (grid-aligned)
+    bicubic baseline is bicubic itself away from the last s-1 border pixels: a flip must not shift the output."""
+    from pamsr.inference import dihedral, super_resolve
+    from pamsr.models import Bicubic
+
+    x = torch.rand(1, 1, 12, 16)
+    for k in range(8):
+        assert torch.equal(dihedral(dihedral(x, k), k, inverse=True), x)
+    for scale in (2, 4):
+        plain = super_resolve(Bicubic(scale), x, scale, tiled=False)
+        ensemble = super_resolve(Bicubic(scale), x, scale, tiled=False, self_ensemble=True)
+        inner = (..., slice(0, -scale), slice(0, -scale))
+        assert torch.allclose(ensemble[inner], plain[inner], atol=1e-5)
+        unaligned = torch.stack([dihedral(Bicubic(scale)(dihedral(x, k)), k, inverse=True) for k in range(8)]).mean(0)
+        assert (unaligned[inner] - plain[inner]).abs().max() > 1e-2  # without realign() the flips blur the output
+
+
+def test_weight_ema_update():
+    from pamsr.engine import WeightEMA
+
+    model = torch.nn.Linear(2, 1)
+    ema = WeightEMA(model, decay=0.9)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.state_dict()["weight"], 0.9 * before + 0.1 * model.weight)
