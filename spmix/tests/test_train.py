@@ -112,3 +112,17 @@ def test_reproduce_only_names_unknown_rows(capsys):
     with pytest.raises(SystemExit):
         reproduce_main(["--only", "spmix,remix"])
     assert "remix" in capsys.readouterr().err
+
+
+def test_claim_check_reports_held_missed_and_missing_rows():
+    from spmix.reproduce import check_claims
+
+    def row(name, bacc, tail):
+        return {"method": name, "balanced_accuracy": bacc, "balanced_accuracy_std": 0.01, "tail_recall": tail,
+                "tail_recall_std": 0.02, "seeds": 3}
+
+    lines = check_claims([row("spmix", 0.60, 0.50), row("resampling", 0.56, 0.52)])
+    assert lines[0].startswith("spmix >= resampling + 0.03 on balanced_accuracy: held (0.600")
+    assert lines[1].startswith("spmix >= resampling + 0.00 on tail_recall: missed (0.500")
+    assert lines[2] == "spmix >= spmix_uniform + 0.01 on balanced_accuracy: not measured (row missing)"
+    assert "missed" in check_claims([row("spmix", 0.58, 0.5), row("resampling", 0.56, 0.4)])[0]
