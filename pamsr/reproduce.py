@@ -13,8 +13,10 @@ time, each with one thread.
 
 Rows: ``pamsr``, ``bicubic``, ``edsr``, ``no_registration`` (trained on the unregistered
 ``data.unregistered_dataset``), ``no_displacement`` (no displacement augmentation), ``no_patch_selection`` (uniform
-patches); ``--all`` adds ``signed_official_score`` (the official signed Sobel window score) and ``rec_loss`` (+0.5
-scanning-consistency loss).
+patches); ``--all`` adds ``signed_official_score`` (the official signed Sobel window score), ``rec_loss`` (+0.5
+scanning-consistency loss), CPU-sized ``han``, ``rdn`` and ``fd_unet`` baselines and, from the ``pamsr`` runs
+without further training, ``pamsr_ema`` (EMA weights, decay 0.999) and ``pamsr_self_ensemble`` (x8 geometric
+self-ensemble).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +61,16 @@ VARIANTS: list[tuple[str, list[str]]] = [
 EXTRA_VARIANTS: list[tuple[str, list[str]]] = [
     ("signed_official_score", ["patch_selection.score=signed_official"]),
     ("rec_loss", ["loss.rec=0.5"]),
+    ("han", ["model.name=han", "model.n_resgroups=2", "model.n_resblocks=4", "model.n_feats=32", "model.reduction=8"]),
+    ("rdn", ["model.name=rdn", "model.rdn_blocks=4", "model.rdn_layers=4", "model.rdn_growth=16", "model.n_feats=32"]),
+    ("fd_unet", ["model.name=fd_unet", "model.n_feats=16", "model.unet_levels=3", "model.rdn_layers=4"]),
 ]
 ROWS = [m for m, _ in VARIANTS + EXTRA_VARIANTS]
 KEEP_PREDICTIONS = ("pamsr", "bicubic")
 COLUMNS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean")
+EVAL_VARIANTS: list[tuple[str, dict]] = [("pamsr_ema", {"weights": "ema"}), ("pamsr_self_ensemble",
+                                                                          {"self_ensemble": True})]
+ALL_OVERRIDES = ["optim.ema=0.999"]  # --all: keep the EMA of every run (it does not change the training)
 
 
 def registration_check(cfg: Config, n_subpixel: int = 4) -> dict[str, float]:
@@ -110,8 +119,22 @@ def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seeds:
             for seed in seeds for m in methods]  # seed by seed: an interrupted run still has complete seeds
 
 
-def run_row(method: str, cfg: Config) -> tuple[dict, dict]:
-    """Train (unless bicubic) and evaluate one row and seed -> ``(row, predictions of the test images)``."""
+def eval_variants(method: str, cfg: Config, checkpoint: Path | None, run: Path) -> list[dict]:
+    """``--all`` only: the ``pamsr`` run evaluated again with its EMA weights (``pamsr_ema``, when trained with
+    ``optim.ema``) and with the x8 self-ensemble (``pamsr_self_ensemble``); no extra training."""
+    if method != "pamsr" or checkpoint is None or cfg.optim.ema <= 0:
+        return []
+    rows = []
+    for name, override in EVAL_VARIANTS:
+        variant = replace(cfg, eval=replace(cfg.eval, **override))
+        summary, _, _ = run_eval(variant, checkpoint, run / f"eval_{name}")
+        rows.append({"method": name, "seed": cfg.seed, **{k: v for k, v in summary.items() if k != "n_cases"}})
+    return rows
+
+
+def run_row(method: str, cfg: Config) -> tuple[list[dict], dict]:
+    """Train (unless bicubic) and evaluate one row and seed -> ``(rows, predictions of the test images)``: the
+    row itself, then its evaluation variants (:func:`eval_variants`)."""
     tic = time.time()
     if cfg.model.name == "bicubic":
         run, checkpoint = create_run_dir("pamsr", cfg.experiment, cfg, root=cfg.runs_root).path, None
@@ -125,25 +148,31 @@ def run_row(method: str, cfg: Config) -> tuple[dict, dict]:
     row = {"method": method, "seed": cfg.seed, **{k: v for k, v in summary.items() if k != "n_cases"},
            "params": params, "minutes": (time.time() - tic) / 60, "run": str(run)}
     print(f"== {method} seed {cfg.seed}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()), flush=True)
-    return row, preds
+    extra = [r | {"params": params, "minutes": row["minutes"], "run": str(run)}
+             for r in eval_variants(method, cfg, checkpoint, run)]
+    return [row, *extra], preds
 
 
 def run_all(tasks: Sequence[tuple[str, int, Config]], jobs: int, on_done: Callable[[list[dict]], None]
             ) -> tuple[list[dict], dict]:
     """Every (row, seed), ``jobs`` at a time in fresh processes (``jobs == 1``: in this process, in order).
     Returns the per-seed rows in task order and the predictions of the first seed's rows."""
-    results: dict[int, tuple[dict, dict]] = {}
+    results: dict[int, tuple[list[dict], dict]] = {}
+
+    def done() -> list[dict]:
+        return [row for k in sorted(results) for row in results[k][0]]
+
     if jobs <= 1:
         for i, (method, _, cfg) in enumerate(tasks):
             results[i] = run_row(method, cfg)
-            on_done([results[k][0] for k in sorted(results)])
+            on_done(done())
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_row, method, cfg): i for i, (method, _, cfg) in enumerate(tasks)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
-                on_done([results[k][0] for k in sorted(results)])
-    rows = [results[i][0] for i in range(len(tasks))]
+                on_done(done())
+    rows = done()
     first = tasks[0][1] if tasks else None
     preds = {tasks[i][0]: results[i][1] for i in range(len(tasks)) if tasks[i][1] == first}
     return rows, preds
@@ -246,6 +275,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, list[tup
     if args.jobs > 1:
         base.append("runtime.threads=1")
     methods = args.only or [m for m, _ in VARIANTS + (EXTRA_VARIANTS if args.all else [])]
+    base += ALL_OVERRIDES if args.all else []
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])

@@ -161,12 +161,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``name: swinir | edsr | rcan | bicubic``; SwinIR-M values by default (official ``src/model/swinir.py``).
+    """``name: swinir | edsr | rcan | han | rdn | fd_unet | bicubic``; SwinIR-M values by default (official
+    ``src/model/swinir.py``). EDSR/RCAN/HAN use ``n_resblocks``, ``n_feats`` (and ``n_resgroups``, ``reduction``);
+    RDN ``rdn_blocks`` x ``rdn_layers`` layers of growth ``rdn_growth`` on ``n_feats`` features; FD-UNet ``n_feats``
+    first-level features, ``unet_levels`` levels, dense blocks of ``rdn_layers`` layers.
 
     ``bicubic_skip`` (our deviation, off in the paper configs): output = bicubic(LR) + network(LR) with the last
     convolution zero-initialised, so that a short CPU run starts from bicubic instead of from noise."""
 
-    name: Literal["swinir", "edsr", "rcan", "bicubic"] = "swinir"
+    name: Literal["swinir", "edsr", "rcan", "han", "rdn", "fd_unet", "bicubic"] = "swinir"
     embed_dim: int = 180
     depths: list[int] = field(default_factory=lambda: [6, 6, 6, 6, 6, 6])
     num_heads: list[int] = field(default_factory=lambda: [6, 6, 6, 6, 6, 6])
@@ -179,6 +182,10 @@ class ModelConfig:
     res_scale: float = 1.0
     n_resgroups: int = 10
     reduction: int = 16
+    rdn_blocks: int = 16
+    rdn_layers: int = 8
+    rdn_growth: int = 64
+    unet_levels: int = 4
     bicubic_skip: bool = False
     pretrained: str = "none"
     init_from: str | None = None

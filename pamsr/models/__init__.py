@@ -5,10 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from pamsr.models.cnn import EDSR, RCAN, Bicubic, bicubic_upsample
+from pamsr.models.dense import RDN, FDUNet
+from pamsr.models.han import HAN
 from pamsr.models.swinir import SwinIR, swinir_m
 from pamsr.settings import ModelConfig
 
-__all__ = ["SwinIR", "swinir_m", "EDSR", "RCAN", "Bicubic", "bicubic_upsample", "build_model", "count_parameters"]
+__all__ = ["SwinIR", "swinir_m", "EDSR", "RCAN", "HAN", "RDN", "FDUNet", "Bicubic", "bicubic_upsample", "build_model",
+           "count_parameters"]
 
 
 def build_model(cfg: ModelConfig, scale: int, patch_size: int = 64) -> nn.Module:
@@ -21,9 +24,15 @@ def build_model(cfg: ModelConfig, scale: int, patch_size: int = 64) -> nn.Module
         return EDSR(scale, cfg.n_resblocks, cfg.n_feats, cfg.res_scale, bicubic_skip=cfg.bicubic_skip)
     if cfg.name == "rcan":
         return RCAN(scale, cfg.n_resgroups, cfg.n_resblocks, cfg.n_feats, cfg.reduction, bicubic_skip=cfg.bicubic_skip)
+    if cfg.name == "han":
+        return HAN(scale, cfg.n_resgroups, cfg.n_resblocks, cfg.n_feats, cfg.reduction, bicubic_skip=cfg.bicubic_skip)
+    if cfg.name == "rdn":
+        return RDN(scale, cfg.rdn_blocks, cfg.rdn_layers, cfg.rdn_growth, cfg.n_feats, bicubic_skip=cfg.bicubic_skip)
+    if cfg.name == "fd_unet":
+        return FDUNet(scale, cfg.n_feats, cfg.unet_levels, cfg.rdn_layers, bicubic_skip=cfg.bicubic_skip)
     if cfg.name == "bicubic":
         return Bicubic(scale)
-    raise ValueError(f"model.name must be swinir, edsr, rcan or bicubic, got {cfg.name!r}")
+    raise ValueError(f"model.name must be swinir, edsr, rcan, han, rdn, fd_unet or bicubic, got {cfg.name!r}")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -14,7 +14,7 @@ from torch import nn
 
 from pamsr.models.upsampling import Upsample, add_bicubic_skip, bicubic_upsample, zero_init
 
-__all__ = ["EDSR", "RCAN", "Bicubic", "bicubic_upsample"]
+__all__ = ["EDSR", "RCAN", "ResidualGroup", "Bicubic", "bicubic_upsample"]
 
 
 class _ResBlock(nn.Module):
@@ -67,7 +67,7 @@ class _RCAB(nn.Module):
         return x + self.body(x)
 
 
-class _ResidualGroup(nn.Module):
+class ResidualGroup(nn.Module):
     def __init__(self, n_feats: int, n_resblocks: int, reduction: int):
         super().__init__()
         self.body = nn.Sequential(*[_RCAB(n_feats, reduction) for _ in range(n_resblocks)],
@@ -85,7 +85,7 @@ class RCAN(nn.Module):
         super().__init__()
         self.upscale, self.bicubic_skip = upscale, bicubic_skip
         self.head = nn.Conv2d(in_chans, n_feats, 3, 1, 1)
-        self.body = nn.Sequential(*[_ResidualGroup(n_feats, n_resblocks, reduction) for _ in range(n_resgroups)],
+        self.body = nn.Sequential(*[ResidualGroup(n_feats, n_resblocks, reduction) for _ in range(n_resgroups)],
                                   nn.Conv2d(n_feats, n_feats, 3, 1, 1))
         self.tail = nn.Sequential(Upsample(upscale, n_feats), nn.Conv2d(n_feats, out_chans, 3, 1, 1))
         if bicubic_skip:

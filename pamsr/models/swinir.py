@@ -74,7 +74,8 @@ class SwinIR(nn.Module):
         self.conv_first = nn.Conv2d(adapter_chans, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()
         self.patch_embed.norm = nn.LayerNorm(embed_dim) if patch_norm else nn.Identity()
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # linear (python: meta-safe)
         self.layers = nn.ModuleList()
         start = 0
         for depth, heads in zip(depths, num_heads):

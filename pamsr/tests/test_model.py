@@ -17,7 +17,8 @@ def tiny(scale: int, **kw) -> SwinIR:
 
 @pytest.mark.parametrize("scale,expected", [(2, 11_752_545), (4, 11_900_257), (8, 12_047_969)])
 def test_official_parameter_counts(scale, expected):
-    assert count_parameters(swinir_m(scale)) == expected
+    with torch.device("meta"):  # no memory, no time: the count only depends on the shapes
+        assert count_parameters(swinir_m(scale)) == expected
 
 
 def test_official_structure_and_adapters():
@@ -108,3 +109,37 @@ def test_paper_network_trains_on_cuda():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0] and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("name,extra", [("han", {"n_resgroups": 2, "n_resblocks": 2, "n_feats": 16, "reduction": 4}),
+                                        ("rdn", {"rdn_blocks": 2, "rdn_layers": 3, "rdn_growth": 8, "n_feats": 16}),
+                                        ("fd_unet", {"n_feats": 8, "unet_levels": 3, "rdn_layers": 2}),
+                                        ("swinir", {"embed_dim": 16, "depths": [1], "num_heads": [2]}),
+                                        ("edsr", {"n_resblocks": 2, "n_feats": 8})])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_every_network_shapes_and_bicubic_skip_starts_at_bicubic(name, extra, scale):
+    """Every network maps (B, 1, h, w) to (B, 1, h*s, w*s); with model.bicubic_skip its zero-initialised last
+    convolution makes the untrained network exactly bicubic, and the gradient still reaches the last convolution."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 12, 20)
+    plain = build_model(ModelConfig(name=name, **extra), scale)
+    assert plain(x).shape == (2, 1, 12 * scale, 20 * scale)
+    skip = build_model(ModelConfig(name=name, bicubic_skip=True, **extra), scale)
+    out = skip(x)
+    assert torch.allclose(out, Bicubic(scale)(x), atol=1e-6)
+    out.sum().backward()
+    grads = [p.grad for p in skip.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert grads  # the zero-initialised last layer gets a gradient, so training leaves bicubic
+
+
+@pytest.mark.parametrize("config", ["han_paper_x2", "rdn_paper_x2", "fd_unet_paper_x2", "edsr_paper_x2"])
+def test_paper_size_baselines_build_on_the_meta_device(config):
+    """Paper-size baselines build without allocating (meta device) and are far larger than the CPU rows."""
+    from common.config import load_config
+    from pamsr.settings import PROJECT_DIR, Config
+
+    cfg = load_config(Config, PROJECT_DIR / "configs" / f"{config}.yaml")
+    assert not cfg.model.bicubic_skip  # the deviation stays off in the paper configs
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.data.scale)
+    assert count_parameters(model) > 1_000_000

@@ -160,3 +160,17 @@ def test_reproduce_writes_comparison(trained):
         assert [r["claim"].split()[0] for r in csv.DictReader(handle)] == ["pamsr", "no_displacement"]
     assert (out / "comparison.md").is_file() and (out / "figures" / "crops.png").is_file()
     assert "reg_exact_fraction=1.000" in (out / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_reproduce_all_evaluates_ema_and_self_ensemble_of_the_pamsr_run(trained, tmp_path):
+    base, _, _ = trained
+    out = reproduce.main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}", f"data.root={base / 'data'}",
+                          "optim.epochs=1", "--all", "--only", "pamsr", "--seeds", "1", "--jobs", "1"])
+    with (out / "comparison.csv").open() as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == ["pamsr", "pamsr_ema", "pamsr_self_ensemble"]
+    assert rows["pamsr_ema"]["psnr"] != rows["pamsr"]["psnr"] != rows["pamsr_self_ensemble"]["psnr"]
+    (run,) = list((tmp_path / "runs" / "pamsr" / "reproduce-pamsr-s1").iterdir())
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert set(ckpt["extra"]["ema"]) == set(ckpt["model"])  # the EMA weights are saved with the model
