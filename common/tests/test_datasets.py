@@ -1,4 +1,6 @@
 import json
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +109,26 @@ def test_partition_by_suffix_names_what_it_ignores(tmp_path, capsys):
                                         [".png", ".nii.gz"], where="images/")
     assert [p.name for p in kept] == ["a.png", "c.nii.gz"] and [p.name for p in ignored] == ["b.txt"]
     assert "ignored 1 file(s)" in capsys.readouterr().out
+
+
+def _slow_generation(root: str, log: str) -> None:
+    def generate(folder):
+        with open(log, "a") as fh:
+            fh.write("generated\n")
+        time.sleep(1.0)  # long enough for the other process to arrive while this one writes
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / "a.png")
+    ensure_dataset(root, {"n": 1}, generate)
+
+
+def test_processes_asking_at_once_generate_the_set_once(tmp_path):
+    root, log = tmp_path / "synth", tmp_path / "log.txt"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_slow_generation, args=(str(root), str(log))) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    assert log.read_text().splitlines() == ["generated"]
+    assert (root / "a.png").is_file() and (root / STAMP_NAME).is_file()
+    assert not (tmp_path / "synth.partial").exists()
