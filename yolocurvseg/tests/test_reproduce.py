@@ -88,3 +88,20 @@ def test_small_components_are_removed_inside_the_fov():
     out = postprocess(mask, fov, 5)
     assert out[2, 2:18].all() and not out[10:12, 10:12].any() and not out[17:].any()
     np.testing.assert_array_equal(postprocess(mask, fov, 0), mask)
+
+
+@pytest.mark.slow
+def test_reproduce_runs_sub_runs_in_two_worker_processes(tmp_path):
+    """``--workers 2``: the sub-runs go to two spawned processes; per_run.csv and the table hold every one of them."""
+    from pathlib import Path
+
+    from yolocurvseg import reproduce
+
+    cfg = str(Path(__file__).resolve().parents[1] / "configs" / "ci.yaml")
+    out = reproduce.main(["--config", cfg, "--only", "full_supervision", "--workers", "2", f"runs_root={tmp_path}",
+                          f"data.root={tmp_path / 'data'}"])
+    per_run = pd.read_csv(out / "per_run.csv")
+    assert sorted(per_run.seed) == [0, 1, 2] and set(per_run.skeleton) == {"none"}
+    table = pd.read_csv(out / "comparison.csv")
+    assert table.loc[0, "method"] == "full_supervision" and table.loc[0, "runs"] == 3
+    assert len({Path(r).parent.name for r in per_run.run}) == 3  # one sub-run folder per seed
