@@ -27,7 +27,15 @@ from common.checkpoint import load_checkpoint, load_init_weights, restore_traini
 from common.cli import parse_train, train_parser
 from common.config import to_dict
 from common.rundir import RunDir, latest_run, open_run, resolve_path
-from common.runtime import dist_info, make_grad_scaler, maybe_compile, setup_runtime, wrap_ddp
+from common.runtime import (
+    all_gather_arrays,
+    dist_info,
+    make_grad_scaler,
+    maybe_compile,
+    setup_runtime,
+    shard,
+    wrap_ddp,
+)
 from common.seed import seed_loader_epoch
 from common.tracking import Tracker, plot_curves
 from common.weights import load_pretrained
@@ -155,24 +163,28 @@ def start_or_resume(session: Session, resume_from: Path | None, init_weights: st
 
 def validate(session: Session, state: TrainState, epoch: int) -> dict[str, float]:
     """Polar PSNR/SSIM on the validation fold (training-time overlap ``eval.val_tile_overlap``); keeps ``best.pt``
-    and logs LR / SR / HR crops of the first validation image to TensorBoard."""
+    and logs LR / SR / HR crops of the first validation image to TensorBoard. Under torchrun every rank evaluates
+    its strided share of the images (``common.runtime.shard``) and the per-image metrics are gathered."""
     cfg, ev = session.cfg, session.cfg.eval
-    rows, preds = evaluate(session.model, session.splits.val, cfg.data.scale, cfg.data.pad, session.device,
+    rows, preds = evaluate(session.model, shard(session.splits.val), cfg.data.scale, cfg.data.pad, session.device,
                            tiled=ev.tiled, tile=ev.tile, overlap=ev.val_tile_overlap, cartesian=False,
                            amp=cfg.runtime.amp, keep_predictions=True,
                            progress=cfg.runtime.progress and dist_info().is_main)
-    psnr = float(np.mean([r["psnr"] for r in rows]))
+    psnrs = all_gather_arrays(np.array([r["psnr"] for r in rows], dtype=np.float64))
+    ssims = all_gather_arrays(np.array([r["ssim"] for r in rows], dtype=np.float64))
+    psnr = float(np.mean(psnrs))
     if state.best is None or psnr > state.best:
         state.best, state.best_epoch = psnr, epoch
         if dist_info().is_main:
             save_checkpoint(session.run.checkpoints / "best.pt", model=session.model, config=to_dict(cfg),
                             epoch=epoch + 1, step=state.step, best_metric=psnr,
                             extra=session.extra(replace(state, best_epoch=epoch)))
-    item = session.splits.val[0]
-    panels = {"lr": nearest_upsample(item.lr, cfg.data.scale), "sr": preds[item.name], "hr": item.hr}
-    session.tracker.log_image("val/lr_sr_hr", crop_grid(panels, cfg.data.pad, min(128, item.hr.shape[0] // 2)),
-                              epoch + 1)
-    return {"val/psnr": psnr, "val/ssim": float(np.mean([r["ssim"] for r in rows]))}
+    item = session.splits.val[0]  # in rank 0's share
+    if item.name in preds:
+        panels = {"lr": nearest_upsample(item.lr, cfg.data.scale), "sr": preds[item.name], "hr": item.hr}
+        session.tracker.log_image("val/lr_sr_hr", crop_grid(panels, cfg.data.pad, min(128, item.hr.shape[0] // 2)),
+                                  epoch + 1)
+    return {"val/psnr": psnr, "val/ssim": float(np.mean(ssims)), "val/images": float(len(psnrs))}
 
 
 def run_epoch(session: Session, state: TrainState, epoch: int) -> dict[str, float]:
