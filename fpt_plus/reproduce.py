@@ -232,8 +232,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out = create_run_dir(PROJECT, "reproduce", base, root=base.runs_root)
     start = time.perf_counter()
     ensure_pretrained_lpm(args, base)
-    results = run_rows(args, base, rows)
-    path = write_table(base, results, out, args.config or DEFAULT_CONFIG, time.perf_counter() - start)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:  # the table is rewritten after every row: a stopped run keeps the rows it finished
+        results.update(run_rows(args, base, [row]))
+        path = write_table(base, results, out, args.config or DEFAULT_CONFIG, time.perf_counter() - start)
     print((path / "comparison.md").read_text())
     print(f"comparison written to {path} (wall {(time.perf_counter() - start) / 60:.1f} min)")
     return path

@@ -74,13 +74,13 @@ class ModelConfig:
 class SynthConfig:
     """Synthetic fine-grained grading task written by ``synth.py`` (see its docstring)."""
 
-    image_size: int = 256
+    image_size: int = 192
     num_train: int = 400
     num_val: int = 100
     num_test: int = 200
     num_grades: int = 5
     seed: int = 1234
-    lesion_radius: list[int] = field(default_factory=lambda: [9, 14])
+    lesion_radius: list[int] = field(default_factory=lambda: [7, 10])
     texture_amplitude: list[float] = field(default_factory=lambda: [0.05, 0.09])
 
     def __post_init__(self) -> None:

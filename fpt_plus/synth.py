@@ -20,7 +20,7 @@ discs (g + decoys) leaked the grade into the low-resolution image (Bayes macro A
 The set is written only into a folder the generator creates (``common.datasets.ensure_dataset``: ``<out>.partial``,
 renamed at the end, with a stamp of the parameters); a non-empty folder without that stamp is refused untouched.
 
-    python synth.py --out data/synthetic/fpt_plus/default [--image-size 256 --num-train 400 ...]
+    python synth.py --out data/synthetic/fpt_plus/grading [--image-size 192 --num-train 400 ...]
 """
 
 from __future__ import annotations
