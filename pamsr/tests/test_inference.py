@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -62,19 +63,43 @@ def test_overlap_averaging_of_constant_and_linear_models():
     assert torch.allclose(forward_tiled(Up(), ramp, 2, tile=32, overlap=20), Up()(ramp))
 
 
-def test_bench_reports_both_modes_and_ratios_from_fresh_processes(tmp_path):
-    """``make bench-pamsr`` on CPU: each mode in its own process, tiled relative to whole in the same run."""
+def test_bench_mode_grid_from_fresh_processes(tmp_path):
+    """``make bench-pamsr`` on CPU: the reference (whole, fp32, eager) first, each mode in its own process, ratios
+    to the reference of the same run; bf16 is measured only where torch reports support, else marked."""
     import pandas as pd
 
+    from pamsr.bench import bf16_supported
     from pamsr.bench import main as bench_main
 
-    out = bench_main(["--size", "256", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
-    rows = pd.read_csv(out / "bench.csv").set_index("mode")
-    assert list(rows.index) == ["whole", "tiled"] and (rows["status"] == "ok").all()
-    assert rows.loc["whole", "speed_vs_whole"] == 1.0 and rows.loc["whole", "memory_vs_whole"] == 1.0
-    assert rows.loc["tiled", "speed_vs_whole"] == rows.loc["tiled", "mpix_per_s"] / rows.loc["whole", "mpix_per_s"]
-    # each forward's own peak: whole-image activations of a 128^2 LR input take well over a megabyte
-    assert (rows["forward_memory_mb"] > 1).all()
+    out = bench_main(["--model", "cpu", "--sizes", "128", "--overlaps", "8", "--precisions", "fp32,bf16",
+                      "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    rows = pd.read_csv(out / "bench.csv")
+    ref = rows.iloc[0]
+    assert ref["overlap"] != ref["overlap"] and ref["precision"] == "fp32" and ref["speed_vs_reference"] == 1.0
+    assert len(rows) == 4  # reference + tiled 8 fp32 + {whole, tiled 8} bf16
+    bf16 = rows[rows["precision"] == "bf16"]
+    if bf16_supported(torch.device("cpu")):
+        assert (bf16["status"] == "ok").all()
+    else:
+        assert bf16["status"].str.startswith("unsupported").all()
+    ok = rows[rows["status"] == "ok"]
+    assert (ok["forward_memory_mb"] > 0).all()
+    tiled = ok[ok["overlap"] == 8].iloc[0]
+    assert tiled["speed_vs_reference"] == pytest.approx(tiled["mpix_per_s"] / ref["mpix_per_s"])
+
+
+def test_attention_switch_changes_the_path_not_the_result():
+    from pamsr.bench import set_attention
+
+    torch.manual_seed(0)
+    model = SwinIR(2, embed_dim=16, depths=[2], num_heads=[2], num_feat=8).eval()
+    x = torch.rand(1, 1, 16, 16)
+    assert set_attention(model, "materialised") == 2
+    with torch.no_grad():
+        slow = model(x)
+        set_attention(model, "fused")
+        assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+        assert torch.allclose(model(x), slow, atol=1e-5)
 
 
 def test_self_ensemble_transforms_invert_and_keep_the_decimation_grid():
