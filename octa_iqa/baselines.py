@@ -217,7 +217,7 @@ def supervised(backbone_state: dict, train_records: Sequence[Record], test_recor
             loss.backward()
             optimizer.step()
         val_loss = _val_loss(net, val, cfg, weight, device)
-        print(f"[supervised] epoch {epoch + 1} train={float(loss):.4f} val={val_loss:.4f}", flush=True)
+        print(f"[supervised] epoch {epoch + 1} train={float(loss.detach()):.4f} val={val_loss:.4f}", flush=True)
         if val_loss < best - 1e-4:
             best, bad = val_loss, 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -31,8 +31,8 @@ _FIELDS = ("scores", "patch_term", "image_term", "patch_mean", "pooled", "labels
 class ScoredSet:
     """Per image: ``scores`` s(x) (N,) (the shipped quality score), ``patch_term`` (N,) top-1 % patch distance,
     ``image_term`` (N,) Mahalanobis distance of the pooled adapted scales, ``patch_mean`` (N,) mean patch
-    distance, ``pooled`` (N, 2*L*D) spatial mean and std of the adapted scales (:func:`pooled_scales`), ``labels`` (N,) (-1 when unlabeled) and
-    ``maps`` (N, H1, W1) patch scores."""
+    distance, ``pooled`` (N, 2*L*D) spatial mean and std of the adapted scales (:func:`pooled_scales`),
+    ``labels`` (N,) (-1 when unlabeled) and ``maps`` (N, H1, W1) patch scores."""
 
     scores: np.ndarray
     patch_term: np.ndarray
@@ -181,34 +181,35 @@ def pooled_scales(emb) -> torch.Tensor:
 
 @torch.no_grad()
 def score_batch(model: LowQualityRepresentation, emb, top_fraction: float = 0.01, aggregate: str = "topk_mean",
-                image_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                image_weight: float = 0.0, two_sided: bool = True) -> dict[str, torch.Tensor]:
     """Every per-image score of one embedded batch (the :class:`ScoredSet` fields except ``labels``), on CPU."""
     dist = model.distances(emb)
     pooled = pooled_scales(emb)
     patch_term, image_term = image_scores(dist, top_fraction, aggregate), model.image_term(pooled)
-    return {"scores": model.combine(patch_term, image_term, image_weight).cpu(), "patch_term": patch_term.cpu(),
-            "image_term": image_term.cpu(), "patch_mean": dist.mean(1).cpu(), "pooled": pooled.cpu(),
+    return {"scores": model.combine(patch_term, image_term, image_weight, two_sided).cpu(),
+            "patch_term": patch_term.cpu(), "image_term": image_term.cpu(), "patch_mean": dist.mean(1).cpu(), "pooled": pooled.cpu(),
             "maps": dist.view(len(dist), *emb.patches.shape[-2:]).cpu()}
 
 
 @torch.no_grad()
 def score_images(model: LowQualityRepresentation, images: torch.Tensor, top_fraction: float = 0.01,
-                 aggregate: str = "topk_mean", image_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                 aggregate: str = "topk_mean", image_weight: float = 0.0, two_sided: bool = True
+                 ) -> dict[str, torch.Tensor]:
     """(B, 3, S, S) images -> :func:`score_batch` (``scores`` is the shipped s(x) when ``image_weight`` is the
     config's)."""
     model.eval()
-    return score_batch(model, model.embed(images), top_fraction, aggregate, image_weight)
+    return score_batch(model, model.embed(images), top_fraction, aggregate, image_weight, two_sided)
 
 
 @torch.no_grad()
 def score_loader(model: LowQualityRepresentation, loader: DataLoader, device: torch.device, top_fraction: float = 0.01,
-                 aggregate: str = "topk_mean", image_weight: float = 0.0) -> ScoredSet:
+                 aggregate: str = "topk_mean", image_weight: float = 0.0, two_sided: bool = True) -> ScoredSet:
     """Score every image of a loader; ``image_weight`` > 0 adds the image-level term to s(x) (``combine``)."""
     model.eval()
     out: dict[str, list] = {k: [] for k in _FIELDS}
     for batch in tqdm(loader, desc="scoring", leave=False, disable=len(loader) < 4):
-        for key, value in score_batch(model, _embed(model, batch, device), top_fraction, aggregate,
-                                      image_weight).items():
+        for key, value in score_batch(model, _embed(model, batch, device), top_fraction, aggregate, image_weight,
+                                      two_sided).items():
             out[key].append(value)
         out["labels"].append(torch.as_tensor(batch["label"]))
     return ScoredSet(*(torch.cat(out[k]).numpy() for k in _FIELDS))

@@ -66,7 +66,7 @@ def load_trained(cfg: Config, checkpoint: str | Path, device: torch.device | Non
     extra = ckpt["extra"]
     if "holdout_patch_term" in extra:  # s(x) of the held-out images under this config's image_weight
         held = model.combine(extra["holdout_patch_term"].double(), extra["holdout_image_term"].double(),
-                             cfg.threshold.image_weight)
+                             cfg.threshold.image_weight, cfg.threshold.two_sided)
         return model, held.numpy()
     return model, np.asarray(extra["holdout_scores"], dtype=np.float64)
 
@@ -76,7 +76,7 @@ def score_records(model: LowQualityRepresentation, records: Sequence[Record], cf
     loader = make_loader(QualityDataset(records, cfg.data, cfg.model.pretrained), cfg.optim.batch_size, False,
                          cfg.seed, cfg.data.num_workers)
     return score_loader(model, loader, device, cfg.threshold.top_fraction, cfg.threshold.aggregate,
-                        cfg.threshold.image_weight)
+                        cfg.threshold.image_weight, cfg.threshold.two_sided)
 
 
 def assess(scored: ScoredSet, holdout_scores: np.ndarray, cfg: Config) -> Assessment:

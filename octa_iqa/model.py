@@ -126,13 +126,17 @@ class LowQualityRepresentation(nn.Module):
                  float(np.median(image_term)), float(np.std(image_term)) + 1e-8]
         self.term_stats = torch.tensor(stats, device=self.bank.device)
 
-    def combine(self, patch_term: torch.Tensor, image_term: torch.Tensor, image_weight: float) -> torch.Tensor:
-        """s(x) = z(patch term) + image_weight * z(image term), each standardised by :meth:`set_term_stats`;
-        ``image_weight = 0`` leaves the raw top-1 % patch score."""
+    def combine(self, patch_term: torch.Tensor, image_term: torch.Tensor, image_weight: float,
+                two_sided: bool = True) -> torch.Tensor:
+        """s(x) = |z(patch term)| + image_weight * z(image term), each standardised by :meth:`set_term_stats`.
+        Two-sided patch term: a patch distance far *below* the outstanding images' is as anomalous as one far above
+        (darkening pulls patches towards the dark FAZ / inter-vessel centres of the bank). ``image_weight = 0``
+        leaves the raw top-1 % patch score."""
         if image_weight == 0:
             return patch_term
         p_mu, p_sd, g_mu, g_sd = (float(v) for v in self.term_stats)
-        return (patch_term - p_mu) / p_sd + image_weight * (image_term.to(patch_term) - g_mu) / g_sd
+        z_patch = (patch_term - p_mu) / p_sd
+        return (z_patch.abs() if two_sided else z_patch) + image_weight * (image_term.to(patch_term) - g_mu) / g_sd
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch signature
         key = prefix + "bank"

@@ -232,7 +232,12 @@ def run_reproduce(cfg: Config, wanted: Callable[[str], bool], variants: dict, cl
     rows, first = [], None
     for i, seed in enumerate(seeds):
         seed_cfg = from_dict(Config, apply_overrides(to_dict(cfg), [f"seed={seed}"]))
-        got, uno = seed_rows(seed_cfg, data, device, out if i == 0 else None, wanted, variants, cluster_options,
+        skip = {"supervised"} if i >= cfg.baselines.supervised_seeds else set()
+
+        def wanted_now(row: str, skip: set = skip) -> bool:
+            return wanted(row) and row not in skip
+
+        got, uno = seed_rows(seed_cfg, data, device, out if i == 0 else None, wanted_now, variants, cluster_options,
                              runs_root)
         rows += got
         first = first or uno

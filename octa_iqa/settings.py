@@ -153,7 +153,7 @@ class OptimConfig:
 
 @dataclass
 class ThresholdConfig:
-    """Outstanding vs non-outstanding: s(x) = z(top-1 % patch distance) + image_weight * z(Mahalanobis distance of
+    """Outstanding vs non-outstanding: s(x) = |z(top-1 % patch distance)| + image_weight * z(Mahalanobis distance of
     the pooled adapted scales to the outstanding training images); tau from held-out outstanding images.
     ``image_weight: 0`` is the patch score alone."""
 
@@ -162,6 +162,7 @@ class ThresholdConfig:
     top_fraction: float = 0.01  # patch term = mean of the top 1 % patch distances
     aggregate: Literal["topk_mean", "max"] = "topk_mean"
     image_weight: float = 2.0
+    two_sided: bool = False  # |z(patch term)|: an unusually low patch distance counts as anomalous too
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.quantile < 1.0 or not 0.0 < self.top_fraction <= 1.0 or self.image_weight < 0:
@@ -198,6 +199,7 @@ class BaselineConfig:
     second_split: Literal["otsu", "gmm3"] = "otsu"
     supervised_epochs: int = 40  # at most; early stopping on the validation loss
     supervised_patience: int = 4
+    supervised_seeds: int = 1  # the supervised row (the costliest) runs for the first this many seeds only
     supervised_lr: float = 1e-3
     supervised_batch_size: int = 32
 

@@ -143,7 +143,7 @@ def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tr
     model.fit_image_term(score_loader(model, loaders.fit, device, top, agg).pooled)
     held = score_loader(model, loaders.hold, device, top, agg)
     model.set_term_stats(held.patch_term, held.image_term)
-    held = score_loader(model, loaders.hold, device, top, agg, cfg.threshold.image_weight)
+    held = score_loader(model, loaders.hold, device, top, agg, cfg.threshold.image_weight, cfg.threshold.two_sided)
     if not is_main_process():
         return
     extra = {**best["extra"], "holdout_scores": torch.from_numpy(held.scores.astype(np.float64)),

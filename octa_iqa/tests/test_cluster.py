@@ -50,7 +50,7 @@ def test_small_cluster_guard_falls_back_to_score_gmm():
     rng = np.random.default_rng(0)
     pooled = np.concatenate([rng.normal(0, 1, (99, 6)), np.full((1, 6), 50.0)])  # one outlier: 1 % cluster
     scores = np.concatenate([rng.normal(1, 0.05, 50), rng.normal(2, 0.05, 49), [1.5]])
-    cfg = ClusterConfig(n_components=3, score_weight=0.0)  # pooled features only: the outlier is a cluster
+    cfg = ClusterConfig(n_components=3, score_weight=0.0, method="kmeans")  # pooled only: the outlier is a cluster
     res = cluster_non_outstanding(pooled, np.stack([scores] * 3, axis=1), cfg)
     assert res.fallback
     assert np.bincount(res.labels).min() >= 40
