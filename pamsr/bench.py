@@ -139,6 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--attention", default="default")
     parser.add_argument("--compile", action="store_true", help="add torch.compile of the reference mode")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per mode (SwinIR-M tiles slowly on a CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/bench/pamsr")
     parser.add_argument("--one-mode", default=None, help=argparse.SUPPRESS)  # JSON mode, run in this process
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         if mode["precision"] == "bf16" and not bf16_supported(device):  # decided at run time; no process needed
             row = measure_in_this_process(mode, args, device)
         else:
-            row = peak_in_fresh_process("pamsr.bench", child_args(args, mode))
+            row = peak_in_fresh_process("pamsr.bench", child_args(args, mode), timeout=args.timeout)
         row |= {"model": args.model, "params": params, "device": str(device)}
         ref = rows[0] if rows else row
         if row.get("status") == "ok" and ref.get("status") == "ok":
