@@ -49,15 +49,21 @@ def test_saliency_follows_the_lesion_on_synthetic_images(method):
     patch scores correlate with how much lesion a patch holds, and the lesion is brighter than the background."""
     from spmix.synthetic_set import N_CONTEXTS, context_pool
 
+    # FineGrained (the detector the runs use) is on the lesion in every image; the spectral-residual fallback is
+    # weaker on single images (ink blots and bubble rings also stand out in its spectrum), so its bar is per set.
+    per_image, mean_corr, ratio = {"fine_grained": (0.4, 0.55, 1.5), "spectral_residual": (0.15, 0.5, 1.2)}[method]
     rng = np.random.default_rng(0)
+    corrs = []
     for k in range(2 * N_CONTEXTS):
         image, mask = render_image(k % 7, context_pool()[k % N_CONTEXTS], random_lesion(rng, 96), rng, size=(96, 128))
         sal = compute_saliency(image, method)
         assert sal.shape == image.shape[:2] and sal.min() >= 0 and sal.max() <= 1
         scores = patch_scores(torch.from_numpy(sal)[None], 16, tie_noise=0.0)[0]
         lesion = torch.nn.functional.avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], 16).flatten()
-        assert np.corrcoef(scores.numpy(), lesion.numpy())[0, 1] > 0.25, k
-        assert sal[mask].mean() > 1.2 * sal[~mask].mean(), k
+        corrs.append(np.corrcoef(scores.numpy(), lesion.numpy())[0, 1])
+        assert corrs[-1] > per_image, k
+        assert sal[mask].mean() > ratio * sal[~mask].mean(), k
+    assert np.mean(corrs) > mean_corr
 
 
 def test_explicit_method_without_contrib_fails_loudly(monkeypatch):
