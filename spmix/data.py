@@ -10,7 +10,7 @@ On-disk layout (the official challenge archives; the ground-truth CSV may sit in
       ISIC2018_Task3_Validation_Input/ + ..._Validation_GroundTruth(.csv)
       ISIC2018_Task3_Test_Input/       + ..._Test_GroundTruth(.csv)
 
-Nothing is ever written under a real ``<root>``: split files (``image,label,part,subset``) go to
+Nothing is ever written under a real ``<root>``: split files (``image,label,part,subset,gt_sha256``) go to
 ``data/splits/spmix/<root>-<hash>/`` (or ``data.split_file``) and saliency maps to ``data/saliency/spmix/...``
 (see ``pipeline.py``); only a synthetic root made by ``synthetic_set.py`` holds its own ``splits/`` and ``saliency/``.
 
