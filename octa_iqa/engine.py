@@ -187,7 +187,8 @@ def score_batch(model: LowQualityRepresentation, emb, top_fraction: float = 0.01
     pooled = pooled_scales(emb)
     patch_term, image_term = image_scores(dist, top_fraction, aggregate), model.image_term(pooled)
     return {"scores": model.combine(patch_term, image_term, image_weight, two_sided).cpu(),
-            "patch_term": patch_term.cpu(), "image_term": image_term.cpu(), "patch_mean": dist.mean(1).cpu(), "pooled": pooled.cpu(),
+            "patch_term": patch_term.cpu(), "image_term": image_term.cpu(), "patch_mean": dist.mean(1).cpu(),
+            "pooled": pooled.cpu(),
             "maps": dist.view(len(dist), *emb.patches.shape[-2:]).cpu()}
 
 
