@@ -8,7 +8,7 @@ Rows: ``uno_qa`` (trained adaptors + memory bank + tau + test-time clustering), 
 score with the baselines' second threshold instead of clustering), ``padim``, ``patchcore``,
 ``kmeans_raw_transductive``, ``supervised`` and ``handcrafted_logreg``. ``--all`` adds ``uno_qa_patch_only``
 (s(x) without the image-level term), ``uno_qa_no_head`` (untrained adaptors), ``uno_qa_random_backbone`` (no
-self-supervised pre-training), ``uno_qa_gmm`` and ``uno_qa_tsne`` (clustering options). ``--pretrained FILE``
+self-supervised pre-training), ``uno_qa_kmeans`` and ``uno_qa_tsne`` (clustering options). ``--pretrained FILE``
 (ImageNet weights of ``model.backbone``) adds ``uno_qa_pretrained``. Each row is run for ``--seeds`` seeds
 (``seed``, ``seed + 1``, ...; the data stay the same): the table holds the mean, ``<metric>_std`` (sample standard
 deviation) and ``seeds``. The UNO-QA model is trained for every selection: the anomaly baselines read its frozen
@@ -46,9 +46,9 @@ METRIC_COLUMNS = ("balanced_accuracy", "qwk", "auroc", "auroc_ungradable_vs_grad
                   "kappa", "f1_ungradable", "f1_gradable", "f1_outstanding")
 ROWS = ("uno_qa", "uno_qa_two_threshold", "padim", "patchcore", "kmeans_raw_transductive", "supervised",
         "handcrafted_logreg")
-ALL_ROWS = ("uno_qa_patch_only", "uno_qa_no_head", "uno_qa_random_backbone", "uno_qa_gmm", "uno_qa_tsne")
+ALL_ROWS = ("uno_qa_patch_only", "uno_qa_no_head", "uno_qa_random_backbone", "uno_qa_kmeans", "uno_qa_tsne")
 VARIANTS = {"uno_qa_no_head": ["model.train_head=false"], "uno_qa_random_backbone": ["model.pretrained=none"]}
-CLUSTER_OPTIONS = {"uno_qa_patch_only": ["threshold.image_weight=0"], "uno_qa_gmm": ["cluster.method=gmm"],
+CLUSTER_OPTIONS = {"uno_qa_patch_only": ["threshold.image_weight=0"], "uno_qa_kmeans": ["cluster.method=kmeans"],
                    "uno_qa_tsne": ["cluster.reduce=tsne"]}
 
 COIPS_NOTE = ("Supervised reference on the real sOCTA-3x3-10k test split (COIPS README, not UNO-QA; Acc / Pre / AUC / "
