@@ -50,5 +50,5 @@ def test_short_pretraining_learns_texture_tokens_and_loads_into_the_lpm(tmp_path
 def test_default_config_points_at_the_recipe_file() -> None:
     cfg = load_config(Config, PROJECT / "configs" / "default.yaml", [])
     assert cfg.model.pretrained == weights_path(PretrainConfig(), cfg.model.lpm).as_posix()
-    other = load_config(Config, PROJECT / "configs" / "default.yaml", ["model.lpm.embed_dim=96", "model.lpm.num_heads=4"])
+    other = load_config(Config, PROJECT / "configs" / "default.yaml", ["model.lpm.embed_dim=96"])
     assert weights_path(PretrainConfig(), other.model.lpm) != weights_path(PretrainConfig(), cfg.model.lpm)

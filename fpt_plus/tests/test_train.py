@@ -123,12 +123,13 @@ def test_unwritable_runs_root_fails_before_the_data_work(tmp_path: Path) -> None
 
 def test_reproduce_writes_comparison(ci_root: Path, tmp_path: Path) -> None:
     out = reproduce.main(["--config", "configs/ci.yaml", "--only", "fpt_plus,side_only,full_finetune",
-                          "--lpm-epochs", "1", "--out", str(tmp_path / "runs"), "runtime.progress=false",
+                          "optim.lpm_epochs=1", "--seeds", "1", "--out", str(tmp_path / "runs"), "runtime.progress=false",
                           f"data.root={ci_root / 'data'}", f"data.preload_dir={tmp_path / 'cache'}", "optim.epochs=1"])
     assert out.parent == tmp_path / "runs" / "fpt_plus" / "reproduce"
     assert (out / "config.yaml").is_file() and (out / "env.json").is_file()
     table = pd.read_csv(out / "comparison.csv")
     assert table["method"].tolist() == ["fpt_plus", "side_only", "full_finetune"]
+    assert table["seeds"].tolist() == [1, 1, 1] and table["epochs"].tolist() == [1, 1, 1]
     for col in ("auc", "qwk", "kappa", "learnable_percent", "learnable_percent_official", "peak_mib", "step_time_s"):
         assert col in table.columns
     assert table.loc[0, "learnable_percent_vitb"] == pytest.approx(1.0266, abs=1e-3)
