@@ -117,7 +117,7 @@ def test_torchrun_two_processes_one_run_folder_same_scores(trained, tmp_path, ma
     rows = pd.read_csv(folders[0] / "metrics.csv").set_index("step")
     ref = pd.read_csv(straight / "metrics.csv").set_index("step")
     np.testing.assert_allclose(rows.loc[1], ref.loc[1], rtol=1e-4)  # the first epoch: the same gradients
-    np.testing.assert_allclose(rows["val/compactness"], ref["val/compactness"], rtol=1e-3)
+    np.testing.assert_allclose(rows["val/compactness"], ref["val/compactness"], rtol=5e-3)
     got = load_checkpoint(folders[0] / "checkpoints" / "best.pt")["extra"]
     want = load_checkpoint(straight / "checkpoints" / "best.pt")["extra"]
     for key in ("holdout_patch_term", "holdout_image_term"):
