@@ -245,15 +245,32 @@ def all_gather_arrays(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.concatenate(gathered, axis=0)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: ``all_gather`` + concatenation; backward: the gradient of the whole concatenation summed over
+    ranks (``all_reduce``), then this rank's slice. Plain synchronous collectives (no deprecated
+    ``torch.distributed.nn`` path)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see class docstring
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a same-shaped tensor from every rank along dim 0, keeping the autograd graph (the backward
     sums every rank's gradient into the local part: CLIP-style losses with other ranks' negatives); the tensor
     itself when not distributed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
