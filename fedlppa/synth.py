@@ -31,7 +31,7 @@ from fedlppa.data import PNG_DIRS, PNG_MAPS
 from fedlppa.settings import SynthConfig
 from fedlppa.weak_labels import all_weak_labels
 
-__all__ = ["STYLES", "render_case", "write_dataset", "ensure_synthetic", "main"]
+__all__ = ["STYLES", "WIDE_STYLES", "STYLE_SETS", "render_case", "write_dataset", "ensure_synthetic", "main"]
 
 # one row per site (a..e); b and d share a style
 STYLES = [
@@ -45,6 +45,23 @@ STYLES = [
     dict(gamma=1.3, contrast=0.7, density=1.8, noise="speckle", sigma=6.0, blur=1.2, down=2, vignette=0.0,
          bright=0.05),
 ]
+
+# ``styles: wide``: larger acquisition gaps between the sites (ours): a unchanged; b and d (still one shared style)
+# with inverted contrast (the avascular zone brighter than its surround), speckle, blur and vignetting; c with
+# strong Gaussian noise, 2x down-up resolution and vignetting; e with strong speckle, blur, 2x down-up resolution
+# and dense, faint capillaries.
+WIDE_STYLES = [
+    STYLES[0],
+    dict(gamma=0.6, contrast=0.8, density=0.6, noise="speckle", sigma=8.0, blur=0.6, down=1, vignette=0.4,
+         bright=0.2, invert=True),
+    dict(gamma=2.0, contrast=1.5, density=1.6, noise="gauss", sigma=0.18, blur=0.0, down=2, vignette=0.7,
+         bright=-0.15),
+    dict(gamma=0.6, contrast=0.8, density=0.6, noise="speckle", sigma=8.0, blur=0.6, down=1, vignette=0.4,
+         bright=0.2, invert=True),
+    dict(gamma=1.4, contrast=0.6, density=2.0, noise="speckle", sigma=5.0, blur=1.0, down=2, vignette=0.0,
+         bright=0.05),
+]
+STYLE_SETS = {"default": STYLES, "wide": WIDE_STYLES}
 
 
 def _irregular_ellipse(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:
@@ -74,6 +91,8 @@ def _apply_style(image: np.ndarray, style: dict, rng: np.random.Generator) -> np
         rr, cc = np.mgrid[:size, :size] / (size - 1) - 0.5
         img = img * (1 - style["vignette"] * (rr**2 + cc**2) * 2)
     img = img + style["bright"]
+    if style.get("invert", False):
+        img = -img
     lo, hi = np.percentile(img, 0.5), np.percentile(img, 99.5)
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
@@ -118,10 +137,12 @@ def _polyp(size: int, style: dict, rng: np.random.Generator) -> tuple[np.ndarray
 RENDERERS = {"faz": _faz, "odoc": _odoc, "polyp": _polyp}
 
 
-def render_case(kind: str, size: int, site: int, index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_case(kind: str, size: int, site: int, index: int, seed: int,
+                styles: str = "default") -> tuple[np.ndarray, np.ndarray]:
     """One image ``(C, H, W)`` float32 in [0, 1] and its mask, deterministic in (seed, site, index)."""
     rng = np.random.default_rng([seed, site, index])
-    return RENDERERS[kind](size, STYLES[site % len(STYLES)], rng)
+    table = STYLE_SETS[styles]
+    return RENDERERS[kind](size, table[site % len(table)], rng)
 
 
 def _write_h5(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -156,11 +177,12 @@ def write_dataset(out: Path, cfg: SynthConfig) -> Path:
         for split, count in (("train", n_train), ("test", cfg.test_count)):
             for i in range(count):
                 index = i if split == "train" else 10_000 + i
-                image, mask = render_case(cfg.kind, cfg.size, site, index, cfg.seed)
+                image, mask = render_case(cfg.kind, cfg.size, site, index, cfg.seed, cfg.styles)
                 arrays = {"image": image[0] if image.shape[0] == 1 else image, "mask": mask}
                 if split == "train":
                     arrays.update(all_weak_labels(mask, num_classes, cfg.seed * 1_000_003 + site * 10_007 + i,
-                                                  rotated_box=cfg.kind == "polyp" and site == 2))
+                                                  rotated_box=cfg.kind == "polyp" and site == 2,
+                                                  sparsity=cfg.sparsity))
                 stem = f"s{site + 1}_{split}_{i:03d}"
                 _write_h5(domain / split / f"{stem}.h5", arrays)
                 if cfg.png:
@@ -171,6 +193,9 @@ def write_dataset(out: Path, cfg: SynthConfig) -> Path:
 def ensure_synthetic(root: str | Path, cfg: SynthConfig) -> Path:
     """Generate the set at ``root`` on first use (a folder this generator owns; see ``common.datasets``)."""
     params = {"generator": "fedlppa.synth/1", **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    for key in ("styles", "sparsity"):  # the stamp of a set written before these options existed stays valid
+        if params[key] == "default":
+            del params[key]
     return ensure_dataset(Path(root), params, lambda folder: write_dataset(folder, cfg),
                           what="FedLPPA synthetic multi-site set")
 

@@ -31,9 +31,21 @@ from scipy import ndimage
 
 from common.synthetic import as_rng, smooth_field
 
-__all__ = ["WEAK_TYPES", "make_weak_label", "all_weak_labels"]
+__all__ = ["WEAK_TYPES", "SPARSITY", "make_weak_label", "all_weak_labels"]
 
 WEAK_TYPES = ("scribble", "scribble_noisy", "keypoint", "block", "box")
+
+# Geometry of the marks (ours). ``default``: the rules of the module docstring. ``sparse``: less of each object is
+# marked and the background marks keep further away, so pCE leaves a wider band unconstrained: the keypoint
+# background "+" at 2.5 r, the scribble a half ring and its background frame at 0.6 r in four short strokes, the
+# noisy scribble shifted 8-14 % and rotated up to 30 degrees, the box core 30 % and the background only beyond the
+# box grown by 15 % of its size, the block background beyond 0.4 r and its core deeper than 35 %.
+SPARSITY = {
+    "default": dict(kp_bg=1.5, scr_gap=60.0, frame=0.25, frame_gap=20.0, shift=(0.03, 0.06), rot=15.0, box_core=0.6,
+                    box_grow=0.0, block_margin=0.25, block_depth=0.2),
+    "sparse": dict(kp_bg=2.5, scr_gap=180.0, frame=0.6, frame_gap=60.0, shift=(0.08, 0.14), rot=30.0, box_core=0.3,
+                   box_grow=0.15, block_margin=0.4, block_depth=0.35),
+}
 
 
 def _objects(mask: np.ndarray, num_classes: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -72,7 +84,7 @@ def _gap_free(angles: np.ndarray, starts: list[float], width: float) -> np.ndarr
     return keep
 
 
-def _keypoint(mask: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def _keypoint(mask: np.ndarray, num_classes: int, rng: np.random.Generator, geo: dict) -> np.ndarray:
     label = np.full(mask.shape, num_classes, np.uint8)
     objs = _objects(mask, num_classes)
     if not objs:
@@ -87,7 +99,7 @@ def _keypoint(mask: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
         r = _radius(obj)
         rings.append((c, region, _centroid(obj), 0.5 * (prev_r + r)))
         prev_r = r
-    rings.append((0, mask == 0, (cy, cx), 1.5 * _radius(outer)))
+    rings.append((0, mask == 0, (cy, cx), geo["kp_bg"] * _radius(outer)))
     for c, region, (py, px), rho in rings:
         for k in range(4):
             t = theta0 + k * math.pi / 2
@@ -101,7 +113,7 @@ def _ring(obj: np.ndarray, depth: float, inside: bool) -> np.ndarray:
     return (dist > depth - 0.5) & (dist <= depth + 0.5)
 
 
-def _scribble(mask: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def _scribble(mask: np.ndarray, num_classes: int, rng: np.random.Generator, geo: dict) -> np.ndarray:
     label = np.full(mask.shape, num_classes, np.uint8)
     objs = _objects(mask, num_classes)
     if not objs:
@@ -111,24 +123,26 @@ def _scribble(mask: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
         r = _radius(obj)
         ring = _ring(obj, max(1.0, 0.3 * (r - prev_r)), inside=True)
         prev_r = r
-        keep = _gap_free(_angles(mask.shape, _centroid(obj)), [rng.uniform(-math.pi, math.pi)], math.radians(60))
+        keep = _gap_free(_angles(mask.shape, _centroid(obj)), [rng.uniform(-math.pi, math.pi)],
+                          math.radians(geo["scr_gap"]))
         label[ring & keep & region] = c
     outer = objs[-1][1]
-    frame = _ring(outer, max(2.0, 0.25 * _radius(outer)), inside=False)
+    frame = _ring(outer, max(2.0, geo["frame"] * _radius(outer)), inside=False)
     start = rng.uniform(-math.pi, math.pi)
     gaps = [start + k * math.pi / 2 for k in range(4)]
-    label[frame & _gap_free(_angles(mask.shape, _centroid(outer)), gaps, math.radians(20)) & (mask == 0)] = 0
+    strokes = _gap_free(_angles(mask.shape, _centroid(outer)), gaps, math.radians(geo["frame_gap"]))
+    label[frame & strokes & (mask == 0)] = 0
     return label
 
 
-def _perturb(label: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def _perturb(label: np.ndarray, num_classes: int, rng: np.random.Generator, geo: dict) -> np.ndarray:
     """Shift, rotate and elastically jitter the marks (nearest neighbour), WSL4MIS-style noisy scribbles."""
     h, w = label.shape
     marked = np.argwhere(label != num_classes)
     center = marked.mean(0) if len(marked) else np.array([h / 2, w / 2])
-    angle = math.radians(rng.uniform(-15, 15))
+    angle = math.radians(rng.uniform(-geo["rot"], geo["rot"]))
     direction = rng.uniform(0, 2 * math.pi)
-    shift = rng.uniform(0.03, 0.06) * np.array([h * math.sin(direction), w * math.cos(direction)])
+    shift = rng.uniform(*geo["shift"]) * np.array([h * math.sin(direction), w * math.cos(direction)])
     rr, cc = np.mgrid[:h, :w].astype(np.float64)
     dy, dx = rr - center[0] - shift[0], cc - center[1] - shift[1]
     src_r = center[0] + dy * math.cos(angle) - dx * math.sin(angle)
@@ -154,58 +168,62 @@ def _box_poly(obj: np.ndarray, rotated: bool, scale: float) -> np.ndarray:
     return out.astype(bool)
 
 
-def _box(mask: np.ndarray, num_classes: int, rotated: bool = False) -> np.ndarray:
+def _box(mask: np.ndarray, num_classes: int, rotated: bool, geo: dict) -> np.ndarray:
     label = np.full(mask.shape, num_classes, np.uint8)
     objs = _objects(mask, num_classes)
     if not objs:
         label[:] = 0
         return label
-    outside = ~ndimage.binary_dilation(_box_poly(objs[-1][1], rotated, 1.0), iterations=1)
+    outside = ~ndimage.binary_dilation(_box_poly(objs[-1][1], rotated, 1.0 + geo["box_grow"]), iterations=1)
     label[outside & (mask == 0)] = 0
     for c, obj, region in objs:
-        label[_box_poly(obj, rotated, 0.6) & region] = c
+        label[_box_poly(obj, rotated, geo["box_core"]) & region] = c
     return label
 
 
-def _block(mask: np.ndarray, num_classes: int) -> np.ndarray:
+def _block(mask: np.ndarray, num_classes: int, geo: dict) -> np.ndarray:
     label = np.full(mask.shape, num_classes, np.uint8)
     objs = _objects(mask, num_classes)
     if not objs:
         label[:] = 0
         return label
     outer = objs[-1][1]
-    margin = max(2.0, 0.25 * _radius(outer))
+    margin = max(2.0, geo["block_margin"] * _radius(outer))
     label[(ndimage.distance_transform_edt(~outer) > margin) & (mask == 0)] = 0
     for c, _, region in objs:
         depth = ndimage.distance_transform_edt(region)
-        label[(depth > 0.2 * depth.max()) & region] = c
+        label[(depth > geo["block_depth"] * depth.max()) & region] = c
     return label
 
 
 def make_weak_label(mask: np.ndarray, kind: str, num_classes: int, seed: int | np.random.Generator,
-                    rotated_box: bool = False) -> np.ndarray:
-    """The ``kind`` weak label of a full ``(H, W)`` mask (module docstring); ``C`` marks unlabelled pixels."""
+                    rotated_box: bool = False, sparsity: str = "default") -> np.ndarray:
+    """The ``kind`` weak label of a full ``(H, W)`` mask (module docstring); ``C`` marks unlabelled pixels.
+    ``sparsity``: a key of ``SPARSITY``."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if sparsity not in SPARSITY:
+        raise ValueError(f"unknown weak-label sparsity {sparsity!r}; expected one of {list(SPARSITY)}")
+    geo = SPARSITY[sparsity]
     rng = as_rng(seed)
     if kind == "keypoint":
-        return _keypoint(mask, num_classes, rng)
+        return _keypoint(mask, num_classes, rng, geo)
     if kind == "scribble":
-        return _scribble(mask, num_classes, rng)
+        return _scribble(mask, num_classes, rng, geo)
     if kind == "scribble_noisy":
-        return _perturb(_scribble(mask, num_classes, rng), num_classes, rng)
+        return _perturb(_scribble(mask, num_classes, rng, geo), num_classes, rng, geo)
     if kind == "box":
-        return _box(mask, num_classes, rotated_box)
+        return _box(mask, num_classes, rotated_box, geo)
     if kind == "block":
-        return _block(mask, num_classes)
+        return _block(mask, num_classes, geo)
     if kind == "mask":
         return mask.astype(np.uint8)
     raise ValueError(f"unknown weak label type {kind!r}; expected one of {list(WEAK_TYPES)} or 'mask'")
 
 
 def all_weak_labels(mask: np.ndarray, num_classes: int, seed: int, rotated_box: bool = False,
-                    kinds: tuple[str, ...] = WEAK_TYPES) -> dict[str, np.ndarray]:
+                    kinds: tuple[str, ...] = WEAK_TYPES, sparsity: str = "default") -> dict[str, np.ndarray]:
     """Every weak label type of one mask, each from its own deterministic stream ``(seed, type index)``."""
-    return {kind: make_weak_label(mask, kind, num_classes, np.random.default_rng([seed, i]), rotated_box)
+    return {kind: make_weak_label(mask, kind, num_classes, np.random.default_rng([seed, i]), rotated_box, sparsity)
             for i, kind in enumerate(kinds)}

@@ -53,6 +53,31 @@ def test_weak_labels_correct_and_deterministic():
     assert (boxes[1] == 0).sum() > (boxes[0] == 0).sum()  # the rotated box leaves less background unlabelled
 
 
+def test_sparse_weak_labels_correct_and_sparser():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[ellipse_mask((64, 64), (32, 30), (10, 8), 20)] = 1
+    dense, sparse = all_weak_labels(mask, 2, seed=5), all_weak_labels(mask, 2, seed=5, sparsity="sparse")
+    for kind, label in sparse.items():
+        wrong = int(((label != 2) & (label != mask)).sum())
+        assert (wrong > 0) == (kind == "scribble_noisy"), kind
+        assert (label == 0).any() and (label == 1).any(), kind
+        if kind not in ("keypoint", "scribble_noisy"):  # the keypoint "+" keeps its size; the noisy one moves
+            assert (label != 2).sum() < (dense[kind] != 2).sum(), kind
+    with pytest.raises(ValueError, match="sparsity"):
+        all_weak_labels(mask, 2, seed=5, sparsity="dense")
+
+
+def test_wide_styles_change_images_not_masks():
+    from fedlppa.synth import render_case
+
+    for site in range(5):
+        (img_d, mask_d), (img_w, mask_w) = (render_case("faz", 32, site, 0, 0, s) for s in ("default", "wide"))
+        assert np.array_equal(mask_d, mask_w) and img_w.dtype == np.float32
+        assert (site == 0) == np.array_equal(img_d, img_w)  # site a keeps its style
+    img_b, mask_b = render_case("faz", 32, 1, 0, 0, "wide")  # b: inverted, the zone brighter than its surround
+    assert img_b[0][mask_b == 1].mean() > img_b[0][mask_b == 0].mean()
+
+
 def test_augmentation_fills_rotated_corners_with_ignore():
     image = np.ones((1, 32, 32), np.float32) * 0.3
     labels = np.zeros((2, 32, 32), np.uint8)
