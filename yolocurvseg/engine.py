@@ -11,6 +11,14 @@
   otherwise ignored (2); outside the FOV -> 0;
 - :func:`evaluate`: per-case metrics (``curve_metrics``) and their mean.
 
+Under torchrun every segmenter step draws the same global batch on every rank (the generator of ``(seed, stage,
+step)``) and forwards its contiguous share through the DDP-wrapped network; the logits are gathered with their graph
+(``common.runtime.all_gather_with_grad``) so each rank evaluates the loss of the whole batch (CE and Dice are
+batch-level statistics, not means of per-rank losses), and DDP's gradient average is then the single-process
+gradient. Prediction (pseudo-labels, evaluation) runs on a strided share of the cases per rank, gathered back into
+case order (:func:`sharded`). ``runtime.amp`` autocasts the segmenter's forward in training (the loss in fp32, fp16
+with a gradient scaler).
+
 Where a stage's state goes is the caller's business: the loops talk to a :class:`StageStore` (``train.py`` keeps it
 in the run folder). Data order is a function of ``(seed, stage, step)`` only (a fresh ``numpy`` generator per
 step), and the global step counter travels in every checkpoint, so a resumed stage continues exactly.
@@ -30,6 +38,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.checkpoint import restore_training_state
+from common.runtime import (
+    all_gather_with_grad,
+    autocast,
+    backward_and_step,
+    dist_info,
+    gather_by_index,
+    make_grad_scaler,
+    wrap_ddp,
+)
 from yolocurvseg.curve_metrics import curve_metrics
 from yolocurvseg.data import LoadedCase, MixedSampler, PairSampler, standardize
 from yolocurvseg.model import IGNORE, masked_ce_dice_loss
@@ -37,8 +54,8 @@ from yolocurvseg.settings import EvalConfig, FineConfig, OptimConfig, StepRuntim
 from yolocurvseg.synthesizer import CUTModel
 
 __all__ = ["StageStore", "SegmenterStage", "poly_lambda", "run_steps", "train_synthesizer", "train_segmenter",
-           "translate", "predict_image", "predict", "postprocess", "pseudo_labels", "pseudo_label_cases",
-           "evaluate"]
+           "rank_share", "sharded", "translate", "predict_image", "predict", "postprocess", "pseudo_labels",
+           "pseudo_label_cases", "evaluate"]
 
 
 class StageStore(Protocol):
@@ -53,8 +70,9 @@ class StageStore(Protocol):
         """The checkpoint to resume stage ``name`` from (its ``last.pt``), else None."""
 
     def save(self, name: str, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             scheduler: Any = None, extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
-        """Save the state of stage ``name`` after ``step`` (``finished``: its final weights)."""
+             scheduler: Any = None, scaler: torch.amp.GradScaler | None = None,
+             extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
+        """Save the state of stage ``name`` after ``step`` (``finished``: its final weights); rank 0 only."""
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         """One metrics row at global ``step``."""
@@ -155,31 +173,64 @@ def train_synthesizer(model: CUTModel, domain_a: PairSampler, domain_b: PairSamp
     return model
 
 
+def rank_share(batch_size: int) -> slice:
+    """This rank's contiguous rows of a global batch of ``batch_size`` (all rows when not distributed)."""
+    info = dist_info()
+    if batch_size % info.world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {info.world_size} torchrun processes; "
+                         f"choose optim.batch_size as a multiple of --nproc_per_node")
+    per_rank = batch_size // info.world_size
+    return slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+
+
 def train_segmenter(model: torch.nn.Module, sampler: PairSampler | MixedSampler, stage: SegmenterStage,
                     store: StageStore, runtime: StepRuntimeConfig, device: torch.device, seed: int) -> torch.nn.Module:
-    """Train ``model`` for ``stage.steps`` on ``sampler.batch`` (standardized crops, labels with ignore = 2)."""
+    """Train ``model`` for ``stage.steps`` on ``sampler.batch`` (standardized crops, labels with ignore = 2); under
+    torchrun each rank forwards its share of the global batch and the loss is that of the whole batch (module
+    docstring). Returns the unwrapped model."""
     if _reuse_finished(store, stage.name, model):
         return model
+    rows = rank_share(stage.batch_size)
+    net = wrap_ddp(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(stage.steps, stage.poly_power))
-    start, _ = _resume(store, stage.name, model=model, optimizer=opt, scheduler=sched)
+    scaler = make_grad_scaler(device, runtime.amp)
+    start, _ = _resume(store, stage.name, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
 
     def step_fn(step: int) -> dict[str, float]:
-        model.train()
-        x, y = sampler.batch(stage_rng(seed, stage.name, step), stage.batch_size)
-        loss = masked_ce_dice_loss(model(x.to(device)), y.to(device), stage.dice_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        net.train()
+        x, y = sampler.batch(stage_rng(seed, stage.name, step), stage.batch_size)  # the global batch
+        with autocast(device, runtime.amp):
+            logits = net(x[rows].to(device))
+        logits = all_gather_with_grad(logits.float())
+        loss = masked_ce_dice_loss(logits, y.to(device), stage.dice_weight)
+        backward_and_step(loss, opt, scaler)
         sched.step()
         return {"loss": float(loss.detach())}
 
     def save(step: int) -> None:
-        store.save(stage.name, step, model=model, optimizer=opt, scheduler=sched)
+        store.save(stage.name, step, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
 
     run_steps(stage.name, step_fn, start, stage.steps, store, runtime, save)
     store.save(stage.name, stage.steps, model=model, finished=True)
     return model
+
+
+def sharded(n: int, compute: Callable[[int], Any]) -> list[Any]:
+    """``[compute(i) for i in range(n)]`` with the indices split between the torchrun ranks (strided) and the
+    results gathered back in index order on every rank (each index computed once)."""
+    info = dist_info()
+    mine = list(range(info.rank, n, info.world_size))
+    results = [compute(i) for i in mine]
+    if not info.distributed:
+        return results
+    boxed = np.empty(len(results), dtype=object)
+    for k, item in enumerate(results):
+        boxed[k] = item
+    _, gathered = gather_by_index(np.asarray(mine, np.int64), boxed)
+    if len(gathered) != n:
+        raise RuntimeError(f"sharded: gathered {len(gathered)} of {n} results")
+    return list(gathered)
 
 
 @torch.no_grad()
@@ -213,9 +264,16 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, roi: int, device: t
 
 def predict(model: torch.nn.Module, cases: Sequence[LoadedCase], roi: int, device: torch.device, tta: bool = False,
             progress: bool = False) -> tuple[list[str], list[np.ndarray | None], list[np.ndarray]]:
-    """``(indices, targets, outputs)``: case ids, their labels (None when unlabelled) and curve probabilities."""
-    outputs = [predict_image(model, c.image, roi, device, tta, c.fov)
-               for c in tqdm(cases, desc="predict", disable=not progress, leave=False)]
+    """``(indices, targets, outputs)``: case ids, their labels (None when unlabelled) and curve probabilities (under
+    torchrun each rank predicts its share of ``cases``; every rank gets all outputs)."""
+    bar = tqdm(total=len(cases), desc="predict", disable=not (progress and dist_info().is_main), leave=False)
+
+    def one(i: int) -> np.ndarray:
+        bar.update()
+        return predict_image(model, cases[i].image, roi, device, tta, cases[i].fov)
+
+    outputs = sharded(len(cases), one)
+    bar.close()
     return [c.case_id for c in cases], [c.label for c in cases], outputs
 
 
@@ -255,15 +313,20 @@ def evaluate(model: torch.nn.Module, cases: Sequence[LoadedCase], ev: EvalConfig
     missing = [c.case_id for c in cases if c.label is None]
     if missing:
         raise ValueError(f"cases {missing} have no label; evaluation needs the test labels")
-    ids, targets, probs = predict(model, cases, ev.roi, device, ev.tta, progress)
-    rows: list[dict[str, float | str]] = []
-    for cid, target, prob, case in zip(ids, targets, probs, cases, strict=True):
-        raw = prob > ev.threshold
-        row = {"case_id": cid, **curve_metrics(postprocess(raw, case.fov, ev.min_component), target > 0, case.fov,
-                                               ev.surface)}
+    bar = tqdm(total=len(cases), desc="evaluate", disable=not (progress and dist_info().is_main), leave=False)
+
+    def one(i: int) -> dict[str, float | str]:  # prediction and metrics of one case (this rank's share)
+        case = cases[i]
+        raw = predict_image(model, case.image, ev.roi, device, ev.tta, case.fov) > ev.threshold
+        row = {"case_id": case.case_id, **curve_metrics(postprocess(raw, case.fov, ev.min_component), case.label > 0,
+                                                        case.fov, ev.surface)}
         if ev.min_component:
-            row["betti0_error_raw"] = curve_metrics(raw, target > 0, case.fov, surface=False)["betti0_error"]
-        rows.append(row)
+            row["betti0_error_raw"] = curve_metrics(raw, case.label > 0, case.fov, surface=False)["betti0_error"]
+        bar.update()
+        return row
+
+    rows = sharded(len(cases), one)
+    bar.close()
     keys = [k for k in rows[0] if k != "case_id"] if rows else []
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return rows, summary

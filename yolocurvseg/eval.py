@@ -23,7 +23,7 @@ from common.checkpoint import load_checkpoint
 from common.cli import eval_parser, parse_eval
 from common.readers import list_images
 from common.rundir import resolve_path
-from common.runtime import setup_runtime
+from common.runtime import dist_info, setup_runtime
 from common.tracking import image_grid, overlay_mask, save_png, write_eval_tables
 from yolocurvseg.data import DATASETS, read_grey
 from yolocurvseg.engine import evaluate, postprocess, predict_image
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     parser = eval_parser("Evaluate or apply a YoloCurvSeg segmenter")
     request = parse_eval(Config, argv, parser, "yolocurvseg", PROJECT_DIR)
     cfg, args = request.config, request.args
+    if dist_info().distributed:
+        raise SystemExit("eval.py runs in one process (a test split is a few images); run it without torchrun")
     device = setup_runtime(cfg.runtime, cfg.seed)
     model = load_segmenter(cfg, request.checkpoint, device)
     run_dir = request.checkpoint.resolve().parent.parent

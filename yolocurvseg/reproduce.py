@@ -32,6 +32,7 @@ import pandas as pd
 from common.cli import parse_reproduce, reproduce_parser
 from common.config import ConfigError, apply_overrides, from_dict, to_dict
 from common.rundir import check_writable, create_run_dir
+from common.runtime import dist_info
 from common.tracking import write_comparison
 from yolocurvseg import train
 from yolocurvseg.pipeline import appearance_rows, list_splits, prepare_data
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--choices", type=int, default=3, help="number of single labelled images to try")
     parser.add_argument("--workers", type=int, default=1, help="sub-runs trained in parallel processes")
     cfg, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=ROWS)
+    if dist_info().distributed:
+        parser.error("reproduce.py runs its sub-runs as local processes (--workers), not under torchrun; launch "
+                     "train.py with torchrun for one run")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     start = time.time()

@@ -71,6 +71,16 @@ class SCAParams:
             raise ValueError(f"SCA step ({self.step}) must be positive and below 2 * kill ({2 * self.kill})")
         if not 0 < self.min_radius <= self.leaf_radius <= self.max_radius:
             raise ValueError("SCA radii must satisfy 0 < min_radius <= leaf_radius <= max_radius")
+        for name in ("n_attractors", "max_iter", "ref_size", "supersample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SCA {name} must be >= 1, got {getattr(self, name)}")
+        if len(self.n_roots) != 2 or not 1 <= self.n_roots[0] <= self.n_roots[1]:
+            raise ValueError(f"SCA n_roots must be (low, high) with 1 <= low <= high, got {self.n_roots}")
+        if not (0 <= self.hole_radius < 0.5 and 0 < self.fov_radius <= 0.5):
+            raise ValueError(f"SCA needs 0 <= hole_radius < 0.5 and 0 < fov_radius <= 0.5 (fractions of the smaller "
+                             f"side), got {self.hole_radius}, {self.fov_radius}")
+        if min(self.anisotropy, self.gamma) <= 0 or min(self.taper, self.inertia, self.jitter) < 0:
+            raise ValueError("SCA needs anisotropy, gamma > 0 and taper, inertia, jitter >= 0")
         for name in ("roots", "region"):
             allowed = {"roots": ("border", "disc", "edge", "center"), "region": ("full", "fov", "annulus", "stripes")}
             if getattr(self, name) not in allowed[name]:
@@ -116,6 +126,12 @@ def preset_with_overrides(name: str, overrides: dict[str, object]) -> SCAParams:
     if bad:
         raise ValueError(f"unknown `curves.overrides` key(s) {bad}; valid keys: {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    defaults = SCAParams()
+    for key, value in values.items():
+        want = type(getattr(defaults, key))
+        ok = isinstance(value, want) or (want is float and isinstance(value, int))
+        if not ok or isinstance(value, bool):
+            raise ValueError(f"`curves.overrides.{key}` must be {want.__name__}, got {value!r}")
     try:
         return preset(name, **values)
     except KeyError as exc:

@@ -201,8 +201,11 @@ class PCEConfig:
 
 @dataclass
 class StepRuntimeConfig(RuntimeConfig):
-    """``common.runtime.RuntimeConfig`` plus the cadence of the step loops: ``last.pt`` every ``save_every`` steps
-    (and at the end of every stage), a ``metrics.csv`` row every ``log_every`` steps."""
+    """``common.runtime.RuntimeConfig`` plus the two keys of this project's step loops (no epochs here):
+    ``last.pt`` every ``save_every`` steps (and at the end of every stage), a ``metrics.csv`` row every ``log_every``
+    steps. ``amp`` (``off|bf16|fp16``) autocasts the segmenter's training forward (CUT and inference stay fp32);
+    bf16 needs native support on the device, fp16 needs CUDA (both checked before any work); ``compile`` is
+    refused."""
 
     save_every: int = 100
     log_every: int = 25
@@ -251,7 +254,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        refuse_unsupported(self.runtime, amp=False, compile=False, project="yolocurvseg")
+        refuse_unsupported(self.runtime, compile=False, project="yolocurvseg")
         if len(self.model.strides) != len(self.model.channels) - 1:
             raise ValueError(f"model.strides needs len(model.channels) - 1 = {len(self.model.channels) - 1} "
                              f"entries, got {len(self.model.strides)}")

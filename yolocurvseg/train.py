@@ -11,6 +11,12 @@ its step, with the same data and the same ``metrics.csv`` rows as an uninterrupt
 resumed checkpoint are dropped first). The final segmenter is ``checkpoints/best.pt`` (no validation split: the
 final model is the reported one); test metrics go to ``eval/per_case.csv`` and ``eval/summary.csv``, figures to
 ``figures/`` and TensorBoard.
+
+torchrun (``torchrun --nproc_per_node=N train.py ...``, gloo on CPU, nccl on GPUs): one run folder, written by rank 0
+only. Rank 0 builds the synthetic pairs and trains and applies the CUT synthesizer (not data-parallel; the other ranks
+wait for its images); every segmenter stage (coarse, fine rounds, the baselines) trains under DDP on shares of the
+same global batches, and pseudo-labelling and evaluation are split between the ranks and gathered (``engine.py``),
+so the metrics are those of one process up to float summation order.
 """
 
 from __future__ import annotations
@@ -28,17 +34,24 @@ import torch
 
 from common.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
 from common.cli import parse_train, train_parser
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from common.rundir import RunDir, check_writable, open_run
-from common.runtime import dist_info, setup_runtime
+from common.runtime import (
+    broadcast_object,
+    cleanup_distributed,
+    is_main_process,
+    main_process_first,
+    setup_runtime,
+)
 from common.tracking import Tracker, image_grid, overlay_mask, write_eval_tables
 from yolocurvseg.data import MixedSampler, PairSampler
 from yolocurvseg.engine import (
     SegmenterStage,
     evaluate,
     postprocess,
-    predict,
+    predict_image,
     pseudo_label_cases,
+    rank_share,
     train_segmenter,
     train_synthesizer,
     translate,
@@ -85,7 +98,7 @@ class RunStages:
     def __init__(self, cfg: Config, run: RunDir, resume_state: Mapping[str, Any] | None):
         self.config, self.run, self.resume_state = to_dict(cfg), run, resume_state
         self.global_step = 0
-        if resume_state is not None:
+        if resume_state is not None and is_main_process():
             trim_metrics(run.metrics_csv, int(resume_state["extra"].get("global_step", 0)))
         self.tracker = Tracker(run.path)
         self.seconds: dict[str, float] = {}
@@ -108,14 +121,17 @@ class RunStages:
         return state if state is not None and state.get("extra", {}).get("stage") == name else None
 
     def save(self, name: str, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             scheduler: Any = None, extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
+             scheduler: Any = None, scaler: torch.amp.GradScaler | None = None,
+             extra: Mapping[str, Any] | None = None, finished: bool = False) -> None:
+        if not is_main_process():
+            return
         info = {"stage": name, "global_step": self.global_step, **(extra or {})}
         if finished:
             save_checkpoint(self.run.checkpoints / f"{name}.pt", model=model, config=self.config, epoch=1, step=step,
                             extra={**info, "finished": True})
         else:
             save_checkpoint(self.run.checkpoints / "last.pt", model=model, config=self.config, epoch=0, step=step,
-                            optimizer=optimizer, scheduler=scheduler, extra=info)
+                            optimizer=optimizer, scheduler=scheduler, scaler=scaler, extra=info)
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         self.tracker.log(scalars, step=step)
@@ -150,7 +166,18 @@ def train_baseline(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: 
 
 
 def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.device) -> PairSampler:
-    """Background, curves and (for ``yolocurvseg``) the CUT synthesizer: the synthetic training pairs."""
+    """Background, curves and (for ``yolocurvseg``) the CUT synthesizer: the synthetic training pairs. Under
+    torchrun rank 0 does this stage alone and sends the images (and the step counter) to the other ranks."""
+    images = masks = None
+    if is_main_process():
+        images, masks = synthesize_pairs(cfg, prep, stages, device)
+    images, masks, stages.global_step = broadcast_object((images, masks, stages.global_step))
+    return PairSampler(list(images), list(masks), cfg.data.crop, fovs=prep.labelled.fov)
+
+
+def synthesize_pairs(cfg: Config, prep: Prepared, stages: RunStages, device: torch.device
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(synthesized images, masks)``: naive composites, translated by CUT when ``method = yolocurvseg``."""
     with stages.timed("pairs"):
         bg = build_background(prep, cfg)
         pairs = generate_pairs(bg, prep, cfg)
@@ -165,7 +192,7 @@ def synthesize(cfg: Config, prep: Prepared, stages: RunStages, device: torch.dev
                                     device, cfg.seed)
             synthesized = translate(cut, pairs.composites, device, cfg.runtime.progress)
     stages.figure("synthesis", synthesis_figure(prep, bg, pairs, synthesized))
-    return PairSampler(list(synthesized), list(pairs.masks), cfg.data.crop, fovs=prep.labelled.fov)
+    return synthesized, pairs.masks
 
 
 def evaluate_stage(cfg: Config, prep: Prepared, model: torch.nn.Module, run: RunDir, device: torch.device,
@@ -199,37 +226,61 @@ def train_yolocurvseg(cfg: Config, prep: Prepared, model: torch.nn.Module, stage
 
 
 def prediction_grid(model: torch.nn.Module, prep: Prepared, cfg: Config, device: torch.device) -> np.ndarray:
-    """Image | ground truth | prediction for the first three test images."""
-    ids, targets, probs = predict(model, prep.test[:3], cfg.eval.roi, device)
+    """Image | ground truth | prediction for the first three test images (one process: no collectives)."""
     ev = cfg.eval
-    return image_grid([[c.image, overlay_mask(c.image, t), overlay_mask(c.image, postprocess(p > ev.threshold, c.fov,
-                                                                                              ev.min_component))]
-                       for c, t, p in zip(prep.test[:3], targets, probs, strict=True)])
+    rows = []
+    for c in prep.test[:3]:
+        pred = postprocess(predict_image(model, c.image, ev.roi, device, fov=c.fov) > ev.threshold, c.fov,
+                           ev.min_component)
+        rows.append([c.image, overlay_mask(c.image, c.label), overlay_mask(c.image, pred)])
+    return image_grid(rows)
 
 
 def finish(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStages, device: torch.device
            ) -> dict[str, float]:
     """Final test evaluation, ``best.pt``, the prediction figure and the ``test/*`` metrics row."""
     summary = evaluate_stage(cfg, prep, model, stages.run, device)
-    save_checkpoint(stages.run.checkpoints / "best.pt", model=model, config=stages.config, epoch=1, step=0,
-                    best_metric=summary.get("dice"),
-                    extra={"stage": "final", "method": cfg.method, "global_step": stages.global_step})
-    stages.figure("predictions", prediction_grid(model, prep, cfg, device))
-    stages.log({f"test/{k}": v for k, v in summary.items()}, step=stages.global_step + 1)
+    if is_main_process():
+        save_checkpoint(stages.run.checkpoints / "best.pt", model=model, config=stages.config, epoch=1, step=0,
+                        best_metric=summary.get("dice"),
+                        extra={"stage": "final", "method": cfg.method, "global_step": stages.global_step})
+        stages.figure("predictions", prediction_grid(model, prep, cfg, device))
+        stages.log({f"test/{k}": v for k, v in summary.items()}, step=stages.global_step + 1)
     return summary
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether torch reports native bf16 on ``device`` (CUDA: ``torch.cuda.is_bf16_supported``; CPU: oneDNN's bf16
+    check, true on CPUs with AVX512-BF16 / AMX, where CPU autocast is worth having)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def check_runtime(cfg: Config, device: torch.device) -> None:
+    """Refuse, before any work, a ``runtime.amp`` the device cannot run and a batch the torchrun ranks cannot share."""
+    amp = cfg.runtime.amp
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"runtime.amp=fp16 needs CUDA (device {device}); use runtime.amp=bf16 or off")
+    if amp == "bf16" and not bf16_supported(device):
+        raise ConfigError(f"runtime.amp=bf16: torch reports no native bf16 support on {device} (CPU: no AVX512-BF16 "
+                         f"/ AMX); use runtime.amp=off")
+    rank_share(cfg.optim.batch_size)  # raises unless optim.batch_size is a multiple of the number of processes
 
 
 def run_training(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
     """Run ``cfg.method`` (see ``settings.METHODS``); returns the run folder and the test metrics."""
-    if dist_info().distributed:
-        raise RuntimeError("yolocurvseg trains in one process (no torchrun path); run `python train.py` without it")
     device = setup_runtime(cfg.runtime, cfg.seed)
+    check_runtime(cfg, device)
     check_writable(cfg.runs_root)
-    prep = prepare_data(cfg)  # every listed file checked before the run folder exists
+    with main_process_first():  # rank 0 generates the hidden domain (data.synthetic) before the others read it
+        prep = prepare_data(cfg)  # every listed file checked before the run folder exists
     opened = open_run(PROJECT, cfg, resume=resume, device=device)
     state = load_checkpoint(opened.resume_from) if opened.resume_from is not None else None
     stages = RunStages(cfg, opened.run, state)
-    (opened.run.path / "skeleton_source.txt").write_text(f"{cfg.data.skeleton}: {prep.skeleton_source}\n")
+    if is_main_process():
+        (opened.run.path / "skeleton_source.txt").write_text(f"{cfg.data.skeleton}: {prep.skeleton_source}\n")
     model = build_model(cfg.model).to(device)
     if init_weights:
         load_init_weights(model, init_weights)
@@ -240,15 +291,19 @@ def run_training(cfg: Config, resume: str | None = None, init_weights: str | Non
         model = train_yolocurvseg(cfg, prep, model, stages, device, stage_summaries)
     summary = finish(cfg, prep, model, stages, device)
     stages.tracker.close()
-    print(f"[{PROJECT}] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
-          + f" -> {opened.run.path}")
+    if is_main_process():
+        print(f"[{PROJECT}] {cfg.method} ({cfg.experiment}): " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                                          summary.items()) + f" -> {opened.run.path}")
     return RunResult(opened.run.path, summary, stage_summaries, cfg.data.skeleton, stages.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:
     parser = train_parser("Train one YoloCurvSeg method (pipeline stages with checkpoints)")
     cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
-    return run_training(cfg, args.resume, args.init_weights)
+    try:
+        return run_training(cfg, args.resume, args.init_weights)
+    finally:
+        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -108,9 +108,14 @@ def test_eval_and_predict_modes(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
-    for bad, words in (("optim.stepz=3", ("optim.stepz", "steps")), ("curves.overrides={kil: 3}", ("curves.overrides",
-                       "kill")), ("optim.steps=-1", ("optim.steps", ">= 1")), ("runtime.amp=bf16", ("runtime.amp",)),
-                       ("fine.bg_threshold=0.95", ("bg_threshold",)), ("data.crop=30", ("data.crop", "multiple"))):
+    """Every bad value stops at parse time with the key named, before any data is generated or a run folder made;
+    ``curves.overrides`` is checked key by key, by type and by range."""
+    cases = (("optim.stepz=3", ("optim.stepz", "steps")), ("curves.overrides={kil: 3}", ("curves.overrides", "kill")),
+             ("curves.overrides={n_attractors: 0}", ("n_attractors", ">= 1")),
+             ("curves.overrides={kill: abc}", ("curves.overrides.kill", "float")),
+             ("optim.steps=-1", ("optim.steps", ">= 1")), ("fine.bg_threshold=0.95", ("bg_threshold",)),
+             ("data.crop=30", ("data.crop", "multiple")))
+    for bad, words in cases:
         with pytest.raises(SystemExit) as info:
             train.main(_args(tmp_path, bad))
         assert info.value.code == 2
