@@ -27,13 +27,13 @@ METHODS: tuple[str, ...] = ("prior", "global_only", "no_reconstruction", "no_loc
 @dataclass
 class ImageEncoderConfig:
     """``arch: resnet50`` (torchvision layout, official) or ``resnet_small`` (timm ResNet-18 layout with
-    ``channels``, CPU default). ``output_stride`` 32 (official, 7x7 tokens at 224) or 16 (dilated layer4).
+    ``channels``, CPU default). ``output_stride`` 32 (official, 7x7 tokens at 224), 16 (dilated layer4) or 8 (dilated layer3 and layer4).
     ``pretrained: none | hub | /path`` (an RGB ResNet state dict: conv1 is summed over its 3 input channels).
     ``official_token_order``: the official ``view(B, -1, C)`` on the NCHW map instead of ``flatten(2).transpose``."""
 
     arch: Literal["resnet50", "resnet_small"] = "resnet50"
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    output_stride: Literal[16, 32] = 32
+    output_stride: Literal[8, 16, 32] = 32
     pretrained: str = "none"
     pool_heads: int = 8
     official_token_order: bool = False
@@ -249,7 +249,8 @@ class FinetuneConfig:
     """Downstream fine-tuning (``finetune.py``): ``task`` on ``dataset`` with a ``fraction`` of its training labels
     (nested seeded subsets), the image encoder initialised from ``init`` (a pre-training checkpoint, or ``none`` =
     random initialisation). ``probe``: a linear layer on cached GAP(layer4) features; ``seg``: a U-Net decoder,
-    encoder fine-tuned; ``det``: torchvision RetinaNet + FPN of width ``det_width`` with ``det_head_convs``."""
+    encoder fine-tuned; ``det``: torchvision RetinaNet + FPN of width ``det_width`` with ``det_head_convs``.
+    ``dense_epochs``: the epochs ``reproduce.py`` gives segmentation and detection (``epochs`` is the probe's)."""
 
     task: Literal["probe", "seg", "det"] = "probe"
     dataset: Literal["chexpert", "rsna", "siim", "covidx", "object_cxr"] = "chexpert"
@@ -263,6 +264,7 @@ class FinetuneConfig:
     uncertainty: Literal["zeros", "ones", "ignore"] = "zeros"
     det_width: int = 64
     det_head_convs: int = 2
+    dense_epochs: int = 10
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:

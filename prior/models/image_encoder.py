@@ -74,7 +74,8 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int], official_order: b
 def _resnet50(output_stride: int) -> nn.Module:
     import torchvision
 
-    net = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, output_stride == 16])
+    net = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, output_stride == 8,
+                                                                                  output_stride <= 16])
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Identity()
     return net
