@@ -27,7 +27,8 @@ METHODS: tuple[str, ...] = ("prior", "global_only", "no_reconstruction", "no_loc
 @dataclass
 class ImageEncoderConfig:
     """``arch: resnet50`` (torchvision layout, official) or ``resnet_small`` (timm ResNet-18 layout with
-    ``channels``, CPU default). ``output_stride`` 32 (official, 7x7 tokens at 224), 16 (dilated layer4) or 8 (dilated layer3 and layer4).
+    ``channels``, CPU default). ``output_stride`` 32 (official, 7x7 tokens at 224), 16 (dilated layer4) or 8
+    (dilated layer3 and layer4; CPU default: 8x8 tokens at 64 px).
     ``pretrained: none | hub | /path`` (an RGB ResNet state dict: conv1 is summed over its 3 input channels).
     ``official_token_order``: the official ``view(B, -1, C)`` on the NCHW map instead of ``flatten(2).transpose``."""
 

@@ -347,3 +347,11 @@ def test_image_decoder_halves_channels():
 def test_attention_pool_shape():
     pool = AttentionPool2d(4, 32, 4)
     assert pool(torch.randn(3, 32, 4, 4)).shape == (3, 32)
+
+
+@pytest.mark.parametrize(("stride", "grid"), [(8, 8), (16, 4), (32, 2)])
+def test_output_stride_sets_token_grid(stride, grid):
+    encoder = ImageEncoder("resnet_small", 64, stride, (8, 16, 16, 32), pool_heads=2)
+    fmap, pooled = encoder(torch.randn(2, 1, 64, 64))
+    assert encoder.grid == grid and fmap.shape == (2, 32, grid, grid) and pooled.shape == (2, 32)
+    assert feature_tokens(fmap).shape == (2, grid * grid, 32)
