@@ -51,6 +51,9 @@ EXTRA_ROWS = {
     "fedlppa_sab": ["model.attention=sab"],
     "fedlppa_cab": ["model.attention=cab"],
     "fedlppa_uni_softmax": ["loss.uni_kl=softmax"],
+    # ALA options (the released rule stays the default): W kept across rounds (FedALA's intent), ALA from round 1
+    "fedlppa_ala_persist": ["ala.persist_weights=true"],
+    "fedlppa_ala_warmup0": ["ala.warmup_iters=0"],
 }
 MULTI_SEED = ("fedlppa", "fedavg", "local")
 
