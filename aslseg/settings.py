@@ -43,7 +43,9 @@ def _fraction(section: str, **values: float) -> None:
 @dataclass
 class SynthConfig:
     """The synthetic LiTS-format set written by ``synth.py`` (OURS): ``n_volumes`` int16 CT volumes of
-    ``size`` x ``size`` x (``min_slices`` .. ``max_slices``) from three sites."""
+    ``size`` x ``size`` x (``min_slices`` .. ``max_slices``) from three sites. Tumour contrast: per-pixel
+    contrast-to-noise ratio drawn from ``tumour_cnr``, the HU offset clipped to ``hypo_hu`` (hypodense, 80 %) or
+    ``hyper_hu`` (hyperdense)."""
 
     n_volumes: int = 40
     size: int = 128
@@ -51,9 +53,16 @@ class SynthConfig:
     max_slices: int = 48
     seed: int = 0
     layout: Literal["lits", "msd"] = "lits"
+    tumour_cnr: tuple[float, float] = (2.5, 5.0)
+    hypo_hu: tuple[float, float] = (35.0, 90.0)
+    hyper_hu: tuple[float, float] = (30.0, 60.0)
 
     def __post_init__(self) -> None:
         _positive("data.synth", n_volumes=self.n_volumes, size=self.size, min_slices=self.min_slices)
+        for name in ("tumour_cnr", "hypo_hu", "hyper_hu"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"data.synth.{name} must be [low, high] with 0 < low <= high, got {[low, high]}")
         if self.max_slices < self.min_slices:
             raise ValueError(f"data.synth.max_slices ({self.max_slices}) < min_slices ({self.min_slices})")
         if self.size < 32:

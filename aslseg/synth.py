@@ -2,11 +2,14 @@
 exploits (OURS).
 
 ``n_volumes`` int16 volumes (``size`` x ``size`` x 24-48 slices) from three sites that differ in liver HU (55 / 70 /
-95), correlated noise (sigma 10 / 18 / 25 HU) and slice spacing (2.5 / 4 / 5 mm); one volume is stored with a
+95), correlated noise (sigma 10 / 18 / 25 HU), slice spacing (2.5 / 4 / 5 mm) and pixel size (2.8 / 3.1 / 3.4 mm: a
+128 px slice stands for a 512 px LiTS slice of 0.7-0.85 mm pixels, so body, liver and lesions have their real
+physical size and a lesion spans as many slices as its diameter says); one volume is stored with a
 flipped first axis (and a matching affine), so a reader must reorient. Each volume holds a body with fat ring and
 muscle, a spine, a spleen of liver-like HU (outside the liver label) and a lobulated liver containing hypodense
 vessels and sharp water cysts (both labelled liver) and 1-5 lobulated tumours of in-plane radius 2-14 px, HU offset
--40..-12 (20 % hyperdense, +20..+35) scaled so that the per-pixel contrast-to-noise ratio is 0.5-3, with a 1.5-3 px
+-90..-35 (20 % hyperdense, +30..+60) scaled so that the per-pixel contrast-to-noise ratio is 2.5-5 (defaults of
+``SynthConfig``; at 0.5-3 a 1,200-iteration CPU budget did not learn the tumour class), with a 1.5-3 px
 soft boundary (the label is its midpoint). Why: per-pixel evidence is ambiguous and the extent of a lesion
 decides (what a box prior helps with); three labelled volumes cannot cover three sites (expanding the labelled set
 can); cysts and vessels are dark like tumours and cause the false positives a refinement stage must reject.
@@ -31,9 +34,9 @@ from common.synthetic import as_rng, vessel_tree
 __all__ = ["SITES", "synth_volume", "write_synthetic", "ensure_synthetic", "main"]
 
 SITES = (
-    {"liver_hu": 55.0, "noise": 10.0, "slice_mm": 2.5, "pixel_mm": 0.75},
-    {"liver_hu": 70.0, "noise": 18.0, "slice_mm": 4.0, "pixel_mm": 0.85},
-    {"liver_hu": 95.0, "noise": 25.0, "slice_mm": 5.0, "pixel_mm": 0.95},
+    {"liver_hu": 55.0, "noise": 10.0, "slice_mm": 2.5, "pixel_mm": 2.8},
+    {"liver_hu": 70.0, "noise": 18.0, "slice_mm": 4.0, "pixel_mm": 3.1},
+    {"liver_hu": 95.0, "noise": 25.0, "slice_mm": 5.0, "pixel_mm": 3.4},
 )
 FLIPPED_CASE = 1  # stored with its first axis reversed
 
@@ -114,7 +117,7 @@ def _random_point(sd: np.ndarray, depth: float, rng: np.random.Generator) -> np.
     return candidates[int(rng.integers(len(candidates)))].astype(np.float64)
 
 
-def _tumours(hu, grid, liver, site, rng) -> np.ndarray:
+def _tumours(hu, grid, liver, site, rng, cfg: SynthConfig) -> np.ndarray:
     """1-5 lobulated tumours with soft edges; returns the tumour label mask (sd <= 0, inside the liver)."""
     label = np.zeros(hu.shape, bool)
     z_scale = site["pixel_mm"] / site["slice_mm"]
@@ -124,11 +127,11 @@ def _tumours(hu, grid, liver, site, rng) -> np.ndarray:
         if c is None:
             continue
         sd = _lobulated_sd(grid, c, radius, z_scale, rng, int(rng.integers(0, 4)))
-        cnr = rng.uniform(0.5, 3.0)
+        cnr = rng.uniform(*cfg.tumour_cnr)
         if rng.random() < 0.2:
-            delta = float(np.clip(cnr * site["noise"], 20.0, 35.0))
+            delta = float(np.clip(cnr * site["noise"], *cfg.hyper_hu))
         else:
-            delta = -float(np.clip(cnr * site["noise"], 12.0, 40.0))
+            delta = -float(np.clip(cnr * site["noise"], *cfg.hypo_hu))
         weight = _soft(sd, rng.uniform(1.5, 3.0)) * (liver <= 0)
         hu += delta * weight
         label |= (sd <= 0) & (liver <= 0)
@@ -144,7 +147,7 @@ def synth_volume(index: int, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray, 
     grid = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
     hu, liver = _anatomy(grid, shape, site, rng)
     hu = _vessels_and_cysts(hu, grid, liver, shape, site, rng)
-    tumour = _tumours(hu, grid, liver, site, rng)
+    tumour = _tumours(hu, grid, liver, site, rng, cfg)
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=(1.0, 1.0, 0.0))
     hu = hu + noise * (site["noise"] / (noise.std() + 1e-9))
     labels = np.zeros(shape, np.uint8)
@@ -209,7 +212,7 @@ def ensure_synthetic(root: str | Path, cfg: SynthConfig) -> Path:
     from common.datasets import ensure_dataset
     from common.rundir import resolve_path
 
-    params = {"generator": "aslseg.synth", "version": 1, **asdict(cfg)}
+    params = {"generator": "aslseg.synth", "version": 2, **asdict(cfg)}
     return ensure_dataset(resolve_path(root), params, lambda folder: write_synthetic(folder, cfg),
                           what="synthetic liver-tumour CT set")
 

@@ -161,3 +161,20 @@ def test_generator_refuses_a_foreign_folder_and_leaves_it_untouched(tmp_path):
     with pytest.raises(DatasetFolderError, match="not empty"):
         ensure_synthetic(real, SMALL)
     assert (real / "volume-0.nii").read_bytes() == b"real data" and len(list(real.iterdir())) == 1
+
+
+def test_tumour_contrast_follows_the_config_and_bad_ranges_are_refused():
+    from aslseg.synth import SITES
+
+    def volume(hypo):
+        return synth_volume(0, SynthConfig(**{**SMALL.__dict__, "hyper_hu": (30.0, 30.0), "hypo_hu": (hypo, hypo)}))
+
+    (dark, labels, affine), (faint, labels_b, _) = volume(80.0), volume(20.0)
+    assert np.diag(affine)[0] == SITES[0]["pixel_mm"]
+    np.testing.assert_array_equal(labels, labels_b)  # same geometry, only the hypodense offset differs
+    tumour, outside = labels == 2, labels == 0
+    assert tumour.any()
+    np.testing.assert_array_equal(dark[outside & (np.abs(dark.astype(int) - faint) > 0)], [])
+    assert float(dark[tumour].mean()) < float(faint[tumour].mean()) - 10.0
+    with pytest.raises(ValueError, match="data.synth.tumour_cnr"):
+        SynthConfig(tumour_cnr=(3.0, 1.0))
