@@ -7,6 +7,10 @@ VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
+# `make test` runs the suite on TEST_WORKERS pytest-xdist processes, one project per worker at a time (conftest.py
+# groups tests by top-level folder), one torch thread each so two workers do not oversubscribe two cores.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint report clean $(addprefix test-,$(PROJECTS)) $(addprefix reproduce-,$(PROJECTS)) \
@@ -30,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) $(PY) -m pytest -m "not gpu" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 $(addprefix test-,$(PROJECTS)): test-%: $(STAMP)
 	$(PY) -m pytest $* -m "not gpu" $(PYTEST_ARGS)
