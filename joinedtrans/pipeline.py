@@ -190,7 +190,7 @@ def train_coarse(cfg: Config, data: DataBundle, run: RunDir, device: torch.devic
     dataset = CoarseDataset(data.train, c.size, c.sigma, data.mean, data.std)
     optimizer = torch.optim.Adam(_param_groups(model, cfg.optim.lr, c.encoder_lr_mult),
                                  weight_decay=cfg.optim.weight_decay)
-    loss = _coarse_loss(CoarseLoss(c.curriculum, c.heatmap, c.distance))
+    loss = _coarse_loss(CoarseLoss(c.curriculum, c.heatmap, c.distance, c.heatmap_pos_weight))
 
     def validate(m: nn.Module) -> dict[str, float]:
         preds = coarse_predict(m, data.val, cfg, data.mean, data.std, device)
@@ -212,7 +212,8 @@ def coarse_inputs(items: list[Loaded], size: int, mean: list[float], std: list[f
     return (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 - m) / s
 
 
-def _handoff(seg: np.ndarray, hmap: np.ndarray | None, width: int, height: int) -> CoarsePrediction:
+def _handoff(seg: np.ndarray, hmap: np.ndarray | None, width: int, height: int, floor: float = 0.0
+             ) -> CoarsePrediction:
     masks = []
     for channel in (0, 1):
         small = clean_mask(seg[channel])
@@ -221,8 +222,8 @@ def _handoff(seg: np.ndarray, hmap: np.ndarray | None, width: int, height: int) 
     fovea_map, fovea_xy, od_xy = None, None, (width / 2, height / 2)
     if hmap is not None:
         fovea_map = resize_bilinear(hmap[0], (width, height))
-        fovea_xy = decode_marginal(fovea_map)
-        od_xy = decode_marginal(resize_bilinear(hmap[1], (width, height)))
+        fovea_xy = decode_marginal(fovea_map, floor)
+        od_xy = decode_marginal(resize_bilinear(hmap[1], (width, height)), floor)
     return CoarsePrediction(oc, od, fovea_map, fovea_xy, roi_centre(oc, od, od_xy))
 
 
@@ -236,7 +237,8 @@ def coarse_predict(model: CoarseNet, items: list[Loaded], cfg: Config, mean: lis
     preds = []
     for i, item in enumerate(items):
         hmap = out["heatmap"][i] if "heatmap" in out else None
-        preds.append(_handoff(out["seg"][i], hmap, item.image.shape[1], item.image.shape[0]))
+        preds.append(_handoff(out["seg"][i], hmap, item.image.shape[1], item.image.shape[0],
+                              cfg.coarse.decode_floor))
     return preds
 
 
@@ -334,7 +336,7 @@ def _refine_fovea(net: UNet, item: Loaded, pred: CoarsePrediction, cfg: Config, 
     hmap = out[0, 0]
     if float(hmap.max()) < cfg.fovea.min_peak:
         return pred.fovea_xy, False
-    dx, dy = decode_marginal(hmap)
+    dx, dy = decode_marginal(hmap, cfg.coarse.decode_floor)
     return (box[0] + dx, box[1] + dy), True
 
 

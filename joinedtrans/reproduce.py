@@ -119,28 +119,36 @@ def _checks(table: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _pretrain_jobs(rows: Sequence[str], seeds: Sequence[int], base: list[str], logs: Path) -> dict:
+def _pretrain_job(kind: str, s: int, base: list[str], logs: Path) -> tuple:
+    return ("pretrain.py", f"reproduce-pretrain-{kind}-s{s}", [*base, f"seed={s}", f"pretrain.kind={kind}"],
+            logs / f"pretrain-{kind}-s{s}.log")
+
+
+def _train_job(row: str, s: int, base: list[str], logs: Path) -> tuple:
+    extra = list(row_overrides(row))
+    kind = PRETRAIN_OF.get(row)
+    if kind:
+        extra.append(f"coarse.encoder_init=latest:reproduce-pretrain-{kind}-s{s}")
+    return ("train.py", f"reproduce-{row}-s{s}", [*base, f"seed={s}", *extra], logs / f"{row}-s{s}.log")
+
+
+def _jobs(rows: Sequence[str], seeds: Sequence[int], base: list[str], logs: Path) -> tuple[dict, dict]:
+    """Seed by seed (an interrupted comparison still holds complete seeds): first the pre-trainings of the seed
+    beside the rows that need none, then the rows that load a pre-trained encoder; two jobs at a time."""
     kinds = sorted({PRETRAIN_OF[r] for r in rows if r in PRETRAIN_OF} | ({"vessel"} if "coarse_only" in rows
                                                                           else set()))
-    jobs = {(k, s): ("pretrain.py", f"reproduce-pretrain-{k}-s{s}", [*base, f"seed={s}", f"pretrain.kind={k}"],
-                     logs / f"pretrain-{k}-s{s}.log") for k in kinds for s in seeds}
-    times = dict(zip(jobs, _pool(list(jobs.values()))))
-    return {key: times[key] for key in jobs}
-
-
-def _train_jobs(rows: Sequence[str], seeds: Sequence[int], base: list[str], runs_root: str, logs: Path) -> dict:
-    jobs = {}
-    for row in rows:
-        if row == "coarse_only":
-            continue
-        for s in seeds:
-            extra = list(row_overrides(row))
-            kind = PRETRAIN_OF.get(row)
-            if kind:
-                extra.append(f"coarse.encoder_init=latest:reproduce-pretrain-{kind}-s{s}")
-            jobs[(row, s)] = ("train.py", f"reproduce-{row}-s{s}", [*base, f"seed={s}", *extra],
-                              logs / f"{row}-s{s}.log")
-    return dict(zip(jobs, _pool(list(jobs.values()))))
+    trained = [r for r in rows if r != "coarse_only"]
+    if "coarse_only" in rows and "joinedtrans" not in trained:
+        trained.append("joinedtrans")
+    pre_times, train_times = {}, {}
+    for s in seeds:
+        first = {("pre", k): _pretrain_job(k, s, base, logs) for k in kinds}
+        first |= {("row", r): _train_job(r, s, base, logs) for r in trained if r not in PRETRAIN_OF}
+        second = {("row", r): _train_job(r, s, base, logs) for r in trained if r in PRETRAIN_OF}
+        for phase in (first, second):
+            for (what, name), t in zip(phase, _pool(list(phase.values()))):
+                (pre_times if what == "pre" else train_times)[(name, s)] = t
+    return pre_times, train_times
 
 
 def _table(cfg: Config, rows, seeds, runs_root, pre_times, train_times) -> dict[str, dict]:
@@ -173,8 +181,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         ensure_synthetic(resolve_path(cfg.data.root), cfg.data.synth)
     tic = time.time()
-    pre_times = _pretrain_jobs(rows, seeds, base, logs)
-    train_times = _train_jobs(rows, seeds, base, runs_root, logs)
+    pre_times, train_times = _jobs(rows, seeds, base, logs)
     table = _table(cfg, rows, seeds, runs_root, pre_times, train_times)
     figures = _figures(table, seeds, runs_root, out.figures, cfg)
     checks = _checks(table)

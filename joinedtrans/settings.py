@@ -130,7 +130,10 @@ class CoarseConfig:
     fraction of the original image height. ``curriculum``: schedule fractions where the heatmap, then the
     segmentation loss join the distance loss (JOINED: epochs 50 and 100 of 300). ``heatmap``/``distance``: branch
     on or off (ablations). ``encoder_init``: none, a pre-training checkpoint, or ``latest:<experiment>``.
-    ``encoder_lr_mult`` scales the encoder's learning rate."""
+    ``encoder_lr_mult`` scales the encoder's learning rate. [ours] ``heatmap_pos_weight`` > 0 multiplies the
+    squared error on pixels where the heatmap target is > 0 by (1 + weight) (0 = JOINED's plain MSE);
+    ``decode_floor`` > 0 zeroes heatmap values below that fraction of the peak before the marginal argmax (0 =
+    JOINED's raw marginal argmax)."""
 
     size: int = 256
     sigma: float = 0.05
@@ -139,11 +142,16 @@ class CoarseConfig:
     distance: bool = True
     encoder_init: str = "none"
     encoder_lr_mult: float = 1.0
+    heatmap_pos_weight: float = 0.0
+    decode_floor: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.curriculum
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"coarse.curriculum must satisfy 0 <= a <= b <= 1, got {self.curriculum}")
+        if self.heatmap_pos_weight < 0 or not 0.0 <= self.decode_floor < 1.0:
+            raise ValueError(f"coarse.heatmap_pos_weight must be >= 0 and coarse.decode_floor in [0, 1), got "
+                             f"{self.heatmap_pos_weight}, {self.decode_floor}")
         if self.size % 32:
             raise ValueError(f"coarse.size must be a multiple of 32 (encoder stride), got {self.size}")
 

@@ -112,9 +112,14 @@ def distance_map(shape: tuple[int, int], points: list[tuple[float, float] | None
     return (dist / max(float(dist.max()), 1e-12)).astype(np.float32)
 
 
-def decode_marginal(hmap: np.ndarray) -> tuple[float, float]:
-    """Marginal argmax of an ``(H, W)`` map: ``(x, y)`` = (argmax of column sums, argmax of row sums)."""
+def decode_marginal(hmap: np.ndarray, floor: float = 0.0) -> tuple[float, float]:
+    """Marginal argmax of an ``(H, W)`` map: ``(x, y)`` = (argmax of column sums, argmax of row sums).
+
+    ``floor`` > 0 [ours]: values below ``floor`` x the map's maximum are set to 0 first, so that a low background
+    (or a rim along the image border) summed over a whole row or column cannot outweigh the peak; 0 = JOINED."""
     hmap = np.asarray(hmap, np.float64)
+    if floor > 0:
+        hmap = np.where(hmap >= floor * hmap.max(), hmap, 0.0)
     return float(np.argmax(hmap.sum(axis=0))), float(np.argmax(hmap.sum(axis=1)))
 
 

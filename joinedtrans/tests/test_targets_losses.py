@@ -115,3 +115,27 @@ def test_curriculum_phases_and_ablations() -> None:
     batch = {k: torch.rand_like(v) for k, v in out.items()}
     total, parts = loss_fn(out, batch, 0, 10)
     assert total.item() == pytest.approx(parts["seg"] + parts["heatmap"] + parts["distance"], rel=1e-5)
+
+
+def test_decode_floor_ignores_a_border_rim_that_breaks_the_raw_marginal_argmax() -> None:
+    h, w, x, y = 120, 140, 40, 90
+    hm = 0.9 * heatmap((h, w), (x, y), 0.05 * h) + 0.15  # a low background everywhere ...
+    hm[:, -3:] = 0.4  # ... and a rim along the right border, as an undertrained network leaves
+    hm[-3:, :] = 0.4
+    assert decode_marginal(hm) != (x, y)  # the raw (JOINED) decode sums the rim over whole rows/columns
+    assert decode_marginal(hm, floor=0.5) == (x, y)
+    clean = heatmap((h, w), (x, y), 0.05 * h)
+    assert decode_marginal(clean, floor=0.5) == decode_marginal(clean)
+
+
+def test_heatmap_pos_weight_scales_only_the_error_inside_the_target() -> None:
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 0, 3:5, 3:5] = 0.5
+    pred = torch.full_like(target, 0.25)
+    batch = {"seg": torch.zeros(1, 3, 8, 8), "heatmap": target, "distance": torch.zeros(1, 1, 8, 8)}
+    outs = {"seg": torch.zeros(1, 3, 8, 8), "heatmap": pred, "distance": torch.zeros(1, 1, 8, 8)}
+    plain = CoarseLoss((0.0, 0.0))(outs, batch, 0, 10)[1]["heatmap"]
+    weighted = CoarseLoss((0.0, 0.0), heatmap_pos_weight=9.0)(outs, batch, 0, 10)[1]["heatmap"]
+    inside, outside = 4 * 0.25**2, (128 - 4) * 0.25**2
+    assert plain == pytest.approx((inside + outside) / 128)
+    assert weighted == pytest.approx((10 * inside + outside) / 128)
