@@ -82,3 +82,14 @@ def test_truncated_test_file_fails_before_any_run_folder(ci_data, tmp_path):
     with pytest.raises(DataVerificationError, match=victim.name):
         main(["--config", "configs/ci.yaml", f"data.root={root}", f"runs_root={tmp_path / 'runs'}"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_bn_diagnostic_running_statistics_equal_the_scored_dice(ci_data):
+    from fedlppa.bn_diagnostic import bn_gap
+
+    result = main(_args(ci_data, "experiment=bn_diag", "federation.method=fedavg", "federation.rounds=2"))
+    gap = bn_gap(result.run_dir / "checkpoints" / "last.pt")
+    assert list(gap) == ["a", "b", "c"]
+    for site, (running, batch) in gap.items():
+        assert running == pytest.approx(result.per_site[site]["dice"], abs=1e-6), site
+        assert 0.0 <= batch <= 1.0
