@@ -33,12 +33,13 @@ SITE_LETTERS = "abcdefghij"
 class SynthConfig:
     """Synthetic multi-site stand-in (see synth.py): ``kind`` faz (avascular zone in vessel texture), odoc (nested
     disc/cup) or polyp (irregular blob); per-site train counts, one test count, image size, seed. ``png`` also
-    writes the PNG release layout next to the h5 one. ``styles``: the site style table (``default`` or ``wide``,
-    larger acquisition gaps); ``sparsity``: the weak-label geometry (``default`` or ``sparse``, see
+    writes the PNG release layout next to the h5 one. ``styles``: the site style table (``default``; ``wide``,
+    larger acquisition gaps with inverted contrast at the shared style; ``moderate``, those gaps without the
+    inversion); ``sparsity``: the weak-label geometry (``default`` or ``sparse``, see
     ``weak_labels.SPARSITY``)."""
 
     kind: Literal["faz", "odoc", "polyp"] = "faz"
-    styles: Literal["default", "wide"] = "default"
+    styles: Literal["default", "wide", "moderate"] = "default"
     sparsity: Literal["default", "sparse"] = "default"
     size: int = 64
     train_counts: list[int] = field(default_factory=lambda: [24, 16, 20, 40, 8])

@@ -31,7 +31,8 @@ from fedlppa.data import PNG_DIRS, PNG_MAPS
 from fedlppa.settings import SynthConfig
 from fedlppa.weak_labels import all_weak_labels
 
-__all__ = ["STYLES", "WIDE_STYLES", "STYLE_SETS", "render_case", "write_dataset", "ensure_synthetic", "main"]
+__all__ = ["STYLES", "WIDE_STYLES", "MODERATE_STYLES", "STYLE_SETS", "render_case", "write_dataset", "ensure_synthetic",
+           "main"]
 
 # one row per site (a..e); b and d share a style
 STYLES = [
@@ -61,7 +62,20 @@ WIDE_STYLES = [
     dict(gamma=1.4, contrast=0.6, density=2.0, noise="speckle", sigma=5.0, blur=1.0, down=2, vignette=0.0,
          bright=0.05),
 ]
-STYLE_SETS = {"default": STYLES, "wide": WIDE_STYLES}
+
+# ``styles: moderate``: the wide table's acquisition gaps without the contrast inversion (ours): a unchanged; b and d
+# (one shared style) low-contrast, bright, speckled, blurred and vignetted, the avascular zone still darker than its
+# surround; c and e as in the wide table.
+MODERATE_STYLES = [
+    STYLES[0],
+    dict(gamma=0.6, contrast=0.8, density=0.6, noise="speckle", sigma=8.0, blur=0.6, down=1, vignette=0.4,
+         bright=0.2),
+    WIDE_STYLES[2],
+    dict(gamma=0.6, contrast=0.8, density=0.6, noise="speckle", sigma=8.0, blur=0.6, down=1, vignette=0.4,
+         bright=0.2),
+    WIDE_STYLES[4],
+]
+STYLE_SETS = {"default": STYLES, "wide": WIDE_STYLES, "moderate": MODERATE_STYLES}
 
 
 def _irregular_ellipse(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:

@@ -78,6 +78,16 @@ def test_wide_styles_change_images_not_masks():
     assert img_b[0][mask_b == 1].mean() > img_b[0][mask_b == 0].mean()
 
 
+def test_moderate_styles_keep_contrast_polarity():
+    from fedlppa.synth import render_case
+
+    for site in range(5):
+        (img_w, mask_w), (img_m, mask_m) = (render_case("faz", 32, site, 0, 0, s) for s in ("wide", "moderate"))
+        assert np.array_equal(mask_w, mask_m) and img_m.dtype == np.float32
+        assert (site in (1, 3)) != np.array_equal(img_w, img_m)  # only the shared b/d style differs from wide
+        assert img_m[0][mask_m == 1].mean() < img_m[0][mask_m == 0].mean()  # the zone stays darker everywhere
+
+
 def test_augmentation_fills_rotated_corners_with_ignore():
     image = np.ones((1, 32, 32), np.float32) * 0.3
     labels = np.zeros((2, 32, 32), np.uint8)
