@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["as_rng", "smooth_field", "ellipse_mask", "random_blobs", "VesselTree", "vessel_tree", "gaussian_noise",
-           "speckle_noise"]
+__all__ = ["as_rng", "smooth_field", "ellipse_mask", "random_blobs", "VesselTree", "vessel_tree", "rasterise_segments",
+           "gaussian_noise", "speckle_noise"]
 
 
 def as_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -111,11 +111,20 @@ def vessel_tree(shape: tuple[int, int], rng: int | np.random.Generator | None = 
         grow(r, c, angle, root_radius, 0)
 
     seg = np.asarray(segments, dtype=np.float64).reshape(-1, 5)
-    return _rasterise(shape, seg)
+    return rasterise_segments(shape, seg)
 
 
-def _rasterise(shape: tuple[int, int], seg: np.ndarray, supersample: int = 4) -> VesselTree:
-    """Exact mask and radius map by distance-to-segment tests; anti-aliased intensity by supersampled drawing."""
+def rasterise_segments(shape: tuple[int, int], segments: np.ndarray, supersample: int = 4) -> VesselTree:
+    """Draw capsules ``segments`` (N, 5) = rows ``(r0, c0, r1, c1, radius)`` in pixel coordinates (row, column of
+    pixel centres) into a :class:`VesselTree`: the mask is exact (a pixel is inside when its centre lies within
+    ``radius`` of the segment), ``radius`` holds the largest radius covering each pixel, and ``intensity`` is an
+    anti-aliased rendering (lines drawn at ``supersample`` times the resolution, then area-averaged). Any curve
+    model (a branching tree, arcades, a single vessel) can be drawn this way from its polyline."""
+    seg = np.asarray(segments, dtype=np.float64).reshape(-1, 5)
+    if len(seg) and (seg[:, 4] < 0).any():
+        raise ValueError("rasterise_segments: radii (column 4) must be >= 0")
+    if supersample < 1:
+        raise ValueError(f"rasterise_segments: supersample must be >= 1, got {supersample}")
     h, w = shape
     mask = np.zeros(shape, bool)
     radius_map = np.zeros(shape, np.float32)
