@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.config import load_from_checkpoint
-from fedlppa.engine import _logits
+from fedlppa.engine import main_logits
 from fedlppa.federation import personalised_model, seed_client
 from fedlppa.fl_sequential import load_server_state
 from fedlppa.pipeline import prepare_sites
@@ -51,11 +51,11 @@ def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
         target = np.stack([c.label for c in spec.data.test])
         model.eval()
         with torch.no_grad():
-            running = _logits(model(x)).argmax(1).numpy()
+            running = main_logits(model(x)).argmax(1).numpy()
             for module in model.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.train()
-            batch = _logits(model(x)).argmax(1).numpy()
+            batch = main_logits(model(x)).argmax(1).numpy()
         out[SITE_LETTERS[k]] = (_dice_fg(running, target), _dice_fg(batch, target))
     return out
 

@@ -17,8 +17,8 @@ import torch
 from common.metrics import binary_segmentation_metrics
 from fedlppa.data import Case, augment_pair, stack_batch
 
-__all__ = ["num_batches", "epoch_batches", "batch_at", "poly_lr", "set_lr", "train_iterations", "predict",
-           "case_metrics", "evaluate", "summarise", "CLASS_SETS", "dice_fg"]
+__all__ = ["main_logits", "num_batches", "epoch_batches", "batch_at", "poly_lr", "set_lr", "train_iterations",
+           "predict", "case_metrics", "evaluate", "summarise", "CLASS_SETS", "dice_fg"]
 
 # evaluated structures per number of classes: binary -> fg; fundus -> cup (1) and disc (>= 1)
 CLASS_SETS = {2: {"fg": [1]}, 3: {"cup": [1], "disc": [1, 2]}}
@@ -93,7 +93,8 @@ def train_iterations(model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     return logs
 
 
-def _logits(out: object) -> torch.Tensor:
+def main_logits(out: object) -> torch.Tensor:
+    """The main decoder's logits of a model output: ``UniOutput.logits`` (FedLPPA) or the tensor itself (UNet)."""
     return out.logits if hasattr(out, "logits") else out  # UNetUniV5 returns UniOutput, UNet a tensor
 
 
@@ -106,7 +107,7 @@ def predict(model: torch.nn.Module, cases: Sequence[Case], device: torch.device 
     for start in range(0, len(cases), batch_size):
         chunk = cases[start: start + batch_size]
         x = torch.from_numpy(np.stack([c.image for c in chunk])).to(device)
-        preds.append(_logits(model(x)).argmax(1).cpu().numpy().astype(np.uint8))
+        preds.append(main_logits(model(x)).argmax(1).cpu().numpy().astype(np.uint8))
     targets = np.stack([c.label for c in cases])
     return np.arange(len(cases)), targets, np.concatenate(preds)
 

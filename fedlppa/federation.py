@@ -28,7 +28,16 @@ import torch.nn.functional as F
 
 from common.runtime import pick_device
 from fedlppa.data import SiteData
-from fedlppa.engine import batch_at, dice_fg, epoch_batches, evaluate, num_batches, poly_lr, train_iterations
+from fedlppa.engine import (
+    batch_at,
+    dice_fg,
+    epoch_batches,
+    evaluate,
+    main_logits,
+    num_batches,
+    poly_lr,
+    train_iterations,
+)
 from fedlppa.losses import fedlppa_loss, partial_cross_entropy
 from fedlppa.model import ala_parameter_names, build_model, is_bn_key
 from fedlppa.settings import Config, resolved_arch
@@ -129,10 +138,6 @@ def _batch_kwargs(cfg: Config) -> dict:
     return {"augment": cfg.data.augment, "image_fill": cfg.data.image_fill, "ignore": cfg.data.num_classes}
 
 
-def _main_logits(out: object) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out
-
-
 # --------------------------------------------------------------------------------------------- ALA
 def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
                old_state: Mapping[str, torch.Tensor], names: Sequence[str],
@@ -202,7 +207,7 @@ def ala_names_cache(cfg: Config) -> list[str]:
 
 
 def _pce_loss(cfg: Config) -> Callable:
-    return lambda model, x, y: partial_cross_entropy(_main_logits(model(x)), y[:, 0], cfg.data.num_classes)
+    return lambda model, x, y: partial_cross_entropy(main_logits(model(x)), y[:, 0], cfg.data.num_classes)
 
 
 # --------------------------------------------------------------------------------------------- client
