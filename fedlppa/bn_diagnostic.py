@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.config import load_from_checkpoint
-from fedlppa.engine import main_logits
+from fedlppa.engine import case_metrics, main_logits, summarise
 from fedlppa.federation import personalised_model, seed_client
 from fedlppa.fl_sequential import load_server_state
 from fedlppa.pipeline import prepare_sites
@@ -28,9 +28,10 @@ from fedlppa.settings import CENTRALIZED, SITE_LETTERS, Config
 __all__ = ["bn_gap", "main"]
 
 
-def _dice_fg(pred: np.ndarray, target: np.ndarray) -> float:
-    scores = [2 * ((p > 0) & (t > 0)).sum() / max((p > 0).sum() + (t > 0).sum(), 1) for p, t in zip(pred, target)]
-    return float(np.mean(scores))
+def _dice(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """Mean per-image Dice, scored by the same functions as the run's evaluation (no surface distances)."""
+    rows = [case_metrics(p, t, num_classes, surface=False) for p, t in zip(pred, target)]
+    return summarise(rows, num_classes)["dice"]
 
 
 def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
@@ -56,7 +57,8 @@ def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.train()
             batch = main_logits(model(x)).argmax(1).numpy()
-        out[SITE_LETTERS[k]] = (_dice_fg(running, target), _dice_fg(batch, target))
+        classes = cfg.data.num_classes
+        out[SITE_LETTERS[k]] = (_dice(running, target, classes), _dice(batch, target, classes))
     return out
 
 
