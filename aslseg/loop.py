@@ -41,6 +41,7 @@ class RoundResult:
     selected: np.ndarray
     masks: np.ndarray
     stats: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # per unlabelled slice, for the report
 
 
 @dataclass
@@ -104,6 +105,17 @@ def _refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.
     return pseudo_label(sam.model, adapter, prep.unlabelled.images, ssl_unl, cfg, device, sam.embeddings)
 
 
+def _score_summary(score, candidates: np.ndarray, cfg: Config) -> dict[str, float]:
+    """How the candidates stand against the selection thresholds (label-free diagnostics)."""
+    a, u = score.agreement[candidates], score.uncertainty[candidates]
+    scored = np.isfinite(a)
+    return {"n_scored": float(scored.sum()),
+            "n_agreement_ok": float((scored & (a >= cfg.selection.min_agreement)).sum()),
+            "n_uncertainty_ok": float((scored & (u <= cfg.selection.max_uncertainty)).sum()),
+            "median_agreement": float(np.median(a[scored])) if scored.any() else float("nan"),
+            "median_uncertainty": float(np.median(u[scored])) if scored.any() else float("nan")}
+
+
 def run_round(round_index: int, trainer: SSLTrainer, prep: Prepared, done: list[RoundResult], cfg: Config,
               device: torch.device, sam: SAMState) -> RoundResult:
     """One ASLseg round (see module docstring); ``done`` = earlier rounds (their slices are not candidates)."""
@@ -115,8 +127,16 @@ def run_round(round_index: int, trainer: SSLTrainer, prep: Prepared, done: list[
     masks = (pl.refined[chosen] > 0.5).astype(np.uint8)
     positive = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)
     stats = {"n_candidates": float(len(candidates)), "n_selected": float(len(chosen)),
-             "n_selected_pos": float(positive.sum()), "n_selected_neg": float((~positive).sum())}
+             "n_selected_pos": float(positive.sum()), "n_selected_neg": float((~positive).sum()),
+             **_score_summary(score, candidates, cfg)}
+    scores = {"candidates": candidates, "chosen": chosen, "agreement": score.agreement,
+              "uncertainty": score.uncertainty, "ssl_max": score.ssl_max}
     truth = prep.unlabelled.reveal_for_report()  # after selection, for the report only
     if truth is not None:
         stats.update(oracle_stats(pl, truth, candidates, chosen, positive))
-    return RoundResult(round_index, chosen.astype(np.int64), masks, stats)
+        for key, probs in (("ssl", pl.ssl), ("sam", pl.sam), ("refined", pl.refined)):
+            hard = probs > 0.5
+            scores[f"{key}_inter"] = (hard & truth.astype(bool)).reshape(len(hard), -1).sum(1)
+            scores[f"{key}_sum"] = hard.reshape(len(hard), -1).sum(1)
+        scores["truth_sum"] = truth.astype(bool).reshape(len(truth), -1).sum(1)
+    return RoundResult(round_index, chosen.astype(np.int64), masks, stats, scores)

@@ -156,8 +156,9 @@ class SSLTrainer:
     over the whole schedule, BCP's stage 2 starting at ``pretrain_iters``)."""
 
     def __init__(self, cfg: SSLConfig, optim: OptimConfig, device: torch.device,
-                 student: torch.nn.Module | None = None):
+                 student: torch.nn.Module | None = None, horizon: int = 0):
         self.cfg, self.optim_cfg, self.device = cfg, optim, device
+        self.horizon = horizon or cfg.pretrain_iters + cfg.self_iters  # the poly schedule's length
         self.student = (student if student is not None else build_segmenter(ModelConfig())).to(device)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
@@ -179,6 +180,8 @@ class SSLTrainer:
     def _set_lr(self, it: int) -> None:
         o = self.optim_cfg
         lr = o.lr * (0.1 ** (it // o.lr_step)) if o.lr_step else o.lr
+        if o.lr_schedule == "poly":
+            lr *= max(1.0 - it / max(self.horizon, 1), 0.0) ** o.lr_power
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

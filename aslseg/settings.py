@@ -45,7 +45,7 @@ class SynthConfig:
     """The synthetic LiTS-format set written by ``synth.py`` (OURS): ``n_volumes`` int16 CT volumes of
     ``size`` x ``size`` x (``min_slices`` .. ``max_slices``) from three sites. Tumour contrast: per-pixel
     contrast-to-noise ratio drawn from ``tumour_cnr``, the HU offset clipped to ``hypo_hu`` (hypodense, 80 %) or
-    ``hyper_hu`` (hyperdense)."""
+    ``hyper_hu`` (hyperdense); in-plane radius (px at 128) log-uniform in ``tumour_radius``."""
 
     n_volumes: int = 40
     size: int = 128
@@ -54,12 +54,13 @@ class SynthConfig:
     seed: int = 0
     layout: Literal["lits", "msd"] = "lits"
     tumour_cnr: tuple[float, float] = (2.5, 5.0)
+    tumour_radius: tuple[float, float] = (4.0, 14.0)
     hypo_hu: tuple[float, float] = (35.0, 90.0)
     hyper_hu: tuple[float, float] = (30.0, 60.0)
 
     def __post_init__(self) -> None:
         _positive("data.synth", n_volumes=self.n_volumes, size=self.size, min_slices=self.min_slices)
-        for name in ("tumour_cnr", "hypo_hu", "hyper_hu"):
+        for name in ("tumour_cnr", "tumour_radius", "hypo_hu", "hyper_hu"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"data.synth.{name} must be [low, high] with 0 < low <= high, got {[low, high]}")
@@ -79,7 +80,7 @@ class DataConfig:
     liver slices +- ``slice_margin``, resized to ``size`` x ``size``."""
 
     dataset: Literal["lits", "msd"] = "lits"
-    root: str = "data/synthetic/aslseg/lits_like"
+    root: str = "data/synthetic/aslseg/lits_like_v3"
     synthetic: bool = True
     synth: SynthConfig = field(default_factory=SynthConfig)
     split_file: str = ""
@@ -124,7 +125,9 @@ class ModelConfig:
 class OptimConfig:
     """The segmenter's SGD (BCP ACDC script: lr 0.01, momentum 0.9, wd 1e-4, constant lr). ``batch_size`` images
     per step of which ``labelled_bs`` labelled; ``lr_step`` > 0 multiplies the lr by 0.1 every ``lr_step``
-    iterations (UA-MT's LA script: 2500), 0 keeps it constant."""
+    iterations (UA-MT's LA script: 2500), 0 keeps it constant. ``lr_schedule: poly`` (OURS for BCP, whose ACDC
+    script keeps the rate constant; the SSL4MIS scripts BCP builds on decay it) multiplies the lr by
+    (1 - it / horizon) ^ ``lr_power`` over the run's whole segmenter schedule (all rounds)."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -132,10 +135,13 @@ class OptimConfig:
     batch_size: int = 24
     labelled_bs: int = 12
     lr_step: int = 0
+    lr_schedule: Literal["constant", "poly"] = "constant"
+    lr_power: float = 0.9
 
     def __post_init__(self) -> None:
         _positive("optim", lr=self.lr, batch_size=self.batch_size, labelled_bs=self.labelled_bs)
-        _non_negative("optim", weight_decay=self.weight_decay, lr_step=self.lr_step, momentum=self.momentum)
+        _non_negative("optim", weight_decay=self.weight_decay, lr_step=self.lr_step, momentum=self.momentum,
+                      lr_power=self.lr_power)
         if self.labelled_bs > self.batch_size:
             raise ValueError(f"optim.labelled_bs ({self.labelled_bs}) > optim.batch_size ({self.batch_size})")
         if self.labelled_bs % 2 or (self.batch_size - self.labelled_bs) % 2:

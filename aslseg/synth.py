@@ -122,7 +122,7 @@ def _tumours(hu, grid, liver, site, rng, cfg: SynthConfig) -> np.ndarray:
     label = np.zeros(hu.shape, bool)
     z_scale = site["pixel_mm"] / site["slice_mm"]
     for _ in range(int(rng.integers(1, 6))):
-        radius = float(np.exp(rng.uniform(np.log(2.0), np.log(14.0))))
+        radius = float(np.exp(rng.uniform(*np.log(cfg.tumour_radius))))
         c = _random_point(liver, -max(radius * 0.5, 2.0), rng)
         if c is None:
             continue
@@ -212,7 +212,7 @@ def ensure_synthetic(root: str | Path, cfg: SynthConfig) -> Path:
     from common.datasets import ensure_dataset
     from common.rundir import resolve_path
 
-    params = {"generator": "aslseg.synth", "version": 2, **asdict(cfg)}
+    params = {"generator": "aslseg.synth", "version": 3, **asdict(cfg)}
     return ensure_dataset(resolve_path(root), params, lambda folder: write_synthetic(folder, cfg),
                           what="synthetic liver-tumour CT set")
 

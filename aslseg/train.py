@@ -64,7 +64,11 @@ class _Runner:
         self.sam = SAMState()
 
     def _new_trainer(self, ssl_cfg) -> SSLTrainer:
-        return SSLTrainer(ssl_cfg, self.cfg.optim, self.device, build_segmenter(self.cfg.model))
+        base, starts = schedule(self.cfg)
+        horizon = starts[-1] + self.cfg.loop.retrain_iters if starts else base
+        if ssl_cfg is not self.cfg.ssl:  # a loop.reinit round: its own schedule
+            horizon = ssl_cfg.pretrain_iters + ssl_cfg.self_iters
+        return SSLTrainer(ssl_cfg, self.cfg.optim, self.device, build_segmenter(self.cfg.model), horizon=horizon)
 
     def _reinit_ssl(self):
         third = self.cfg.loop.retrain_iters // 3
@@ -133,6 +137,8 @@ class _Runner:
         self.test_dice(f"{r - 1}")
         res = run_round(r, self.trainer, self.prep, self.results, self.cfg, self.device, self.sam)
         self.results.append(res)
+        if res.scores:  # per-slice selection scores (and, on synthetic data, the oracle's counts) for the report
+            np.savez_compressed(self.run.path / f"scores_round{r}.npz", **res.scores)
         self.tracker.log({f"select/{k}": v for k, v in res.stats.items()}, step=self.it)
         if self.cfg.loop.reinit:
             self.trainer = self._new_trainer(self._reinit_ssl())

@@ -136,3 +136,18 @@ def test_nan_loss_raises():
                      torch.zeros(2, 1, 32, 32))
     with pytest.raises(FloatingPointError, match="non-finite"):
         trainer.step(0, batch, np.random.default_rng(0))
+
+
+def test_poly_lr_decays_over_the_whole_horizon_and_survives_the_bcp_phase_switch():
+    optim = OptimConfig(lr=0.01, batch_size=4, labelled_bs=2, lr_schedule="poly", lr_power=0.9)
+    trainer = SSLTrainer(SSLConfig(pretrain_iters=2, self_iters=2), optim, torch.device("cpu"), horizon=10)
+    for it, expected in ((0, 0.01), (5, 0.01 * 0.5 ** 0.9), (9, 0.01 * 0.1 ** 0.9)):
+        trainer._set_lr(it)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    trainer.start_self_training()  # fresh SGD (official BCP), same schedule position
+    trainer._set_lr(5)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+    constant = SSLTrainer(SSLConfig(pretrain_iters=2, self_iters=2), OptimConfig(batch_size=4, labelled_bs=2),
+                          torch.device("cpu"))
+    constant._set_lr(3)
+    assert constant.optimizer.param_groups[0]["lr"] == 0.01
