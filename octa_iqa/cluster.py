@@ -2,9 +2,13 @@
 
 Descriptor per image, over the images being clustered: the global-average-pooled adapted scales (L x D),
 standardised and reduced by PCA to a few unwhitened components (``n_components``), scaled to unit total variance;
-next to it the score block [s(x), top-1 % patch term, image term, mean patch distance], standardised and scaled to a
-total standard deviation of ``score_weight`` (so ``score_weight`` is the weight of the scores relative to the pooled
-features). t-SNE / UMAP options embed the whole descriptor in 2-D. Clustered into 2 groups by k-means or a GMM.
+next to it the score block, standardised and scaled to a total standard deviation of ``score_weight`` (so
+``score_weight`` is the weight of the scores relative to the pooled features). Score block (``score_block``, ours):
+``log_excess`` (default) = log(1 + s(x) - tau), the exceedance of the stage-1 threshold in held-out spreads on a log
+scale (the scores of non-outstanding images are heavy-tailed: ungradable images spread over a wide range, and a
+Gaussian component on the raw score is pulled by that tail); ``terms`` = [s(x), top-1 % patch term, image term, mean
+patch distance] as they are. t-SNE / UMAP options embed the whole descriptor in 2-D. Clustered into 2 groups by
+k-means or a GMM.
 The cluster with the higher mean s(x) is named ungradable: the rule uses scores only, never labels. If a cluster
 holds fewer than ``min_fraction`` of the images, a 2-component GMM on s(x) replaces it (degenerate-cluster guard).
 """
@@ -17,7 +21,7 @@ import numpy as np
 
 from octa_iqa.settings import ClusterConfig
 
-__all__ = ["ClusterResult", "build_descriptor", "reduce_features", "cluster_two", "name_clusters",
+__all__ = ["ClusterResult", "score_block", "build_descriptor", "reduce_features", "cluster_two", "name_clusters",
            "cluster_non_outstanding"]
 
 UNGRADABLE, GRADABLE = 0, 1
@@ -43,11 +47,24 @@ def _unit_block(x: np.ndarray) -> np.ndarray:
     return z / total if total > 0 else z
 
 
-def build_descriptor(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
+def score_block(score_feats: np.ndarray, cfg: ClusterConfig, tau: float | None = None) -> np.ndarray:
+    """(N, S) score features (column 0 = s(x)) -> the (N, F) score columns of the descriptor (``cfg.score_block``).
+    ``tau``: the stage-1 threshold; ``None`` uses the smallest s(x) of the clustered images."""
+    score_feats = np.asarray(score_feats, np.float64)
+    if cfg.score_block == "terms":
+        return score_feats
+    s = score_feats[:, 0]
+    base = float(np.min(s)) if tau is None else float(tau)
+    return np.log1p(np.maximum(s - base, 0.0))[:, None]
+
+
+def build_descriptor(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig, tau: float | None = None
+                     ) -> np.ndarray:
     """(N, L*D) pooled adapted features + (N, S) score features -> (N, F) descriptor (see the module docstring)."""
     pooled = np.asarray(pooled, np.float64)
+    scores = score_block(score_feats, cfg, tau)
     if len(pooled) < 2:
-        return np.zeros((len(pooled), cfg.n_components + score_feats.shape[1]))
+        return np.zeros((len(pooled), cfg.n_components + scores.shape[1]))
     block = _unit_block(pooled)
     if cfg.reduce == "pca" and cfg.n_components > 0:
         from sklearn.decomposition import PCA
@@ -56,7 +73,7 @@ def build_descriptor(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterCo
         block = _unit_block(PCA(k, whiten=cfg.whiten, random_state=cfg.seed).fit_transform(block))
     elif cfg.n_components == 0:
         block = np.zeros((len(pooled), 0))
-    return np.concatenate([block, cfg.score_weight * _unit_block(np.asarray(score_feats, np.float64))], axis=1)
+    return np.concatenate([block, cfg.score_weight * _unit_block(scores)], axis=1)
 
 
 def reduce_features(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
@@ -103,9 +120,10 @@ def _gmm_on_scores(scores: np.ndarray, seed: int) -> np.ndarray:
     return GaussianMixture(2, random_state=seed, n_init=3).fit_predict(np.asarray(scores).reshape(-1, 1))
 
 
-def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig) -> ClusterResult:
+def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig,
+                            tau: float | None = None) -> ClusterResult:
     """The whole stage: descriptor -> reduction -> 2 clusters -> names, with the small-cluster guard.
-    ``score_feats[:, 0]`` must be s(x)."""
+    ``score_feats[:, 0]`` must be s(x); ``tau`` the stage-1 threshold (:func:`score_block`)."""
     n = len(pooled)
     scores = score_feats[:, 0]
     if n == 0:
@@ -113,7 +131,7 @@ def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: Cl
     if n < 4:  # too few to cluster: all gradable unless clearly separated; use the score split
         assignment = (scores > np.median(scores)).astype(np.int64)
         return ClusterResult(name_clusters(assignment, scores), assignment, np.zeros((n, 2)), True)
-    z = reduce_features(build_descriptor(pooled, score_feats, cfg), cfg)
+    z = reduce_features(build_descriptor(pooled, score_feats, cfg, tau), cfg)
     assignment = cluster_two(z, cfg)
     fallback = False
     if np.bincount(assignment, minlength=2).min() < cfg.min_fraction * n:

@@ -84,7 +84,7 @@ def assess(scored: ScoredSet, holdout_scores: np.ndarray, cfg: Config) -> Assess
     tau = outstanding_threshold(cfg.threshold.rule, holdout_scores, scored.scores, cfg.threshold.quantile, cfg.seed)
     non = scored.scores > tau
     sub = scored.subset(non)
-    result = cluster_non_outstanding(sub.pooled, sub.score_features, cfg.cluster)
+    result = cluster_non_outstanding(sub.pooled, sub.score_features, cfg.cluster, tau)
     pred = np.full(len(scored.scores), 2, np.int64)
     pred[non] = result.labels
     return Assessment(pred, tau, non, result)

@@ -162,7 +162,7 @@ class ThresholdConfig:
     top_fraction: float = 0.01  # patch term = mean of the top 1 % patch distances
     aggregate: Literal["topk_mean", "max"] = "topk_mean"
     image_weight: float = 2.0
-    two_sided: bool = False  # |z(patch term)|: an unusually low patch distance counts as anomalous too
+    two_sided: bool = True  # |z(patch term)|: an unusually low patch distance counts as anomalous too (darkening)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.quantile < 1.0 or not 0.0 < self.top_fraction <= 1.0 or self.image_weight < 0:
@@ -181,7 +181,8 @@ class ClusterConfig:
     method: Literal["kmeans", "gmm"] = "gmm"
     n_init: int = 10
     min_fraction: float = 0.02
-    score_weight: float = 0.5  # total std of the score block relative to the pooled block (unit total variance)
+    score_weight: float = 2.0  # total std of the score block relative to the pooled block (unit total variance)
+    score_block: Literal["log_excess", "terms"] = "log_excess"  # log(1 + s - tau) | [s, patch, image, mean patch]
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, cohen_kappa_score
 
 from octa_iqa.assessment import quality_metrics
-from octa_iqa.cluster import cluster_non_outstanding, name_clusters
+from octa_iqa.cluster import cluster_non_outstanding, name_clusters, score_block
 from octa_iqa.settings import ClusterConfig
 from octa_iqa.thresholds import gmm_threshold, otsu_threshold, quantile_threshold, second_threshold
 
@@ -38,6 +38,25 @@ def test_deterministic_by_seed_and_label_free():
     a = cluster_non_outstanding(pooled, feats, ClusterConfig(seed=3))
     b = cluster_non_outstanding(pooled.copy(), feats.copy(), ClusterConfig(seed=3))
     assert np.array_equal(a.assignment, b.assignment) and np.array_equal(a.labels, b.labels)
+
+
+def test_score_block_log_excess_and_terms():
+    feats = np.array([[2.0, 1.0, 5.0], [4.0, 1.5, 6.0], [9.0, 3.0, 7.0]])
+    got = score_block(feats, ClusterConfig(), tau=1.0)
+    assert np.allclose(got[:, 0], np.log1p([1.0, 3.0, 8.0])) and got.shape == (3, 1)
+    assert np.allclose(score_block(feats, ClusterConfig())[:, 0], np.log1p([0.0, 2.0, 7.0]))  # tau None: min s
+    assert np.array_equal(score_block(feats, ClusterConfig(score_block="terms")), feats)
+
+
+def test_log_excess_splits_a_heavy_tailed_score():
+    """A compact gradable group just above tau and a wide, heavy-tailed ungradable group: on the log of the
+    exceedance the two are two Gaussians, which the default descriptor (score block weighted 2) separates."""
+    rng = np.random.default_rng(0)
+    s = np.concatenate([1.0 + rng.gamma(2.0, 0.5, 40), 1.0 + np.exp(rng.normal(2.5, 0.6, 40))])
+    pooled = rng.normal(0, 1, (80, 16))
+    truth = np.array([1] * 40 + [0] * 40)
+    res = cluster_non_outstanding(pooled, np.stack([s, s, s, s], axis=1), ClusterConfig(), tau=1.0)
+    assert (res.labels == truth).mean() >= 0.9
 
 
 def test_naming_rule():
