@@ -1,18 +1,25 @@
 """Diagnostic: how much of a run's test Dice is lost to the BatchNorm running statistics of theta_G.
 
-``python bn_diagnostic.py --checkpoint RUN/checkpoints/last.pt``
+``python bn_diagnostic.py --checkpoint RUN/checkpoints/last.pt [--detail]``
 
 Rebuilds every site's final personalised model exactly as the run scored it (``personalised_model``) and prints the
 mean foreground Dice of its test split twice: with the running statistics the model carries (what the run reports)
 and with BatchNorm normalising by the statistics of the site's own test images (all of them in one batch; dropout
 stays off). The second number is transductive and is not a method: it only says whether the weights segment the
 site and the averaged statistics do not fit it (FedBN's argument for keeping BatchNorm local).
+
+``--detail`` adds, per site (``personalisation_report``): the Dice of the same personalised weights with the site's
+own running statistics (the buffers of the model it uploaded last; not transductive), the Dice of theta_G without
+the learnable aggregation (the shared decoders), and, for ALA methods, the mean of the aggregation weights W and
+the fraction of W below 0.999 (W = 1 keeps theta_old, the site's own last model, as released).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +29,11 @@ from common.config import load_from_checkpoint
 from fedlppa.engine import case_metrics, main_logits, summarise
 from fedlppa.federation import personalised_model, seed_client
 from fedlppa.fl_sequential import load_server_state
+from fedlppa.model import bn_buffer_keys
 from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import CENTRALIZED, SITE_LETTERS, Config
 
-__all__ = ["bn_gap", "main"]
+__all__ = ["bn_gap", "personalisation_report", "main"]
 
 
 def _dice(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -62,10 +70,58 @@ def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return main_logits(model(x)).argmax(1).numpy()
+
+
+def personalisation_report(checkpoint: Path) -> dict[str, dict[str, float]]:
+    """Per site: ``scored`` (as the run scored it), ``own_stats`` (same weights, the site's own BatchNorm running
+    statistics from its last upload), ``shared_decoders`` (theta_G without ALA, its running statistics) and, when
+    ALA ran, ``w_mean`` / ``w_below`` (mean of W, fraction of W < 0.999)."""
+    cfg = load_from_checkpoint(Config, checkpoint)
+    if cfg.federation.method in CENTRALIZED:
+        raise ValueError(f"{checkpoint} is a {cfg.federation.method} run: it has one pooled model, no sites")
+    torch.set_num_threads(max(cfg.runtime.threads, 1))
+    specs, _ = prepare_sites(cfg)
+    state = load_server_state(checkpoint, cfg, len(specs))
+    # persist_weights only makes personalised_model hand W back (W still starts at the run's rule)
+    probe_cfg = replace(cfg, ala=replace(cfg.ala, persist_weights=True))
+    no_ala = replace(cfg, ala=replace(cfg.ala, enabled=False))
+    rnd, glob, out = state.round + 1, state.aggregator.global_state, {}
+    for k, spec in enumerate(specs):
+        client = state.clients[k]
+        aux = state.aggregator.aux_for_site(k, rnd) if cfg.federation.method == "fedlppa" else None
+        x = torch.from_numpy(np.stack([c.image for c in spec.data.test]))
+        target = np.stack([c.label for c in spec.data.test])
+        classes, row = cfg.data.num_classes, {}
+        probe = copy.copy(client)
+        probe.ala_weights = client.ala_weights if cfg.ala.persist_weights else None
+        seed_client(cfg, k, rnd)
+        model = personalised_model(probe_cfg, spec, probe, glob, aux, rnd, True).cpu()
+        row["scored"] = _dice(_predict(model, x), target, classes)
+        if client.old_state is not None:
+            model.load_state_dict({**model.state_dict(), **{b: client.old_state[b] for b in bn_buffer_keys(model)}})
+            row["own_stats"] = _dice(_predict(model, x), target, classes)
+        seed_client(cfg, k, rnd)
+        shared = personalised_model(no_ala, spec, copy.copy(client), glob, aux, rnd, False).cpu()
+        row["shared_decoders"] = _dice(_predict(shared, x), target, classes)
+        if probe.ala_weights is not None and probe.ala_weights is not client.ala_weights:
+            w = torch.cat([v.flatten() for v in probe.ala_weights.values()])
+            row["w_mean"], row["w_below"] = float(w.mean()), float((w < 0.999).float().mean())
+        out[SITE_LETTERS[k]] = row
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
     parser = argparse.ArgumentParser(description="Dice with theta_G's BatchNorm statistics vs the site's own")
     parser.add_argument("--checkpoint", required=True, help="checkpoints/last.pt of a federated or local run")
+    parser.add_argument("--detail", action="store_true", help="also own-statistics, shared-decoder and W columns")
     args = parser.parse_args(argv)
+    if args.detail:
+        for site, row in personalisation_report(Path(args.checkpoint)).items():
+            print(f"site {site}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     result = bn_gap(Path(args.checkpoint))
     for site, (running, batch) in result.items():
         print(f"site {site}: running statistics {running:.3f} | site test-batch statistics {batch:.3f}")

@@ -39,7 +39,7 @@ from fedlppa.engine import (
     train_iterations,
 )
 from fedlppa.losses import fedlppa_loss, partial_cross_entropy
-from fedlppa.model import ala_parameter_names, build_model, is_bn_key
+from fedlppa.model import ala_parameter_names, bn_buffer_keys, build_model, is_bn_key
 from fedlppa.settings import Config, resolved_arch
 
 __all__ = ["ClientState", "SiteSpec", "TrainReply", "ClientFailureError", "FederationError", "initial_global_state",
@@ -225,6 +225,10 @@ def personalised_model(cfg: Config, spec: SiteSpec, state: ClientState, global_s
         merged.update({k: v for k, v in state.old_state.items() if is_bn_key(model, k)})
     if aux is not None:
         merged.update(aux)
+    if cfg.federation.bn_stats == "local" and state.old_state is not None:
+        # ours: the site keeps its own BatchNorm running statistics, the auxiliary decoder's too (FedALA's code
+        # only ever overwrites parameters; SiloBN); the released FedLPPA client loads theta_G's averaged buffers
+        merged.update({k: state.old_state[k] for k in bn_buffer_keys(model)})
     model.load_state_dict(merged)
     model.to(client_device(cfg))
     if _ala_due(cfg, state, merged, rnd):

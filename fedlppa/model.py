@@ -32,7 +32,8 @@ import torch.nn as nn
 __all__ = ["ModelConfig", "LABEL_TYPES", "SUP_TYPES", "label_prompt_vector", "ConvBlock", "DownBlock", "UpBlock",
            "Encoder", "Decoder", "DecoderMLP", "MLPBNGAP", "SpatialAttentionBlock", "ChannelAttentionBlock",
            "AffinityAttention", "MultiHeadMapAttention", "UNet", "UNetUniV5", "UniOutput", "build_model",
-           "count_parameters", "ala_parameter_names", "is_bn_key", "ALA_PATTERN_UNIV5", "ALA_PATTERN_UNET"]
+           "count_parameters", "ala_parameter_names", "is_bn_key", "bn_buffer_keys", "ALA_PATTERN_UNIV5",
+           "ALA_PATTERN_UNET"]
 
 LABEL_TYPES = ("scribble", "block", "keypoint")
 SUP_TYPES = ("scribble", "scribble_noisy", "keypoint", "block", "box", "mask")
@@ -385,3 +386,13 @@ def is_bn_key(model: nn.Module, key: str) -> bool:
     module_name = key.rsplit(".", 1)[0]
     module = dict(model.named_modules()).get(module_name)
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def bn_buffer_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the BatchNorm running statistics (``running_mean``, ``running_var``,
+    ``num_batches_tracked``): the buffers, not the learned affine parameters."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            out += [f"{name}.{b}" for b, v in module.named_buffers(recurse=False) if v is not None]
+    return out

@@ -111,7 +111,10 @@ class FederationConfig:
     """Rounds of ``iters_per_round`` local iterations (official 6000 x 5). ``eval_every``: evaluate the
     personalised models every N rounds (0 = only after the last). ``dual_init``: how a site's auxiliary decoder is
     built from the uploaded ones. ``on_failure``: a site that raises is left out of that round (``continue``) or
-    stops the run (``abort``); fewer than ``min_sites`` replies always stops."""
+    stops the run (``abort``); fewer than ``min_sites`` replies always stops. ``bn_stats``: whose BatchNorm
+    running statistics a site's model uses, for training and scoring: ``global`` (theta_G's averaged buffers, as
+    released) or ``local`` (ours: the site's own, kept across rounds and never overwritten by theta_G's, as in
+    FedALA's code, which only overwrites parameters, and SiloBN; the learned BatchNorm weights stay shared)."""
 
     method: Literal["fedlppa", "fedavg", "fedprox", "fedbn", "fedala", "local", "centralized_full",
                     "centralized_weak"] = "fedlppa"
@@ -121,6 +124,7 @@ class FederationConfig:
     dual_init: Literal["aggregated", "nearest", "adjacent", "random"] = "aggregated"
     fedprox_mu: float = 0.01
     on_failure: Literal["continue", "abort"] = "continue"
+    bn_stats: Literal["global", "local"] = "global"
     min_sites: int = 1
     inject_failure: FailureConfig = field(default_factory=FailureConfig)
 

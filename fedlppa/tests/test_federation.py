@@ -21,7 +21,7 @@ from fedlppa.federation import (
     weighted_average,
 )
 from fedlppa.losses import partial_cross_entropy
-from fedlppa.model import UNet, UNetUniV5, ala_parameter_names
+from fedlppa.model import UNet, UNetUniV5, ala_parameter_names, bn_buffer_keys
 from fedlppa.pipeline import prepare_sites
 
 
@@ -179,3 +179,40 @@ def test_round_trip_encoders_shared_aux_personal(lppa):
     assert torch.equal(sd[0][enc], sd[1][enc]) and torch.equal(sd[0][enc], agg.global_state[enc])
     assert not torch.equal(sd[0][aux], sd[1][aux])
     assert not torch.equal(sd[0][main], agg.global_state[main])
+
+
+def test_bn_buffer_keys_are_the_running_statistics_only():
+    model = UNet(1, 2, [4, 8, 8, 8, 8])
+    keys = bn_buffer_keys(model)
+    assert keys and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in keys)
+    assert not set(keys) & set(dict(model.named_parameters()))
+    assert len(keys) == 3 * sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["fedlppa", "fedavg"])
+def test_local_bn_stats_keep_the_site_running_statistics(ci_data, make_cfg, method):
+    """``federation.bn_stats=local``: the personalised model (trained and scored) carries the site's own BatchNorm
+    buffers, never theta_G's averaged ones; the learned parameters still come from theta_G / ALA as released."""
+    for mode in ("global", "local"):
+        cfg = make_cfg(ci_data, f"federation.method={method}", f"federation.bn_stats={mode}")
+        specs, _ = prepare_sites(cfg)
+        agg = Aggregator(cfg, initial_global_state(cfg))
+        states = [ClientState(s.site) for s in specs]
+        for rnd in (1,):
+            replies = []
+            for s in specs:
+                reply, states[s.site] = client_train(cfg, s, states[s.site], agg.global_state,
+                                                     agg.aux_for_site(s.site, rnd), rnd)
+                replies.append(reply)
+            agg.aggregate(replies)
+        s = specs[1]
+        model = personalised_model(cfg, s, states[1], agg.global_state, agg.aux_for_site(1, 2), 2, False)
+        sd, keys = model.state_dict(), bn_buffer_keys(model)
+        if mode == "global":  # as released, the auxiliary decoder's buffers come with the aggregated aux decoder
+            keys = [k for k in keys if not k.startswith("decoder_auxiliary.")]
+        want = states[1].old_state if mode == "local" else agg.global_state
+        other = agg.global_state if mode == "local" else states[1].old_state
+        assert all(torch.equal(sd[k].cpu(), want[k]) for k in keys)
+        assert not all(torch.equal(sd[k].cpu(), other[k]) for k in keys if k.endswith("running_mean"))
+        enc = "encoder.in_conv.conv_conv.0.weight"
+        assert torch.equal(sd[enc].cpu(), agg.global_state[enc])

@@ -85,7 +85,7 @@ def test_truncated_test_file_fails_before_any_run_folder(ci_data, tmp_path):
 
 
 def test_bn_diagnostic_running_statistics_equal_the_scored_dice(ci_data):
-    from fedlppa.bn_diagnostic import bn_gap
+    from fedlppa.bn_diagnostic import bn_gap, personalisation_report
 
     result = main(_args(ci_data, "experiment=bn_diag", "federation.method=fedavg", "federation.rounds=2"))
     gap = bn_gap(result.run_dir / "checkpoints" / "last.pt")
@@ -93,3 +93,8 @@ def test_bn_diagnostic_running_statistics_equal_the_scored_dice(ci_data):
     for site, (running, batch) in gap.items():
         assert running == pytest.approx(result.per_site[site]["dice"], abs=1e-6), site
         assert 0.0 <= batch <= 1.0
+    report = personalisation_report(result.run_dir / "checkpoints" / "last.pt")
+    for site, row in report.items():
+        assert row["scored"] == pytest.approx(result.per_site[site]["dice"], abs=1e-6), site
+        assert row["shared_decoders"] == row["scored"]  # FedAvg: the personalised model is theta_G
+        assert 0.0 <= row["own_stats"] <= 1.0 and "w_mean" not in row
