@@ -67,13 +67,15 @@ class TextEncoderConfig:
 class SPBConfig:
     """Sentence prototype bank: ``k`` codes, Gumbel-softmax temperature ``tau``, L1 weight ``weight``.
     ``eval_noise: true`` keeps Gumbel noise at evaluation (official); ``kmeans_init`` [ours] initialises the codes
-    by k-means of the stage-1 sentence embeddings at the start of stage 2."""
+    by k-means of the stage-1 sentence embeddings at the start of stage 2. ``assign``: ``dot`` (official logits
+    x E^T) or ``distance`` [ours] (logits -||x - e||^2, the nearest code wins, consistent with the k-means init)."""
 
     k: int = 512
     tau: float = 0.9
     weight: float = 10.0
     eval_noise: bool = False
     kmeans_init: bool = False
+    assign: Literal["dot", "distance"] = "dot"
 
     def __post_init__(self) -> None:
         if self.k < 2 or self.tau <= 0:
@@ -192,7 +194,8 @@ class AugmentConfig:
 
 @dataclass
 class SynthConfig:
-    """Synthetic MIMIC-CXR-style set written by ``synth.py`` (see README, "Synthetic data")."""
+    """Synthetic MIMIC-CXR-style set written by ``synth.py`` (see README, "Synthetic data").
+    ``atelectasis_height``: half-height of the atelectasis band / image side (0.012: under 1 px at 64 px input)."""
 
     n_studies: int = 600
     n_chexpert: int = 1000
@@ -204,6 +207,7 @@ class SynthConfig:
     size: int = 256
     lesion_contrast: float = 0.22
     findings_per_study: list[int] = field(default_factory=lambda: [2, 4])
+    atelectasis_height: float = 0.012
     seed: int = 0
 
 

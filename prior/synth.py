@@ -140,7 +140,7 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _draw_finding(img: np.ndarray, kind: str, rng: np.random.Generator, contrast: float, anatomy: dict,
-                  side: str, zone: str) -> Finding:
+                  side: str, zone: str, atelectasis_height: float = 0.012) -> Finding:
     size = img.shape[0]
     shape = img.shape
     if kind == "consolidation":
@@ -152,7 +152,7 @@ def _draw_finding(img: np.ndarray, kind: str, rng: np.random.Generator, contrast
         word = "small" if radius < 9 * size / 128 else "large"
     elif kind == "atelectasis":
         cy, cx = _zone_center(rng, size, side, zone)
-        mask = _ellipse(shape, cy, cx, 0.012 * size, 0.1 * size, rng.uniform(-15, 15))
+        mask = _ellipse(shape, cy, cx, atelectasis_height * size, 0.1 * size, rng.uniform(-15, 15))
         img[mask] += 0.9 * contrast
         word = "mild"
     elif kind == "effusion":
@@ -194,9 +194,11 @@ def _sentence(finding: Finding, rng: np.random.Generator) -> str:
 
 
 def render_study(rng: np.random.Generator, size: int = 256, *, kinds: Sequence[str] | None = None,
-                 n_findings: tuple[int, int] = (2, 4), contrast: float = 0.22, uncertain_p: float = 0.1) -> Study:
+                 n_findings: tuple[int, int] = (2, 4), contrast: float = 0.22, uncertain_p: float = 0.1,
+                 atelectasis_height: float = 0.012) -> Study:
     """One radiograph and its report. ``kinds`` fixes the findings (else 2-4 drawn; cardiomegaly/effusion often
-    present as large cues); an uncertain consolidation ("Possible ...") has a fainter lesion and label -1."""
+    present as large cues); an uncertain consolidation ("Possible ...") has a fainter lesion and label -1.
+    ``atelectasis_height``: half-height of the atelectasis band as a fraction of the image side."""
     if kinds is None:
         n = int(rng.integers(n_findings[0], n_findings[1] + 1))
         p = np.array([0.3, 0.12, 0.18, 0.16, 0.08, 0.08, 0.08])
@@ -212,7 +214,8 @@ def render_study(rng: np.random.Generator, size: int = 256, *, kinds: Sequence[s
                 break
         used.add((side, zone))
         uncertain = kind == "consolidation" and rng.random() < uncertain_p
-        f = _draw_finding(img, kind, rng, contrast * (0.5 if uncertain else 1.0), anatomy, side, zone)
+        f = _draw_finding(img, kind, rng, contrast * (0.5 if uncertain else 1.0), anatomy, side, zone,
+                          atelectasis_height)
         f.uncertain = uncertain
         f.sentence = (f"Possible {f.side} {f.zone} zone consolidation." if uncertain else _sentence(f, rng))
         findings.append(f)
@@ -299,6 +302,10 @@ def _report_text(study: Study) -> str:
             + " ".join(study.impression) + "\n")
 
 
+def _style(cfg: SynthConfig) -> dict:
+    return {"contrast": cfg.lesion_contrast, "atelectasis_height": cfg.atelectasis_height}
+
+
 def write_mimic(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None:
     """MIMIC-CXR-JPG 2.0.0 + reports: ``files/p1X/p1XXXXXXX/sXXXXXXXX/<dicom_id>.jpg``, ``sXXXXXXXX.txt``, the
     metadata / split / chexpert CSVs (gzip), plus ``synthetic-findings.csv`` (boxes of every finding sentence)."""
@@ -309,7 +316,7 @@ def write_mimic(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None:
         folder = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study_id}"
         short = i % 25 == 7  # a report with too few sentences, excluded by the reader
         study = render_study(rng, cfg.size, n_findings=tuple(cfg.findings_per_study),
-                             contrast=cfg.lesion_contrast)
+                             **_style(cfg))
         if short:
             study.findings_text, study.impression = study.findings_text[:1], study.impression
         part = "test" if i % 10 == 0 else ("validate" if i % 10 == 1 else "train")
@@ -353,10 +360,10 @@ def write_chexpert(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> No
         part = "valid" if i % 10 == 9 else "train"
         if i < 5 * cfg.n_5x200_per_class:
             kinds = [five_kinds[i % 5]] + (["tube"] if rng.random() < 0.3 else [])
-            study = render_study(rng, cfg.size, kinds=kinds, contrast=cfg.lesion_contrast, uncertain_p=0.0)
+            study = render_study(rng, cfg.size, kinds=kinds, **_style(cfg), uncertain_p=0.0)
             part = "train"
         else:
-            study = render_study(rng, cfg.size, n_findings=(0, 3), contrast=cfg.lesion_contrast)
+            study = render_study(rng, cfg.size, n_findings=(0, 3), **_style(cfg))
         rel = f"CheXpert-v1.0-small/{part}/patient{i + 1:05d}/study1/view1_frontal.jpg"
         _write_jpg(root / rel.split("/", 1)[1], study.image)
         labels = labels_of(study.findings)
@@ -379,7 +386,7 @@ def write_rsna(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None:
         kinds = ["consolidation"] * (1 + int(rng.random() < 0.3)) if lesion else []
         if rng.random() < 0.4:
             kinds.append(str(rng.choice(["cardiomegaly", "effusion", "tube"])))
-        study = render_study(rng, cfg.size, kinds=kinds, contrast=cfg.lesion_contrast, uncertain_p=0.0)
+        study = render_study(rng, cfg.size, kinds=kinds, **_style(cfg), uncertain_p=0.0)
         write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", study.image, pid)
         boxes = [f.box for f in study.findings if f.kind == "consolidation"]
         for x0, y0, x1, y1 in boxes:
@@ -398,7 +405,7 @@ def write_siim(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None:
         uid = f"1.2.276.0.7230010.3.1.4.{8323329 + i}.1517875{i:06d}"
         kinds = ["pneumothorax"] if i % 2 == 0 else []
         study = render_study(rng, cfg.size, kinds=kinds + (["tube"] if rng.random() < 0.3 else []),
-                             contrast=cfg.lesion_contrast, uncertain_p=0.0)
+                             **_style(cfg), uncertain_p=0.0)
         write_dicom(root / "dicom-images-train" / f"{uid}.2" / f"{uid}.3" / f"{uid}.dcm", study.image, f"p{i}", uid)
         masks = [f.mask for f in study.findings if f.kind == "pneumothorax"]
         rows += [[uid, " " + rle_encode(m)] for m in masks] or [[uid, " -1"]]
@@ -413,7 +420,7 @@ def write_covidx(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> None
         part = "test" if i % 5 == 0 else "train"
         label = ("COVID-19", "pneumonia", "normal")[i % 3]
         kinds = {"COVID-19": ["edema", "consolidation"], "pneumonia": ["consolidation"], "normal": []}[label]
-        study = render_study(rng, cfg.size, kinds=kinds, contrast=cfg.lesion_contrast, uncertain_p=0.0)
+        study = render_study(rng, cfg.size, kinds=kinds, **_style(cfg), uncertain_p=0.0)
         name = f"synth-{i:05d}.png"
         path = root / part / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +436,7 @@ def write_object_cxr(root: Path, cfg: SynthConfig, rng: np.random.Generator) -> 
     tables = {"train": [], "dev": []}
     for i in range(cfg.n_object_cxr):
         part = "dev" if i % 5 == 0 else "train"
-        study = render_study(rng, cfg.size, n_findings=(0, 2), contrast=cfg.lesion_contrast)
+        study = render_study(rng, cfg.size, n_findings=(0, 2), **_style(cfg))
         img, annotations = study.image.copy(), []
         for _ in range(int(rng.integers(1, 3)) if i % 2 == 0 else 0):
             shape = int(rng.integers(3))
@@ -476,7 +483,10 @@ def write_all(root: Path, cfg: SynthConfig) -> None:
 
 def ensure_synthetic(root: str | Path, cfg: SynthConfig) -> Path:
     """Generate the synthetic set into ``root`` once (``common.datasets.ensure_dataset`` rules)."""
-    return ensure_dataset(root, {"generator": "prior.synth/1", **to_dict(cfg)}, lambda out: write_all(out, cfg),
+    stamp = to_dict(cfg)
+    if stamp.get("atelectasis_height") == 0.012:  # the value of sets written before the option existed
+        del stamp["atelectasis_height"]
+    return ensure_dataset(root, {"generator": "prior.synth/1", **stamp}, lambda out: write_all(out, cfg),
                           what="synthetic PRIOR dataset")
 
 

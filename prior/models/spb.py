@@ -5,6 +5,10 @@ logits, Gumbel-softmax with tau 0.9, soft, no straight-through), with an L1 loss
 The official module stores the logits of its last call for the KL term of report reconstruction; here the
 logits are returned and passed explicitly (stateless). At evaluation the Gumbel noise is off unless
 ``eval_noise`` (the official zero-shot path keeps it, so its predictions are random).
+
+``assign: distance`` [ours] uses logits ``-||x - e||^2`` instead of the official dot product: a dot product
+favours the codes of largest norm, so a bank initialised by k-means (whose centres are defined by the nearest
+centre, i.e. by distance) still sends almost every sentence to a few large-norm codes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ __all__ = ["SPB", "SPBOutput", "kmeans_codes"]
 @dataclass
 class SPBOutput:
     """``quantized`` ``(N, D)``, ``loss`` (mean L1 to the input), ``index`` ``(N,)`` argmax code, ``logits``
-    ``(N, K)`` (the dot products x E^T)."""
+    ``(N, K)`` (the dot products x E^T, or minus the squared distances)."""
 
     quantized: torch.Tensor
     loss: torch.Tensor
@@ -30,16 +34,27 @@ class SPBOutput:
 
 
 class SPB(nn.Module):
-    def __init__(self, dim: int, k: int = 512, tau: float = 0.9, eval_noise: bool = False):
+    def __init__(self, dim: int, k: int = 512, tau: float = 0.9, eval_noise: bool = False, assign: str = "dot"):
         super().__init__()
+        if assign not in ("dot", "distance"):
+            raise ValueError(f"spb assign must be 'dot' (official) or 'distance', got {assign!r}")
         self.embed = nn.Embedding(k, dim)  # N(0, 1) initialisation, as the official nn.Embedding
         self.tau = tau
         self.eval_noise = eval_noise
+        self.assign = assign
+
+    def logits(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(N, K)``: ``x E^T`` (official) or ``-||x - e||^2`` (``assign: distance``)."""
+        weight = self.embed.weight
+        dots = flat @ weight.t()
+        if self.assign == "dot":
+            return dots
+        return 2 * dots - (weight * weight).sum(1)[None, :] - (flat * flat).sum(1, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> SPBOutput:
         """``x`` ``(N, D)`` -> :class:`SPBOutput`. Gumbel noise in training (and in eval with ``eval_noise``)."""
         flat = x.reshape(-1, self.embed.embedding_dim)
-        logits = flat @ self.embed.weight.t()
+        logits = self.logits(flat)
         if self.training or self.eval_noise:
             soft = F.gumbel_softmax(logits, tau=self.tau, dim=1, hard=False)
         else:
@@ -50,7 +65,7 @@ class SPB(nn.Module):
     def kl(self, z: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
         """KL(softmax(target_logits) || softmax(z E^T)), ``batchmean`` (official ``cal_loss``; the official target
         is the stored logits of the previous forward call)."""
-        logits = z.reshape(-1, self.embed.embedding_dim) @ self.embed.weight.t()
+        logits = self.logits(z.reshape(-1, self.embed.embedding_dim))
         return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target_logits, -1), reduction="batchmean",
                         log_target=True)
 

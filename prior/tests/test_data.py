@@ -184,3 +184,17 @@ def test_rsna_siim_object_bad_inputs(synth_root: Path, tmp_path: Path):
     (obj / "train.csv").write_text("image_name,annotation\n00001.jpg,7 1 2 3 4\n")
     with pytest.raises(DataError, match="unknown shape"):
         read_object_cxr(obj)
+
+
+def test_atelectasis_height_option():
+    """``data.synth.atelectasis_height`` sets the band's half-height (fraction of the side); the default is the
+    value of sets written before the option existed, so their stamps stay valid."""
+    from prior.synth import render_study
+
+    heights = {}
+    for h in (0.012, 0.03):
+        study = render_study(np.random.default_rng(5), 256, kinds=["atelectasis"], uncertain_p=0.0,
+                             atelectasis_height=h)
+        heights[h] = int(study.findings[0].mask.sum())  # area of the band, proportional to its height
+    assert heights[0.03] > 2 * heights[0.012]
+    assert SynthConfig().atelectasis_height == 0.012

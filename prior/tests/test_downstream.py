@@ -73,3 +73,16 @@ def test_zeroshot_head_argmax_and_precision():
     assert precision_at_k(scores, np.array([0, 1]), np.array([0, 1, 0]), 1) == 1.0
     assert precision_at_k(scores, np.array([0, 1]), np.array([0, 1, 0]), 2) == pytest.approx(0.75)
     torch.manual_seed(0)
+
+
+def test_upper_bound_smoke(tmp_path):
+    """The supervised upper bound [ours] trains and scores the 5x200 set on the CI configuration."""
+    from prior.upper_bound import main as upper_main
+
+    stages = ("optim.stages=[{epochs: 1, lr: 1.0e-3, lr_start: 1.0e-5, warmup_epochs: 0.5}, "
+              "{epochs: 0, lr: 1.0e-3, lr_start: 1.0e-5}, {epochs: 0, lr: 5.0e-4, lr_start: 1.0e-6}]")
+    summary = upper_main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}",
+                          f"data.root={tmp_path / 'synthetic'}", "data.synth.n_studies=24", "data.image_size=32",
+                          "runtime.threads=1", stages])
+    assert 0.0 <= summary["upper_zeroshot_accuracy"] <= 1.0
+    assert {f"upper_acc_{c}" for c in ("atelectasis", "edema")} <= set(summary)

@@ -231,6 +231,21 @@ def test_spb():
     assert spb.kl(torch.randn(5, 8), logits).item() > 0
 
 
+def test_spb_distance_assignment_picks_the_nearest_code():
+    """A dot product sends a point to the largest-norm code in its direction; ``assign: distance`` [ours] to the
+    nearest one (the k-means criterion). The KL of a bank with itself is 0 either way."""
+    codes = torch.tensor([[1.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([[1.0, 0.1]])
+    for assign, expected in (("dot", 1), ("distance", 0)):
+        spb = SPB(2, 3, tau=0.05, assign=assign).eval()
+        spb.embed.weight.data.copy_(codes)
+        out = spb(x)
+        assert out.index.item() == expected
+        assert spb.kl(x, out.logits).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="assign"):
+        SPB(2, 3, assign="cosine")
+
+
 def test_hungarian_matching():
     torch.manual_seed(0)
     outputs, targets = torch.randn(16, 8), torch.randn(16, 8)
