@@ -216,20 +216,32 @@ class UNet(nn.Module):
     network (in 4 = RGB + coarse fovea heatmap; out 1)."""
 
     def __init__(self, encoder_name: str, in_chans: int, out_channels: int, decoder_channels: Sequence[int],
-                 pretrained: str = "none", config_key: str = "fine.pretrained"):
+                 pretrained: str = "none", config_key: str = "fine.pretrained", prior_gain: float = 0.0):
         super().__init__()
         if len(decoder_channels) != 4:
             raise ValueError(f"the fine U-Net has depth 4; decoder_channels needs 4 entries, got {decoder_channels}")
+        if prior_gain and (in_chans != 5 or out_channels != 3):
+            raise ValueError("fine.residual needs the coarse channels (in 5 = RGB + OC, OD; out 3 = OC, OD, BG); "
+                             "set fine.residual=0 with fine.use_coarse=false")
         self.encoder = create_timm_model(encoder_name, pretrained, config_key=config_key, features_only=True,
                                          in_chans=in_chans, out_indices=(0, 1, 2, 3))
         self.in_chans = in_chans
+        self.prior_gain = float(prior_gain)
         self.decoder = UnetDecoder(self.encoder.feature_info.channels(), decoder_channels)
         self.head = _head(decoder_channels[-1], out_channels)
+        if self.prior_gain:  # [ours] residual refinement: at initialisation the output is the coarse input
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.in_chans:
             raise ValueError(f"the network expects {self.in_chans} input channels, got {x.shape[1]}")
-        return torch.sigmoid(self.head(self.decoder(self.encoder(x))))
+        logits = self.head(self.decoder(self.encoder(x)))
+        if self.prior_gain:
+            od = x[:, 4:5]
+            prior = torch.cat([x[:, 3:4], od, 1 - od], 1)  # coarse [OC, OD, BG] as 0/1
+            logits = logits + self.prior_gain * (2 * prior - 1)
+        return torch.sigmoid(logits)
 
 
 class PretrainNet(nn.Module):
@@ -264,7 +276,8 @@ def build_model(cfg: ModelConfig, size: int, heatmap: bool = True, distance: boo
 
 def build_fine_model(cfg: FineConfig) -> UNet:
     """Fine disc/cup U-Net: 5 input channels with ``use_coarse`` (RGB + coarse OC, OD), else 3."""
-    return UNet(cfg.encoder, 5 if cfg.use_coarse else 3, 3, cfg.decoder_channels, cfg.pretrained, "fine.pretrained")
+    return UNet(cfg.encoder, 5 if cfg.use_coarse else 3, 3, cfg.decoder_channels, cfg.pretrained, "fine.pretrained",
+                prior_gain=cfg.residual)
 
 
 def build_fovea_model(cfg: FoveaConfig) -> UNet:

@@ -48,7 +48,7 @@ PRETRAIN_OF = {"joinedtrans": "vessel", "fine_rgb_only": "vessel", "no_distance_
 def row_overrides(row: str) -> list[str]:
     """What a row changes relative to JOINEDTrans (the encoder initialisation is added per seed)."""
     return {"joinedtrans": [], "no_vessel_pretrain": [], "unet_baseline": CNN,
-            "fine_rgb_only": ["fine.use_coarse=false"], "generic_pretrain": [],
+            "fine_rgb_only": ["fine.use_coarse=false", "fine.residual=0"], "generic_pretrain": [],
             "no_distance_branch": ["coarse.distance=false"],
             "seg_only": ["coarse.heatmap=false", "coarse.distance=false", "fovea.enabled=false"]}[row]
 

@@ -177,7 +177,9 @@ class PretrainConfig:
 class FineConfig:
     """Fine disc/cup stage: U-Net on timm ``encoder`` (4 levels) over ``roi`` x ``roi`` crops at original size,
     input RGB + coarse OC, OD (``use_coarse``; RGB only otherwise). ``ref_height`` > 0 scales the ROI by image
-    height / ref_height (0 = fixed size, as in JOINED)."""
+    height / ref_height (0 = fixed size, as in JOINED). [ours] ``residual`` g > 0: the U-Net predicts a correction
+    of the coarse mask, logits = head + g (2 coarse - 1) with a zero-initialised head, so that the untrained fine
+    stage returns its coarse input (0 = JOINED: the coarse channels are inputs only)."""
 
     enabled: bool = True
     encoder: str = "tf_efficientnet_b4"
@@ -186,6 +188,7 @@ class FineConfig:
     roi: int = 448
     ref_height: int = 0
     use_coarse: bool = True
+    residual: float = 0.0
     lr: float = 4e-4
     epochs: int = 500
     steps: int = 0
@@ -195,6 +198,9 @@ class FineConfig:
     def __post_init__(self) -> None:
         if self.roi % 16:
             raise ValueError(f"fine.roi must be a multiple of 16 (U-Net depth 4), got {self.roi}")
+        if self.residual < 0 or (self.residual and not self.use_coarse):
+            raise ValueError(f"fine.residual={self.residual} needs fine.use_coarse=true and a value >= 0 "
+                             f"(set fine.residual=0 for the RGB-only fine stage)")
 
 
 @dataclass

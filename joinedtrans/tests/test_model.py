@@ -136,6 +136,26 @@ def test_fine_and_fovea_networks() -> None:
     assert count_parameters(paper_fine) == 18_464_651
 
 
+def test_residual_fine_stage_starts_at_its_coarse_input() -> None:
+    """[ours] ``fine.residual``: with the zero-initialised head the untrained fine U-Net returns the coarse OC, OD
+    (and BG = not OD) at threshold 0.5, and the head still receives a gradient."""
+    torch.manual_seed(0)
+    fine = build_fine_model(FineConfig(encoder="efficientnet_b0", decoder_channels=(32, 16, 16, 8), residual=3.0))
+    x = torch.randn(2, 5, 64, 64)
+    od = torch.zeros(2, 64, 64)
+    od[:, 16:48, 16:48] = 1
+    oc = torch.zeros(2, 64, 64)
+    oc[:, 24:40, 24:40] = 1
+    x[:, 3], x[:, 4] = oc, od
+    out = fine(x)
+    assert torch.equal(out[:, 0] >= 0.5, oc.bool()) and torch.equal(out[:, 1] >= 0.5, od.bool())
+    assert torch.equal(out[:, 2] >= 0.5, ~od.bool())
+    out[:, :2].sum().backward()
+    assert fine.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fine.residual"):
+        FineConfig(use_coarse=False, residual=3.0)
+
+
 def test_hub_weights_fail_with_instructions() -> None:
     from common.weights import PretrainedWeightsError
 
