@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from prior.models.prior import PRIOR
 
-__all__ = ["encode_images", "encode_reports", "pair_scores", "zeroshot", "retrieval", "precision_at_k",
-           "gap_features", "pointing_game", "prototype_stats"]
+__all__ = ["encode_images", "encode_reports", "pair_scores", "zeroshot", "located_prompts", "retrieval",
+           "precision_at_k", "gap_features", "pointing_game", "prototype_stats"]
 
 
 @torch.no_grad()
@@ -81,13 +81,31 @@ def _combine(g: np.ndarray, local: np.ndarray, local_weight: float) -> np.ndarra
     return sg + local_weight * sl
 
 
+def located_prompts() -> dict[str, list[str]]:
+    """A prompt set per class [ours, after GLoRIA's severity x location x subtype prompts, in the vocabulary of
+    the synthetic reports]: every side and zone for the localised findings, two severities each."""
+    sites = [(side, zone) for side in ("right", "left") for zone in ("upper", "mid", "lower")]
+    return {"Atelectasis": [f"Mild {s} {z} zone atelectasis." for s, z in sites],
+            "Cardiomegaly": ["Mild cardiomegaly.", "Moderate cardiomegaly."],
+            "Consolidation": [f"{w} {s} {z} lobe consolidation." for w in ("Small", "Large") for s, z in sites],
+            "Edema": ["Mild pulmonary edema.", "Moderate pulmonary edema."],
+            "Pleural Effusion": [f"{w} {s} pleural effusion." for w in ("Small", "Large") for s in ("right", "left")]}
+
+
 def zeroshot(model: PRIOR, loader: DataLoader, labels: np.ndarray, class_names: list[str], device: torch.device,
-             prompt: str = "{} is observed", local_weight: float = 0.5) -> tuple[dict[str, float], np.ndarray]:
+             prompt: str = "{} is observed", local_weight: float = 0.5,
+             prompt_sets: dict[str, list[str]] | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Zero-shot accuracy / macro F1 (official scoring; global-only when the model has no local alignment) and
-    the global-only scores too. Returns ``(metrics, probabilities (N, C))``."""
+    the global-only scores too. ``prompt_sets`` (class -> prompts) replaces the one ``prompt`` per class; as in
+    the official head, a class's global score is the max over its prompts and its local score the mean.
+    Returns ``(metrics, probabilities (N, C))``."""
     ig, it = encode_images(model, loader, device)
-    tg, ts, tm = encode_reports(model, [[prompt.format(c)] for c in class_names], device)
-    g, local = pair_scores(model, ig, it, tg, ts, tm, device)
+    sets = [prompt_sets[c] for c in class_names] if prompt_sets else [[prompt.format(c)] for c in class_names]
+    owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(sets)])
+    tg, ts, tm = encode_reports(model, [[p] for ps in sets for p in ps], device)
+    g_all, local_all = pair_scores(model, ig, it, tg, ts, tm, device)
+    g = np.stack([g_all[:, owner == k].max(1) for k in range(len(sets))], 1)
+    local = np.stack([local_all[:, owner == k].mean(1) for k in range(len(sets))], 1)
     weight = local_weight if model.losses["local"] else 0.0
     probs = _combine(g, local, weight)
     pred, pred_g = probs.argmax(1), g.argmax(1)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from prior.data import FIVE_CLASSES, ImageDataset
-from prior.downstream import pointing_game, prototype_stats, retrieval, zeroshot
+from prior.downstream import located_prompts, pointing_game, prototype_stats, retrieval, zeroshot
 from prior.models.prior import PRIOR
 from prior.pipeline import PretrainData, retrieval_reports, zeroshot_set
 from prior.settings import Config
@@ -61,6 +61,10 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
     loader = _loader(cfg, paths, labels)
     summary, probs = zeroshot(model, loader, labels, list(FIVE_CLASSES), device, cfg.eval.prompt,
                               cfg.eval.local_weight)
+    if cfg.eval.located_prompts:
+        located, _ = zeroshot(model, loader, labels, list(FIVE_CLASSES), device, local_weight=cfg.eval.local_weight,
+                              prompt_sets=located_prompts())
+        summary |= {f"{k.replace('zeroshot_', 'zeroshot_located_')}": v for k, v in located.items()}
     try:
         reports, report_labels = retrieval_reports(data.test)
         summary |= retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight)

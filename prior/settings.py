@@ -243,10 +243,13 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    """Downstream evaluation inside pre-training runs and ``eval.py``: zero-shot prompt and local weight."""
+    """Downstream evaluation inside pre-training runs and ``eval.py``: zero-shot prompt and local weight.
+    ``located_prompts`` [ours] also scores the zero-shot set with a prompt set per class naming severity and
+    location (``downstream.located_prompts``; metrics ``zeroshot_located_*``)."""
 
     prompt: str = "{} is observed"
     local_weight: float = 0.5
+    located_prompts: bool = True
 
 
 @dataclass

@@ -86,3 +86,26 @@ def test_upper_bound_smoke(tmp_path):
                           "runtime.threads=1", stages])
     assert 0.0 <= summary["upper_zeroshot_accuracy"] <= 1.0
     assert {f"upper_acc_{c}" for c in ("atelectasis", "edema")} <= set(summary)
+
+
+def test_zeroshot_prompt_sets_reduce_to_the_single_prompt():
+    """A prompt set holding the official prompt (twice) scores exactly as the single prompt: max of the global
+    and mean of the local scores over a class's prompts; the located set names every class."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prior.downstream import located_prompts, zeroshot
+    from prior.models import build_model
+
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "configs" / "ci.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, "prior").eval()
+    images = torch.randn(6, 1, 32, 32)
+    loader = DataLoader(TensorDataset(images, torch.zeros(6), torch.arange(6)), batch_size=3)
+    labels = np.arange(6) % 5
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    one, p1 = zeroshot(model, loader, labels, classes, torch.device("cpu"))
+    sets = {c: [f"{c} is observed"] * 2 for c in classes}
+    two, p2 = zeroshot(model, loader, labels, classes, torch.device("cpu"), prompt_sets=sets)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
+    assert one == two
+    assert set(located_prompts()) == set(classes) and all(located_prompts().values())
