@@ -212,7 +212,6 @@ def cache_for(cfg: Config, bundle: DataBundle, variant: str | None = None) -> Pr
         raise ValueError(f"preloading caches FPT/FPT+ keys and values; method `{variant}` has none")
     lpm = cfg.model.lpm
     layers = list(getattr(cfg.model, variant).layers)
-    folder = resolve_path(cfg.data.preload_dir) if cfg.data.preload_dir is not None else preload_root(cfg) / variant
     meta: dict[str, Any] = {
         "variant": variant, "layers": layers, "lpm": lpm.name, "img_size": lpm.img_size,
         "patch_size": lpm.patch_size, "embed_dim": lpm.embed_dim, "depth": lpm.depth, "num_heads": lpm.num_heads,
@@ -223,6 +222,11 @@ def cache_for(cfg: Config, bundle: DataBundle, variant: str | None = None) -> Pr
         "dtype": cfg.data.preload_dtype, "mean": bundle.mean, "std": bundle.std,
         "lpm_amp": resolve_lpm_amp(cfg.model.lpm.amp, device_of(cfg)),
     }
+    if cfg.data.preload_dir is not None:
+        folder = resolve_path(cfg.data.preload_dir)
+    else:  # one folder per variant and LPM weights: FPT+ on a random LPM never meets the pre-trained LPM's cache
+        weights = hashlib.sha1(json.dumps([meta["lpm"], meta["pretrained"], meta["init_seed"]]).encode()).hexdigest()
+        folder = preload_root(cfg) / f"{variant}-{weights[:8]}"
     return PreloadCache(folder, meta)
 
 

@@ -111,3 +111,18 @@ def test_same_file_name_in_two_classes_gives_two_cache_entries(ci_root: Path, tm
     (k0, v0), (k1, v1) = (cache.load(f"train/{name}/a.png") for name in ("0_none", "1_mild"))
     assert not torch.equal(k0, k1) and not torch.equal(v0, v1)
     assert len(list(cache.folder.rglob("*.safetensors"))) == sum(len(v) for v in bundle.splits.values())
+
+
+def test_default_cache_folder_is_keyed_by_the_lpm_weights(ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    """`reproduce.py --all` trains FPT+ on the pre-trained and on a random LPM over the same data: without a
+    folder per LPM weights the second row found the first one's cache and stopped on the identity check."""
+    weights = tmp_path / "lpm.safetensors"
+    random0 = make_cfg(ci_root, "model.pretrained=none", "model.lpm.init_seed=0")
+    bundle = prepare_data(random0)
+    folders = [cache_for(cfg, bundle).folder for cfg in (
+        random0, make_cfg(ci_root, "model.pretrained=none", "model.lpm.init_seed=1"),
+        make_cfg(ci_root, f"model.pretrained={weights}"))]
+    assert len(set(folders)) == 3
+    assert all(f.name.startswith("fpt_plus-") for f in folders)
+    assert cache_for(make_cfg(ci_root, "model.pretrained=none", "model.lpm.init_seed=0"), bundle).folder == folders[0]
+    assert cache_for(random0, bundle, "fpt").folder.name.startswith("fpt-")
