@@ -167,7 +167,10 @@ class ModelConfig:
     first-level features, ``unet_levels`` levels, dense blocks of ``rdn_layers`` layers.
 
     ``bicubic_skip`` (our deviation, off in the paper configs): output = bicubic(LR) + network(LR) with the last
-    convolution zero-initialised, so that a short CPU run starts from bicubic instead of from noise."""
+    convolution zero-initialised, so that a short CPU run starts from bicubic instead of from noise.
+    ``skip_zero`` (SwinIR with the bicubic skip, ours): which convolution is zero-initialised, ``final`` (the 3->1
+    output adapter ``conv_final``) or ``last`` (``conv_last``, num_feat -> 3, so the random 3->1 adapter passes
+    gradients to it from the first step)."""
 
     name: Literal["swinir", "edsr", "rcan", "han", "rdn", "fd_unet", "bicubic"] = "swinir"
     embed_dim: int = 180
@@ -187,6 +190,7 @@ class ModelConfig:
     rdn_growth: int = 64
     unet_levels: int = 4
     bicubic_skip: bool = False
+    skip_zero: Literal["final", "last"] = "final"
     pretrained: str = "none"
     init_from: str | None = None
 

@@ -63,7 +63,7 @@ class SwinIR(nn.Module):
                  img_size: int = 64, embed_dim: int = 180, depths: Sequence[int] = (6, 6, 6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.1, patch_norm: bool = True, num_feat: int = 64,
-                 img_range: float = 1.0, bicubic_skip: bool = False):
+                 img_range: float = 1.0, bicubic_skip: bool = False, skip_zero: str = "final"):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
@@ -90,8 +90,12 @@ class SwinIR(nn.Module):
         self.conv_final = nn.Conv2d(adapter_chans, out_chans, 3, 1, 1)
         self.apply(self._init_weights)
         self.bicubic_skip = bicubic_skip
-        if bicubic_skip:
-            zero_init(self.conv_final)
+        if skip_zero not in ("final", "last"):
+            raise ValueError(f"skip_zero must be 'final' or 'last', got {skip_zero!r}")
+        if bicubic_skip:  # untrained network = bicubic; "last": the 3->1 adapter stays random (ours)
+            zero_init(self.conv_final if skip_zero == "final" else self.conv_last)
+            if skip_zero == "last":
+                nn.init.zeros_(self.conv_final.bias)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

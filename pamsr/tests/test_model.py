@@ -132,6 +132,22 @@ def test_every_network_shapes_and_bicubic_skip_starts_at_bicubic(name, extra, sc
     assert grads  # the zero-initialised last layer gets a gradient, so training leaves bicubic
 
 
+def test_swinir_skip_zero_last_starts_at_bicubic_and_trains_the_body_at_once():
+    """model.skip_zero=last zero-initialises conv_last (num_feat -> 3) instead of the 3->1 adapter: the untrained
+    network is still bicubic, and conv_last gets a gradient at step 0 through the random adapter."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 12, 20)
+    extra = {"embed_dim": 16, "depths": [1], "num_heads": [2], "bicubic_skip": True}
+    last = build_model(ModelConfig(name="swinir", skip_zero="last", **extra), 2)
+    assert torch.allclose(last(x), Bicubic(2)(x), atol=1e-6)
+    assert float(last.conv_final.weight.abs().sum()) > 0 and float(last.conv_last.weight.abs().sum()) == 0
+    (last(x) - Bicubic(2)(x) - 0.1).abs().mean().backward()
+    assert float(last.conv_last.weight.grad.abs().sum()) > 0
+    final = build_model(ModelConfig(name="swinir", **extra), 2)
+    (final(x) - Bicubic(2)(x) - 0.1).abs().mean().backward()
+    assert float(final.conv_last.weight.grad.abs().sum()) == 0  # gated by the zero adapter at step 0
+
+
 @pytest.mark.parametrize("config", ["han_paper_x2", "rdn_paper_x2", "fd_unet_paper_x2", "edsr_paper_x2"])
 def test_paper_size_baselines_build_on_the_meta_device(config):
     """Paper-size baselines build without allocating (meta device) and are far larger than the CPU rows."""
