@@ -21,6 +21,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,14 +43,19 @@ def _dice(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
     return summarise(rows, num_classes)["dice"]
 
 
-def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
-    """``{site: (Dice with the running statistics, Dice with the site's test-batch statistics)}``."""
+def _load_federation(checkpoint: Path) -> tuple[Config, list, Any]:
+    """The run's config, its sites and the server state saved in ``checkpoint`` (a federated run only)."""
     cfg = load_from_checkpoint(Config, checkpoint)
     if cfg.federation.method in CENTRALIZED:
         raise ValueError(f"{checkpoint} is a {cfg.federation.method} run: it has one pooled model, no sites")
     torch.set_num_threads(max(cfg.runtime.threads, 1))
     specs, _ = prepare_sites(cfg)
-    state = load_server_state(checkpoint, cfg, len(specs))
+    return cfg, specs, load_server_state(checkpoint, cfg, len(specs))
+
+
+def bn_gap(checkpoint: Path) -> dict[str, tuple[float, float]]:
+    """``{site: (Dice with the running statistics, Dice with the site's test-batch statistics)}``."""
+    cfg, specs, state = _load_federation(checkpoint)
     out = {}
     for k, spec in enumerate(specs):
         seed_client(cfg, k, state.round + 1)
@@ -80,12 +86,7 @@ def personalisation_report(checkpoint: Path) -> dict[str, dict[str, float]]:
     """Per site: ``scored`` (as the run scored it), ``own_stats`` (same weights, the site's own BatchNorm running
     statistics from its last upload), ``shared_decoders`` (theta_G without ALA, its running statistics) and, when
     ALA ran, ``w_mean`` / ``w_below`` (mean of W, fraction of W < 0.999)."""
-    cfg = load_from_checkpoint(Config, checkpoint)
-    if cfg.federation.method in CENTRALIZED:
-        raise ValueError(f"{checkpoint} is a {cfg.federation.method} run: it has one pooled model, no sites")
-    torch.set_num_threads(max(cfg.runtime.threads, 1))
-    specs, _ = prepare_sites(cfg)
-    state = load_server_state(checkpoint, cfg, len(specs))
+    cfg, specs, state = _load_federation(checkpoint)
     # persist_weights only makes personalised_model hand W back (W still starts at the run's rule)
     probe_cfg = replace(cfg, ala=replace(cfg.ala, persist_weights=True))
     no_ala = replace(cfg, ala=replace(cfg.ala, enabled=False))
