@@ -83,5 +83,5 @@ def test_auto_decision_reaches_the_cache_and_bf16_keeps_the_auc(ci_root: Path, t
         aucs.append(compute_metrics(np.array([r.label for r in records]), out.numpy(), bundle.num_classes)["auc"])
     assert aucs[0] > 0.7  # the model fitted the images (chance is 0.5), so parity is not trivially chance vs chance
     assert abs(aucs[0] - aucs[1]) < 0.02, aucs
-    agree = float((logits[0].argmax(1) == logits[1].argmax(1)).float().mean())
-    assert agree >= 0.9, agree
+    agree = int((logits[0].argmax(1) == logits[1].argmax(1)).sum())  # counted: 18/20 in float32 is 0.8999999762
+    assert 10 * agree >= 9 * len(records), (agree, len(records))
