@@ -15,7 +15,6 @@ Writes ``runs/prior/<experiment>-upper/<timestamp>/eval/summary.csv``.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.config import load_config
+from common.cli import parse_train, train_parser
 from common.rundir import create_run_dir
 from common.runtime import setup_runtime
 from common.seed import loader_seed_kwargs
@@ -110,11 +109,11 @@ def run_upper_bound(cfg: Config) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Supervised upper bound of the synthetic zero-shot task [ours]")
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
-    return run_upper_bound(load_config(Config, args.config, args.overrides, [PROJECT_DIR]))
+    parser = train_parser("Supervised upper bound of the synthetic zero-shot task [ours]")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    if args.resume or args.init_weights:
+        parser.error("upper_bound.py trains from scratch in one go: --resume / --init-weights do not apply")
+    return run_upper_bound(cfg)
 
 
 if __name__ == "__main__":
