@@ -11,7 +11,7 @@ site and the averaged statistics do not fit it (FedBN's argument for keeping Bat
 ``--detail`` adds, per site (``personalisation_report``): the Dice of the same personalised weights with the site's
 own running statistics (the buffers of the model it uploaded last; not transductive), the Dice of theta_G without
 the learnable aggregation (the shared decoders), and, for ALA methods, the mean of the aggregation weights W and
-the fraction of W below 0.999 (W = 1 keeps theta_old, the site's own last model, as released).
+the fractions of W at 1 and at 0 (W = 1 keeps theta_old, the site's own last model; W = 0 takes theta_G).
 """
 
 from __future__ import annotations
@@ -85,10 +85,9 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 def personalisation_report(checkpoint: Path) -> dict[str, dict[str, float]]:
     """Per site: ``scored`` (as the run scored it), ``own_stats`` (same weights, the site's own BatchNorm running
     statistics from its last upload), ``shared_decoders`` (theta_G without ALA, its running statistics) and, when
-    ALA ran, ``w_mean`` / ``w_below`` (mean of W, fraction of W < 0.999)."""
+    ALA ran, ``w_mean`` (mean of W), ``w_below`` (fraction of W < 0.999), ``w_old`` (fraction >= 0.999: the site's
+    own last model kept) and ``w_global`` (fraction <= 0.001: theta_G taken), with W on theta_old - theta_G."""
     cfg, specs, state = _load_federation(checkpoint)
-    # persist_weights only makes personalised_model hand W back (W still starts at the run's rule)
-    probe_cfg = replace(cfg, ala=replace(cfg.ala, persist_weights=True))
     no_ala = replace(cfg, ala=replace(cfg.ala, enabled=False))
     rnd, glob, out = state.round + 1, state.aggregator.global_state, {}
     for k, spec in enumerate(specs):
@@ -97,10 +96,9 @@ def personalisation_report(checkpoint: Path) -> dict[str, dict[str, float]]:
         x = torch.from_numpy(np.stack([c.image for c in spec.data.test]))
         target = np.stack([c.label for c in spec.data.test])
         classes, row = cfg.data.num_classes, {}
-        probe = copy.copy(client)
-        probe.ala_weights = client.ala_weights if cfg.ala.persist_weights else None
         seed_client(cfg, k, rnd)
-        model = personalised_model(probe_cfg, spec, probe, glob, aux, rnd, True).cpu()
+        log: dict[str, float] = {}
+        model = personalised_model(cfg, spec, copy.copy(client), glob, aux, rnd, False, ala_log=log).cpu()
         row["scored"] = _dice(_predict(model, x), target, classes)
         if client.old_state is not None:
             model.load_state_dict({**model.state_dict(), **{b: client.old_state[b] for b in bn_buffer_keys(model)}})
@@ -108,9 +106,9 @@ def personalisation_report(checkpoint: Path) -> dict[str, dict[str, float]]:
         seed_client(cfg, k, rnd)
         shared = personalised_model(no_ala, spec, copy.copy(client), glob, aux, rnd, False).cpu()
         row["shared_decoders"] = _dice(_predict(shared, x), target, classes)
-        if probe.ala_weights is not None and probe.ala_weights is not client.ala_weights:
-            w = torch.cat([v.flatten() for v in probe.ala_weights.values()])
-            row["w_mean"], row["w_below"] = float(w.mean()), float((w < 0.999).float().mean())
+        if log:
+            row.update({"w_mean": log["ala_w_mean"], "w_below": 1.0 - log["ala_w_old"], "w_old": log["ala_w_old"],
+                        "w_global": log["ala_w_global"]})
         out[SITE_LETTERS[k]] = row
     return out
 

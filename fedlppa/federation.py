@@ -43,9 +43,9 @@ from fedlppa.model import ala_parameter_names, bn_buffer_keys, build_model, is_b
 from fedlppa.settings import Config, resolved_arch
 
 __all__ = ["ClientState", "SiteSpec", "TrainReply", "ClientFailureError", "FederationError", "initial_global_state",
-           "make_site_model", "client_device", "seed_client", "personalised_model", "ala_update", "client_train",
-           "client_evaluate",
-           "aux_keys", "aux_for_site", "prompt_similarity", "weighted_average", "Aggregator"]
+           "make_site_model", "client_device", "seed_client", "personalised_model", "ala_update", "ala_weight_stats",
+           "client_train", "client_evaluate", "aux_keys", "aux_for_site", "prompt_similarity", "weighted_average",
+           "Aggregator"]
 
 AUX_PREFIX = "decoder_auxiliary."
 
@@ -143,19 +143,22 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
                old_state: Mapping[str, torch.Tensor], names: Sequence[str],
                batches: Sequence[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable, *, eta: float = 1.0,
                start_phase: bool = False, threshold: float = 0.1, num_pre_loss: int = 10, max_epochs: int = 50,
-               weights: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
+               weights: Mapping[str, torch.Tensor] | None = None, w_init: float = 1.0
+               ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Learnable element-wise aggregation as released (FedALA with W on theta_old - theta_G).
 
     ``model`` holds theta_G; for each parameter in ``names``: ``theta = theta_G + W * (theta_old - theta_G)`` and
     per batch ``W <- clip(W - eta * dL/dtheta * (theta_old - theta_G), 0, 1)`` with ``L = loss_fn(model, x, y)``.
     One pass over ``batches``; in the start phase passes repeat until the std of the last ``num_pre_loss`` pass
-    losses is below ``threshold`` (at most ``max_epochs``). The model is left at the final theta (BatchNorm
-    buffers stay theta_G's). Returns (W, the loss of the last batch of every pass)."""
+    losses is below ``threshold`` (at most ``max_epochs``). W starts at ``weights`` or, without them, at ``w_init``
+    everywhere (1: theta_old, as released; 0: theta_G, FedALA's start, whose W_F is 1 - W). The model is left at the
+    final theta with the BatchNorm buffers it came with. Returns (W, the loss of the last batch of every pass)."""
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
     base = {n: global_state[n].detach().to(device, copy=True) for n in names}
     delta = {n: old_state[n].detach().to(device) - base[n] for n in names}
-    w = {n: (weights[n].to(device, copy=True) if weights is not None else torch.ones_like(base[n])) for n in names}
+    w = {n: (weights[n].to(device, copy=True) if weights is not None else torch.full_like(base[n], w_init))
+         for n in names}
     buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
     model.train()
     losses: list[float] = []
@@ -182,6 +185,14 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
     model.zero_grad(set_to_none=True)
     model.load_state_dict({**model.state_dict(), **buffers})
     return {n: v.cpu() for n, v in w.items()}, losses
+
+
+def ala_weight_stats(weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Summary of W over all ALA values: ``ala_w_mean``, ``ala_w_old`` (fraction >= 0.999: theta_old kept) and
+    ``ala_w_global`` (fraction <= 0.001: theta_G taken); everything else is a learned mixture."""
+    w = torch.cat([v.detach().flatten().float().cpu() for v in weights.values()])
+    return {"ala_w_mean": float(w.mean()), "ala_w_old": float((w >= 0.999).float().mean()),
+            "ala_w_global": float((w <= 0.001).float().mean())}
 
 
 def _ala_due(cfg: Config, state: ClientState, global_state: Mapping[str, torch.Tensor], rnd: int) -> bool:
@@ -212,9 +223,11 @@ def _pce_loss(cfg: Config) -> Callable:
 
 # --------------------------------------------------------------------------------------------- client
 def personalised_model(cfg: Config, spec: SiteSpec, state: ClientState, global_state: Mapping[str, torch.Tensor],
-                       aux: Mapping[str, torch.Tensor] | None, rnd: int, update_state: bool) -> torch.nn.Module:
+                       aux: Mapping[str, torch.Tensor] | None, rnd: int, update_state: bool,
+                       ala_log: dict[str, float] | None = None) -> torch.nn.Module:
     """The model site ``spec.site`` trains in round ``rnd`` (module docstring, step 2). With ``update_state`` the
-    ALA bookkeeping of ``state`` (start phase done, persisted W) is updated in place."""
+    ALA bookkeeping of ``state`` (start phase done, persisted W) is updated in place; when ALA runs, ``ala_log``
+    (if given) receives ``ala_weight_stats`` of the resulting W and the number of passes."""
     method = cfg.federation.method
     model = make_site_model(cfg, spec.site, spec.sup_type)
     if method == "local" and state.old_state is not None:
@@ -235,9 +248,13 @@ def personalised_model(cfg: Config, spec: SiteSpec, state: ClientState, global_s
         batches = epoch_batches(spec.data.train, cfg.optim.batch_size, cfg.seed, spec.site, rnd, stream=1,
                                 **_batch_kwargs(cfg))
         a = cfg.ala
-        w, _ = ala_update(model, merged, state.old_state, ala_names_cache(cfg), batches, _pce_loss(cfg), eta=a.eta,
-                          start_phase=not state.ala_started, threshold=a.threshold, num_pre_loss=a.num_pre_loss,
-                          max_epochs=a.max_start_epochs, weights=state.ala_weights if a.persist_weights else None)
+        w, losses = ala_update(model, merged, state.old_state, ala_names_cache(cfg), batches, _pce_loss(cfg),
+                               eta=a.eta, start_phase=not state.ala_started, threshold=a.threshold,
+                               num_pre_loss=a.num_pre_loss, max_epochs=a.max_start_epochs,
+                               weights=state.ala_weights if a.persist_weights else None,
+                               w_init=1.0 if a.init == "released" else 0.0)
+        if ala_log is not None:
+            ala_log.update({**ala_weight_stats(w), "ala_passes": float(len(losses))})
         if update_state:
             state.ala_started = True
             state.ala_weights = w if a.persist_weights else None
@@ -287,7 +304,8 @@ def client_train(cfg: Config, spec: SiteSpec, state: ClientState, global_state: 
     is not modified, so a failed round leaves it as it was)."""
     lam_rng = seed_client(cfg, spec.site, rnd)
     new_state = copy.copy(state)
-    model = personalised_model(cfg, spec, new_state, global_state, aux, rnd, update_state=True)
+    ala_log: dict[str, float] = {}
+    model = personalised_model(cfg, spec, new_state, global_state, aux, rnd, update_state=True, ala_log=ala_log)
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     cache: dict[int, list] = {}
@@ -303,7 +321,7 @@ def client_train(cfg: Config, spec: SiteSpec, state: ClientState, global_state: 
     new_state.iter_global = start + cfg.federation.iters_per_round
     new_state.rounds_done = rnd
     new_state.old_state = uploaded
-    metrics = {k: float(np.nanmean([log[k] for log in logs])) for k in logs[0]}
+    metrics = {**{k: float(np.nanmean([log[k] for log in logs])) for k in logs[0]}, **ala_log}
     nb = num_batches(len(spec.data.train), o.batch_size)
     return TrainReply(spec.site, uploaded, nb, metrics), new_state
 

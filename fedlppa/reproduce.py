@@ -54,6 +54,9 @@ EXTRA_ROWS = {
     # ALA options (the released rule stays the default): W kept across rounds (FedALA's intent), ALA from round 1
     "fedlppa_ala_persist": ["ala.persist_weights=true"],
     "fedlppa_ala_warmup0": ["ala.warmup_iters=0"],
+    # ours: FedALA's ALA (Zhang et al., AAAI 2023): W starts at theta_G and is kept across rounds
+    "fedlppa_ala_global": ["ala.init=global", "ala.persist_weights=true"],
+    "fedlppa_ala_global_local_bn": ["ala.init=global", "ala.persist_weights=true", "federation.bn_stats=local"],
     # ours: each site keeps its own BatchNorm running statistics (FedALA's code, SiloBN), FedLPPA and FedAvg
     "fedlppa_local_bn": ["federation.bn_stats=local"],
     "fedavg_local_bn": ["federation.method=fedavg", "federation.bn_stats=local"],

@@ -144,9 +144,16 @@ class ALAConfig:
     plain UNet), ``W <- clip(W - eta * dL/dtheta * (theta_old - theta_G), 0, 1)`` per batch, one pass over the local
     data per call; the first call repeats passes until std(last ``num_pre_loss`` losses) < ``threshold`` (at most
     ``max_start_epochs``, ours). Skipped while the site has done <= ``warmup_iters`` local iterations. W restarts at
-    1 every call as released; ``persist_weights`` keeps it across rounds (FedALA's intent)."""
+    1 every call as released; ``persist_weights`` keeps it across rounds (FedALA's intent).
+
+    ``init``: where W starts (on the first call, or on every call without ``persist_weights``): ``released`` W = 1,
+    i.e. at theta_old, the site's own last model (the released client deep-copies its model before theta_G is
+    loaded); ``global`` W = 0, i.e. at theta_G (ours for FedLPPA: FedALA's rule, Zhang et al. AAAI 2023, which writes
+    ``theta = theta_old + W_F * (theta_G - theta_old)`` with W_F = 1 - W initialised to ones; with
+    ``persist_weights=true`` this is FedALA's ALA: start at the global model, W kept across rounds)."""
 
     enabled: bool = True
+    init: Literal["released", "global"] = "released"
     eta: float = 1.0
     warmup_iters: int = 50
     threshold: float = 0.1

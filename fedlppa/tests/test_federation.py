@@ -216,3 +216,68 @@ def test_local_bn_stats_keep_the_site_running_statistics(ci_data, make_cfg, meth
         assert not all(torch.equal(sd[k].cpu(), other[k]) for k in keys if k.endswith("running_mean"))
         enc = "encoder.in_conv.conv_conv.0.weight"
         assert torch.equal(sd[enc].cpu(), agg.global_state[enc])
+
+
+def test_ala_global_init_is_fedala_rule_and_differs_from_released():
+    """``w_init=0`` (``ala.init=global``) starts at theta_G and takes FedALA's step: with FedALA's
+    ``theta = theta_old + W_F (theta_G - theta_old)``, W_F = 1 at the start, our W is 1 - W_F after every step.
+    The released start (W = 1, theta_old) gives another model."""
+    model, names, glob, old, batches, loss = _ala_setup()
+    model.load_state_dict(glob)
+    ala_update(model, glob, old, names, batches, loss, eta=0.0, w_init=0.0)
+    assert all(torch.equal(model.state_dict()[n], glob[n]) for n in names)  # start point = the global model
+    ref = UNet(1, 2, [4, 8, 8, 8, 8])
+    ref.load_state_dict(glob)  # FedALA: W_F = 1, theta = theta_old + (theta_G - theta_old) = theta_G
+    torch.manual_seed(1)
+    ref.train()
+    loss(ref, *batches[0]).backward()
+    w_f = {n: torch.clamp(1 - 0.7 * p.grad * (glob[n] - old[n]), 0, 1) for n, p in ref.named_parameters()
+           if n in names}
+    model.load_state_dict(glob)
+    torch.manual_seed(1)
+    w, _ = ala_update(model, glob, old, names, batches, loss, eta=0.7, w_init=0.0)
+    global_start = {n: model.state_dict()[n].clone() for n in names}
+    for n in names:
+        assert torch.allclose(w[n], 1 - w_f[n], atol=1e-6), n
+        assert torch.allclose(global_start[n], old[n] + w_f[n] * (glob[n] - old[n]), atol=1e-6), n
+    model.load_state_dict(glob)
+    torch.manual_seed(1)
+    w_rel, _ = ala_update(model, glob, old, names, batches, loss, eta=0.7)
+    assert float(torch.cat([v.flatten() for v in w_rel.values()]).mean()) > 0.9
+    assert float(torch.cat([v.flatten() for v in w.values()]).mean()) < 0.1
+    assert not all(torch.allclose(model.state_dict()[n], global_start[n]) for n in names)
+
+
+@pytest.mark.parametrize("init", ["released", "global"])
+def test_ala_init_option_sets_the_start_of_personalisation(ci_data, make_cfg, init):
+    """Through the client: after ALA (round 2 on ci.yaml) the decoders of ``ala.init=global`` with persisted W
+    stay near theta_G and those of the released rule near the site's own last model; the round's metrics carry
+    the W statistics and the persisted W is the one ALA returned."""
+    cfg = make_cfg(ci_data, f"ala.init={init}", "ala.persist_weights=true")
+    specs, _ = prepare_sites(cfg)
+    agg = Aggregator(cfg, initial_global_state(cfg))
+    states = [ClientState(s.site) for s in specs]
+    metrics = {}
+    for rnd in (1, 2):
+        replies = []
+        for s in specs:
+            reply, states[s.site] = client_train(cfg, s, states[s.site], agg.global_state,
+                                                 agg.aux_for_site(s.site, rnd), rnd)
+            replies.append(reply)
+            metrics[(s.site, rnd)] = reply.metrics
+        agg.aggregate(replies)
+    assert "ala_w_mean" not in metrics[(0, 1)]  # round 1: no theta_old yet, ALA skipped
+    m = metrics[(0, 2)]
+    assert {"ala_w_mean", "ala_w_old", "ala_w_global", "ala_passes"} <= set(m)
+    w = torch.cat([v.flatten() for v in states[0].ala_weights.values()])
+    assert m["ala_w_mean"] == pytest.approx(float(w.mean()), abs=1e-6)
+    if init == "global":
+        assert m["ala_w_mean"] < 0.1 and m["ala_w_global"] > m["ala_w_old"]
+    else:
+        assert m["ala_w_mean"] > 0.9 and m["ala_w_old"] > m["ala_w_global"]
+    model = personalised_model(cfg, specs[0], states[0], agg.global_state, agg.aux_for_site(0, 3), 3, False)
+    key = "decoder.out_conv.weight"
+    theta = model.state_dict()[key].cpu()
+    to_global = float((theta - agg.global_state[key]).norm())
+    to_old = float((theta - states[0].old_state[key]).norm())
+    assert (to_global < to_old) == (init == "global")
