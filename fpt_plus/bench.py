@@ -12,12 +12,15 @@ blocks, all 12 blocks run; optimised = fused attention in untapped blocks, chunk
 in tapped ones, blocks after the last tapped one skipped, optionally bf16 autocast.
 
     python bench.py [--device cpu|cuda] [--quick] [--batch N] [--out runs/bench]
-    python bench.py --lpm-modes [--lpm-size 512 --lpm-batch 4]   # LPM forward only: the four modes + matmul peak
+    python bench.py --lpm-modes [--lpm-size 512 --lpm-batch 4]   # LPM forward only: ten modes + matmul peak
 
 ``--lpm-modes``: the FPT+ LPM forward (ViT-B/16, or ``--config``'s LPM) in the modes ``eager`` (the official code's
 way: explicit attention with the full N x N matrix in every block, all blocks), ``fp32`` (ours), ``bf16`` (ours under
 bf16 autocast; run only where the device has native bf16 units, see ``models/lpm.py:native_bf16``, unless
-``--force-bf16``), ``bf16_compile`` and ``fp32_compile`` (``torch.compile`` of ours), each in a fresh process, with
+``--force-bf16``), ``fp32_compile`` / ``bf16_compile`` (``torch.compile`` of ours) and ``fp32_freeze`` /
+``bf16_freeze`` (compiled with inductor's freezing: ``model.lpm.compile: freeze``); the untapped blocks run the
+chunked softmax (``model.lpm.attention: chunked``), a ``_fused`` mode timm's fused attention instead. Each in a
+fresh process, with
 seconds per image, achieved GFLOP/s (of the full 12-block forward, so the modes are comparable), peak RSS and the
 speed-up over ``eager``; plus a 2048^3 matmul in fp32 and bf16 as the machine's peak.
 """
@@ -183,19 +186,27 @@ def lpm_forward_flops(lpm_size: int) -> float:
     return lpm.depth * per_block + 2 * (n - 1) * 3 * lpm.patch_size ** 2 * d
 
 
+# precision [+ "fused": timm's SDPA in the untapped blocks instead of the config's attention] [+ compile | freeze]
+LPM_MODES = ("eager", "fp32_fused", "fp32", "fp32_compile", "fp32_freeze", "bf16_fused", "bf16", "bf16_compile",
+             "bf16_fused_freeze", "bf16_freeze")
+
+
 @torch.no_grad()
 def measure_lpm_mode(mode: str, lpm_size: int, batch: int, repeats: int = 2) -> dict[str, Any]:
     """One CPU/CUDA LPM forward mode (see the module docstring); run it in a fresh process."""
     from common.runtime import autocast
-    from fpt_plus.models.lpm import FrozenLPM, native_bf16
+    from fpt_plus.models.lpm import FrozenLPM, compiled_lpm, native_bf16
     from fpt_plus.profiling import time_steps
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = _config("fpt_plus", lpm_size)
+    parts = mode.split("_")
+    cfg.model.lpm.compile = "on" if "compile" in parts else "freeze" if "freeze" in parts else "off"
+    cfg.model.lpm.attention = "fused" if "fused" in parts else "chunked"
     lpm = FrozenLPM(cfg.model.lpm, cfg.model.fpt_plus.layers, cfg.model.token_ratio).to(device)
     images = torch.randn(batch, 3, lpm_size, lpm_size, device=device)
-    amp = "bf16" if mode.startswith("bf16") else "off"
-    forward = torch.compile(lpm) if mode.endswith("compile") else lpm
+    amp = "bf16" if parts[0] == "bf16" else "off"
+    forward = compiled_lpm(lpm, cfg.model.lpm.compile)
 
     def run() -> None:
         with autocast(device, amp):
@@ -205,21 +216,25 @@ def measure_lpm_mode(mode: str, lpm_size: int, batch: int, repeats: int = 2) -> 
     run()  # warm-up (and compilation)
     first = time.perf_counter() - t0
     seconds = time_steps(run, device, repeats=repeats, warmup=0)
-    return {"mode": mode, "lpm_size": lpm_size, "batch": batch, "seconds_per_image": seconds / batch,
+    return {"mode": mode, "attention": cfg.model.lpm.attention, "lpm_size": lpm_size,
+            "batch": batch, "seconds_per_image": seconds / batch,
             "first_call_s": first, "gflops_per_s": lpm_forward_flops(lpm_size) * batch / seconds / 1e9,
             "native_bf16": native_bf16(device), "threads": torch.get_num_threads(), "device": str(device)}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """Achieved GFLOP/s of a ``size^3`` matmul in fp32 and bf16 (the machine's practical peak)."""
+def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Achieved GFLOP/s of a ``size^3`` matmul in fp32 and bf16 (the machine's practical peak): the fastest of
+    ``repeats`` timed products after a warm-up, so that a burst of other work on the machine does not lower it."""
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b
-        t0 = time.perf_counter()
+        best = float("inf")
         for _ in range(repeats):
+            t0 = time.perf_counter()
             a @ b
-        out[f"matmul_{name}_gflops_per_s"] = 2 * size ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+            best = min(best, time.perf_counter() - t0)
+        out[f"matmul_{name}_gflops_per_s"] = 2 * size ** 3 / best / 1e9
     return out
 
 
@@ -229,7 +244,7 @@ def run_lpm_modes(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    for mode in ("eager", "fp32", "fp32_compile", "bf16", "bf16_compile"):
+    for mode in LPM_MODES:
         if mode.startswith("bf16") and not (native_bf16(device) or args.force_bf16):
             rows.append({"mode": mode, "skipped": f"no native bf16 on {device} (avx512_bf16/amx_bf16 absent); "
                                                   f"--force-bf16 runs it emulated"})

@@ -49,7 +49,7 @@ from fpt_plus.data import (
     lpm_transform,
     side_transform,
 )
-from fpt_plus.models.lpm import FrozenLPM, num_selected, resolve_lpm_amp
+from fpt_plus.models.lpm import FrozenLPM, compiled_lpm, num_selected, resolve_lpm_amp
 from fpt_plus.settings import FPT_METHODS, Config
 
 __all__ = ["DataBundle", "prepare_data", "lpm_threads", "preload_root", "uses_cache", "side_size", "cache_for",
@@ -258,13 +258,14 @@ def write_cache(cfg: Config, variant: str, bundle: DataBundle, cache: PreloadCac
         m = cfg.model
         lpm = FrozenLPM(m.lpm, getattr(m, variant).layers, m.token_ratio, m.token_imp, pretrained=m.pretrained)
     lpm = lpm.to(device)
+    forward = compiled_lpm(lpm, cfg.model.lpm.compile)
     dataset = build_dataset(cfg, bundle, "train", ("lpm",), train=False, records=todo)
     loader = make_loader(dataset, cfg.data.preload_batch_size, train=False, seed=cfg.seed,
                          num_workers=cfg.data.num_workers, split_across_ranks=False)  # ``todo`` is this rank's shard
     with lpm_threads(cfg), torch.no_grad():
         for batch in tqdm(loader, desc=f"preload {variant}", leave=False, disable=not cfg.runtime.progress):
             with autocast(device, resolve_lpm_amp(cfg.model.lpm.amp, device)):
-                keys, values = lpm(batch["lpm"].to(device))  # (L, B, H, k, d)
+                keys, values = forward(batch["lpm"].to(device))  # (L, B, H, k, d)
             keys, values = keys.float().cpu(), values.float().cpu()
             for j, i in enumerate(batch["index"].tolist()):
                 cache.save(todo[i].key, keys[:, j], values[:, j])

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +101,21 @@ def pretrain(recipe: PretrainConfig, lpm: LPMConfig, out: Path | None = None, pr
     data = torch.Generator().manual_seed(recipe.seed)
     held_out = texture_batch(64, lpm.img_size, lpm.patch_size, torch.Generator().manual_seed(10_000 + recipe.seed))
     before = evaluate_tokens(model, held_out)
-    for _ in tqdm(range(recipe.steps), desc="pre-train LPM", disable=not progress):
-        loss = _loss(model, texture_batch(recipe.batch_size, lpm.img_size, lpm.patch_size, data),
-                     recipe.image_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+    draw = partial(texture_batch, recipe.batch_size, lpm.img_size, lpm.patch_size, data)
+    # the next batch is drawn in a thread while this step trains (mostly single-threaded small ops that would
+    # leave a core idle); one draw at a time from the same generator, so the batches are those of a plain loop
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(draw)
+        for step in tqdm(range(recipe.steps), desc="pre-train LPM", disable=not progress):
+            batch = pending.result()
+            if step + 1 < recipe.steps:
+                pending = pool.submit(draw)
+            loss = _loss(model, batch, recipe.image_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
     report = {"recipe": asdict(recipe), "lpm": {k: getattr(lpm, k) for k in GEOMETRY},
               "final_loss": float(loss.detach()), "held_out_before": before,
               "held_out_after": evaluate_tokens(model, held_out),

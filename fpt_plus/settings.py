@@ -36,6 +36,10 @@ class LPMConfig:
     attn_chunk: int = 0  # query-chunk size of tapped-layer attention; 0 = auto (bounded memory)
     amp: Literal["off", "bf16", "auto"] = "off"  # autocast of the frozen LPM forward; auto = bf16 where the device
     # has native bf16 matrix units (decided at run time: models/lpm.py:native_bf16), else fp32
+    attention: Literal["auto", "fused", "chunked"] = "auto"  # kernel of the untapped blocks' attention: timm's
+    # fused SDPA, or the tapped blocks' chunked softmax (bounded memory); auto = chunked when compiled on CPU
+    compile: Literal["off", "on", "freeze"] = "off"  # torch.compile of the frozen LPM forward (preload and online);
+    # freeze = with inductor's freezing: the frozen weights become constants (folded, pre-packed for oneDNN on CPU)
 
 
 @dataclass

@@ -14,6 +14,7 @@ at least a quarter, else 0 = none) and image targets ``(B, T)`` (multi-hot prese
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch.nn import functional as F
@@ -23,6 +24,7 @@ __all__ = ["NUM_TEXTURES", "texture_bank", "texture_batch"]
 NUM_TEXTURES = 8  # textured classes 1..8; class 0 = no texture
 
 
+@lru_cache(maxsize=4)
 def texture_bank(size: int) -> torch.Tensor:
     """``(NUM_TEXTURES + 1, S, S)`` zero-mean unit-peak patterns; index 0 is all zeros."""
     y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -42,13 +44,19 @@ def texture_bank(size: int) -> torch.Tensor:
     return bank - bank.mean(dim=(1, 2), keepdim=True)
 
 
+@lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column coordinates ``(S, S)`` (float), built once per size (read-only: never modified in place)."""
+    return tuple(torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij"))
+
+
 def _ellipse(size: int, generator: torch.Generator) -> torch.Tensor:
     """Boolean ``(S, S)`` mask of a random rotated ellipse (semi-axes 4-14 % of the side)."""
     u = torch.rand(5, generator=generator)
     cy, cx = (0.1 + 0.8 * u[:2]) * size
     ay, ax = (0.04 + 0.10 * u[2:4]) * size
     theta = float(u[4]) * math.pi
-    y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    y, x = _grid(size)
     dy, dx = y - cy, x - cx
     p = dy * math.cos(theta) + dx * math.sin(theta)
     q = -dy * math.sin(theta) + dx * math.cos(theta)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fpt_plus.models.lpm import FrozenLPM
+from fpt_plus.models.lpm import FrozenLPM, compiled_lpm
 from fpt_plus.settings import LPMConfig, ModelConfig, VariantConfig
 
 __all__ = ["FusionModule", "SideViT", "FineGrainedPromptTuning", "SideOnly", "SideOnlyHR", "build_side_vit",
@@ -114,12 +114,14 @@ class FineGrainedPromptTuning(nn.Module):
     ``lpm`` image ``(B, 3, S, S)`` run through the frozen LPM under ``no_grad``.
     """
 
-    def __init__(self, fusion: FusionModule, side: SideViT, lpm: FrozenLPM | None = None, lpm_amp: str = "off"):
+    def __init__(self, fusion: FusionModule, side: SideViT, lpm: FrozenLPM | None = None, lpm_amp: str = "off",
+                 lpm_compile: str = "off"):
         super().__init__()
         self.fusion = fusion
         self.side = side
         self.lpm = lpm
         self.lpm_amp = lpm_amp
+        self.lpm_compile = lpm_compile
 
     @property
     def input_keys(self) -> tuple[str, ...]:
@@ -147,8 +149,11 @@ class FineGrainedPromptTuning(nn.Module):
         if self.lpm is None:
             raise RuntimeError("this model was built for preloaded keys/values (data.preload=true) and has no LPM; "
                                "build it with data.preload=false to feed images")
+        forward = self.lpm
+        if self.lpm_compile != "off":  # compiled once, kept out of the module tree (no second copy in state_dict)
+            forward = self.__dict__.setdefault("_compiled_lpm", compiled_lpm(self.lpm, self.lpm_compile))
         with autocast(lpm.device, self.lpm_amp):
-            keys, values = self.lpm(lpm)
+            keys, values = forward(lpm)
         return keys.float(), values.float()
 
     def forward(self, side: torch.Tensor, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
@@ -200,7 +205,7 @@ def build_fpt(m: ModelConfig, num_classes: int, variant_name: str, with_lpm: boo
                                   num_classes))
     lpm = (FrozenLPM(lpm_cfg, variant.layers, m.token_ratio, m.token_imp, pretrained=m.pretrained) if with_lpm
            else None)
-    return FineGrainedPromptTuning(fusion, side, lpm, lpm_amp=lpm_amp)
+    return FineGrainedPromptTuning(fusion, side, lpm, lpm_amp=lpm_amp, lpm_compile=lpm_cfg.compile)
 
 
 def build_side_only(m: ModelConfig, num_classes: int, high_resolution: bool = False) -> SideOnly | SideOnlyHR:

@@ -9,13 +9,15 @@ block's own key and value projections ``K = W_k LN1(x) + b_k`` and ``V = W_v LN1
 - ``class_token``: score of key token j = attention of the CLS query on j.
 
 The attention probabilities are only formed in tapped blocks, over query chunks, so the ``(B, H, N, N)`` matrix is
-never materialised (12.9 GB per tapped layer at 2048^2); untapped blocks run timm's fused attention. Blocks after
-the last tapped block are never run.
+never materialised (12.9 GB per tapped layer at 2048^2); untapped blocks run timm's fused attention or, by
+``model.lpm.attention`` (default for a compiled LPM on CPU), the same chunked softmax without the token scores.
+Blocks after the last tapped block are never run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,9 +25,8 @@ from torch.nn import functional as F
 
 from fpt_plus.settings import LPMConfig
 
-__all__ = ["native_bf16", "resolve_lpm_amp", "build_vit", "FrozenLPM", "num_tokens", "num_selected", "select_tokens",
-           "chunked_attention",
-           "reference_frozen_params", "auto_chunk"]
+__all__ = ["native_bf16", "resolve_lpm_amp", "untapped_attention", "build_vit", "FrozenLPM", "compiled_lpm",
+           "num_tokens", "num_selected", "select_tokens", "chunked_attention", "reference_frozen_params", "auto_chunk"]
 
 
 def _cpu_flags() -> set[str]:
@@ -115,25 +116,38 @@ def auto_chunk(batch: int, heads: int, n: int, budget_bytes: int = 256 * 2**20, 
     return max(1, min(n, budget_bytes // max(1, batch * heads * n * element_size)))
 
 
-def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int, need_output: bool = True
-                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int, need_output: bool = True,
+                      need_received: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Softmax attention over query chunks, accumulating the attention each key receives.
 
-    Args: q, k, v ``(B, H, N, d)``. Returns ``(out (B, H, N, d) or None, received (B, H, N))`` where
+    Args: q, k, v ``(B, H, N, d)``. Returns ``(out (B, H, N, d) or None, received (B, H, N) or None)`` where
     ``received[..., j] = mean_i softmax(q_i k^T / sqrt(d))_j``; never holds more than ``(B, H, chunk, N)``.
     """
     scale = q.shape[-1] ** -0.5
     n = q.shape[-2]
-    received = torch.zeros(k.shape[:-1], dtype=torch.float32, device=k.device)
+    received = torch.zeros(k.shape[:-1], dtype=torch.float32, device=k.device) if need_received else None
     outs = []
     kt = k.transpose(-2, -1)
     for start in range(0, n, chunk):
         probs = ((q[..., start:start + chunk, :] * scale) @ kt).softmax(dim=-1)
-        received += probs.sum(dim=-2, dtype=torch.float32)
+        if received is not None:
+            received += probs.sum(dim=-2, dtype=torch.float32)
         if need_output:
             outs.append(probs @ v)
     out = torch.cat(outs, dim=-2) if need_output else None
-    return out, received / n
+    return out, (received / n if received is not None else None)
+
+
+def untapped_attention(mode: str, device: torch.device, compiled: bool) -> str:
+    """``model.lpm.attention`` at run time: the attention kernel of untapped blocks. ``fused`` = timm's block
+    (``scaled_dot_product_attention``), ``chunked`` = the explicit chunked softmax of the tapped blocks (bounded
+    memory, plain batched matmuls), ``auto`` = chunked for a compiled LPM on CPU (inductor fuses the softmax
+    between oneDNN's batched matmuls, which then beat the CPU flash kernel: the README's bench table), else fused."""
+    if mode == "auto":
+        return "chunked" if compiled and device.type == "cpu" else "fused"
+    if mode not in ("fused", "chunked"):
+        raise ValueError(f"model.lpm.attention must be auto, fused or chunked, got {mode!r}")
+    return mode
 
 
 def select_tokens(scores: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_keep: int
@@ -178,13 +192,9 @@ class FrozenLPM(nn.Module):
                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """One timm block with explicit attention; returns ``(x_next or None, k_sel, v_sel)``."""
         attn = blk.attn
-        b, n, c = x.shape
-        qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        chunk = self.cfg.attn_chunk or auto_chunk(b, attn.num_heads, n, element_size=q.element_size())
+        q, k, v = self._qkv(blk, x)
         if self.token_imp == "global":
-            out, scores = chunked_attention(q, k, v, chunk, need_output=need_output)
+            out, scores = chunked_attention(q, k, v, self._chunk(q), need_output=need_output)
         else:
             scale = attn.head_dim ** -0.5
             scores = ((q[..., :1, :] * scale) @ k.transpose(-2, -1)).softmax(dim=-1)[..., 0, :]
@@ -192,10 +202,32 @@ class FrozenLPM(nn.Module):
         k_sel, v_sel, _ = select_tokens(scores, k, v, self.num_keep)
         if not need_output:
             return None, k_sel, v_sel
-        out = attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, c)))
+        return self._finish_block(blk, x, out), k_sel, v_sel
+
+    def _chunked_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One untapped timm block with the chunked explicit softmax instead of the fused kernel."""
+        q, k, v = self._qkv(blk, x)
+        out, _ = chunked_attention(q, k, v, self._chunk(q), need_received=False)
+        return self._finish_block(blk, x, out)
+
+    @staticmethod
+    def _qkv(blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn = blk.attn
+        b, n, _ = x.shape
+        qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    def _chunk(self, q: torch.Tensor) -> int:
+        b, h, n, _ = q.shape
+        return self.cfg.attn_chunk or auto_chunk(b, h, n, element_size=q.element_size())
+
+    @staticmethod
+    def _finish_block(blk: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        out = blk.attn.proj(blk.attn.norm(out.transpose(1, 2).reshape(b, n, c)))
         x = x + blk.ls1(out)
-        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        return x, k_sel, v_sel
+        return x + blk.ls2(blk.mlp(blk.norm2(x)))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,11 +236,33 @@ class FrozenLPM(nn.Module):
         keys, values = [], []
         last = self.layers[-1]
         tapped = set(self.layers)
+        chunked = untapped_attention(self.cfg.attention, images.device, self.cfg.compile != "off") == "chunked"
         for i, blk in enumerate(vit.blocks[: last + 1]):
             if i in tapped:
                 x, k_sel, v_sel = self._tapped_block(blk, x, need_output=i != last)
                 keys.append(k_sel)
                 values.append(v_sel)
             else:
-                x = blk(x)
+                x = self._chunked_block(blk, x) if chunked else blk(x)
         return torch.stack(keys), torch.stack(values)
+
+
+def compiled_lpm(lpm: FrozenLPM, mode: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``model.lpm.compile``: ``off`` = ``lpm`` itself, ``on`` = ``torch.compile(lpm)``, ``freeze`` = compiled with
+    inductor's freezing, which treats the frozen weights as constants (folded into the graph and, on CPU, pre-packed
+    for oneDNN). The LPM never trains, so freezing changes no result; compilation happens at the first call."""
+    if mode == "off":
+        return lpm
+    if mode not in ("on", "freeze"):
+        raise ValueError(f"model.lpm.compile must be off, on or freeze, got {mode!r}")
+    compiled = torch.compile(lpm)
+    if mode == "on":
+        return compiled
+
+    def frozen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return compiled(images)
+
+    return frozen

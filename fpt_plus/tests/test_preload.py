@@ -45,6 +45,32 @@ def test_cached_and_online_logits_are_bitwise_equal(ci_root: Path, tmp_path: Pat
     assert not torch.equal(logits_cached, torch.zeros_like(logits_cached))
 
 
+def test_compiled_online_lpm_gives_the_cached_logits_and_stays_out_of_the_state_dict(
+        ci_root: Path, tmp_path: Path, make_cfg) -> None:
+    """``model.lpm.compile: freeze`` on the online path and in the preload writer: the logits of the eager path (to
+    float tolerance: inductor reorders float sums), and the compiled LPM adds nothing to the checkpointed state."""
+    cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}", "data.preload_batch_size=4",
+                   "model.lpm.compile=freeze")
+    bundle = prepare_data(cfg)
+    cache = run_preload(cfg, bundle)
+    torch.manual_seed(0)
+    online = build_model(cfg.model, bundle.num_classes, preloaded=False).eval()
+    cached = build_model(cfg.model, bundle.num_classes, preloaded=True).eval()
+    cached.load_state_dict(online.state_dict())
+    records = bundle.splits["val"][:4]
+    ds_cached = build_dataset(cfg, bundle, "val", ("side", "keys", "values"), train=False, cache=cache,
+                              records=records)
+    ds_online = build_dataset(cfg, bundle, "val", ("side", "lpm"), train=False, records=records)
+    b_cached = prepare_batch(next(iter(make_loader(ds_cached, 4, train=False, seed=0))), torch.device("cpu"))
+    b_online = prepare_batch(next(iter(make_loader(ds_online, 4, train=False, seed=0))), torch.device("cpu"))
+    keys_before = set(online.state_dict())
+    with torch.no_grad():
+        logits_online = online(b_online["side"], lpm=b_online["lpm"])
+        logits_cached = cached(b_cached["side"], b_cached["keys"], b_cached["values"])
+    torch.testing.assert_close(logits_online, logits_cached, rtol=1e-4, atol=1e-5)
+    assert set(online.state_dict()) == keys_before and "_compiled_lpm" in online.__dict__
+
+
 def test_cache_of_wrong_shape_or_other_variant_is_refused(ci_root: Path, tmp_path: Path, make_cfg) -> None:
     cfg = make_cfg(ci_root, f"data.preload_dir={tmp_path / 'cache'}")
     bundle = prepare_data(cfg)
