@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from octa_iqa.settings import ClusterConfig
 
@@ -121,9 +122,10 @@ def _gmm_on_scores(scores: np.ndarray, seed: int) -> np.ndarray:
 
 
 def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: ClusterConfig,
-                            tau: float | None = None) -> ClusterResult:
+                            tau: float | None = None, progress: bool = False) -> ClusterResult:
     """The whole stage: descriptor -> reduction -> 2 clusters -> names, with the small-cluster guard.
-    ``score_feats[:, 0]`` must be s(x); ``tau`` the stage-1 threshold (:func:`score_block`)."""
+    ``score_feats[:, 0]`` must be s(x); ``tau`` the stage-1 threshold (:func:`score_block`); ``progress``: a tqdm
+    bar over the three steps (t-SNE / UMAP are the slow ones)."""
     n = len(pooled)
     scores = score_feats[:, 0]
     if n == 0:
@@ -131,8 +133,16 @@ def cluster_non_outstanding(pooled: np.ndarray, score_feats: np.ndarray, cfg: Cl
     if n < 4:  # too few to cluster: all gradable unless clearly separated; use the score split
         assignment = (scores > np.median(scores)).astype(np.int64)
         return ClusterResult(name_clusters(assignment, scores), assignment, np.zeros((n, 2)), True)
-    z = reduce_features(build_descriptor(pooled, score_feats, cfg, tau), cfg)
-    assignment = cluster_two(z, cfg)
+    with tqdm(total=3, desc="clustering", leave=False, disable=not progress) as bar:
+        bar.set_postfix_str("descriptor")
+        z = build_descriptor(pooled, score_feats, cfg, tau)
+        bar.update()
+        bar.set_postfix_str(cfg.reduce)
+        z = reduce_features(z, cfg)
+        bar.update()
+        bar.set_postfix_str(cfg.method)
+        assignment = cluster_two(z, cfg)
+        bar.update()
     fallback = False
     if np.bincount(assignment, minlength=2).min() < cfg.min_fraction * n:
         assignment = _gmm_on_scores(scores, cfg.seed)

@@ -118,8 +118,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
 
 
 def train_one_epoch(model: LowQualityRepresentation, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    loss_cfg: LossConfig, device: torch.device, adaptors: torch.nn.Module | None = None
-                    ) -> dict[str, float]:
+                    loss_cfg: LossConfig, device: torch.device, adaptors: torch.nn.Module | None = None,
+                    progress: bool = True) -> dict[str, float]:
     """One pass over the outstanding images; all patches of each image enter the loss. Returns mean terms.
 
     In a torchrun job every rank walks the same global batches (same seeded order); each embeds its strided share
@@ -130,7 +130,7 @@ def train_one_epoch(model: LowQualityRepresentation, loader: DataLoader, optimiz
     info = dist_info()
     totals: dict[str, float] = {}
     n = 0
-    for batch in tqdm(loader, desc="adaptor steps", leave=False, disable=len(loader) < 8):
+    for batch in tqdm(loader, desc="adaptor steps", leave=False, disable=not progress or len(loader) < 8):
         n_img = len(batch["label"])
         share, sizes = _rank_share(batch, info) if info.distributed else (batch, [n_img])
         local = _embed(model, share, device, adaptors).patches
@@ -204,11 +204,12 @@ def score_images(model: LowQualityRepresentation, images: torch.Tensor, top_frac
 
 @torch.no_grad()
 def score_loader(model: LowQualityRepresentation, loader: DataLoader, device: torch.device, top_fraction: float = 0.01,
-                 aggregate: str = "topk_mean", image_weight: float = 0.0, two_sided: bool = True) -> ScoredSet:
+                 aggregate: str = "topk_mean", image_weight: float = 0.0, two_sided: bool = True, progress: bool = True
+                 ) -> ScoredSet:
     """Score every image of a loader; ``image_weight`` > 0 adds the image-level term to s(x) (``combine``)."""
     model.eval()
     out: dict[str, list] = {k: [] for k in _FIELDS}
-    for batch in tqdm(loader, desc="scoring", leave=False, disable=len(loader) < 4):
+    for batch in tqdm(loader, desc="scoring", leave=False, disable=not progress or len(loader) < 4):
         for key, value in score_batch(model, _embed(model, batch, device), top_fraction, aggregate, image_weight,
                                       two_sided).items():
             out[key].append(value)

@@ -76,7 +76,7 @@ def score_records(model: LowQualityRepresentation, records: Sequence[Record], cf
     loader = make_loader(QualityDataset(records, cfg.data, cfg.model.pretrained), cfg.optim.batch_size, False,
                          cfg.seed, cfg.data.num_workers)
     return score_loader(model, loader, device, cfg.threshold.top_fraction, cfg.threshold.aggregate,
-                        cfg.threshold.image_weight, cfg.threshold.two_sided)
+                        cfg.threshold.image_weight, cfg.threshold.two_sided, cfg.runtime.progress)
 
 
 def assess(scored: ScoredSet, holdout_scores: np.ndarray, cfg: Config) -> Assessment:
@@ -84,7 +84,7 @@ def assess(scored: ScoredSet, holdout_scores: np.ndarray, cfg: Config) -> Assess
     tau = outstanding_threshold(cfg.threshold.rule, holdout_scores, scored.scores, cfg.threshold.quantile, cfg.seed)
     non = scored.scores > tau
     sub = scored.subset(non)
-    result = cluster_non_outstanding(sub.pooled, sub.score_features, cfg.cluster, tau)
+    result = cluster_non_outstanding(sub.pooled, sub.score_features, cfg.cluster, tau, cfg.runtime.progress)
     pred = np.full(len(scored.scores), 2, np.int64)
     pred[non] = result.labels
     return Assessment(pred, tau, non, result)

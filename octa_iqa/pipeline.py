@@ -95,8 +95,8 @@ def cache_frozen_features(model: LowQualityRepresentation, cfg: Config, loaders:
                           device: torch.device) -> TrainLoaders:
     """The backbone is frozen from here on: its features are computed once for the un-augmented loaders (and for
     training too when ``data.augment`` is off)."""
-    fit_cache = cache_features(model, loaders.fit, device)
-    hold_cache = cache_features(model, loaders.hold, device)
+    fit_cache = cache_features(model, loaders.fit, device, cfg.runtime.progress)
+    hold_cache = cache_features(model, loaders.hold, device, cfg.runtime.progress)
     bs, workers = cfg.optim.batch_size, cfg.data.num_workers
     train = loaders.train if cfg.data.augment else make_loader(fit_cache, bs, True, cfg.seed, workers)
     return TrainLoaders(train=train, fit=make_loader(fit_cache, bs, False, cfg.seed, workers),

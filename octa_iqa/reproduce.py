@@ -179,7 +179,7 @@ def claim_checks(table: Sequence[dict]) -> list[str]:
 
 
 def write_table(table: list[dict], cfg: Config, data: PreparedData, uno: UnoResult, out: RunDir, minutes: float,
-                device: torch.device, seeds: Sequence[int]) -> None:
+                device: torch.device, seeds: Sequence[int], cpu_seconds: float = float("nan")) -> None:
     fit, hold = split_outstanding(data.train, cfg.data.holdout_fraction, cfg.data.split_seed)
     cm = "; ".join(f"{CLASS_NAMES[i]}: {list(map(int, uno.metrics['confusion_matrix'][i]))}" for i in range(3))
     checks = claim_checks(table)
@@ -187,7 +187,8 @@ def write_table(table: list[dict], cfg: Config, data: PreparedData, uno: UnoResu
         f"Data: `{cfg.data.root}` ({cfg.data.format}); train {len(data.train)} images, of which the {len(fit)} + "
         f"{len(hold)} outstanding ones (fit + held-out) are all UNO-QA and the anomaly baselines see; test "
         f"{len(data.test)}. Backbone `{cfg.model.backbone}` ({cfg.model.pretrained}); seeds {list(seeds)} (mean, "
-        f"`_std` = sample std over seeds); wall time {minutes:.1f} min on {device}.",
+        f"`_std` = sample std over seeds); wall time {minutes:.1f} min on {device} ({cpu_seconds:.0f} CPU-s of this "
+        f"process, {torch.get_num_threads()} intra-op threads).",
         "Metrics: balanced_accuracy (headline), qwk (quadratic kappa); auroc = outstanding vs rest from the score "
         "(supervised rows: 1 - p(outstanding)); auroc_ungradable_vs_gradable within the truly non-outstanding "
         "images; ari = adjusted Rand index of the gradable/ungradable split on images truly and predicted "
@@ -224,7 +225,7 @@ def seed_rows(cfg: Config, data: PreparedData, device: torch.device, out: RunDir
 
 def run_reproduce(cfg: Config, wanted: Callable[[str], bool], variants: dict, cluster_options: dict,
                   runs_root: str | None = None, n_seeds: int = 3) -> Path:
-    tic = time.time()
+    tic, cpu = time.time(), time.process_time()
     device = setup_runtime(cfg.runtime, cfg.seed)
     data = prepare_data(cfg)  # every image of every split checked once, before any run folder exists
     out = create_run_dir("octa_iqa", "reproduce", cfg, root=runs_root or cfg.runs_root, device=device)
@@ -242,9 +243,9 @@ def run_reproduce(cfg: Config, wanted: Callable[[str], bool], variants: dict, cl
         rows += got
         first = first or uno
     pd.DataFrame(rows).to_csv(out.path / "per_seed.csv", index=False)
-    minutes = (time.time() - tic) / 60
-    write_table(aggregate_seeds(rows), cfg, data, first, out, minutes, device, seeds)
-    print(f"[reproduce] {out.path} ({minutes:.1f} min)", flush=True)
+    minutes, cpu = (time.time() - tic) / 60, time.process_time() - cpu
+    write_table(aggregate_seeds(rows), cfg, data, first, out, minutes, device, seeds, cpu)
+    print(f"[reproduce] {out.path} ({minutes:.1f} min, {cpu:.0f} CPU-s)", flush=True)
     return out.path
 
 

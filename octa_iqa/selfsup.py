@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from octa_iqa.settings import SelfSupConfig
 
@@ -57,7 +58,7 @@ def make_views(images: torch.Tensor, crop_fraction: float, gen: torch.Generator)
 
 
 def pretrain_backbone(backbone: nn.Module, images: torch.Tensor, cfg: SelfSupConfig, device: torch.device,
-                      seed: int = 0, log: Sequence | None = None) -> list[dict[str, float]]:
+                      seed: int = 0, log: Sequence | None = None, progress: bool = True) -> list[dict[str, float]]:
     """Train ``backbone`` (features_only) in place with VICReg on (N, 3, S, S) outstanding images; the deepest
     scale is pooled and projected (MLP C -> P -> P). Returns the per-epoch loss history."""
     gen = torch.Generator().manual_seed(seed)
@@ -72,7 +73,7 @@ def pretrain_backbone(backbone: nn.Module, images: torch.Tensor, cfg: SelfSupCon
     steps_per_epoch = max(1, int(np.ceil(len(images) / cfg.batch_size)))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
     history = []
-    for epoch in range(cfg.epochs):
+    for epoch in tqdm(range(cfg.epochs), desc="selfsup epochs", leave=False, disable=not progress):
         order = torch.randperm(len(images), generator=gen)
         totals: dict[str, float] = {}
         for start in range(0, len(images), cfg.batch_size):

@@ -198,11 +198,24 @@ class BaselineConfig:
     padim_dims: int = 100
     patchcore_coreset_ratio: float = 0.1
     second_split: Literal["otsu", "gmm3"] = "otsu"
-    supervised_epochs: int = 40  # at most; early stopping on the validation loss
+    supervised_epochs: int = 40  # length of the cosine schedule; early stopping on the validation loss
     supervised_patience: int = 4
-    supervised_seeds: int = 1  # the supervised row (the costliest) runs for the first this many seeds only
-    supervised_lr: float = 1e-3
+    supervised_seeds: int = 3  # the supervised row (the costliest) runs for the first this many seeds only
+    supervised_lr: float = 1e-3  # AdamW peak, reached after one linear warm-up epoch, then cosine decay to 0
+    supervised_weight_decay: float = 1e-4
     supervised_batch_size: int = 32
+    supervised_val_fraction: float = 0.2  # stratified validation part of the training split (model selection)
+    # first backbone module fine-tuned (the ones before it stay frozen); null: every module is fine-tuned
+    supervised_train_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.supervised_epochs < 1 or self.supervised_patience < 1 or self.supervised_seeds < 0:
+            raise ValueError(f"baselines.supervised_epochs and supervised_patience must be >= 1 and supervised_seeds "
+                             f">= 0; got {self.supervised_epochs}, {self.supervised_patience}, "
+                             f"{self.supervised_seeds}")
+        if not 0.0 < self.supervised_val_fraction < 0.5 or self.supervised_lr <= 0:
+            raise ValueError(f"baselines.supervised_val_fraction must lie in (0, 0.5) and supervised_lr > 0; got "
+                             f"{self.supervised_val_fraction}, {self.supervised_lr}")
 
 
 @dataclass

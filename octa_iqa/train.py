@@ -83,7 +83,7 @@ def initialise(model: LowQualityRepresentation, cfg: Config, loaders: TrainLoade
     elif cfg.model.pretrained == "selfsup":
         tic = time.time()
         history = pretrain_backbone(model.backbone, stack_images(loaders.fit.dataset), cfg.model.selfsup, device,
-                                    cfg.seed)
+                                    cfg.seed, progress=cfg.runtime.progress)
         state.extra["selfsup_history"] = [h["loss"] for h in history]
         for i, h in enumerate(history):
             tracker.log({f"selfsup/{k}": v for k, v in h.items()}, step=i - len(history))
@@ -115,7 +115,7 @@ def fit_adaptors(model, optimizer, loaders: TrainLoaders, cfg: Config, run: RunD
             break
         tic = time.time()
         seed_loader_epoch(loaders.train, cfg.seed, epoch)
-        terms = train_one_epoch(model, loaders.train, optimizer, cfg.loss, device, adaptors)
+        terms = train_one_epoch(model, loaders.train, optimizer, cfg.loss, device, adaptors, cfg.runtime.progress)
         state.epoch, state.step = epoch + 1, state.step + len(loaders.train)
         points = collect_patches(model, loaders.fit, device, _bank_patches(cfg), cfg.seed + epoch + 1)
         model.set_bank(fit_bank(points, cfg.bank, cfg.seed + epoch + 1, previous=model.bank))
@@ -139,11 +139,12 @@ def finalise(model, loaders: TrainLoaders, cfg: Config, run: RunDir, tracker: Tr
     store the held-out scores s(x) (tau is derived from them); anomaly-map figure."""
     best = load_checkpoint(run.checkpoints / "best.pt")
     model.load_state_dict(best["model"])
-    top, agg = cfg.threshold.top_fraction, cfg.threshold.aggregate
-    model.fit_image_term(score_loader(model, loaders.fit, device, top, agg).pooled)
-    held = score_loader(model, loaders.hold, device, top, agg)
+    top, agg, bars = cfg.threshold.top_fraction, cfg.threshold.aggregate, cfg.runtime.progress
+    model.fit_image_term(score_loader(model, loaders.fit, device, top, agg, progress=bars).pooled)
+    held = score_loader(model, loaders.hold, device, top, agg, progress=bars)
     model.set_term_stats(held.patch_term, held.image_term)
-    held = score_loader(model, loaders.hold, device, top, agg, cfg.threshold.image_weight, cfg.threshold.two_sided)
+    held = score_loader(model, loaders.hold, device, top, agg, cfg.threshold.image_weight, cfg.threshold.two_sided,
+                        bars)
     if not is_main_process():
         return
     extra = {**best["extra"], "holdout_scores": torch.from_numpy(held.scores.astype(np.float64)),
