@@ -30,7 +30,7 @@ from aslseg.selection import score_slices, select
 from aslseg.semisup import SSLTrainer
 from aslseg.settings import Config
 
-__all__ = ["RoundResult", "SAMState", "run_round", "oracle_stats", "labelled_pool"]
+__all__ = ["RoundResult", "SAMState", "refine_all", "run_round", "oracle_stats", "labelled_pool"]
 
 
 @dataclass
@@ -83,7 +83,7 @@ def oracle_stats(pl: PseudoLabels, truth: np.ndarray, candidates: np.ndarray, ch
     }
 
 
-def _refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.device, sam: SAMState,
+def refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.device, sam: SAMState,
                 round_index: int) -> PseudoLabels:
     ssl_unl = predict_probs(trainer.student, prep.unlabelled.images, device)
     if cfg.loop.refiner == "teacher":  # no SAM: the EMA teacher refines, agreement = student vs teacher
@@ -119,7 +119,7 @@ def _score_summary(score, candidates: np.ndarray, cfg: Config) -> dict[str, floa
 def run_round(round_index: int, trainer: SSLTrainer, prep: Prepared, done: list[RoundResult], cfg: Config,
               device: torch.device, sam: SAMState) -> RoundResult:
     """One ASLseg round (see module docstring); ``done`` = earlier rounds (their slices are not candidates)."""
-    pl = _refine_all(trainer, prep, cfg, device, sam, round_index)
+    pl = refine_all(trainer, prep, cfg, device, sam, round_index)
     taken = np.concatenate([r.selected for r in done]) if done else np.zeros(0, np.int64)
     candidates = np.setdiff1d(np.arange(len(prep.unlabelled)), taken)
     score = score_slices(pl.refined, pl.ssl, dilation=cfg.selection.dilation)

@@ -38,7 +38,8 @@ from aslseg.semisup import SSLBatch, filter_components
 from aslseg.settings import Config
 
 __all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "make_affine", "sample_batch", "prepare_sam",
-           "finetune_stage", "embed_all", "adapter_stage", "PseudoLabels", "pseudo_label", "sam_gtbox_probs"]
+           "finetune_stage", "embed_all", "sam_box_probs", "adapter_stage", "PseudoLabels", "pseudo_label",
+           "sam_gtbox_probs"]
 
 
 @dataclass
@@ -154,8 +155,8 @@ def prepare_sam(cfg: Config, device: torch.device) -> SAMSegmenter:
 
     pretrained = None
     if cfg.sam.arch == "tiny" and cfg.sam.checkpoint == "pretrained":
-        pretrained = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress)
-    return SAMSegmenter(build_sam(cfg.sam, pretrained), input_norm_for(cfg.sam)).to(device)
+        pretrained = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress, cfg.sam.mask_prompt)
+    return SAMSegmenter(build_sam(cfg.sam, pretrained), input_norm_for(cfg.sam), cfg.sam.mask_prompt).to(device)
 
 
 def finetune_stage(sam: SAMSegmenter, labelled: SliceSet, ssl_probs: np.ndarray, cfg: Config, seed: int
@@ -173,7 +174,7 @@ def embed_all(sam: SAMSegmenter, images: np.ndarray, batch: int = 16) -> torch.T
     return torch.cat([sam.embed(x[i:i + batch].to(sam.mean.device)).cpu() for i in range(0, len(x), batch)])
 
 
-def _sam_probs(sam: SAMSegmenter, images: np.ndarray, masks: np.ndarray, cfg: Config,
+def sam_box_probs(sam: SAMSegmenter, images: np.ndarray, masks: np.ndarray, cfg: Config,
                embeddings: torch.Tensor | None = None) -> np.ndarray:
     """SAM probability per slice prompted with the boxes (and optionally points) of ``masks``."""
     out = np.zeros(images.shape, np.float32)
@@ -197,7 +198,7 @@ def adapter_stage(sam: SAMSegmenter | None, labelled: SliceSet, cfg: Config, see
     for _ in range(copies):
         corrupted = np.stack([corrupt_mask(t, lv, rng, cfg.adapter) for t, lv in zip(labelled.tumour, labelled.liver)])
         soft = corrupted.astype(np.float32)
-        sam_p.append(_sam_probs(sam, labelled.images, corrupted, cfg, emb) if sam is not None else soft)
+        sam_p.append(sam_box_probs(sam, labelled.images, corrupted, cfg, emb) if sam is not None else soft)
         images.append(labelled.images)
         ssl_p.append(soft)
         targets.append(labelled.tumour.astype(np.float32))
@@ -221,11 +222,13 @@ def pseudo_label(sam: SAMSegmenter, adapter: torch.nn.Module | None, images: np.
                  cfg: Config, device: torch.device, embeddings: torch.Tensor | None = None) -> PseudoLabels:
     """7. SSL mask (components >= ``prompts.min_area``) -> boxes -> SAM -> adapter (or raw SAM)."""
     masks = np.stack([filter_components(p > 0.5, cfg.prompts.min_area) for p in ssl_probs])
-    sam_p = _sam_probs(sam, images, masks, cfg, embeddings)
-    refined = refine(adapter, images, sam_p, ssl_probs, device) if adapter is not None else sam_p
+    sam_p = sam_box_probs(sam, images, masks, cfg, embeddings)
+    # the adapter was trained with binary (corrupted) masks in its SSL channel: give it the binary SSL mask
+    ssl_in = masks.astype(np.float32) if cfg.adapter.ssl_input == "mask" else ssl_probs
+    refined = refine(adapter, images, sam_p, ssl_in, device) if adapter is not None else sam_p
     return PseudoLabels(ssl_probs, sam_p, refined)
 
 
 def sam_gtbox_probs(sam: SAMSegmenter, slices: SliceSet, cfg: Config) -> np.ndarray:
     """SAM prompted with one ground-truth box per tumour component (the zero-shot upper bound of prompting)."""
-    return _sam_probs(sam, slices.images, slices.tumour.astype(bool), cfg)
+    return sam_box_probs(sam, slices.images, slices.tumour.astype(bool), cfg)

@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = train_parser("Pre-train the tiny SAM on generic shapes (cached)")
     cfg, _ = parse_train(Config, argv, parser, Path(__file__).resolve().parent)
     setup_runtime(cfg.runtime, cfg.sam_pretrain.seed)
-    path = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress)
+    path = ensure_pretrained(cfg.sam_pretrain, cfg.data.size, cfg.runtime.progress, cfg.sam.mask_prompt)
     print(path.with_suffix(".json").read_text())
     return path
 

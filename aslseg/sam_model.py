@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from aslseg.prompts import box_prior
 from aslseg.settings import SAMConfig
 from common.weights import PretrainedWeightsError, load_pretrained
 
@@ -92,6 +93,7 @@ def resize_sam(sam: Sam, img_size: int) -> Sam:
     enc.img_size = img_size
     sam.prompt_encoder.image_embedding_size = (grid, grid)
     sam.prompt_encoder.input_image_size = (img_size, img_size)
+    sam.prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
     return sam
 
 
@@ -214,12 +216,15 @@ class SAMSegmenter(torch.nn.Module):
     """SAM on grey slices in [0, 1]: :meth:`embed` ``(B, 1, H, W) -> (B, C, g, g)``; :meth:`decode` one embedding +
     N boxes (slice pixel coordinates, XYXY, x = column) -> N mask logits at the slice size."""
 
-    def __init__(self, sam: Sam, input_norm: str = "imagenet"):
+    def __init__(self, sam: Sam, input_norm: str = "imagenet", mask_prompt: str = "none"):
         super().__init__()
         if input_norm not in ("imagenet", "unit"):
             raise ValueError(f"input_norm must be imagenet or unit, got {input_norm!r}")
+        if mask_prompt not in ("none", "ellipse"):
+            raise ValueError(f"mask_prompt must be none or ellipse, got {mask_prompt!r}")
         self.sam = sam
         self.input_norm = input_norm
+        self.mask_prompt = mask_prompt
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -238,6 +243,20 @@ class SAMSegmenter(torch.nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.sam.image_encoder(self.preprocess(images))
 
+    def dense_prompt(self, boxes: torch.Tensor | None, slice_size: tuple[int, int]) -> torch.Tensor | None:
+        """SAM's mask prompt from the boxes (``mask_prompt: ellipse``, OURS): the ellipse inscribed in each box as
+        +-1 at the prompt encoder's mask size (4 x the embedding grid), ``(N, 1, 4g, 4g)``; None for ``none``. It
+        carries only what the box says, so the decoder starts from the box's shape and learns corrections."""
+        if self.mask_prompt == "none" or boxes is None:
+            return None
+        prior = torch.from_numpy(box_prior(boxes.detach().cpu().numpy(), slice_size).astype(np.float32) * 2 - 1)
+        grid = self.sam.prompt_encoder.image_embedding_size
+        prior = prior[:, None].to(self.mean.device)
+        size = (4 * grid[0], 4 * grid[1])
+        if tuple(prior.shape[-2:]) != size:
+            prior = F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
+        return prior
+
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None, slice_size: tuple[int, int],
                points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``embedding (1, C, g, g)``; ``boxes (N, 4)`` float in slice pixels; optional ``points`` = (coords
@@ -248,7 +267,7 @@ class SAMSegmenter(torch.nn.Module):
         box_in = None if boxes is None else boxes.float().to(embedding.device) * scale.repeat(2)
         pts = None if points is None else (points[0].float().to(embedding.device) * scale, points[1].to(
             embedding.device))
-        sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box_in, masks=None)
+        sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box_in, masks=self.dense_prompt(boxes, (h, w)))
         logits, iou = self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                             multimask_output=False)
@@ -266,7 +285,7 @@ class SAMSegmenter(torch.nn.Module):
         pts = None if points is None else (points[0].float().to(embeddings.device) * scale,
                                            points[1].to(embeddings.device))
         sparse, dense = self.sam.prompt_encoder(points=pts, boxes=boxes.float().to(embeddings.device) * scale.repeat(2),
-                                                masks=None)
+                                                masks=self.dense_prompt(boxes, (h, w)))
         dec = self.sam.mask_decoder
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse], dim=1)

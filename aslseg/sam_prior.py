@@ -5,9 +5,12 @@ The real ASLseg starts from SAM's SA-1B weights, which cannot be downloaded here
 version of that prior instead: box (and sometimes point) prompts on an on-the-fly set of shapes (ellipses, stars,
 polygons, rings, blobs) drawn on smooth textures, both polarities, contrast-to-noise 0.5-6, soft or sharp edges,
 Gaussian or speckle noise, with distractor shapes outside the box and 10 % boxes over background that must
-answer "nothing". Never CT anatomy. Loss: Dice + BCE on the mask and MSE of the IoU head. The result is cached
-under ``sam_pretrain.cache_dir`` keyed by the settings (reused, never silently retrained), with a report of the
-held-out Dice against the box's inscribed ellipse (what a box alone says about the shape).
+answer "nothing". Never CT anatomy. Boxes are drawn the way inference draws them from an SSL mask (tight box +
+``box_margin`` px, each edge moved in or out by up to ``box_jitter`` px: OURS, since a SAM pre-trained on
+near-tight boxes met 3 px looser ones at inference). Loss: Dice + BCE on the mask and MSE of the IoU head. The
+result is cached under ``sam_pretrain.cache_dir`` keyed by the settings (reused, never silently retrained), with a
+report of the held-out Dice against the box's inscribed ellipse (what a box alone says about the shape), for
+boxes drawn as in training and for tight boxes, and optionally a learning curve (``eval_every``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from aslseg.prompts import boxes_from_mask, component_points, jitter_box
+from aslseg.prompts import box_prior, boxes_from_mask, component_points, margin_box
 from aslseg.sam_model import SAMSegmenter, build_tiny_sam, set_trainable
 from aslseg.sam_tuning import SAMExample, sam_train_step
 from aslseg.settings import SAMPretrainConfig
@@ -31,8 +34,8 @@ from common.checkpoint import atomic_torch_save
 from common.rundir import resolve_path
 from common.synthetic import as_rng, ellipse_mask, smooth_field, speckle_noise
 
-__all__ = ["SHAPES", "random_shape", "shape_sample", "cache_path", "ellipse_baseline", "pretrain_tiny_sam",
-           "ensure_pretrained"]
+__all__ = ["SHAPES", "random_shape", "shape_sample", "shape_scene", "cache_path", "ellipse_baseline",
+           "pretrain_tiny_sam", "ensure_pretrained"]
 
 SHAPES = ("ellipse", "star", "polygon", "ring", "blob")
 
@@ -70,9 +73,19 @@ def random_shape(size: int, rng: np.random.Generator) -> np.ndarray:
                                                         for i, (a, b) in enumerate(coeffs))))
 
 
-def shape_sample(size: int, rng: np.random.Generator, empty_box_prob: float = 0.1, point_prob: float = 0.3
-                 ) -> tuple[np.ndarray, SAMExample]:
+def shape_sample(size: int, rng: np.random.Generator, empty_box_prob: float = 0.1, point_prob: float = 0.3,
+                 box_margin: float = 3.0, box_jitter: float = 3.0) -> tuple[np.ndarray, SAMExample]:
     """An image in [0, 1] and one prompt with its target (see module docstring)."""
+    image, examples = shape_scene(size, rng, empty_box_prob, point_prob, box_margin, box_jitter, 1)
+    return image, examples[0]
+
+
+def shape_scene(size: int, rng: np.random.Generator, empty_box_prob: float = 0.1, point_prob: float = 0.3,
+                box_margin: float = 3.0, box_jitter: float = 3.0, n_prompts: int = 1
+                ) -> tuple[np.ndarray, list[SAMExample]]:
+    """An image in [0, 1] and ``n_prompts`` prompts with their targets: the first as :func:`shape_sample`, the
+    others boxes around the distractor components (each an object too) or, without one, the target again with
+    another box draw (SAM trains several prompts per image embedding; the encoder pass dominates the cost)."""
     target = random_shape(size, rng)
     while not target.any():
         target = random_shape(size, rng)
@@ -91,6 +104,7 @@ def shape_sample(size: int, rng: np.random.Generator, empty_box_prob: float = 0.
     else:
         image = speckle_noise(np.clip(image, 0.05, 1), looks=rng.uniform(20, 80), rng=rng)
     image = ndimage.gaussian_filter(image, 0.5).clip(0, 1).astype(np.float32)
+    examples: list[SAMExample] = []
     if rng.random() < empty_box_prob:  # a box over background: the answer is nothing
         free = ~ndimage.binary_dilation(target | distractors, iterations=2)
         w = int(rng.integers(4, max(size // 4, 5)))
@@ -98,22 +112,34 @@ def shape_sample(size: int, rng: np.random.Generator, empty_box_prob: float = 0.
             x0, y0 = rng.integers(0, size - w, size=2)
             if free[y0:y0 + w, x0:x0 + w].all():
                 box = np.array([x0, y0, x0 + w, y0 + w], np.float32)
-                return image, SAMExample(0, box, np.zeros((size, size), np.float32))
-    box = jitter_box(boxes_from_mask(target)[0], (size, size), 0.05, rng)
-    point = component_points(target)[0] if rng.random() < point_prob else None
-    return image, SAMExample(0, box, target.astype(np.float32), point)
+                examples.append(SAMExample(0, box, np.zeros((size, size), np.float32)))
+                break
+    objects = [target] + [c for c in _components(distractors) if c.sum() >= 4]
+    k = 0
+    while len(examples) < n_prompts:
+        obj = objects[k] if k < len(objects) else target
+        k += 1
+        box = margin_box(boxes_from_mask(obj)[0], (size, size), box_margin, box_jitter, rng)
+        point = component_points(obj)[0] if rng.random() < point_prob else None
+        examples.append(SAMExample(0, box, obj.astype(np.float32), point))
+    return image, examples
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    labels, n = ndimage.label(mask)
+    return [labels == i for i in range(1, n + 1)]
 
 
 def ellipse_baseline(box: np.ndarray, size: int) -> np.ndarray:
     """The ellipse inscribed in an XYXY box: what the box alone says about the shape."""
-    x0, y0, x1, y1 = box
-    return ellipse_mask((size, size), ((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5), ((y1 - y0) / 2, (x1 - x0) / 2))
+    return box_prior(np.asarray(box)[None], (size, size))[0]
 
 
-def cache_path(cfg: SAMPretrainConfig, size: int) -> Path:
-    """``<cache_dir>/tiny-<hash of the settings and slice size>.pth``."""
-    params = {**asdict(cfg), "size": size, "version": 1}
+def cache_path(cfg: SAMPretrainConfig, size: int, mask_prompt: str = "none") -> Path:
+    """``<cache_dir>/tiny-<hash of the settings, the slice size and the mask prompt>.pth``."""
+    params = {**asdict(cfg), "size": size, "version": 2, "mask_prompt": mask_prompt}
     params.pop("cache_dir")
+    params.pop("eval_every")
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     return resolve_path(cfg.cache_dir) / f"tiny-{digest}.pth"
 
@@ -122,46 +148,62 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if not a.any() and not b.any() else float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-def _heldout(model: SAMSegmenter, cfg: SAMPretrainConfig, size: int) -> dict[str, float]:
-    rng = as_rng(np.random.default_rng([cfg.seed, 999]))
-    sam_d, ell_d = [], []
-    for _ in range(cfg.n_heldout):
-        image, ex = shape_sample(size, rng, empty_box_prob=0.0, point_prob=0.0)
-        pred = model.predict(torch.from_numpy(image)[None], ex.box[None]) > 0.5
-        sam_d.append(_dice(pred, ex.target > 0))
-        ell_d.append(_dice(ellipse_baseline(ex.box, size), ex.target > 0))
-    return {"heldout_dice": float(np.mean(sam_d)), "ellipse_dice": float(np.mean(ell_d))}
+def _heldout(model: SAMSegmenter, cfg: SAMPretrainConfig, size: int, n: int | None = None) -> dict[str, float]:
+    """Held-out Dice of SAM and of the box's inscribed ellipse, on boxes drawn as in training and on tight ones
+    (the same shapes; own seed, so never a training sample)."""
+    out: dict[str, list[float]] = {k: [] for k in ("heldout_dice", "ellipse_dice", "heldout_dice_tight",
+                                                     "ellipse_dice_tight")}
+    for k in range(n or cfg.n_heldout):
+        rng = as_rng(np.random.default_rng([cfg.seed, 999, k]))
+        image, ex = shape_sample(size, rng, 0.0, 0.0, cfg.box_margin, cfg.box_jitter)
+        target = ex.target > 0
+        tight = boxes_from_mask(target)[0]
+        for suffix, box in (("", ex.box), ("_tight", tight)):
+            pred = model.predict(torch.from_numpy(image)[None], box[None]) > 0.5
+            out[f"heldout_dice{suffix}"].append(_dice(pred, target))
+            out[f"ellipse_dice{suffix}"].append(_dice(ellipse_baseline(box, size), target))
+    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def pretrain_tiny_sam(cfg: SAMPretrainConfig, size: int, progress: bool = False) -> tuple[SAMSegmenter, dict]:
+def pretrain_tiny_sam(cfg: SAMPretrainConfig, size: int, progress: bool = False, mask_prompt: str = "none"
+                      ) -> tuple[SAMSegmenter, dict]:
     """Train a fresh tiny SAM (every parameter) for ``cfg.steps``; returns it and its report."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
-    model = SAMSegmenter(build_tiny_sam())
+    model = SAMSegmenter(build_tiny_sam(), mask_prompt=mask_prompt)
     params = set_trainable(model.sam, "all")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    start, losses = time.time(), []
+    start, losses, curve = time.time(), [], []
     for step in tqdm(range(cfg.steps), desc="pretrain_sam", disable=not progress, leave=False):
         rng = as_rng(np.random.default_rng([cfg.seed, step]))
-        samples = [shape_sample(size, rng, cfg.empty_box_prob, cfg.point_prob) for _ in range(cfg.batch_size)]
+        samples = [shape_scene(size, rng, cfg.empty_box_prob, cfg.point_prob, cfg.box_margin, cfg.box_jitter,
+                               cfg.prompts_per_image) for _ in range(cfg.batch_size)]
         images = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
-        examples = [SAMExample(i, s[1].box, s[1].target, s[1].point) for i, s in enumerate(samples)]
+        examples = [SAMExample(i, e.box, e.target, e.point) for i, s in enumerate(samples) for e in s[1]]
         losses.append(sam_train_step(model, opt, images, examples, iou_w=1.0)["loss"])
         sched.step()
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            point = {"step": step + 1, "seconds": round(time.time() - start, 1),
+                     "loss": float(np.mean(losses[-cfg.eval_every:])), **_heldout(model, cfg, size, 32)}
+            curve.append(point)
+            print(f"[aslseg] pretrain_sam {json.dumps(point)}", flush=True)
     model.eval()
-    report = {"steps": cfg.steps, "seconds": round(time.time() - start, 1),
+    report = {"steps": cfg.steps, "seconds": round(time.time() - start, 1), "mask_prompt": mask_prompt,
               "final_loss": float(np.mean(losses[-50:])), **_heldout(model, cfg, size)}
+    if curve:
+        report["curve"] = curve
     return model, report
 
 
-def ensure_pretrained(cfg: SAMPretrainConfig, size: int, progress: bool = False) -> Path:
+def ensure_pretrained(cfg: SAMPretrainConfig, size: int, progress: bool = False, mask_prompt: str = "none") -> Path:
     """The cached pre-trained tiny SAM for these settings, trained (and its report written) on first use."""
-    path = cache_path(cfg, size)
+    path = cache_path(cfg, size, mask_prompt)
     if path.is_file():
         return path
-    model, report = pretrain_tiny_sam(cfg, size, progress)
+    model, report = pretrain_tiny_sam(cfg, size, progress, mask_prompt)
     atomic_torch_save(model.sam.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"[aslseg] pre-trained tiny SAM ({report['seconds']} s): held-out Dice {report['heldout_dice']:.3f} vs "

@@ -1,8 +1,10 @@
 """Fine-tuning SAM on the labelled slices ("fine-tunes SAM on labeled data") and the SAM training step it shares
 with ``pretrain_sam.py``.
 
-Each training example is (slice, box, target): a ground-truth tumour component with its tight box jittered by up
-to ``sam.box_jitter`` of the side per edge (MedSAM ``bbox_shift``), or, with probability ``sam.pseudo_box_prob``,
+Each training example is (slice, box, target): a ground-truth tumour component with its tight box enlarged by the
+inference margin ``prompts.box_margin`` and each edge moved in or out by up to ``sam.box_jitter`` of the side
+(MedSAM's ``bbox_shift`` moves edges outwards only and adds no inference margin; OURS: training boxes then look
+like the inference ones), or, with probability ``sam.pseudo_box_prob``,
 a component of the SSL segmenter's prediction on that labelled slice with the ground-truth components it touches
 as the target (empty for an SSL false positive), so SAM meets the prompt noise it will see and learns to answer a
 wrong box with nothing. Loss: Dice + BCE (MedSAM) for ``decoder``/``full``, 0.2 CE + 0.8 Dice (SAMed) for
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aslseg.prompts import boxes_from_mask, components, jitter_box
+from aslseg.prompts import boxes_from_mask, components, margin_box
 from aslseg.sam_model import SAMSegmenter, add_lora, default_lr, set_trainable
 from aslseg.settings import SAMConfig
 
@@ -117,7 +119,7 @@ def sample_finetune_examples(labels: np.ndarray, ssl_masks: np.ndarray | None, c
             i = int(rng.choice(positive))
             comps = components(labels[i])
             comp = comps[int(rng.integers(len(comps)))]
-            box = jitter_box(boxes_from_mask(comp)[0], shape, cfg.box_jitter, rng)
+            box = margin_box(boxes_from_mask(comp)[0], shape, margin, cfg.box_jitter * float(np.mean(shape)), rng)
             out.append(SAMExample(i, box, comp.astype(np.float32)))
     return out
 

@@ -185,8 +185,10 @@ class SAMConfig:
     download) or a path (``sam_vit_b_01ec64.pth``, ``medsam_vit_b.pth``). ``input_norm``: ``auto`` (MedSAM files
     -> ``unit``, else ``imagenet``), ``imagenet`` (SAM's mean/std on 0-255) or ``unit`` ([0, 1], MedSAM).
     ``finetune``: ``decoder`` (encoders frozen, embeddings cached), ``lora`` (SAMed) or ``full`` (MedSAM);
-    ``lr`` 0 = the mode's default (decoder/full 1e-4, lora 5e-3). Training boxes: ground truth with
-    ``box_jitter`` (fraction of the side per edge) and, with probability ``pseudo_box_prob``, SSL predictions."""
+    ``lr`` 0 = the mode's default (decoder/full 1e-4, lora 5e-3). Training boxes: ground truth + the inference
+    ``prompts.box_margin``, each edge moved in or out by up to ``box_jitter`` of the side, and, with probability
+    ``pseudo_box_prob``, SSL predictions. ``mask_prompt``: ``none`` or ``ellipse`` (the ellipse inscribed in each
+    box as SAM's dense mask prompt, OURS; a pre-trained tiny SAM must be pre-trained with the same value)."""
 
     arch: Literal["tiny", "vit_b", "vit_l", "vit_h"] = "tiny"
     img_size: int = 0
@@ -202,6 +204,7 @@ class SAMConfig:
     box_jitter: float = 0.02
     pseudo_box_prob: float = 0.3
     refit_each_round: bool = True
+    mask_prompt: Literal["none", "ellipse"] = "none"
 
     def __post_init__(self) -> None:
         _non_negative("sam", img_size=self.img_size, steps=self.steps, lr=self.lr, weight_decay=self.weight_decay,
@@ -215,7 +218,11 @@ class SAMConfig:
 @dataclass
 class SAMPretrainConfig:
     """``pretrain_sam.py``: the tiny SAM's stand-in for SAM's general knowledge, trained on on-the-fly shapes
-    (never CT anatomy) and cached under ``cache_dir`` keyed by these values."""
+    (never CT anatomy) and cached under ``cache_dir`` keyed by these values (and ``sam.mask_prompt``). Boxes are
+    drawn like inference ones: tight + ``box_margin`` px (at the slice size; set it to ``prompts.box_margin``),
+    each edge moved in or out by up to ``box_jitter`` px. ``eval_every`` > 0 records the held-out Dice every so
+    many steps in the report (the learning curve). ``prompts_per_image``: prompts decoded per image embedding (the
+    target, then the distractor objects, then the target again with another box)."""
 
     steps: int = 1500
     batch_size: int = 8
@@ -223,12 +230,19 @@ class SAMPretrainConfig:
     weight_decay: float = 0.01
     empty_box_prob: float = 0.1
     point_prob: float = 0.3
+    box_margin: float = 3.0
+    box_jitter: float = 3.0
+    prompts_per_image: int = 1
     n_heldout: int = 64
+    eval_every: int = 0
     seed: int = 1234
     cache_dir: str = "data/synthetic/aslseg/sam"
 
     def __post_init__(self) -> None:
-        _positive("sam_pretrain", steps=self.steps, batch_size=self.batch_size, lr=self.lr, n_heldout=self.n_heldout)
+        _positive("sam_pretrain", steps=self.steps, batch_size=self.batch_size, lr=self.lr, n_heldout=self.n_heldout,
+                  prompts_per_image=self.prompts_per_image)
+        _non_negative("sam_pretrain", box_margin=self.box_margin, box_jitter=self.box_jitter,
+                      eval_every=self.eval_every)
         _fraction("sam_pretrain", empty_box_prob=self.empty_box_prob, point_prob=self.point_prob)
 
 
@@ -248,7 +262,9 @@ class PromptConfig:
 @dataclass
 class AdapterConfig:
     """Adaptation network (OURS): MONAI 2D UNet on (CT, SAM prob, SSL prob) -> tumour logits, trained on labelled
-    slices whose ground truth, corrupted, plays the SSL prediction and SAM's prompt (Dice + CE, Adam)."""
+    slices whose ground truth, corrupted, plays the SSL prediction and SAM's prompt (Dice + CE, Adam).
+    ``ssl_input``: what fills the SSL channel at pseudo-labelling time: ``mask`` (the binary SSL mask that also
+    gives the boxes, as the binary corrupted masks of training) or ``prob`` (the SSL probability)."""
 
     enabled: bool = True
     steps: int = 5000
@@ -260,6 +276,7 @@ class AdapterConfig:
     morph_max: int = 3
     drop_prob: float = 0.2
     blob_prob: float = 0.2
+    ssl_input: Literal["mask", "prob"] = "mask"
 
     def __post_init__(self) -> None:
         _non_negative("adapter", steps=self.steps, morph_max=self.morph_max)

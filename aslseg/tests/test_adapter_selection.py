@@ -87,3 +87,20 @@ def test_selection_on_agreements_growth_and_no_double_pick():
     assert len(select(score, np.arange(5), SelectionConfig(mode="all"), rng)) == 5
     assert len(select(score, np.arange(5), SelectionConfig(mode="random", max_fraction=1.0), rng)) == 2
     assert binary_entropy_bits(np.array([0.5]))[0] == 1.0
+
+
+def test_threshold_grid_counts_and_pooled_dice():
+    from aslseg.diagnose import pooled_dice, threshold_grid
+
+    truth = np.zeros((3, 8, 8), bool)
+    truth[0, :4] = truth[1, :2] = True
+    refined = truth.copy()
+    refined[1] = False
+    refined[1, :4] = True  # twice too large: Dice 2/3
+    agreement, uncertainty = np.array([0.9, 0.6, np.nan]), np.array([0.1, 0.5, 0.0])
+    rows = {(r["min_agreement"], r["max_uncertainty"]): r
+            for r in threshold_grid(agreement, uncertainty, {"refined": refined}, truth, (0.5, 0.8), (0.3, 0.6))}
+    assert rows[(0.8, 0.3)]["n"] == 1 and rows[(0.8, 0.3)]["refined_true_dice"] == 1.0
+    assert rows[(0.5, 0.6)]["n"] == 2 and rows[(0.5, 0.6)]["n_with_tumour"] == 2
+    assert np.isclose(rows[(0.5, 0.6)]["refined_true_dice"], pooled_dice(refined[:2], truth[:2]))
+    assert rows[(0.5, 0.3)]["n"] == 1

@@ -204,3 +204,54 @@ def test_batched_pairs_decode_equals_one_call_per_image():
         for i in range(3):
             one, one_iou = model.decode(emb[i:i + 1], boxes[i:i + 1], (64, 64))
             assert torch.allclose(pairs[i], one[0], atol=1e-5) and torch.allclose(iou[i], one_iou[0], atol=1e-5)
+
+
+def test_margin_box_matches_the_inference_margin_and_stays_valid():
+    from aslseg.prompts import margin_box
+
+    tight = np.array([20.0, 10.0, 30.0, 16.0], np.float32)
+    rng = np.random.default_rng(0)
+    exact = margin_box(tight, (64, 64), 3, 0, rng)
+    assert np.allclose(exact, [17, 7, 33, 19])
+    boxes = np.stack([margin_box(tight, (64, 64), 3, 2, rng) for _ in range(200)])
+    offsets = (tight - boxes) * np.array([1, 1, -1, -1])  # how far each edge moved outwards
+    assert offsets.min() >= 1 - 1e-5 and offsets.max() <= 5 + 1e-5 and abs(offsets.mean() - 3) < 0.3
+    edge = margin_box(np.array([0.0, 0.0, 1.0, 1.0]), (64, 64), 0, 5, rng)  # inward moves never invert the box
+    assert edge[2] - edge[0] >= 1 and edge[3] - edge[1] >= 1 and (edge >= 0).all()
+
+
+def test_box_prior_is_the_inscribed_ellipse_and_feeds_the_mask_prompt():
+    from aslseg.prompts import box_prior
+    from common.synthetic import ellipse_mask
+
+    box = np.array([10.0, 20.0, 30.0, 30.0], np.float32)  # XYXY: columns 10-30, rows 20-30
+    prior = box_prior(box[None], (64, 64))[0]
+    assert (prior == ellipse_mask((64, 64), (24.5, 19.5), (5, 10))).all() and prior[25, 20] and not prior[20, 10]
+    assert np.abs(prior.sum() - np.pi * 10 * 5) < 8
+    torch.manual_seed(0)
+    plain, prompted = SAMSegmenter(build_tiny_sam()).eval(), SAMSegmenter(build_tiny_sam(), mask_prompt="ellipse")
+    prompted.load_state_dict(plain.state_dict())
+    prompted.eval()
+    dense = prompted.dense_prompt(torch.tensor([[10.0, 20.0, 30.0, 30.0], [0, 0, 8, 8]]), (64, 64))
+    assert dense.shape == (2, 1, 64, 64) and set(dense.unique().tolist()) <= {-1.0, 1.0}
+    assert plain.dense_prompt(torch.zeros(1, 4), (64, 64)) is None
+    emb = plain.embed(torch.rand(2, 1, 64, 64))
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 30.0], [30, 30, 60, 60]])
+    with torch.no_grad():
+        a, _ = plain.decode(emb[:1], boxes, (64, 64))
+        b, _ = prompted.decode(emb[:1], boxes, (64, 64))
+        pairs, _ = prompted.decode_pairs(emb, boxes, (64, 64))
+        one, _ = prompted.decode(emb[1:], boxes[1:], (64, 64))
+    assert not torch.allclose(a, b)  # the dense prompt reaches the decoder
+    assert torch.allclose(pairs[1], one[0], atol=1e-5)
+    with pytest.raises(ValueError, match="mask_prompt"):
+        SAMSegmenter(build_tiny_sam(), mask_prompt="box")
+
+
+def test_pretrained_cache_key_includes_the_mask_prompt_but_not_the_curve(tmp_path):
+    from aslseg.sam_prior import cache_path
+    from aslseg.settings import SAMPretrainConfig
+
+    cfg = SAMPretrainConfig(cache_dir=str(tmp_path))
+    assert cache_path(cfg, 64, "none") != cache_path(cfg, 64, "ellipse")
+    assert cache_path(cfg, 64) == cache_path(SAMPretrainConfig(cache_dir=str(tmp_path), eval_every=10), 64)

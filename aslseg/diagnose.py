@@ -1,0 +1,126 @@
+"""One ASLseg round's pseudo-labelling from a segmenter snapshot, without retraining the segmenter, scored by the
+reporting oracle: how true the SSL, raw-SAM, refined and box-ellipse masks are on the unlabelled slices, and what
+each (agreement, uncertainty) threshold pair would select and how true that selection is.
+
+``python diagnose.py --config configs/default.yaml --round0 RUN/checkpoints/ssl_1800.pt [--out DIR] [key=value]``
+
+The round is exactly ``loop.refine_all`` (SAM fine-tuned on the labelled slices, the adapter trained, every
+unlabelled slice pseudo-labelled, ``selection.score_slices``); only afterwards are the hidden labels read, for this
+report (``summary.json``, ``grid.csv``, ``scores.npz`` in ``--out``). On synthetic data only: this is where the
+selection thresholds and SAM settings are studied on training volumes, never on the test volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from aslseg.loop import SAMState, refine_all
+from aslseg.pipeline import prepare_data, sam_box_probs
+from aslseg.prompts import box_prior, boxes_from_mask
+from aslseg.selection import score_slices
+from aslseg.semisup import SSLTrainer, build_segmenter, filter_components
+from aslseg.settings import Config
+
+__all__ = ["pooled_dice", "threshold_grid", "diagnose", "main"]
+
+PROJECT_DIR = Path(__file__).resolve().parent
+AGREEMENTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+UNCERTAINTIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+
+
+def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / total) if total else float("nan")
+
+
+def _ellipse_masks(masks: np.ndarray, min_area: int, margin: int) -> np.ndarray:
+    out = np.zeros(masks.shape, bool)
+    for i, m in enumerate(masks):
+        boxes = boxes_from_mask(m, min_area, margin)
+        if len(boxes):
+            out[i] = box_prior(boxes, m.shape).any(0)
+    return out
+
+
+def threshold_grid(agreement: np.ndarray, uncertainty: np.ndarray, hard: dict[str, np.ndarray], truth: np.ndarray,
+                   agreements: Sequence[float] = AGREEMENTS, uncertainties: Sequence[float] = UNCERTAINTIES
+                   ) -> list[dict]:
+    """Per threshold pair: how many scored slices pass (a >= a_min, u <= u_max) and the pooled true Dice of each
+    mask kind (``hard``: name -> ``(N, H, W)`` bool) over them."""
+    rows = []
+    finite = np.isfinite(agreement)
+    for a_min in agreements:
+        for u_max in uncertainties:
+            ok = finite & (np.nan_to_num(agreement, nan=-1) >= a_min) & (uncertainty <= u_max)
+            row = {"min_agreement": a_min, "max_uncertainty": u_max, "n": int(ok.sum()),
+                   "n_with_tumour": int(truth[ok].reshape(int(ok.sum()), -1).any(1).sum()) if ok.any() else 0}
+            for name, m in hard.items():
+                row[f"{name}_true_dice"] = pooled_dice(m[ok], truth[ok]) if ok.any() else float("nan")
+            rows.append(row)
+    return rows
+
+
+def diagnose(cfg: Config, round0: str | Path, out: Path) -> dict:
+    from common.checkpoint import load_checkpoint
+    from common.runtime import setup_runtime
+
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    prep = prepare_data(cfg)
+    trainer = SSLTrainer(cfg.ssl, cfg.optim, device, build_segmenter(cfg.model))
+    trainer.load_state_dict(load_checkpoint(round0)["extra"]["trainer"])
+    start = time.time()
+    sam = SAMState()
+    pl = refine_all(trainer, prep, cfg, device, sam, 1)
+    seconds = time.time() - start
+    score = score_slices(pl.refined, pl.ssl, dilation=cfg.selection.dilation)
+    # --- the oracle, for this report only
+    truth = prep.unlabelled.reveal_for_report().astype(bool)
+    p = cfg.prompts
+    ssl_masks = np.stack([filter_components(s > 0.5, p.min_area) for s in pl.ssl])
+    hard = {"ssl": pl.ssl > 0.5, "ssl_filtered": ssl_masks, "sam": pl.sam > 0.5, "refined": pl.refined > 0.5,
+            "ellipse": _ellipse_masks(ssl_masks, p.min_area, p.box_margin)}
+    gt_sam = sam_box_probs(sam.model, prep.unlabelled.images, truth, cfg, sam.embeddings) > 0.5
+    scored = np.isfinite(score.agreement)
+    summary: dict = {"round0": str(round0), "seconds_round": round(seconds, 1), "n_slices": len(truth),
+                     "n_scored": int(scored.sum()), "n_with_tumour": int(truth.reshape(len(truth), -1).any(1).sum()),
+                     "sam_gtbox_true_dice": pooled_dice(gt_sam, truth),
+                     "ellipse_gtbox_true_dice": pooled_dice(_ellipse_masks(truth, p.min_area, p.box_margin), truth)}
+    for name, m in hard.items():
+        summary[f"{name}_true_dice"] = pooled_dice(m, truth)
+        summary[f"{name}_true_dice_scored"] = pooled_dice(m[scored], truth[scored])
+    a, u = score.agreement[scored], score.uncertainty[scored]
+    for q in (10, 25, 50, 75, 90):
+        summary[f"agreement_q{q}"] = float(np.percentile(a, q)) if len(a) else float("nan")
+        summary[f"uncertainty_q{q}"] = float(np.percentile(u, q)) if len(u) else float("nan")
+    grid = threshold_grid(score.agreement, score.uncertainty, hard, truth)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    import pandas as pd
+
+    pd.DataFrame(grid).to_csv(out / "grid.csv", index=False)
+    np.savez_compressed(out / "scores.npz", agreement=score.agreement, uncertainty=score.uncertainty,
+                        ssl_max=score.ssl_max, **{f"{k}_inter": (m & truth).reshape(len(m), -1).sum(1)
+                                                   for k, m in hard.items()},
+                        **{f"{k}_sum": m.reshape(len(m), -1).sum(1) for k, m in hard.items()},
+                        truth_sum=truth.reshape(len(truth), -1).sum(1))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from common.cli import parse_train, train_parser
+
+    parser = train_parser("Score one ASLseg round's pseudo-labels from a segmenter snapshot (oracle report)")
+    parser.add_argument("--round0", required=True, help="checkpoints/ssl_<it>.pt of an SSL run (same seed, data)")
+    parser.add_argument("--out", required=True, help="folder for summary.json, grid.csv, scores.npz")
+    cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    return diagnose(cfg, args.round0, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
