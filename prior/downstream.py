@@ -5,6 +5,11 @@ game of sentence->patch attention, prototype statistics, and cached GAP(layer4) 
 Zero-shot score of image i and prompt c: softmax_c(global) + ``local_weight`` x softmax_c(local), with global =
 logit_scale x cos(image, prompt) and local = the mean of the two sigmoid attention maps between the image tokens
 and the prompt sentence. A model trained without local alignment is scored with the global term only.
+
+Text side: as in the official head (``on_test_start``), a prompt (or report) sentence of a model with an SPB is
+replaced by its prototype before the sentence pool and the local attention (``quantize=True``, the default).
+``quantize=False`` [ours] scores with the unquantised projected sentence embeddings instead (the sentence pool and
+the cross-attention are the trained ones), so that prompts sharing a prototype stay apart.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ def encode_images(model: PRIOR, loader: DataLoader, device: torch.device) -> tup
 
 
 @torch.no_grad()
-def encode_reports(model: PRIOR, reports: list[list[str]], device: torch.device, chunk: int = 64):
-    """Global ``(M, D)``, sentences ``(M, S, D)`` and mask of reports, through the SPB when the model has one."""
+def encode_reports(model: PRIOR, reports: list[list[str]], device: torch.device, chunk: int = 64,
+                   quantize: bool = True):
+    """Global ``(M, D)``, sentences ``(M, S, D)`` and mask of reports, through the SPB when the model has one and
+    ``quantize`` (official); ``quantize=False`` [ours]: the unquantised sentence embeddings."""
     model.eval()
-    use_spb = model.losses["spb"]
+    use_spb = model.losses["spb"] and quantize
     glob, sents, masks = [], [], []
     for start in range(0, len(reports), chunk):
         text = model.encode_text(reports[start : start + chunk], use_spb)
@@ -94,15 +101,16 @@ def located_prompts() -> dict[str, list[str]]:
 
 def zeroshot(model: PRIOR, loader: DataLoader, labels: np.ndarray, class_names: list[str], device: torch.device,
              prompt: str = "{} is observed", local_weight: float = 0.5,
-             prompt_sets: dict[str, list[str]] | None = None) -> tuple[dict[str, float], np.ndarray]:
+             prompt_sets: dict[str, list[str]] | None = None, quantize: bool = True
+             ) -> tuple[dict[str, float], np.ndarray]:
     """Zero-shot accuracy / macro F1 (official scoring; global-only when the model has no local alignment) and
     the global-only scores too. ``prompt_sets`` (class -> prompts) replaces the one ``prompt`` per class; as in
     the official head, a class's global score is the max over its prompts and its local score the mean.
-    Returns ``(metrics, probabilities (N, C))``."""
+    ``quantize``: prompts through the SPB (official) or not [ours]. Returns ``(metrics, probabilities (N, C))``."""
     ig, it = encode_images(model, loader, device)
     sets = [prompt_sets[c] for c in class_names] if prompt_sets else [[prompt.format(c)] for c in class_names]
     owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(sets)])
-    tg, ts, tm = encode_reports(model, [[p] for ps in sets for p in ps], device)
+    tg, ts, tm = encode_reports(model, [[p] for ps in sets for p in ps], device, quantize=quantize)
     g_all, local_all = pair_scores(model, ig, it, tg, ts, tm, device)
     g = np.stack([g_all[:, owner == k].max(1) for k in range(len(sets))], 1)
     local = np.stack([local_all[:, owner == k].mean(1) for k in range(len(sets))], 1)
@@ -122,10 +130,12 @@ def precision_at_k(scores: np.ndarray, query_labels: np.ndarray, item_labels: np
 
 
 def retrieval(model: PRIOR, loader: DataLoader, labels: np.ndarray, reports: list[list[str]],
-              report_labels: np.ndarray, device: torch.device, local_weight: float = 0.5) -> dict[str, float]:
-    """Image -> report retrieval P@1/5/10, scored like zero-shot with the reports as prompts."""
+              report_labels: np.ndarray, device: torch.device, local_weight: float = 0.5, quantize: bool = True
+              ) -> dict[str, float]:
+    """Image -> report retrieval P@1/5/10, scored like zero-shot with the reports as prompts (``quantize`` as
+    there)."""
     ig, it = encode_images(model, loader, device)
-    tg, ts, tm = encode_reports(model, reports, device)
+    tg, ts, tm = encode_reports(model, reports, device, quantize=quantize)
     g, local = pair_scores(model, ig, it, tg, ts, tm, device)
     scores = _combine(g, local, local_weight if model.losses["local"] else 0.0)
     return {f"retrieval_p_at_{k}": precision_at_k(scores, labels, report_labels, k) for k in (1, 5, 10)}
@@ -144,13 +154,13 @@ def gap_features(encoder, loader: DataLoader, device: torch.device) -> tuple[np.
 
 @torch.no_grad()
 def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxes: list[tuple[int, ...]],
-                  image_size: int, device: torch.device) -> float:
+                  image_size: int, device: torch.device, quantize: bool = True) -> float:
     """Fraction of finding sentences whose sentence->patch attention peaks in a grid cell overlapping the
-    finding's box (boxes in pixels of the ``image_size`` input)."""
+    finding's box (boxes in pixels of the ``image_size`` input); sentences through the SPB when ``quantize``."""
     model.eval()
     emb = model.encode_image(images.to(device))
     text, mask = model.encode_sentences([[s] for s in sentences])
-    if model.losses["spb"]:
+    if model.losses["spb"] and quantize:
         text, _ = model.quantize(text, mask)
     att = model.local_cross_attention(emb.tokens, text, mask).sentence_attention[:, 0]  # (N, P)
     grid = model.grid[0]

@@ -37,7 +37,7 @@ def _predict(cfg: Config, model, folder: str, out: Path, device) -> Path:
     ds = ImageDataset(paths, [0] * len(paths), cfg.data.image_size, cfg.data.mean, cfg.data.std)
     loader = DataLoader(ds, batch_size=32, shuffle=False)
     _, probs = zeroshot(model, loader, np.zeros(len(paths), dtype=int), list(FIVE_CLASSES), device,
-                        cfg.eval.prompt, cfg.eval.local_weight)
+                        cfg.eval.prompt, cfg.eval.local_weight, quantize=cfg.eval.text_embedding == "prototype")
     rows = [{"image": str(p), "prediction": FIVE_CLASSES[int(q.argmax())],
              **{f"score_{c}": float(v) for c, v in zip(FIVE_CLASSES, q)}} for p, q in zip(paths, probs)]
     summary, _ = write_eval_tables(out, {"images": len(rows)}, rows, prefix="predict_")

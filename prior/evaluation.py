@@ -28,8 +28,10 @@ def _loader(cfg: Config, paths, labels) -> DataLoader:
 
 
 def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
-                      limit: int = 200) -> dict[str, float]:
-    """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR)."""
+                      limit: int = 200, quantize: bool = True, other: str | None = None) -> dict[str, float]:
+    """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR);
+    ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game without
+    that choice, as ``pointing_game_<other>``."""
     table = data.root / "synthetic-findings.csv"
     if not table.is_file():
         return {}
@@ -44,8 +46,12 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
                                cfg.data.mean, cfg.data.std)
         images = [dataset[i][0] for i in range(len(dataset))]
         boxes = [tuple(v * scale for v in (r.x0, r.y0, r.x1, r.y1)) for r in rows.itertuples(index=False)]
-        out["pointing_game"] = pointing_game(model, torch.stack(images), list(rows["sentence"]), boxes,
-                                             cfg.data.image_size, device)
+        stacked, sentences = torch.stack(images), list(rows["sentence"])
+        out["pointing_game"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size, device,
+                                             quantize)
+        if other is not None:
+            out[f"pointing_game_{other}"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size,
+                                                          device, not quantize)
     all_rows = frame[frame["dicom_id"].isin(test_ids)].head(4 * limit)
     if model.losses["spb"] and len(all_rows):
         ids = pd.factorize(all_rows["finding"])[0]
@@ -59,19 +65,29 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
     model.eval()
     paths, labels = zeroshot_set(cfg)
     loader = _loader(cfg, paths, labels)
+    quantize = cfg.eval.text_embedding == "prototype"
+    other = ("raw" if quantize else "prototype") if cfg.eval.log_both_embeddings and model.losses["spb"] else None
     summary, probs = zeroshot(model, loader, labels, list(FIVE_CLASSES), device, cfg.eval.prompt,
-                              cfg.eval.local_weight)
+                              cfg.eval.local_weight, quantize=quantize)
+    if other is not None:
+        alt, _ = zeroshot(model, loader, labels, list(FIVE_CLASSES), device, cfg.eval.prompt, cfg.eval.local_weight,
+                          quantize=not quantize)
+        summary |= {k.replace("zeroshot_", f"zeroshot_{other}_"): v for k, v in alt.items()}
     if cfg.eval.located_prompts:
         located, _ = zeroshot(model, loader, labels, list(FIVE_CLASSES), device, local_weight=cfg.eval.local_weight,
-                              prompt_sets=located_prompts())
+                              prompt_sets=located_prompts(), quantize=quantize)
         summary |= {f"{k.replace('zeroshot_', 'zeroshot_located_')}": v for k, v in located.items()}
     try:
         reports, report_labels = retrieval_reports(data.test)
-        summary |= retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight)
+        summary |= retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight, quantize)
+        if other is not None:
+            alt = retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight,
+                            not quantize)
+            summary |= {k.replace("retrieval_", f"retrieval_{other}_"): v for k, v in alt.items()}
     except ValueError as exc:  # a test split too small to hold single-class reports (tiny configs)
         print(f"retrieval skipped: {exc}")
         summary |= {f"retrieval_p_at_{k}": float("nan") for k in (1, 5, 10)}
-    summary |= grounding_metrics(cfg, model, data, device)
+    summary |= grounding_metrics(cfg, model, data, device, quantize=quantize, other=other)
     per_case = [{"image": str(p), "label": FIVE_CLASSES[int(y)], "prediction": FIVE_CLASSES[int(np.argmax(q))]}
                 for p, y, q in zip(paths, labels, probs)]
     return summary, per_case

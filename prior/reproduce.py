@@ -40,7 +40,8 @@ ROWS = ("prior", "global_only", "no_reconstruction", "random_init")
 ALL_ROWS = (*ROWS, "no_local", "no_spb", "no_image_rec", "no_report_rec", "official_quirks")
 METRICS = ("zeroshot_accuracy", "zeroshot_f1", "zeroshot_accuracy_global", "retrieval_p_at_1", "retrieval_p_at_5",
            "retrieval_p_at_10", "probe_auc_1", "probe_auc_10", "probe_auc_100", "seg_dice", "det_map", "det_map_50",
-           "det_map_rsna", "pointing_game", "proto_used_frac", "proto_nmi", "report_rec_f1", "cpu_seconds")
+           "det_map_rsna", "pointing_game", "proto_used_frac", "proto_nmi", "report_rec_f1",
+           "zeroshot_raw_accuracy", "retrieval_raw_p_at_1", "pointing_game_raw", "cpu_seconds")
 QUIRKS = ["model.image.official_token_order=true", "model.decoder.causal=true", "model.spb.eval_noise=true",
           "model.decoder.official_matching=true", "augment.hflip=official"]
 

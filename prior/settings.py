@@ -68,7 +68,8 @@ class SPBConfig:
     """Sentence prototype bank: ``k`` codes, Gumbel-softmax temperature ``tau``, L1 weight ``weight``.
     ``eval_noise: true`` keeps Gumbel noise at evaluation (official); ``kmeans_init`` [ours] initialises the codes
     by k-means of the stage-1 sentence embeddings at the start of stage 2. ``assign``: ``dot`` (official logits
-    x E^T) or ``distance`` [ours] (logits -||x - e||^2, the nearest code wins, consistent with the k-means init)."""
+    x E^T) or ``distance`` [ours] (logits -||x - e||^2, the nearest code wins, consistent with the k-means init).
+    ``logit_scale`` [ours; 1 = official]: logits multiplied before the Gumbel noise (see ``models/spb.py``)."""
 
     k: int = 512
     tau: float = 0.9
@@ -76,10 +77,12 @@ class SPBConfig:
     eval_noise: bool = False
     kmeans_init: bool = False
     assign: Literal["dot", "distance"] = "dot"
+    logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.k < 2 or self.tau <= 0:
-            raise ValueError(f"spb.k must be >= 2 and spb.tau > 0, got k={self.k}, tau={self.tau}")
+        if self.k < 2 or self.tau <= 0 or self.logit_scale <= 0:
+            raise ValueError(f"spb.k must be >= 2, spb.tau > 0 and spb.logit_scale > 0, got k={self.k}, "
+                             f"tau={self.tau}, logit_scale={self.logit_scale}")
 
 
 @dataclass
@@ -245,11 +248,17 @@ class DataConfig:
 class EvalConfig:
     """Downstream evaluation inside pre-training runs and ``eval.py``: zero-shot prompt and local weight.
     ``located_prompts`` [ours] also scores the zero-shot set with a prompt set per class naming severity and
-    location (``downstream.located_prompts``; metrics ``zeroshot_located_*``)."""
+    location (``downstream.located_prompts``; metrics ``zeroshot_located_*``).
+    ``text_embedding``: what a model with an SPB scores prompts and reports with: ``prototype`` (official zero-shot
+    head: the sentence's SPB prototype) or ``raw`` [ours] (the unquantised projected sentence embedding).
+    ``log_both_embeddings`` [ours]: for a model with an SPB also log zero-shot, retrieval and pointing game with
+    the other choice (keys ``zeroshot_<other>_*``, ``retrieval_<other>_p_at_k``, ``pointing_game_<other>``)."""
 
     prompt: str = "{} is observed"
     local_weight: float = 0.5
     located_prompts: bool = True
+    text_embedding: Literal["prototype", "raw"] = "prototype"
+    log_both_embeddings: bool = True
 
 
 @dataclass

@@ -37,7 +37,7 @@ def build_prior(cfg: ModelConfig, image_encoder: ImageEncoder, text_encoder: Tex
     decoder_config = decoder_bert_config(cfg.embed_dim, dec.layers, dec.heads, dec.intermediate, vocab)
     return PRIOR(image_encoder, text_encoder, embed_dim=cfg.embed_dim, text_pool_heads=cfg.text_pool_heads,
                  spb_k=cfg.spb.k, spb_tau=cfg.spb.tau, spb_weight=cfg.spb.weight, spb_eval_noise=cfg.spb.eval_noise,
-                 spb_assign=cfg.spb.assign,
+                 spb_assign=cfg.spb.assign, spb_logit_scale=cfg.spb.logit_scale,
                  decoder_config=decoder_config, num_queries=dec.num_queries, decoder_causal=dec.causal,
                  official_matching=dec.official_matching, image_size=image_size,
                  rec_size=cfg.image_decoder.rec_size, rec_blocks=cfg.image_decoder.blocks,

@@ -64,7 +64,8 @@ class PRIOR(nn.Module):
 
     def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, *, embed_dim: int = 768,
                  text_pool_heads: int = 8, spb_k: int = 512, spb_tau: float = 0.9, spb_weight: float = 10.0,
-                 spb_eval_noise: bool = False, spb_assign: str = "dot", decoder_config=None, num_queries: int = 16,
+                 spb_eval_noise: bool = False, spb_assign: str = "dot", spb_logit_scale: float = 1.0,
+                 decoder_config=None, num_queries: int = 16,
                  decoder_causal: bool = False,
                  official_matching: bool = False, image_size: int = 224, rec_size: int = 224, rec_blocks: int = 5,
                  rec_dropout: float = 0.5, temperature: float = 0.01, local_temperature: float = 0.01,
@@ -88,7 +89,7 @@ class PRIOR(nn.Module):
                                        nn.Linear(embed_dim // 2, embed_dim))
         self.global_text_attention = SentenceAttentionPool(embed_dim, text_pool_heads)
         self.local_cross_attention = LocalCrossAttention(embed_dim)
-        self.sentence_bank = SPB(embed_dim, spb_k, spb_tau, spb_eval_noise, spb_assign)
+        self.sentence_bank = SPB(embed_dim, spb_k, spb_tau, spb_eval_noise, spb_assign, spb_logit_scale)
         self.image_decoder = ImageDecoder(2 * embed_dim, rec_size, rec_blocks, rec_dropout)
         self.sentence_decoder = ReportDecoder(decoder_config, num_queries, decoder_causal)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))

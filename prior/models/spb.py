@@ -9,6 +9,12 @@ logits are returned and passed explicitly (stateless). At evaluation the Gumbel 
 ``assign: distance`` [ours] uses logits ``-||x - e||^2`` instead of the official dot product: a dot product
 favours the codes of largest norm, so a bank initialised by k-means (whose centres are defined by the nearest
 centre, i.e. by distance) still sends almost every sentence to a few large-norm codes.
+
+``logit_scale`` [ours, default 1 = official] multiplies the logits before the Gumbel noise. The noise
+(std pi/sqrt(6)) is added to logits whose spread scales with the embedding norms, so in a small joint space
+(64-d, k-means codes at the data's scale) the noisy argmax of a training sentence often differs from its clean
+one; a scale > 1 makes the training assignment nearly deterministic (``gumbel_softmax((s l + g) / tau)``; ``tau``
+alone cannot do this, it divides noise and logits alike).
 """
 
 from __future__ import annotations
@@ -34,22 +40,28 @@ class SPBOutput:
 
 
 class SPB(nn.Module):
-    def __init__(self, dim: int, k: int = 512, tau: float = 0.9, eval_noise: bool = False, assign: str = "dot"):
+    def __init__(self, dim: int, k: int = 512, tau: float = 0.9, eval_noise: bool = False, assign: str = "dot",
+                 logit_scale: float = 1.0):
         super().__init__()
         if assign not in ("dot", "distance"):
             raise ValueError(f"spb assign must be 'dot' (official) or 'distance', got {assign!r}")
+        if logit_scale <= 0:
+            raise ValueError(f"spb logit_scale must be > 0, got {logit_scale}")
         self.embed = nn.Embedding(k, dim)  # N(0, 1) initialisation, as the official nn.Embedding
         self.tau = tau
         self.eval_noise = eval_noise
         self.assign = assign
+        self.logit_scale = logit_scale
 
     def logits(self, flat: torch.Tensor) -> torch.Tensor:
-        """``(N, K)``: ``x E^T`` (official) or ``-||x - e||^2`` (``assign: distance``)."""
+        """``(N, K)``: ``x E^T`` (official) or ``-||x - e||^2`` (``assign: distance``), times ``logit_scale``."""
         weight = self.embed.weight
         dots = flat @ weight.t()
         if self.assign == "dot":
-            return dots
-        return 2 * dots - (weight * weight).sum(1)[None, :] - (flat * flat).sum(1, keepdim=True)
+            out = dots
+        else:
+            out = 2 * dots - (weight * weight).sum(1)[None, :] - (flat * flat).sum(1, keepdim=True)
+        return out if self.logit_scale == 1.0 else self.logit_scale * out
 
     def forward(self, x: torch.Tensor) -> SPBOutput:
         """``x`` ``(N, D)`` -> :class:`SPBOutput`. Gumbel noise in training (and in eval with ``eval_noise``)."""

@@ -36,6 +36,7 @@ def test_eval_and_predict(ci_run, tmp_path: Path):
     summary = eval_module.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
                                 *common[2:]])
     assert 0 <= summary["zeroshot_accuracy"] <= 1 and "retrieval_p_at_5" in summary
+    assert 0 <= summary["zeroshot_raw_accuracy"] <= 1  # the unquantised-prompt scoring [ours] is logged too
     assert (tmp_path / "eval" / "summary.csv").is_file()
     images = next((Path(common[3].split("=", 1)[1]) / "CheXpert-v1.0-small" / "train").glob("patient0000*"))
     eval_module.main(["--checkpoint", str(checkpoint), "--predict", str(images), "--out", str(tmp_path / "pred")])
@@ -109,3 +110,27 @@ def test_zeroshot_prompt_sets_reduce_to_the_single_prompt():
     np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
     assert one == two
     assert set(located_prompts()) == set(classes) and all(located_prompts().values())
+
+
+def test_raw_text_embedding_skips_the_spb():
+    """``quantize=True`` (official head) sends prompts through the SPB: with one shared prototype every prompt gets
+    the same embedding; ``quantize=False`` [ours] keeps the projected sentence embeddings and their pool."""
+    from prior.downstream import encode_reports
+    from prior.models import build_model
+
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "configs" / "ci.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, "prior").eval()
+    bank = model.sentence_bank.embed.weight.data
+    bank.copy_(bank[:1].expand_as(bank))
+    prompts = [[f"{c} is observed"] for c in ("Atelectasis", "Cardiomegaly", "Edema")]
+    cpu = torch.device("cpu")
+    gq, sq, _ = encode_reports(model, prompts, cpu)
+    torch.testing.assert_close(gq, gq[:1].expand_as(gq))
+    torch.testing.assert_close(sq[:, 0], bank[:1].expand(3, -1))
+    gr, sr, mr = encode_reports(model, prompts, cpu, quantize=False)
+    with torch.no_grad():
+        raw, mask = model.encode_sentences(prompts)
+        torch.testing.assert_close(sr, raw)
+        torch.testing.assert_close(gr, model.global_text_attention(raw, mask))
+    assert not torch.allclose(gr[0], gr[1])

@@ -246,6 +246,28 @@ def test_spb_distance_assignment_picks_the_nearest_code():
         SPB(2, 3, assign="cosine")
 
 
+def test_spb_logit_scale_makes_the_training_assignment_deterministic():
+    """``logit_scale`` [ours] multiplies the logits before the Gumbel noise: scale 1 is the official logits; with
+    close codes the noisy training argmax often leaves the nearest code, with a large scale it (almost) never does;
+    the clean (evaluation) argmax is the same for every scale."""
+    codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    x = torch.tensor([[0.2, 0.3]]).repeat(2000, 1)
+    agree = {}
+    for scale in (1.0, 50.0):
+        spb = SPB(2, 4, tau=0.9, assign="distance", logit_scale=scale)
+        spb.embed.weight.data.copy_(codes)
+        base = SPB(2, 4, tau=0.9, assign="distance")
+        base.embed.weight.data.copy_(codes)
+        torch.testing.assert_close(spb.logits(x), scale * base.logits(x))
+        spb.eval()
+        assert spb(x).index.eq(0).all()
+        torch.manual_seed(0)
+        agree[scale] = float(spb.train()(x).index.eq(0).float().mean())
+    assert agree[1.0] < 0.6 and agree[50.0] > 0.99
+    with pytest.raises(ValueError, match="logit_scale"):
+        SPB(2, 3, logit_scale=0.0)
+
+
 def test_hungarian_matching():
     torch.manual_seed(0)
     outputs, targets = torch.randn(16, 8), torch.randn(16, 8)
