@@ -9,12 +9,15 @@ run folder (``--out DIR``: ``DIR/summary.csv``, ``DIR/figures/``); the bicubic b
     python eval.py [--checkpoint auto|PATH] [--config FILE] [--split test|all] [key=value ...]
     python eval.py --config configs/default.yaml model.name=bicubic          # the bicubic baseline
     python eval.py --checkpoint auto --predict /path/to/lr_pngs --out /tmp/sr
+    python eval.py --checkpoint PATH --overlaps whole,0,4,8,16,32,48 --out DIR     # PSNR against tile overlap
 """
 
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -38,7 +41,8 @@ from pamsr.models import build_model
 from pamsr.pipeline import prepare_data
 from pamsr.settings import PROJECT_DIR, Config, ModelConfig
 
-__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "predict_folder", "main"]
+__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "overlap_sweep", "predict_folder",
+           "main"]
 
 METRICS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean", "ssim", "psnr_cart", "ssim_cart",
            "psnr_displaced", "ssim_displaced")
@@ -113,6 +117,30 @@ def run_eval(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, *,
     return summary, rows, preds if keep_predictions else {}
 
 
+def overlap_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, overlaps: Sequence[str],
+                  split: str = "test", displaced: bool = False) -> Path:
+    """Evaluate the same weights with whole-image inference (``whole``) and tiled inference at every LR tile
+    overlap in ``overlaps`` (tile ``eval.tile``); one ``overlap_<k>/summary.csv`` each and ``overlap_sweep.csv``
+    (overlap, the metric means, evaluation seconds). Displaced-input metrics only with ``displaced``."""
+    out_dir = Path(out_dir)
+    rows = []
+    for value in overlaps:
+        tiled = value != "whole"
+        sub = replace(cfg, eval=replace(cfg.eval, tiled=tiled, tile_overlap=int(value) if tiled else None))
+        tic = time.perf_counter()
+        summary, _, _ = run_eval(sub, checkpoint, out_dir / f"overlap_{value}", split=split, displaced=displaced)
+        rows.append({"overlap": value, **{k: summary[k] for k in METRICS if k in summary},
+                     "n_cases": summary["n_cases"], "seconds": round(time.perf_counter() - tic, 1)})
+        print(f"overlap {value}: " + " ".join(f"{k}={v:.4f}" for k, v in rows[-1].items() if isinstance(v, float)))
+    target = out_dir / "overlap_sweep.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {target}")
+    return target
+
+
 def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Path, out: str | Path) -> Path:
     """Super-resolve every 8-bit LR image of a flat ``folder`` (real LR without HR) into ``out`` (8-bit PNG, zero
     padding of ``data.pad // scale`` LR px added and the matching HR padding removed again) + ``predictions.csv``."""
@@ -156,6 +184,8 @@ def output_dirs(cfg: Config, checkpoint: Path | None, out: str | None, kind: str
 def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     parser = eval_parser("Evaluate PAMSR (PSNR/SSIM polar + Cartesian + displaced) or predict on LR images")
     parser.add_argument("--split", default="test", choices=["test", "all"], help="held-out fold or every sample")
+    parser.add_argument("--overlaps", default=None, metavar="whole,0,8,...",
+                        help="evaluate whole-image and tiled inference at each LR tile overlap (overlap_sweep.csv)")
     parsed = parse_eval(Config, argv, parser, "pamsr", PROJECT_DIR, require_checkpoint=False)
     cfg, checkpoint, args = parsed.config, parsed.checkpoint, parsed.args
     if checkpoint is None and args.checkpoint != "auto":
@@ -168,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     if args.predict:
         return predict_folder(cfg, checkpoint, args.predict, output_dirs(cfg, checkpoint, args.out, "predict")[0])
     out_dir, figures_dir = output_dirs(cfg, checkpoint, args.out, "eval")
+    if args.overlaps:
+        overlaps = [x for x in args.overlaps.split(",") if x]
+        bad = [x for x in overlaps if x != "whole" and not (x.isdigit() and int(x) < cfg.eval.tile)]
+        if bad:
+            parser.error(f"--overlaps {bad}: use `whole` or integers in [0, eval.tile={cfg.eval.tile})")
+        return overlap_sweep(cfg, checkpoint, out_dir, overlaps, args.split)
     summary, _, _ = run_eval(cfg, checkpoint, out_dir, figures_dir=figures_dir, split=args.split)
     print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     print(f"wrote {out_dir / 'summary.csv'}")

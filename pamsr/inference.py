@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["tile_starts", "forward_tiled", "dihedral", "realign", "super_resolve", "default_overlap"]
+__all__ = ["tile_starts", "tile_corners", "forward_tiled", "dihedral", "realign", "super_resolve", "default_overlap"]
 
 
 def default_overlap(scale: int, tile: int = 64) -> int:
@@ -30,14 +30,20 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def tile_corners(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Top-left LR corners ``(y, x)`` of every tile, in raster order."""
+    return [(y, x) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
+
+
 @torch.no_grad()
 def forward_tiled(model: nn.Module, lr: torch.Tensor, scale: int, tile: int = 64, overlap: int = 48,
-                  batch: int = 16) -> torch.Tensor:
-    """``(B, C, h, w)`` LR -> ``(B, C', h*s, w*s)`` by averaging overlapping tile outputs."""
+                  batch: int = 16, max_tiles: int | None = None) -> torch.Tensor:
+    """``(B, C, h, w)`` LR -> ``(B, C', h*s, w*s)`` by averaging overlapping tile outputs, ``batch`` tiles per
+    forward. ``max_tiles`` (benchmarks only): stop after the first ``max_tiles`` tiles of the raster order; the
+    full-size output buffers are still allocated, pixels no tile reached stay 0."""
     b, _, h, w = lr.shape
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
-    corners = [(y, x) for y in ys for x in xs]
+    corners = tile_corners(h, w, tile, overlap)[:max_tiles]
     out = weight = None
     for i in range(0, len(corners), batch):
         chunk = corners[i:i + batch]
@@ -50,7 +56,7 @@ def forward_tiled(model: nn.Module, lr: torch.Tensor, scale: int, tile: int = 64
             sl = (..., slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale))
             out[sl] += pred[j * b:(j + 1) * b]
             weight[sl] += 1
-    return out / weight
+    return out / weight.clamp_min(1)
 
 
 def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:

@@ -88,6 +88,44 @@ def test_bench_mode_grid_from_fresh_processes(tmp_path):
     assert tiled["speed_vs_reference"] == pytest.approx(tiled["mpix_per_s"] / ref["mpix_per_s"])
 
 
+def test_bench_times_a_tile_subset_and_extra_modes(tmp_path):
+    """``--timed-tiles``: the first N tiles are timed and the per-tile time extrapolated to every tile of the image;
+    ``--modes`` adds single modes (here a second size for the memory-against-size rows)."""
+    import pandas as pd
+
+    from pamsr.bench import main as bench_main
+    from pamsr.bench import parse_mode
+
+    out = bench_main(["--model", "cpu", "--sizes", "128", "--overlaps", "8", "--precisions", "fp32", "--whole",
+                      "reference", "--tile", "32", "--timed-tiles", "2", "--tile-batch", "1",
+                      "--modes", "256:8:fp32:fused:off", "--device", "cpu", "--threads", "1", "--clock", "cpu",
+                      "--check-fp32", "--out", str(tmp_path)])
+    rows = pd.read_csv(out / "bench.csv")
+    assert list(rows["size"]) == [128, 128, 256] and rows["status"].eq("ok").all()
+    assert rows.loc[0, "timing"] == "whole image" and rows["clock"].eq("cpu").all()
+    assert rows["params"].eq(113_709).all()
+    tiled = rows.iloc[1:]
+    assert list(tiled["tiles_total"]) == [9, 25] and list(tiled["tiles_timed"]) == [2, 2]  # LR 64: starts 0, 24, 32
+    assert np.allclose(tiled["seconds"], tiled["seconds_measured"] * tiled["tiles_total"] / 2)
+    assert tiled["timing"].str.startswith("first 2 of").all()
+    assert (tiled["max_abs_diff_vs_fp32_eager"] < 1e-4).all()  # fp32 (materialised or fused): the same network
+    assert parse_mode("1024:whole:bf16:default:freezing") == {"size": 1024, "overlap": None, "precision": "bf16",
+                                                             "attention": "default", "compile": "freezing"}
+    with pytest.raises(ValueError, match="size:overlap"):
+        parse_mode("1024:8:fp32")
+
+
+def test_forward_tiled_max_tiles_stops_early_on_full_size_buffers():
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    x = torch.full((1, 1, 64, 64), 0.5)
+    out = forward_tiled(Up(), x, 2, tile=32, overlap=0, batch=1, max_tiles=1)  # tiles (0,0), (0,32), ...
+    assert out.shape == (1, 1, 128, 128)
+    assert torch.all(out[..., :64, :64] == 0.5) and torch.all(out[..., 64:, :] == 0)
+
+
 def test_attention_switch_changes_the_path_not_the_result():
     from pamsr.bench import set_attention
 

@@ -129,6 +129,24 @@ def test_eval_and_predict(trained, tmp_path):
     assert not (tmp_path / "sr2").exists()
 
 
+def test_overlap_sweep_matches_the_plain_evaluation(trained, tmp_path):
+    """``eval.py --overlaps``: one row per overlap; the row of the config's own overlap equals a plain evaluation."""
+    import pandas as pd
+
+    _, overrides, run = trained
+    ckpt = str(run / "checkpoints" / "best.pt")
+    plain = pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--out", str(tmp_path / "plain"),
+                             *overrides])  # ci.yaml: tiled, tile 32, overlap 8
+    table = pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--overlaps", "whole,0,8",
+                             "--out", str(tmp_path / "sweep"), *overrides])
+    rows = pd.read_csv(table, dtype={"overlap": str})
+    assert list(rows["overlap"]) == ["whole", "0", "8"]
+    assert rows.loc[2, "psnr"] == pytest.approx(plain["psnr"], abs=1e-9)
+    assert rows.loc[0, "psnr"] != rows.loc[1, "psnr"]  # tile borders change the output: the sweep is not vacuous
+    with pytest.raises(SystemExit):
+        pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--overlaps", "32", *overrides])
+
+
 def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path, capsys):
     base, overrides, _ = trained
     summary = pamsr_eval.main(["--config", "configs/ci.yaml", "--out", str(tmp_path), "model.name=bicubic", *overrides])
