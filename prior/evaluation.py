@@ -30,8 +30,8 @@ def _loader(cfg: Config, paths, labels) -> DataLoader:
 def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
                       limit: int = 200, quantize: bool = True, other: str | None = None) -> dict[str, float]:
     """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR);
-    ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game without
-    that choice, as ``pointing_game_<other>``."""
+    ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game with the
+    opposite choice, as ``pointing_game_<other>``."""
     table = data.root / "synthetic-findings.csv"
     if not table.is_file():
         return {}
