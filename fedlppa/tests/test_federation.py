@@ -104,15 +104,20 @@ def test_ala_limits_and_only_its_keys_change():
     assert all(torch.equal(model.state_dict()[n], glob[n]) for n in names)  # W = 0 takes theta_G
 
 
-def test_ala_one_step_matches_hand_computation():
-    model, names, glob, old, batches, loss = _ala_setup()
+def _reference_grads(state: dict, batches: list, loss) -> dict[str, torch.Tensor]:
+    """Gradients of the first ALA batch's loss for a plain UNet holding ``state`` (same seed as ala_update)."""
     ref = UNet(1, 2, [4, 8, 8, 8, 8])
-    ref.load_state_dict({**glob, **{n: old[n] for n in names}})  # W = 1: ALA keys at theta_old, the rest theta_G
+    ref.load_state_dict(state)
     torch.manual_seed(1)
     ref.train()
     loss(ref, *batches[0]).backward()
-    expected = {n: torch.clamp(1 - 0.7 * p.grad * (old[n] - glob[n]), 0, 1) for n, p in ref.named_parameters()
-                if n in names}
+    return {n: p.grad for n, p in ref.named_parameters()}
+
+
+def test_ala_one_step_matches_hand_computation():
+    model, names, glob, old, batches, loss = _ala_setup()
+    grads = _reference_grads({**glob, **{n: old[n] for n in names}}, batches, loss)  # W = 1: ALA keys at theta_old
+    expected = {n: torch.clamp(1 - 0.7 * grads[n] * (old[n] - glob[n]), 0, 1) for n in names}
     model.load_state_dict(glob)
     torch.manual_seed(1)
     w, losses = ala_update(model, glob, old, names, batches, loss, eta=0.7)
@@ -226,13 +231,8 @@ def test_ala_global_init_is_fedala_rule_and_differs_from_released():
     model.load_state_dict(glob)
     ala_update(model, glob, old, names, batches, loss, eta=0.0, w_init=0.0)
     assert all(torch.equal(model.state_dict()[n], glob[n]) for n in names)  # start point = the global model
-    ref = UNet(1, 2, [4, 8, 8, 8, 8])
-    ref.load_state_dict(glob)  # FedALA: W_F = 1, theta = theta_old + (theta_G - theta_old) = theta_G
-    torch.manual_seed(1)
-    ref.train()
-    loss(ref, *batches[0]).backward()
-    w_f = {n: torch.clamp(1 - 0.7 * p.grad * (glob[n] - old[n]), 0, 1) for n, p in ref.named_parameters()
-           if n in names}
+    grads = _reference_grads(glob, batches, loss)  # FedALA: W_F = 1, theta = theta_old + (theta_G - theta_old)
+    w_f = {n: torch.clamp(1 - 0.7 * grads[n] * (glob[n] - old[n]), 0, 1) for n in names}
     model.load_state_dict(glob)
     torch.manual_seed(1)
     w, _ = ala_update(model, glob, old, names, batches, loss, eta=0.7, w_init=0.0)
