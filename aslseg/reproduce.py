@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def _run_all(rows: list[str], seeds: list[int], cfg: Config, config_path: str, c
     first = [r for r in ALL_ROWS if r in needed and r not in _VARIANTS]
     second = [r for r in ALL_ROWS if r in rows and r in _VARIANTS]
     results: dict = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: a parent that has already run autograd (tiny-SAM pre-training, a test) cannot fork workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for stage in (first, second):
             jobs = {}
             for row in stage:
