@@ -216,7 +216,7 @@ def measure_lpm_mode(mode: str, lpm_size: int, batch: int, repeats: int = 2) -> 
     run()  # warm-up (and compilation)
     first = time.perf_counter() - t0
     seconds = time_steps(run, device, repeats=repeats, warmup=0)
-    return {"mode": mode, "attention": cfg.model.lpm.attention, "lpm_size": lpm_size,
+    return {"mode": mode, "attention": "explicit" if mode == "eager" else cfg.model.lpm.attention, "lpm_size": lpm_size,
             "batch": batch, "seconds_per_image": seconds / batch,
             "first_call_s": first, "gflops_per_s": lpm_forward_flops(lpm_size) * batch / seconds / 1e9,
             "native_bf16": native_bf16(device), "threads": torch.get_num_threads(), "device": str(device)}

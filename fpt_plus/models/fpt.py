@@ -151,7 +151,9 @@ class FineGrainedPromptTuning(nn.Module):
                                "build it with data.preload=false to feed images")
         forward = self.lpm
         if self.lpm_compile != "off":  # compiled once, kept out of the module tree (no second copy in state_dict)
-            forward = self.__dict__.setdefault("_compiled_lpm", compiled_lpm(self.lpm, self.lpm_compile))
+            if "_compiled_lpm" not in self.__dict__:
+                self.__dict__["_compiled_lpm"] = compiled_lpm(self.lpm, self.lpm_compile)
+            forward = self.__dict__["_compiled_lpm"]
         with autocast(lpm.device, self.lpm_amp):
             keys, values = forward(lpm)
         return keys.float(), values.float()
