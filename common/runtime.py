@@ -21,6 +21,7 @@ AmpMode = Literal["off", "bf16", "fp16"]
 
 __all__ = [
     "AmpMode",
+    "Bf16Support",
     "DistInfo",
     "RuntimeConfig",
     "setup_runtime",
@@ -29,6 +30,7 @@ __all__ = [
     "backward_and_step",
     "pick_device",
     "autocast",
+    "bf16_support",
     "make_grad_scaler",
     "maybe_compile",
     "init_distributed",
@@ -158,6 +160,38 @@ def autocast(device: torch.device, amp: AmpMode = "off") -> contextlib.AbstractC
         raise ValueError("runtime.amp=fp16 needs CUDA; use runtime.amp=bf16 or off on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+Bf16Support = Literal["native", "emulated", "none"]
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN reports bf16 kernels (true on AVX-512 CPUs even where they only emulate bf16 in fp32 units)."""
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
+
+
+def _cpu_bf16_units() -> bool:
+    """torch's CPU probes: AVX512-BF16 instructions or AMX tiles (which carry AMX-BF16)."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
+def bf16_support(device: torch.device) -> Bf16Support:
+    """What bf16 matrix products run on ``device``, as torch reports it at run time (CPUs of one kind of machine
+    differ). ``native``: bf16 units (CUDA ``is_bf16_supported(including_emulation=False)``; a CPU with oneDNN bf16
+    kernels and AVX512-BF16 or AMX): bf16 autocast pays. ``emulated``: bf16 runs but on fp32 units (older CUDA
+    GPUs; oneDNN on plain AVX-512), usually slower than fp32. ``none``: bf16 autocast is not worth running or fails.
+    Projects decide ``auto`` precision from ``native`` and refuse an explicit bf16 only on ``none``."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "none"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "native"
+        return "emulated" if torch.cuda.is_bf16_supported(including_emulation=True) else "none"
+    if device.type != "cpu" or not _onednn_bf16():
+        return "none"
+    return "native" if _cpu_bf16_units() else "emulated"
 
 
 def make_grad_scaler(device: torch.device, amp: AmpMode = "off") -> torch.amp.GradScaler:

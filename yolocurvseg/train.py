@@ -37,6 +37,7 @@ from common.cli import parse_train, train_parser
 from common.config import ConfigError, to_dict
 from common.rundir import RunDir, check_writable, open_run
 from common.runtime import (
+    bf16_support,
     broadcast_object,
     cleanup_distributed,
     is_main_process,
@@ -250,12 +251,9 @@ def finish(cfg: Config, prep: Prepared, model: torch.nn.Module, stages: RunStage
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether torch reports native bf16 on ``device`` (CUDA: ``torch.cuda.is_bf16_supported``; CPU: oneDNN's bf16
-    check, true on CPUs with AVX512-BF16 / AMX, where CPU autocast is worth having)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else False
+    """Whether bf16 autocast can run on ``device``, as torch reports it (:func:`common.runtime.bf16_support`:
+    native units or emulated ones; an explicit ``runtime.amp=bf16`` is refused only where it cannot run)."""
+    return bf16_support(device) != "none"
 
 
 def check_runtime(cfg: Config, device: torch.device) -> None:
@@ -264,8 +262,8 @@ def check_runtime(cfg: Config, device: torch.device) -> None:
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"runtime.amp=fp16 needs CUDA (device {device}); use runtime.amp=bf16 or off")
     if amp == "bf16" and not bf16_supported(device):
-        raise ConfigError(f"runtime.amp=bf16: torch reports no native bf16 support on {device} (CPU: no AVX512-BF16 "
-                         f"/ AMX); use runtime.amp=off")
+        raise ConfigError(f"runtime.amp=bf16: torch reports no bf16 support on {device} (CPU: oneDNN without bf16 "
+                         f"kernels); use runtime.amp=off")
     rank_share(cfg.optim.batch_size)  # raises unless optim.batch_size is a multiple of the number of processes
 
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.runtime import autocast, gather_by_index, make_grad_scaler, pick_device, reduce_mean, unwrap_model
+from common import runtime
+from common.runtime import (
+    autocast,
+    bf16_support,
+    gather_by_index,
+    make_grad_scaler,
+    pick_device,
+    reduce_mean,
+    unwrap_model,
+)
 
 
 def test_device_and_amp_on_cpu():
@@ -95,3 +104,35 @@ def test_unsupported_runtime_keys_are_refused():
         refuse_unsupported(RuntimeConfig(compile=True), compile=False)
     with pytest.raises(ValueError, match="threads"):
         RuntimeConfig(threads=-1)
+
+
+@pytest.mark.parametrize(("onednn", "units", "expected"), [
+    (True, True, "native"), (True, False, "emulated"),  # oneDNN runs bf16 on plain AVX-512 in fp32 units
+    (False, True, "none"), (False, False, "none"),
+])
+def test_bf16_support_on_cpu_follows_what_torch_reports(monkeypatch, onednn, units, expected):
+    monkeypatch.setattr(runtime, "_onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(runtime, "_cpu_bf16_units", lambda: units)
+    assert bf16_support(torch.device("cpu")) == expected
+
+
+def test_bf16_support_of_this_cpu_agrees_with_its_instruction_flags():
+    """torch's probe against the kernel's view of the CPU (Linux): no AVX512-BF16 / AMX-BF16 flag, no ``native``."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    support = bf16_support(torch.device("cpu"))
+    assert support in ("native", "emulated", "none")
+    if not {"avx512_bf16", "amx_bf16"} & flags:
+        assert support != "native"
+    elif runtime._onednn_bf16():
+        assert support == "native"
+    if support != "none":  # what it reports, it can run
+        with autocast(torch.device("cpu"), "bf16"):
+            out = torch.ones(8, 8) @ torch.ones(8, 8)
+        assert out.dtype == torch.bfloat16 and float(out[0, 0]) == 8.0

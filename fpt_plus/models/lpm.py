@@ -23,35 +23,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.runtime import bf16_support
 from fpt_plus.settings import LPMConfig
 
 __all__ = ["native_bf16", "resolve_lpm_amp", "untapped_attention", "build_vit", "FrozenLPM", "compiled_lpm",
            "num_tokens", "num_selected", "select_tokens", "chunked_attention", "reference_frozen_params", "auto_chunk"]
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products run on native units: CUDA's ``is_bf16_supported``; on a CPU, oneDNN's bf16
-    support *and* the ``avx512_bf16`` or ``amx_bf16`` instruction flag (oneDNN also reports bf16 on AVX-512 CPUs
-    that only emulate it, where it is slower than fp32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return _onednn_bf16() and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
-
-
-def _onednn_bf16() -> bool:
-    mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and mkldnn_bf16 is not None and mkldnn_bf16())
+    """Whether bf16 matrix products run on native units, as torch reports at run time
+    (:func:`common.runtime.bf16_support`); oneDNN also runs bf16 on AVX-512 CPUs that only emulate it, where it is
+    slower than fp32, so ``model.lpm.amp=auto`` stays fp32 there."""
+    return bf16_support(device) == "native"
 
 
 def resolve_lpm_amp(mode: str, device: torch.device) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import runtime
 from fpt_plus.engine import compute_metrics, prepare_batch
 from fpt_plus.models import lpm as lpm_module
 from fpt_plus.models.factory import build_model
@@ -18,28 +19,24 @@ from fpt_plus.pipeline import build_dataset, make_loader, prepare_data, run_prel
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(("onednn", "flags", "expected"), [
-    (True, {"avx2", "avx512_bf16"}, "bf16"), (True, {"amx_bf16"}, "bf16"),
-    (True, {"avx2", "avx512bw"}, "off"),  # oneDNN emulates bf16 on plain AVX-512: slower than fp32
-    (False, {"avx512_bf16"}, "off"),
+@pytest.mark.parametrize(("support", "expected"), [
+    ("native", "bf16"),
+    ("emulated", "off"),  # oneDNN emulates bf16 on plain AVX-512: slower than fp32
+    ("none", "off"),
 ])
-def test_auto_is_bf16_only_on_native_bf16_units(monkeypatch, onednn: bool, flags: set[str], expected: str) -> None:
-    monkeypatch.setattr(lpm_module, "_onednn_bf16", lambda: onednn)
-    monkeypatch.setattr(lpm_module, "_cpu_flags", lambda: flags)
+def test_auto_is_bf16_only_on_native_bf16_units(monkeypatch, support: str, expected: str) -> None:
+    monkeypatch.setattr(lpm_module, "bf16_support", lambda device: support)
     assert native_bf16(CPU) is (expected == "bf16")
     assert resolve_lpm_amp("auto", CPU) == expected
     assert resolve_lpm_amp("off", CPU) == "off" and resolve_lpm_amp("bf16", CPU) == "bf16"
 
 
-def test_this_machine_reports_what_its_cpu_flags_say() -> None:
-    flags = lpm_module._cpu_flags()
-    if not {"avx512_bf16", "amx_bf16"} & flags:
-        assert resolve_lpm_amp("auto", CPU) == "off"
+def test_this_machine_decides_auto_from_what_torch_reports() -> None:
+    assert resolve_lpm_amp("auto", CPU) == ("bf16" if runtime.bf16_support(CPU) == "native" else "off")
 
 
 def _cache(cfg, bundle, native: bool, monkeypatch, tmp_path: Path, name: str):
-    monkeypatch.setattr(lpm_module, "_onednn_bf16", lambda: native)
-    monkeypatch.setattr(lpm_module, "_cpu_flags", lambda: {"avx512_bf16"} if native else set())
+    monkeypatch.setattr(lpm_module, "bf16_support", lambda device: "native" if native else "emulated")
     return run_preload(cfg(f"data.preload_dir={tmp_path / name}"), bundle)
 
 

@@ -119,7 +119,7 @@ def test_amp_bf16_runs_a_segmenter_training_step_in_bf16():
 
 @pytest.mark.parametrize(("override", "patch", "message"), [
     ("runtime.amp=fp16", None, "runtime.amp=fp16 needs CUDA"),
-    ("runtime.amp=bf16", "no-bf16", "no native bf16 support"),
+    ("runtime.amp=bf16", "no-bf16", "no bf16 support"),
     ("runtime.compile=true", None, "does not compile"),
 ])
 def test_runtime_values_the_device_cannot_run_are_refused_before_any_work(tmp_path, monkeypatch, capsys, override,
