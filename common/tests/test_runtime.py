@@ -136,3 +136,18 @@ def test_bf16_support_of_this_cpu_agrees_with_its_instruction_flags():
         with autocast(torch.device("cpu"), "bf16"):
             out = torch.ones(8, 8) @ torch.ones(8, 8)
         assert out.dtype == torch.bfloat16 and float(out[0, 0]) == 8.0
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_compile_inference_equals_the_module_and_scopes_freezing(freeze):
+    from torch._inductor import config as inductor_config
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    module.requires_grad_(False)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = module(x)
+        out = runtime.compile_inference(module, freeze=freeze)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert inductor_config.freezing is False  # the switch did not leak into the process

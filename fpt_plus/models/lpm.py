@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.runtime import bf16_support
+from common.runtime import bf16_support, compile_inference
 from fpt_plus.settings import LPMConfig
 
 __all__ = ["native_bf16", "resolve_lpm_amp", "untapped_attention", "build_vit", "FrozenLPM", "compiled_lpm",
@@ -238,14 +238,4 @@ def compiled_lpm(lpm: FrozenLPM, mode: str) -> Callable[[torch.Tensor], tuple[to
         return lpm
     if mode not in ("on", "freeze"):
         raise ValueError(f"model.lpm.compile must be off, on or freeze, got {mode!r}")
-    compiled = torch.compile(lpm)
-    if mode == "on":
-        return compiled
-
-    def frozen(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from torch._inductor import config as inductor_config
-
-        with inductor_config.patch(freezing=True):
-            return compiled(images)
-
-    return frozen
+    return compile_inference(lpm, freeze=mode == "freeze")
