@@ -49,7 +49,7 @@ from common.config import load_config
 from common.memory import current_rss_mb, peak_in_fresh_process, peak_memory_mb, reset_peak_memory
 from common.rundir import resolve_path, write_env_json
 from common.runtime import pick_device
-from pamsr.inference import forward_tiled, tile_corners
+from pamsr.inference import bf16_supported, forward_tiled, set_attention, tile_corners
 from pamsr.models import build_model
 from pamsr.settings import PROJECT_DIR, Config
 
@@ -57,28 +57,6 @@ __all__ = ["bf16_supported", "set_attention", "parse_mode", "measure", "measure_
            "main"]
 
 COMPILE = ("off", "inductor", "freezing")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: CUDA ``is_bf16_supported``; CPU ``torch.backends.mkldnn`` with AVX512-BF16/AMX
-    (``torch.cpu._is_avx512_bf16_supported`` where torch has it; else the reported CPU capability)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    if probe is not None:
-        return bool(probe())
-    return "AMX" in torch.backends.cpu.get_cpu_capability()
-
-
-def set_attention(model: torch.nn.Module, attention: str) -> int:
-    """Switch every timm attention module to the fused (``scaled_dot_product_attention``) or the materialised path;
-    ``default`` leaves timm's choice. Returns the number of modules switched."""
-    if attention == "default":
-        return 0
-    modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    for module in modules:
-        module.fused_attn = attention == "fused"
-    return len(modules)
 
 
 def mode(size: int, overlap: int | None, precision: str = "fp32", attention: str = "default",

@@ -10,6 +10,7 @@ run folder (``--out DIR``: ``DIR/summary.csv``, ``DIR/figures/``); the bicubic b
     python eval.py --config configs/default.yaml model.name=bicubic          # the bicubic baseline
     python eval.py --checkpoint auto --predict /path/to/lr_pngs --out /tmp/sr
     python eval.py --checkpoint PATH --overlaps whole,0,4,8,16,32,48 --out DIR     # PSNR against tile overlap
+    python eval.py --checkpoint PATH --modes fp32:default:off,bf16:fused:off,bf16:fused:freezing --out DIR
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ from pamsr.data import check_pair, list_flat, load_images, read_polar
 from pamsr.degradation import minmax
 from pamsr.engine import evaluate, predict_image
 from pamsr.figures import comparison_figure, nearest_upsample
-from pamsr.inference import default_overlap
+from pamsr.inference import bf16_supported, default_overlap, set_attention
 from pamsr.models import build_model
 from pamsr.pipeline import prepare_data
 from pamsr.settings import PROJECT_DIR, Config, ModelConfig
 
-__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "overlap_sweep", "predict_folder",
-           "main"]
+__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "overlap_sweep", "parse_inference_mode",
+           "mode_sweep", "predict_folder", "main"]
+
+INFERENCE_MODES = {"precision": ("fp32", "bf16"), "attention": ("default", "fused", "materialised"),
+                   "compile": ("off", "inductor", "freezing")}
 
 METRICS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean", "ssim", "psnr_cart", "ssim_cart",
            "psnr_displaced", "ssim_displaced")
@@ -141,6 +145,76 @@ def overlap_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Pat
     return target
 
 
+def parse_inference_mode(spec: str) -> dict[str, str]:
+    """``precision:attention:compile`` (e.g. ``bf16:fused:freezing``) -> dict; the same vocabulary as ``bench.py``."""
+    parts = spec.split(":")
+    mode = dict(zip(INFERENCE_MODES, parts))
+    if len(parts) != 3 or any(mode[k] not in allowed for k, allowed in INFERENCE_MODES.items()):
+        raise ValueError(f"inference mode {spec!r}: expected precision:attention:compile with precision fp32|bf16, "
+                         f"attention default|fused|materialised, compile off|inductor|freezing")
+    return mode
+
+
+def mode_model(cfg: Config, checkpoint: str | Path | None, device: torch.device, mode: dict[str, str]
+               ) -> torch.nn.Module:
+    """The checkpoint's network with the attention path of ``mode`` and, for ``inductor`` / ``freezing``,
+    ``torch.compile`` (freezing: ``torch._inductor.config.freezing``, weights folded as constants)."""
+    model = load_model(replace(cfg, runtime=replace(cfg.runtime, compile=False)), checkpoint, device)
+    set_attention(model, mode["attention"])
+    if mode["compile"] == "off":
+        return model
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()  # a fresh compilation per mode (the freezing flag is read at compile time)
+    inductor_config.freezing = mode["compile"] == "freezing"
+    for p in model.parameters():
+        p.requires_grad_(False)  # inference only; freezing folds parameters that need no grad
+    return torch.compile(model)
+
+
+def mode_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, modes: Sequence[str],
+               split: str = "test") -> Path:
+    """Evaluate the same trained weights under every inference mode ``precision:attention:compile`` (tiling of
+    ``eval.tiled`` / ``eval.tile_overlap``) -> ``mode_sweep.csv``: the metric means, their differences to the
+    first mode (the reference, normally ``fp32:default:off``), the largest per-pixel SR difference to it and the
+    evaluation seconds (first call of a compiled mode included). Displaced-input metrics are not computed."""
+    device = setup_runtime(cfg.runtime, cfg.seed)
+    prepare_data(cfg)
+    images = load_images(cfg.data, split, cfg.data.test_dataset)
+    rows, reference = [], None
+    for spec in modes:
+        mode = parse_inference_mode(spec)
+        if mode["precision"] == "bf16" and not bf16_supported(device):
+            rows.append({"mode": spec, "status": "unsupported (no bf16 matmul support reported by torch)"})
+            continue
+        amp = "bf16" if mode["precision"] == "bf16" else "off"
+        tic = time.perf_counter()
+        per_case, preds = evaluate(mode_model(cfg, checkpoint, device, mode), images, cfg.data.scale, cfg.data.pad,
+                                   device, tiled=cfg.eval.tiled, tile=cfg.eval.tile, overlap=test_overlap(cfg),
+                                   cartesian=False, amp=amp, keep_predictions=True, progress=cfg.runtime.progress)
+        summary = summarise(per_case)
+        row = {"mode": spec, "status": "ok", **{k: summary[k] for k in METRICS if k in summary},
+               "n_cases": summary["n_cases"], "seconds": round(time.perf_counter() - tic, 1)}
+        if reference is None:
+            reference = (row, preds)
+        for k in ("psnr", "psnr_clean", "ssim_clean"):
+            if k in row and k in reference[0]:
+                row[f"{k}_vs_first"] = row[k] - reference[0][k]
+        row["max_abs_diff_vs_first"] = max(float(np.abs(preds[n] - reference[1][n]).max()) for n in preds)
+        rows.append(row)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "mode_sweep.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {target}")
+    return target
+
+
 def predict_folder(cfg: Config, checkpoint: str | Path | None, folder: str | Path, out: str | Path) -> Path:
     """Super-resolve every 8-bit LR image of a flat ``folder`` (real LR without HR) into ``out`` (8-bit PNG, zero
     padding of ``data.pad // scale`` LR px added and the matching HR padding removed again) + ``predictions.csv``."""
@@ -186,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
     parser.add_argument("--split", default="test", choices=["test", "all"], help="held-out fold or every sample")
     parser.add_argument("--overlaps", default=None, metavar="whole,0,8,...",
                         help="evaluate whole-image and tiled inference at each LR tile overlap (overlap_sweep.csv)")
+    parser.add_argument("--modes", default=None, metavar="fp32:default:off,bf16:fused:freezing,...",
+                        help="evaluate the checkpoint under each inference mode precision:attention:compile "
+                             "(mode_sweep.csv; differences to the first mode)")
     parsed = parse_eval(Config, argv, parser, "pamsr", PROJECT_DIR, require_checkpoint=False)
     cfg, checkpoint, args = parsed.config, parsed.checkpoint, parsed.args
     if checkpoint is None and args.checkpoint != "auto":
@@ -204,6 +281,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | Path:
         if bad:
             parser.error(f"--overlaps {bad}: use `whole` or integers in [0, eval.tile={cfg.eval.tile})")
         return overlap_sweep(cfg, checkpoint, out_dir, overlaps, args.split)
+    if args.modes:
+        modes = [x for x in args.modes.split(",") if x]
+        try:
+            [parse_inference_mode(x) for x in modes]
+        except ValueError as exc:
+            parser.error(str(exc))
+        return mode_sweep(cfg, checkpoint, out_dir, modes, args.split)
     summary, _, _ = run_eval(cfg, checkpoint, out_dir, figures_dir=figures_dir, split=args.split)
     print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     print(f"wrote {out_dir / 'summary.csv'}")

@@ -10,7 +10,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["tile_starts", "tile_corners", "forward_tiled", "dihedral", "realign", "super_resolve", "default_overlap"]
+__all__ = ["bf16_supported", "set_attention", "tile_starts", "tile_corners", "forward_tiled", "dihedral", "realign",
+           "super_resolve", "default_overlap"]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 matmuls in hardware: CUDA ``is_bf16_supported``; CPU ``torch.backends.mkldnn`` with AVX512-BF16/AMX
+    (``torch.cpu._is_avx512_bf16_supported`` where torch has it; else the reported CPU capability)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None:
+        return bool(probe())
+    return "AMX" in torch.backends.cpu.get_cpu_capability()
+
+
+def set_attention(model: nn.Module, attention: str) -> int:
+    """Switch every timm attention module to the fused (``scaled_dot_product_attention``) or the materialised path;
+    ``default`` leaves timm's choice. Returns the number of modules switched."""
+    if attention == "default":
+        return 0
+    modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for module in modules:
+        module.fused_attn = attention == "fused"
+    return len(modules)
 
 
 def default_overlap(scale: int, tile: int = 64) -> int:

@@ -170,7 +170,9 @@ class ModelConfig:
     convolution zero-initialised, so that a short CPU run starts from bicubic instead of from noise.
     ``skip_zero`` (SwinIR with the bicubic skip, ours): which convolution is zero-initialised, ``final`` (the 3->1
     output adapter ``conv_final``) or ``last`` (``conv_last``, num_feat -> 3, so the random 3->1 adapter passes
-    gradients to it from the first step)."""
+    gradients to it from the first step). ``adapter_chans`` (SwinIR): channels of the official 1->3 / 3->1
+    adapter convolutions (3, kept so RGB SwinIR weights load); 0 (ours) drops both adapters, so ``conv_first``
+    reads the single-channel LR directly and ``conv_last`` writes the output (no 3-channel bottleneck)."""
 
     name: Literal["swinir", "edsr", "rcan", "han", "rdn", "fd_unet", "bicubic"] = "swinir"
     embed_dim: int = 180
@@ -180,6 +182,7 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     drop_path_rate: float = 0.1
     num_feat: int = 64
+    adapter_chans: int = 3
     n_resblocks: int = 16
     n_feats: int = 64
     res_scale: float = 1.0
@@ -203,6 +206,7 @@ class ModelConfig:
             raise ValueError(f"model.embed_dim={self.embed_dim} must be divisible by every model.num_heads entry "
                              f"(got {self.num_heads})")
         _at_least("model.window_size", self.window_size, 1)
+        _at_least("model.adapter_chans", self.adapter_chans, 0)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"model.drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
 

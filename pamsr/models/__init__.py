@@ -20,7 +20,7 @@ def build_model(cfg: ModelConfig, scale: int, patch_size: int = 64) -> nn.Module
         return SwinIR(upscale=scale, img_size=patch_size, embed_dim=cfg.embed_dim, depths=cfg.depths,
                       num_heads=cfg.num_heads, window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio,
                       drop_path_rate=cfg.drop_path_rate, num_feat=cfg.num_feat, bicubic_skip=cfg.bicubic_skip,
-                      skip_zero=cfg.skip_zero)
+                      skip_zero=cfg.skip_zero, adapter_chans=cfg.adapter_chans)
     if cfg.name == "edsr":
         return EDSR(scale, cfg.n_resblocks, cfg.n_feats, cfg.res_scale, bicubic_skip=cfg.bicubic_skip)
     if cfg.name == "rcan":

@@ -69,9 +69,13 @@ class SwinIR(nn.Module):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
         if embed_dim % max(num_heads) != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by every entry of num_heads {list(num_heads)}")
+        if adapter_chans < 0:
+            raise ValueError(f"adapter_chans must be >= 0 (0 = no adapter convolutions), got {adapter_chans}")
         self.upscale, self.window_size, self.img_range = upscale, window_size, img_range
-        self.conv_first_0 = nn.Conv2d(in_chans, adapter_chans, 3, 1, 1)
-        self.conv_first = nn.Conv2d(adapter_chans, embed_dim, 3, 1, 1)
+        # adapter_chans 0 (ours): no 1->3 / 3->1 adapters, conv_first reads the LR and conv_last writes the output
+        inner_in, inner_out = (adapter_chans, adapter_chans) if adapter_chans else (in_chans, out_chans)
+        self.conv_first_0 = nn.Conv2d(in_chans, adapter_chans, 3, 1, 1) if adapter_chans else nn.Identity()
+        self.conv_first = nn.Conv2d(inner_in, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()
         self.patch_embed.norm = nn.LayerNorm(embed_dim) if patch_norm else nn.Identity()
         n_blocks = sum(depths)
@@ -86,15 +90,15 @@ class SwinIR(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(upscale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, adapter_chans, 3, 1, 1)
-        self.conv_final = nn.Conv2d(adapter_chans, out_chans, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, inner_out, 3, 1, 1)
+        self.conv_final = nn.Conv2d(adapter_chans, out_chans, 3, 1, 1) if adapter_chans else nn.Identity()
         self.apply(self._init_weights)
         self.bicubic_skip = bicubic_skip
         if skip_zero not in ("final", "last"):
             raise ValueError(f"skip_zero must be 'final' or 'last', got {skip_zero!r}")
         if bicubic_skip:  # untrained network = bicubic; "last": the 3->1 adapter stays random (ours)
-            zero_init(self.conv_final if skip_zero == "final" else self.conv_last)
-            if skip_zero == "last":
+            zero_init(self.conv_final if skip_zero == "final" and adapter_chans else self.conv_last)
+            if skip_zero == "last" and adapter_chans:
                 nn.init.zeros_(self.conv_final.bias)
 
     @staticmethod

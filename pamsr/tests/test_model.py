@@ -148,6 +148,25 @@ def test_swinir_skip_zero_last_starts_at_bicubic_and_trains_the_body_at_once():
     assert float(final.conv_last.weight.grad.abs().sum()) == 0  # gated by the zero adapter at step 0
 
 
+def test_swinir_without_adapters_reads_and_writes_one_channel():
+    """model.adapter_chans=0 (ours): no 1->3 / 3->1 adapters; conv_first reads the LR, conv_last writes the output;
+    with the bicubic skip the untrained network is bicubic and conv_last gets a gradient at step 0."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 12, 20)
+    extra = {"embed_dim": 16, "depths": [1], "num_heads": [2], "num_feat": 8, "bicubic_skip": True}
+    with_adapters = build_model(ModelConfig(name="swinir", skip_zero="last", **extra), 2)
+    plain = build_model(ModelConfig(name="swinir", adapter_chans=0, **extra), 2)
+    assert plain.conv_first.in_channels == 1 and plain.conv_last.out_channels == 1
+    assert isinstance(plain.conv_first_0, torch.nn.Identity) and isinstance(plain.conv_final, torch.nn.Identity)
+    removed = (1 * 3 * 9 + 3) + (3 * 16 * 9) + (8 * 3 * 9 + 3) + (3 * 1 * 9 + 1) - (1 * 16 * 9) - (8 * 1 * 9 + 1)
+    assert count_parameters(with_adapters) - count_parameters(plain) == removed
+    assert torch.allclose(plain(x), Bicubic(2)(x), atol=1e-6)
+    (plain(x) - Bicubic(2)(x) - 0.1).abs().mean().backward()
+    assert float(plain.conv_last.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="adapter_chans"):
+        ModelConfig(adapter_chans=-1)
+
+
 @pytest.mark.parametrize("config", ["han_paper_x2", "rdn_paper_x2", "fd_unet_paper_x2", "edsr_paper_x2"])
 def test_paper_size_baselines_build_on_the_meta_device(config):
     """Paper-size baselines build without allocating (meta device) and are far larger than the CPU rows."""

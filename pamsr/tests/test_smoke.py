@@ -147,6 +147,31 @@ def test_overlap_sweep_matches_the_plain_evaluation(trained, tmp_path):
         pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--overlaps", "32", *overrides])
 
 
+def test_mode_sweep_compares_inference_modes_on_the_same_weights(trained, tmp_path):
+    """``eval.py --modes``: the first mode is the reference (differences 0); the fused attention path gives the same
+    PSNR as the materialised one (same maths); bf16, where the CPU has it, stays close; a bad mode is refused."""
+    import pandas as pd
+
+    from pamsr.inference import bf16_supported
+
+    _, overrides, run = trained
+    ckpt = str(run / "checkpoints" / "best.pt")
+    table = pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--modes",
+                             "fp32:materialised:off,fp32:fused:off,bf16:fused:off", "--out", str(tmp_path), *overrides])
+    rows = pd.read_csv(table).set_index("mode")
+    assert rows.loc["fp32:materialised:off", "psnr_vs_first"] == 0
+    assert rows.loc["fp32:materialised:off", "max_abs_diff_vs_first"] == 0
+    assert abs(rows.loc["fp32:fused:off", "psnr_vs_first"]) < 1e-3
+    assert rows.loc["fp32:fused:off", "max_abs_diff_vs_first"] < 1e-4  # another kernel, same maths
+    if bf16_supported(torch.device("cpu")):
+        assert abs(rows.loc["bf16:fused:off", "psnr_vs_first"]) < 0.5
+    else:
+        assert rows.loc["bf16:fused:off", "status"].startswith("unsupported")
+    with pytest.raises(SystemExit):
+        pamsr_eval.main(["--config", "configs/ci.yaml", "--checkpoint", ckpt, "--modes", "fp16:fused:off",
+                         *overrides])
+
+
 def test_bicubic_needs_no_checkpoint_and_models_do(trained, tmp_path, capsys):
     base, overrides, _ = trained
     summary = pamsr_eval.main(["--config", "configs/ci.yaml", "--out", str(tmp_path), "model.name=bicubic", *overrides])
