@@ -65,7 +65,100 @@ def threshold_grid(agreement: np.ndarray, uncertainty: np.ndarray, hard: dict[st
     return rows
 
 
-def diagnose(cfg: Config, round0: str | Path, out: Path) -> dict:
+def _variant_masks(prep, cfg: Config, device, sam: SAMState, pl, ssl_masks: np.ndarray, trainer
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Label-free alternatives to the default pseudo-label: probabilities per name, and the probability each is
+    scored on (selection's uncertainty) where it differs."""
+    from dataclasses import replace
+
+    from aslseg.engine import predict_probs
+    from aslseg.fusion import gated_fusion, mean_fusion, ssl_mask_prompt_probs
+    from aslseg.pipeline import adapter_stage, pseudo_label
+
+    p = cfg.prompts
+    emb = sam.embeddings
+    images = prep.unlabelled.images
+    probs: dict[str, np.ndarray] = {}
+    low = np.stack([filter_components(s > 0.3, p.min_area) for s in pl.ssl])
+    probs["sam_box_ssl0.3"] = sam_box_probs(sam.model, images, low, cfg, emb)
+    probs["sam_margin1"] = sam_box_probs(sam.model, images, ssl_masks, replace(cfg, prompts=replace(p, box_margin=1)),
+                                         emb)
+    probs["sam_points"] = sam_box_probs(sam.model, images, ssl_masks, replace(cfg, prompts=replace(p, points=True)),
+                                        emb)
+    probs["sam_sslmaskprompt"] = ssl_mask_prompt_probs(sam.model, emb, ssl_masks, p.min_area, p.box_margin)
+    probs["mean"] = mean_fusion(pl.ssl, pl.sam)
+    probs["mean_sslmaskprompt"] = mean_fusion(pl.ssl, probs["sam_sslmaskprompt"])
+    score_probs: dict[str, np.ndarray] = {}
+    for tau in (0.5, 0.7, 0.85):
+        probs[f"gated{tau}"] = gated_fusion(ssl_masks, pl.sam, p.min_area, p.box_margin, tau)
+        score_probs[f"gated{tau}"] = probs["mean"]
+    probs["gated0.7_sslmaskprompt"] = gated_fusion(ssl_masks, probs["sam_sslmaskprompt"], p.min_area, p.box_margin,
+                                                   0.7)
+    score_probs["gated0.7_sslmaskprompt"] = probs["mean_sslmaskprompt"]
+    ssl_lab = predict_probs(trainer.student, prep.labelled.images, device)
+    for mode in ("real", "mixed"):
+        c = replace(cfg, adapter=replace(cfg.adapter, training=mode))
+        adapter = adapter_stage(sam.model, prep.labelled, c, seed=cfg.seed * 100 + 1, device=device, ssl_probs=ssl_lab)
+        probs[f"adapter_{mode}"] = pseudo_label(sam.model, adapter, images, pl.ssl, c, device, emb).refined
+    return probs, score_probs
+
+
+def quantile_grid(probs: dict[str, np.ndarray], score_probs: dict[str, np.ndarray], ssl: np.ndarray,
+                  truth: np.ndarray, dilation: int, fractions: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+                  ) -> list[dict]:
+    """Per pseudo-label kind and top fraction (``selection.rule: quantile``): pooled true Dice of the selected
+    positives' labels and of the SSL masks of the same slices."""
+    rows = []
+    for name, prob in probs.items():
+        sc = score_slices(prob, ssl, dilation=dilation, uncertainty_probs=score_probs.get(name))
+        scored = np.isfinite(sc.agreement)
+        rank = np.where(scored, sc.agreement - sc.uncertainty, -np.inf)
+        order = np.argsort(-rank, kind="stable")
+        for f in fractions:
+            top = order[: int(np.floor(f * scored.sum()))]
+            rows.append({"label": name, "top_fraction": f, "n": len(top),
+                         "label_true_dice": pooled_dice(prob[top] > 0.5, truth[top]),
+                         "ssl_true_dice": pooled_dice(ssl[top] > 0.5, truth[top]),
+                         "min_agreement": float(sc.agreement[top].min()) if len(top) else float("nan")})
+    return rows
+
+
+def variant_report(trainer, prep, cfg: Config, device, sam: SAMState, pl, ssl_masks: np.ndarray,
+                   truth: np.ndarray, out: Path) -> dict:
+    """Oracle scores of :func:`_variant_masks` (``variants.csv`` row set in ``summary``, ``quantile.csv``) and where
+    the SSL-box SAM loses to the ground-truth-box SAM: on SSL components that touch a lesion only (oracle boxes)."""
+    import pandas as pd
+
+    from aslseg.prompts import components
+
+    probs, score_probs = _variant_masks(prep, cfg, device, sam, pl, ssl_masks, trainer)
+    rep = {f"{k}_true_dice": pooled_dice(v > 0.5, truth) for k, v in probs.items()}
+    lab_truth = prep.labelled.tumour.astype(bool)
+    from aslseg.engine import predict_probs
+
+    rep["ssl_labelled_true_dice"] = pooled_dice(predict_probs(trainer.student, prep.labelled.images, device) > 0.5,
+                                                lab_truth)
+    touching = np.zeros_like(ssl_masks)
+    for i, m in enumerate(ssl_masks):
+        for comp in components(m, cfg.prompts.min_area):
+            if (comp & truth[i]).any():
+                touching[i] |= comp
+    sam_tp = sam_box_probs(sam.model, prep.unlabelled.images, touching, cfg, sam.embeddings) > 0.5
+    rep["ssl_tpcomponents_true_dice"] = pooled_dice(touching, truth)
+    rep["sam_tpboxes_true_dice"] = pooled_dice(sam_tp, truth)
+    rep["ssl_fp_component_px"] = int((ssl_masks & ~touching).sum())
+    rep["sam_px_in_fp_boxes"] = int(((pl.sam > 0.5) & ~sam_tp).sum())
+    hard = {"ssl": pl.ssl > 0.5, "refined": pl.refined > 0.5, **{k: v > 0.5 for k, v in probs.items()}}
+    rows = quantile_grid({"refined": pl.refined, **probs}, score_probs, pl.ssl, truth, cfg.selection.dilation)
+    # the SSL masks ranked by their own entropy (agreement with themselves is 1): selection without SAM
+    rows += quantile_grid({"ssl_own_entropy": pl.ssl}, {}, pl.ssl, truth, cfg.selection.dilation)
+    pd.DataFrame(rows).to_csv(out / "quantile.csv", index=False)
+    pd.DataFrame([{"label": k, "true_dice": pooled_dice(v, truth)} for k, v in hard.items()]).to_csv(
+        out / "variants.csv", index=False)
+    return rep
+
+
+def diagnose(cfg: Config, round0: str | Path, out: Path, variants: bool = False) -> dict:
     from common.checkpoint import load_checkpoint
     from common.runtime import setup_runtime
 
@@ -99,6 +192,8 @@ def diagnose(cfg: Config, round0: str | Path, out: Path) -> dict:
         summary[f"uncertainty_q{q}"] = float(np.percentile(u, q)) if len(u) else float("nan")
     grid = threshold_grid(score.agreement, score.uncertainty, hard, truth)
     out.mkdir(parents=True, exist_ok=True)
+    if variants:
+        summary.update(variant_report(trainer, prep, cfg, device, sam, pl, ssl_masks, truth, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     import pandas as pd
 
@@ -118,8 +213,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = train_parser("Score one ASLseg round's pseudo-labels from a segmenter snapshot (oracle report)")
     parser.add_argument("--round0", required=True, help="checkpoints/ssl_<it>.pt of an SSL run (same seed, data)")
     parser.add_argument("--out", required=True, help="folder for summary.json, grid.csv, scores.npz")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score other prompts, fusions and adapter trainings (variants.csv, quantile.csv)")
     cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
-    return diagnose(cfg, args.round0, Path(args.out))
+    return diagnose(cfg, args.round0, Path(args.out), args.variants)
 
 
 if __name__ == "__main__":

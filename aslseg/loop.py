@@ -91,8 +91,8 @@ def refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.d
         return PseudoLabels(ssl_unl, teacher, teacher)
     if sam.model is None:
         sam.model = prepare_sam(cfg, device)
+    ssl_lab = predict_probs(trainer.student, prep.labelled.images, device)
     if sam.tuned_rounds == 0 or cfg.sam.refit_each_round:
-        ssl_lab = predict_probs(trainer.student, prep.labelled.images, device)
         finetune_stage(sam.model, prep.labelled, ssl_lab, cfg, seed=cfg.seed * 100 + round_index)
         sam.tuned_rounds += 1
         if cfg.sam.finetune != "decoder":
@@ -101,7 +101,8 @@ def refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.d
         sam.embeddings = embed_all(sam.model, prep.unlabelled.images)
     adapter = None
     if cfg.loop.refiner == "sam" and cfg.adapter.enabled:
-        adapter = adapter_stage(sam.model, prep.labelled, cfg, seed=cfg.seed * 100 + round_index, device=device)
+        adapter = adapter_stage(sam.model, prep.labelled, cfg, seed=cfg.seed * 100 + round_index, device=device,
+                                ssl_probs=ssl_lab)
     return pseudo_label(sam.model, adapter, prep.unlabelled.images, ssl_unl, cfg, device, sam.embeddings)
 
 
@@ -122,7 +123,8 @@ def run_round(round_index: int, trainer: SSLTrainer, prep: Prepared, done: list[
     pl = refine_all(trainer, prep, cfg, device, sam, round_index)
     taken = np.concatenate([r.selected for r in done]) if done else np.zeros(0, np.int64)
     candidates = np.setdiff1d(np.arange(len(prep.unlabelled)), taken)
-    score = score_slices(pl.refined, pl.ssl, dilation=cfg.selection.dilation)
+    score = score_slices(pl.refined, pl.ssl, dilation=cfg.selection.dilation,
+                         uncertainty_probs=pl.extra.get("score_probs"))
     chosen = select(score, candidates, cfg.selection, np.random.default_rng([cfg.seed, 808, round_index]))
     masks = (pl.refined[chosen] > 0.5).astype(np.uint8)
     positive = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)

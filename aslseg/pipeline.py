@@ -31,6 +31,7 @@ from aslseg.data import (
     load_or_make_split,
     load_volume,
 )
+from aslseg.fusion import gated_fusion, mean_fusion
 from aslseg.prompts import boxes_from_mask, component_points
 from aslseg.sam_model import SAMSegmenter, build_sam, input_norm_for
 from aslseg.sam_tuning import finetune_sam
@@ -189,16 +190,25 @@ def sam_box_probs(sam: SAMSegmenter, images: np.ndarray, masks: np.ndarray, cfg:
 
 
 def adapter_stage(sam: SAMSegmenter | None, labelled: SliceSet, cfg: Config, seed: int, device: torch.device,
-                  copies: int = 2) -> torch.nn.Module:
-    """6. Train the adaptation network on ``copies`` corruptions of every labelled slice (SAM prompted with the
-    corrupted mask's boxes; without SAM the SAM channel is the corrupted mask itself)."""
+                  copies: int = 2, ssl_probs: np.ndarray | None = None) -> torch.nn.Module:
+    """6. Train the adaptation network on ``copies`` versions of every labelled slice whose SSL channel (and SAM's
+    prompt) is, per ``adapter.training``, a corruption of the ground truth, the segmenter's own prediction
+    ``ssl_probs`` on the slice (its real errors; the copy is then taken once), or one of each (without SAM the SAM
+    channel is that mask itself)."""
     rng = np.random.default_rng([seed, 515])
     images, sam_p, ssl_p, targets = [], [], [], []
     emb = embed_all(sam, labelled.images) if sam is not None else None
-    for _ in range(copies):
-        corrupted = np.stack([corrupt_mask(t, lv, rng, cfg.adapter) for t, lv in zip(labelled.tumour, labelled.liver)])
-        soft = corrupted.astype(np.float32)
-        sam_p.append(sam_box_probs(sam, labelled.images, corrupted, cfg, emb) if sam is not None else soft)
+    mode = cfg.adapter.training
+    if mode != "corrupt" and ssl_probs is None:
+        raise ValueError(f"adapter.training={mode} needs the segmenter's predictions on the labelled slices")
+    sources = {"corrupt": ["corrupt"] * copies, "real": ["real"], "mixed": ["real", "corrupt"]}[mode]
+    for source in sources:
+        if source == "real":
+            masks = np.stack([filter_components(p > 0.5, cfg.prompts.min_area) for p in ssl_probs])
+        else:
+            masks = np.stack([corrupt_mask(t, lv, rng, cfg.adapter) for t, lv in zip(labelled.tumour, labelled.liver)])
+        soft = masks.astype(np.float32)
+        sam_p.append(sam_box_probs(sam, labelled.images, masks, cfg, emb) if sam is not None else soft)
         images.append(labelled.images)
         ssl_p.append(soft)
         targets.append(labelled.tumour.astype(np.float32))
@@ -225,6 +235,12 @@ def pseudo_label(sam: SAMSegmenter, adapter: torch.nn.Module | None, images: np.
     sam_p = sam_box_probs(sam, images, masks, cfg, embeddings)
     # the adapter was trained with binary (corrupted) masks in its SSL channel: give it the binary SSL mask
     ssl_in = masks.astype(np.float32) if cfg.adapter.ssl_input == "mask" else ssl_probs
+    refiner = cfg.loop.refiner
+    if refiner == "sam_gated":  # binary labels; scored on the mean probability (its entropy is informative)
+        refined = gated_fusion(masks, sam_p, cfg.prompts.min_area, cfg.prompts.box_margin, cfg.loop.gate_dice)
+        return PseudoLabels(ssl_probs, sam_p, refined, {"score_probs": mean_fusion(ssl_probs, sam_p)})
+    if refiner == "sam_mean":
+        return PseudoLabels(ssl_probs, sam_p, mean_fusion(ssl_probs, sam_p))
     refined = refine(adapter, images, sam_p, ssl_in, device) if adapter is not None else sam_p
     return PseudoLabels(ssl_probs, sam_p, refined)
 

@@ -4,8 +4,10 @@ Per unlabelled slice: agreement a = Dice(refined mask m_r, SSL mask m_s) and unc
 entropy (bits) of the refined probability over dilate(m_r | m_s, ``dilation`` px). Reliable positive: a >=
 ``min_agreement`` and u <= ``max_uncertainty``; reliable negative: both masks empty and the SSL maximum
 probability < ``neg_max_prob`` (at most ``neg_ratio`` negatives per selected positive). At most ``max_fraction``
-of the remaining candidates join per round, positives ranked by a - u, negatives by their SSL maximum. Selected
-slices join the labelled set with m_r and are never candidates again.
+of the remaining candidates join per round, positives ranked by a - u, negatives by their SSL maximum. With
+``rule: quantile`` the positives are instead the top ``top_fraction`` of the scored candidates by a - u, whatever
+their absolute values (OURS: the absolute thresholds chosen on one labelled subset selected nothing on another).
+Selected slices join the labelled set with m_r and are never candidates again.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def binary_entropy_bits(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def score_slices(refined: np.ndarray, ssl: np.ndarray, threshold: float = 0.5, dilation: int = 3) -> SliceScore:
-    """Scores of ``(N, H, W)`` refined and SSL probabilities."""
+def score_slices(refined: np.ndarray, ssl: np.ndarray, threshold: float = 0.5, dilation: int = 3,
+                 uncertainty_probs: np.ndarray | None = None) -> SliceScore:
+    """Scores of ``(N, H, W)`` refined and SSL probabilities; the entropy is taken of ``uncertainty_probs`` when
+    given (for binary refined labels, e.g. the probability they were fused from), else of ``refined``."""
+    probs = refined if uncertainty_probs is None else uncertainty_probs
     m_r, m_s = refined > threshold, ssl > threshold
     n = len(refined)
     agreement, uncertainty = np.full(n, np.nan), np.zeros(n)
@@ -47,7 +52,7 @@ def score_slices(refined: np.ndarray, ssl: np.ndarray, threshold: float = 0.5, d
             continue
         agreement[i] = 2 * (m_r[i] & m_s[i]).sum() / (m_r[i].sum() + m_s[i].sum())
         region = ndimage.binary_dilation(union, iterations=dilation) if dilation else union
-        uncertainty[i] = binary_entropy_bits(refined[i][region]).mean()
+        uncertainty[i] = binary_entropy_bits(probs[i][region]).mean()
     return SliceScore(agreement, uncertainty, ssl.reshape(n, -1).max(1), ~m_r.reshape(n, -1).any(1))
 
 
@@ -59,7 +64,15 @@ def select(score: SliceScore, candidates: np.ndarray, cfg: SelectionConfig, rng:
     if cfg.mode == "all":
         return candidates
     a, u = score.agreement[candidates], score.uncertainty[candidates]
-    pos_ok = np.isfinite(a) & (a >= cfg.min_agreement) & (u <= cfg.max_uncertainty)
+    if cfg.rule == "quantile":  # relative to this round: the top fraction of the scored candidates by a - u
+        scored = np.isfinite(a)
+        rank = np.where(scored, a - u, -np.inf)
+        n_top = int(np.floor(cfg.top_fraction * scored.sum()))
+        pos_ok = np.zeros(len(candidates), bool)
+        pos_ok[np.argsort(-rank, kind="stable")[:n_top]] = True
+        pos_ok &= scored
+    else:
+        pos_ok = np.isfinite(a) & (a >= cfg.min_agreement) & (u <= cfg.max_uncertainty)
     neg_ok = ~np.isfinite(a) & (score.ssl_max[candidates] < cfg.neg_max_prob)
     positives = candidates[pos_ok][np.argsort(-(a[pos_ok] - u[pos_ok]), kind="stable")]
     n_pos = min(len(positives), budget)

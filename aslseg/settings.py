@@ -264,7 +264,9 @@ class AdapterConfig:
     """Adaptation network (OURS): MONAI 2D UNet on (CT, SAM prob, SSL prob) -> tumour logits, trained on labelled
     slices whose ground truth, corrupted, plays the SSL prediction and SAM's prompt (Dice + CE, Adam).
     ``ssl_input``: what fills the SSL channel at pseudo-labelling time: ``mask`` (the binary SSL mask that also
-    gives the boxes, as the binary corrupted masks of training) or ``prob`` (the SSL probability)."""
+    gives the boxes, as the binary corrupted masks of training) or ``prob`` (the SSL probability). ``training``:
+    the SSL channel and SAM's prompt during training come from ``corrupt`` (corrupted ground truth), ``real`` (the
+    segmenter's own predictions on the labelled slices, its real errors) or ``mixed`` (one copy of each)."""
 
     enabled: bool = True
     steps: int = 5000
@@ -277,6 +279,7 @@ class AdapterConfig:
     drop_prob: float = 0.2
     blob_prob: float = 0.2
     ssl_input: Literal["mask", "prob"] = "mask"
+    training: Literal["corrupt", "real", "mixed"] = "corrupt"
 
     def __post_init__(self) -> None:
         _non_negative("adapter", steps=self.steps, morph_max=self.morph_max)
@@ -292,9 +295,14 @@ class SelectionConfig:
     (mean binary entropy, bits, of the refined probability over the dilated union) <= ``max_uncertainty``;
     both empty with SSL max prob < ``neg_max_prob`` = reliable negative (<= ``neg_ratio`` per positive); at most
     ``max_fraction`` of the remaining candidates per round, ranked by a - u. ``mode``: ``reliable``, ``all``
-    (every candidate, the no-selection ablation) or ``random`` (as many as ``reliable`` would pick, at random)."""
+    (every candidate, the no-selection ablation) or ``random`` (as many as ``reliable`` would pick, at random).
+    ``rule``: ``threshold`` (the absolute a / u thresholds above) or ``quantile`` (relative to the round: the
+    ``top_fraction`` of the scored candidates, those with a non-empty mask, ranked by a - u; the thresholds are
+    then not used), so a round whose scores are all lower than another's still selects."""
 
     mode: Literal["reliable", "all", "random"] = "reliable"
+    rule: Literal["threshold", "quantile"] = "threshold"
+    top_fraction: float = 0.15
     min_agreement: float = 0.8
     max_uncertainty: float = 0.3
     neg_max_prob: float = 0.3
@@ -303,7 +311,8 @@ class SelectionConfig:
     dilation: int = 3
 
     def __post_init__(self) -> None:
-        _fraction("selection", min_agreement=self.min_agreement, max_uncertainty=self.max_uncertainty,
+        _fraction("selection", top_fraction=self.top_fraction, min_agreement=self.min_agreement,
+                  max_uncertainty=self.max_uncertainty,
                   neg_max_prob=self.neg_max_prob, max_fraction=self.max_fraction)
         _non_negative("selection", neg_ratio=self.neg_ratio, dilation=self.dilation)
 
@@ -312,7 +321,9 @@ class SelectionConfig:
 class LoopConfig:
     """The ASLseg loop: ``rounds`` R of (SAM fine-tune, adapter, pseudo-label, select, ``retrain_iters`` more BCP
     iterations on the expanded labelled set; ``reinit`` restarts the segmenter from scratch instead).
-    ``refiner``: ``sam`` (SAM + adapter), ``sam_raw`` (SAM without adapter) or ``teacher`` (no SAM: the EMA
+    ``refiner``: ``sam`` (SAM + adapter), ``sam_raw`` (SAM without adapter), ``sam_gated`` (each SSL component
+    replaced by SAM's answer in its box where the two agree with Dice >= ``gate_dice``, else kept),
+    ``sam_mean`` (mean of the SSL and SAM probabilities) or ``teacher`` (no SAM: the EMA
     teacher's prediction, selected by student/teacher agreement). ``round0``: a ``checkpoints/ssl_<it>.pt``
     snapshot of an SSL run with the same seed and data to start from (the equal-budget baseline's own round 0)
     instead of training round 0 here."""
@@ -320,11 +331,13 @@ class LoopConfig:
     rounds: int = 2
     retrain_iters: int = 10000
     reinit: bool = False
-    refiner: Literal["sam", "sam_raw", "teacher"] = "sam"
+    refiner: Literal["sam", "sam_raw", "sam_gated", "sam_mean", "teacher"] = "sam"
+    gate_dice: float = 0.7
     round0: str = ""
 
     def __post_init__(self) -> None:
         _non_negative("loop", rounds=self.rounds, retrain_iters=self.retrain_iters)
+        _fraction("loop", gate_dice=self.gate_dice)
 
 
 @dataclass

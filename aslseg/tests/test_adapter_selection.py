@@ -104,3 +104,42 @@ def test_threshold_grid_counts_and_pooled_dice():
     assert rows[(0.5, 0.6)]["n"] == 2 and rows[(0.5, 0.6)]["n_with_tumour"] == 2
     assert np.isclose(rows[(0.5, 0.6)]["refined_true_dice"], pooled_dice(refined[:2], truth[:2]))
     assert rows[(0.5, 0.3)]["n"] == 1
+
+
+def test_quantile_rule_selects_the_top_fraction_whatever_the_absolute_scores():
+    pairs = [_pair(a) for a in (0.6, 0.5, 0.4, 0.3)]  # all below the absolute threshold 0.8
+    refined, ssl = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    score = score_slices(refined, ssl)
+    rng = np.random.default_rng(0)
+    assert len(select(score, np.arange(4), SelectionConfig(max_fraction=1.0, max_uncertainty=1.0), rng)) == 0
+    cfg = SelectionConfig(rule="quantile", top_fraction=0.5, max_fraction=1.0)
+    assert select(score, np.arange(4), cfg, rng).tolist() == [0, 1]  # the two best agreements
+    assert select(score, np.array([1, 2, 3]), cfg, rng).tolist() == [1]  # relative to the remaining candidates
+
+
+def test_gated_fusion_takes_sam_only_where_it_agrees():
+    from aslseg.fusion import gated_fusion, mean_fusion
+
+    ssl = np.zeros((1, 32, 32), bool)
+    ssl[0, 4:10, 4:10] = True  # SAM slightly larger: agrees -> SAM's extent
+    ssl[0, 20:26, 20:26] = True  # SAM says something else in this box: SSL kept
+    sam = np.zeros((1, 32, 32), np.float32)
+    sam[0, 3:10, 4:11] = 0.9
+    sam[0, 20:21, 20:22] = 0.9
+    sam[0, 14:16, 14:16] = 0.9  # outside every box: never used
+    fused = gated_fusion(ssl, sam, min_area=4, margin=2, min_dice=0.7) > 0.5
+    assert fused[0, 3:10, 4:11].all() and fused[0, 20:26, 20:26].all()
+    assert not fused[0, 14:16, 14:16].any() and fused.sum() == 7 * 7 + 36
+    assert np.allclose(mean_fusion(ssl.astype(np.float32), sam)[0, 14, 14], 0.45)
+
+
+def test_adapter_on_real_predictions_needs_them():
+    import pytest
+
+    from aslseg.pipeline import adapter_stage
+    from aslseg.settings import Config
+
+    cfg = Config()
+    cfg.adapter.training = "real"
+    with pytest.raises(ValueError, match="adapter.training=real"):
+        adapter_stage(None, None, cfg, seed=0, device=torch.device("cpu"))
