@@ -16,6 +16,13 @@ optimizer step) of the checkpoint's own data and config, for the loss terms of `
   ``spb_logit_std`` the spread of a sentence's logits, ``spb_codes_used`` of the batches' sentences.
 
     python diagnose.py --checkpoint runs/prior/<exp>/<run>/checkpoints/stage2_start.pt --stage 2 [--batches 4]
+
+``--grounding`` instead reports where the sentence->patch maps of the pointing game peak on the test studies
+(``downstream.grounding_diagnosis``: the pointing game of three maps, its chance level, the share of sentences
+peaking at the same cell, the spread of the sigmoid attention), with the SPB prototypes and, for a model with an
+SPB, the raw sentences too (``raw_*``).
+
+    python diagnose.py --checkpoint runs/prior/<exp>/<run>/checkpoints/last.pt --grounding
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint
 from common.cli import eval_parser, parse_eval
 from common.runtime import setup_runtime
+from prior.downstream import grounding_diagnosis
+from prior.evaluation import grounding_cases
 from prior.models import build_model
 from prior.models.alignment import global_clip_loss
 from prior.pipeline import prepare_data, pretrain_loader
 from prior.settings import Config
 
-__all__ = ["GROUPS", "diagnose", "main"]
+__all__ = ["GROUPS", "diagnose", "grounding", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 GROUPS = {"image": ("image_encoder.",), "image_proj": ("global_image_projection.", "local_image_projection."),
@@ -105,16 +114,33 @@ def diagnose(model, loader, stage: int, device: torch.device, batches: int = 4) 
     return {k: v / max(n, 1) for k, v in sorted(sums.items())}
 
 
+def grounding(cfg: Config, model, data, device: torch.device) -> dict[str, float]:
+    """``grounding_diagnosis`` on the test studies' pointing-game cases, prototypes and (SPB) raw sentences."""
+    cases = grounding_cases(cfg, data)
+    if cases is None:
+        raise SystemExit(f"{data.root}: no synthetic-findings.csv with localised test findings to diagnose")
+    out = grounding_diagnosis(model, *cases, cfg.data.image_size, device)
+    if model.losses["spb"]:
+        raw = grounding_diagnosis(model, *cases, cfg.data.image_size, device, quantize=False)
+        out |= {f"raw_{k}": v for k, v in raw.items()}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = eval_parser("Gradient and collapse diagnostics of a PRIOR checkpoint's global loss [ours]")
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2, 3), help="loss terms of this stage")
     parser.add_argument("--batches", type=int, default=4, help="training batches to average over")
+    parser.add_argument("--grounding", action="store_true", help="pointing-game diagnosis on the test studies")
     ev = parse_eval(Config, argv, parser, "prior", PROJECT_DIR)
     cfg = ev.config
     device = setup_runtime(cfg.runtime, cfg.seed)
     model = build_model(cfg.model, cfg.data.image_size, cfg.loss.method, cfg.loss.global_weight_stage3).to(device)
     model.load_state_dict(load_checkpoint(ev.checkpoint)["model"])
     data = prepare_data(cfg)
+    if ev.args.grounding:
+        out = grounding(cfg, model, data, device)
+        print(f"{ev.checkpoint} grounding: " + " ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)
+        return out
     loader = pretrain_loader(cfg, data.train)
     out = diagnose(model, loader, ev.args.stage, device, ev.args.batches)
     print(f"{ev.checkpoint} stage {ev.args.stage}: " + " ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from prior.models.prior import PRIOR
 
 __all__ = ["encode_images", "encode_reports", "pair_scores", "zeroshot", "located_prompts", "retrieval",
-           "precision_at_k", "gap_features", "pointing_game", "prototype_stats"]
+           "precision_at_k", "gap_features", "pointing_game", "box_cells", "grounding_diagnosis", "prototype_stats"]
 
 
 @torch.no_grad()
@@ -163,14 +163,48 @@ def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxe
     if model.losses["spb"] and quantize:
         text, _ = model.quantize(text, mask)
     att = model.local_cross_attention(emb.tokens, text, mask).sentence_attention[:, 0]  # (N, P)
-    grid = model.grid[0]
+    hits = box_cells(boxes, model.grid[0], image_size)[np.arange(len(boxes)), att.argmax(-1).cpu().numpy()]
+    return float(np.mean(hits)) if len(hits) else float("nan")
+
+
+def box_cells(boxes: list[tuple[float, ...]], grid: int, image_size: int) -> np.ndarray:
+    """``(N, grid * grid)`` bool: token ``r * grid + c`` (grid cell (r, c)) overlaps box ``(x0, y0, x1, y1)``."""
     cell = image_size / grid
-    hits = []
-    for k, peak in enumerate(att.argmax(-1).tolist()):
-        r, c = divmod(peak, grid)
-        x0, y0, x1, y1 = boxes[k]
-        hits.append(c * cell < x1 and (c + 1) * cell > x0 and r * cell < y1 and (r + 1) * cell > y0)
-    return float(np.mean(hits)) if hits else float("nan")
+    edges = np.arange(grid) * cell
+    out = np.zeros((len(boxes), grid * grid), dtype=bool)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        cols = (edges < x1) & (edges + cell > x0)
+        rows = (edges < y1) & (edges + cell > y0)
+        out[k] = (rows[:, None] & cols[None, :]).reshape(-1)
+    return out
+
+
+@torch.no_grad()
+def grounding_diagnosis(model: PRIOR, images: torch.Tensor, sentences: list[str], boxes: list[tuple[int, ...]],
+                        image_size: int, device: torch.device, quantize: bool = True) -> dict[str, float]:
+    """[ours, a diagnostic] Where do the sentence->patch maps of the pointing game peak? ``pg_<map>``: the pointing
+    game of the peak of each map: ``sentence_attention`` (the metric), ``patch_attention`` (the image->sentence
+    sigmoid map, read per sentence), ``cosine`` (cos(patch token, sentence)); ``pg_chance``: the expected hit
+    rate of a peak drawn uniformly over the grid; ``peak_mode_share``: share of sentences whose peak is the most
+    common peak cell (1 = every sentence points at the same cell); ``att_range``: mean over sentences of the
+    max - min of the sigmoid sentence attention over patches (0 = a flat map)."""
+    model.eval()
+    emb = model.encode_image(images.to(device))
+    text, mask = model.encode_sentences([[s] for s in sentences])
+    if model.losses["spb"] and quantize:
+        text, _ = model.quantize(text, mask)
+    out = model.local_cross_attention(emb.tokens, text, mask)
+    maps = {"sentence_attention": out.sentence_attention[:, 0], "patch_attention": out.patch_attention[:, :, 0],
+            "cosine": torch.nn.functional.cosine_similarity(emb.tokens, text[:, :1], dim=-1)}
+    cells = box_cells(boxes, model.grid[0], image_size)
+    rows = np.arange(len(boxes))
+    res = {f"pg_{k}": float(cells[rows, v.argmax(-1).cpu().numpy()].mean()) for k, v in maps.items()}
+    peaks = maps["sentence_attention"].argmax(-1).cpu().numpy()
+    res["pg_chance"] = float(cells.mean(1).mean())
+    res["peak_mode_share"] = float(np.bincount(peaks).max() / len(peaks))
+    att = maps["sentence_attention"]
+    res["att_range"] = float((att.max(-1).values - att.min(-1).values).mean())
+    return res
 
 
 @torch.no_grad()

@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 from prior.data import FIVE_CLASSES, ImageDataset
 from prior.downstream import located_prompts, pointing_game, prototype_stats, retrieval, zeroshot
 from prior.models.prior import PRIOR
-from prior.pipeline import PretrainData, retrieval_reports, zeroshot_set
+from prior.pipeline import PretrainData, retrieval_reports, retrieval_studies, zeroshot_set
 from prior.settings import Config
 
-__all__ = ["evaluate_pretrained", "grounding_metrics", "LOCALIZED"]
+__all__ = ["evaluate_pretrained", "grounding_cases", "grounding_metrics", "LOCALIZED"]
 
 LOCALIZED = ("consolidation", "atelectasis", "effusion", "pneumothorax")
 
@@ -25,6 +25,27 @@ LOCALIZED = ("consolidation", "atelectasis", "effusion", "pneumothorax")
 def _loader(cfg: Config, paths, labels) -> DataLoader:
     ds = ImageDataset(paths, list(labels), cfg.data.image_size, cfg.data.mean, cfg.data.std)
     return DataLoader(ds, batch_size=32, shuffle=False, num_workers=cfg.data.num_workers)
+
+
+def grounding_cases(cfg: Config, data: PretrainData, limit: int = 200
+                    ) -> tuple[torch.Tensor, list[str], list[tuple[float, ...]]] | None:
+    """The pointing-game cases of the test studies (``synthetic-findings.csv``; None without it or without
+    localised findings): images ``(N, 1, H, W)``, finding sentences, boxes in pixels of the input size."""
+    table = data.root / "synthetic-findings.csv"
+    if not table.is_file():
+        return None
+    frame = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
+    test_ids = {d for s in data.test for d in s.dicom_ids[:1]}
+    rows = frame[frame["dicom_id"].isin(test_ids) & frame["finding"].isin(LOCALIZED)].head(limit)
+    if not len(rows):
+        return None
+    by_id = {d: p for s in data.test for d, p in zip(s.dicom_ids, s.images)}
+    scale = cfg.data.image_size / cfg.data.synth.size
+    dataset = ImageDataset([by_id[d] for d in rows["dicom_id"]], [0] * len(rows), cfg.data.image_size,
+                           cfg.data.mean, cfg.data.std)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    boxes = [tuple(v * scale for v in (r.x0, r.y0, r.x1, r.y1)) for r in rows.itertuples(index=False)]
+    return images, list(rows["sentence"]), boxes
 
 
 def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
@@ -37,16 +58,10 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
         return {}
     frame = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
     test_ids = {d for s in data.test for d in s.dicom_ids[:1]}
-    rows = frame[frame["dicom_id"].isin(test_ids) & frame["finding"].isin(LOCALIZED)].head(limit)
     out: dict[str, float] = {}
-    if len(rows):
-        by_id = {d: p for s in data.test for d, p in zip(s.dicom_ids, s.images)}
-        scale = cfg.data.image_size / cfg.data.synth.size
-        dataset = ImageDataset([by_id[d] for d in rows["dicom_id"]], [0] * len(rows), cfg.data.image_size,
-                               cfg.data.mean, cfg.data.std)
-        images = [dataset[i][0] for i in range(len(dataset))]
-        boxes = [tuple(v * scale for v in (r.x0, r.y0, r.x1, r.y1)) for r in rows.itertuples(index=False)]
-        stacked, sentences = torch.stack(images), list(rows["sentence"])
+    grounding = grounding_cases(cfg, data, limit)
+    if grounding is not None:
+        stacked, sentences, boxes = grounding
         out["pointing_game"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size, device,
                                              quantize)
         if other is not None:
@@ -78,7 +93,7 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
                               prompt_sets=located_prompts(), quantize=quantize)
         summary |= {f"{k.replace('zeroshot_', 'zeroshot_located_')}": v for k, v in located.items()}
     try:
-        reports, report_labels = retrieval_reports(data.test)
+        reports, report_labels = retrieval_reports(retrieval_studies(cfg, data))
         summary |= retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight, quantize)
         if other is not None:
             alt = retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight,

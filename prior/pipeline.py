@@ -28,7 +28,7 @@ from prior.settings import Config
 from prior.synth import ensure_synthetic
 
 __all__ = ["PretrainData", "prepare_data", "pretrain_loader", "data_folder", "zeroshot_set", "retrieval_reports",
-           "nested_fractions"]
+           "retrieval_studies", "nested_fractions"]
 
 FIVE_IDX = [("Atelectasis", 8), ("Cardiomegaly", 2), ("Consolidation", 6), ("Edema", 5), ("Pleural Effusion", 10)]
 
@@ -83,6 +83,14 @@ def zeroshot_set(cfg: Config, per_class: int | None = None, seed: int = 114514) 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(build_5x200(root, seed, per_class)))
     return read_5x200(path, root)
+
+
+def retrieval_studies(cfg: Config, data: PretrainData) -> list[MimicStudy]:
+    """The candidate studies of retrieval: the MIMIC test studies, plus those of the other ``eval.retrieval_splits``
+    (only their reports are read; neither split is seen in pre-training)."""
+    extra = tuple(s for s in cfg.eval.retrieval_splits if s != "test")
+    more = read_mimic(data.root, extra, cfg.data.min_sentences, verbose=False) if extra else []
+    return (data.test if "test" in cfg.eval.retrieval_splits else []) + more
 
 
 def retrieval_reports(studies: list[MimicStudy]) -> tuple[list[list[str]], np.ndarray]:

@@ -252,13 +252,21 @@ class EvalConfig:
     ``text_embedding``: what a model with an SPB scores prompts and reports with: ``prototype`` (official zero-shot
     head: the sentence's SPB prototype) or ``raw`` [ours] (the unquantised projected sentence embedding).
     ``log_both_embeddings`` [ours]: for a model with an SPB also log zero-shot, retrieval and pointing game with
-    the other choice (keys ``zeroshot_<other>_*``, ``retrieval_<other>_p_at_k``, ``pointing_game_<other>``)."""
+    the other choice (keys ``zeroshot_<other>_*``, ``retrieval_<other>_p_at_k``, ``pointing_game_<other>``).
+    ``retrieval_splits``: the MIMIC-CXR splits whose single-class reports are the retrieval candidates: ``[test]``
+    (the protocol), or ``[test, validate]`` [ours] for a larger pool (neither split is used in pre-training)."""
 
     prompt: str = "{} is observed"
     local_weight: float = 0.5
     located_prompts: bool = True
     text_embedding: Literal["prototype", "raw"] = "prototype"
     log_both_embeddings: bool = True
+    retrieval_splits: list[str] = field(default_factory=lambda: ["test"])
+
+    def __post_init__(self) -> None:
+        if not self.retrieval_splits or not set(self.retrieval_splits) <= {"test", "validate"}:
+            raise ValueError(f"eval.retrieval_splits must be a non-empty subset of [test, validate], got "
+                             f"{self.retrieval_splits}")
 
 
 @dataclass

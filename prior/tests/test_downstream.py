@@ -134,3 +134,43 @@ def test_raw_text_embedding_skips_the_spb():
         torch.testing.assert_close(sr, raw)
         torch.testing.assert_close(gr, model.global_text_attention(raw, mask))
     assert not torch.allclose(gr[0], gr[1])
+
+
+def test_retrieval_pool_adds_the_validate_reports(ci_run):
+    """``eval.retrieval_splits=[test,validate]`` [ours] adds the validate studies' reports to the test candidates;
+    an unknown split is refused."""
+    from common.config import apply_overrides, from_dict, to_dict
+    from prior.pipeline import prepare_data, retrieval_studies
+
+    common, _ = ci_run
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "configs" / "ci.yaml")
+    cfg = from_dict(Config, apply_overrides(to_dict(cfg), [c for c in common[2:] if not c.startswith("runtime")]))
+    data = prepare_data(cfg)
+    assert retrieval_studies(cfg, data) == data.test
+    wide = from_dict(Config, apply_overrides(to_dict(cfg), ["eval.retrieval_splits=[test, validate]"]))
+    pool = retrieval_studies(wide, data)
+    test_ids = {s.study_id for s in data.test}
+    assert pool[: len(data.test)] == data.test and len(pool) > len(data.test)
+    assert not test_ids & {s.study_id for s in pool[len(data.test):]}
+    with pytest.raises((ValueError, ConfigError), match="retrieval_splits"):
+        from_dict(Config, apply_overrides(to_dict(cfg), ["eval.retrieval_splits=[train]"]))
+
+
+def test_box_cells_and_grounding_diagnosis():
+    """A box covering grid cell (1, 2) of a 4x4 grid marks token 1 * 4 + 2 only; the grounding diagnosis [ours]
+    gives rates in [0, 1] and a chance level equal to the covered share of the grid."""
+    from prior.downstream import box_cells, grounding_diagnosis
+    from prior.models import build_model
+
+    cells = box_cells([(17, 9, 23, 15), (0, 0, 32, 32)], grid=4, image_size=32)
+    assert np.flatnonzero(cells[0]).tolist() == [6] and cells[1].all()
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "configs" / "ci.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, "prior").eval()
+    grid = model.grid[0]
+    boxes = [(0, 0, 32 / grid, 32 / grid), (0, 0, 32, 32)]
+    out = grounding_diagnosis(model, torch.randn(2, 1, 32, 32), ["Small left effusion.", "Mild edema."], boxes, 32,
+                              torch.device("cpu"))
+    assert out["pg_chance"] == pytest.approx((1 / grid**2 + 1) / 2)
+    assert all(0 <= out[k] <= 1 for k in ("pg_sentence_attention", "pg_patch_attention", "pg_cosine",
+                                         "peak_mode_share", "att_range"))
