@@ -147,15 +147,30 @@ class SwinEncoder(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """timm CNN (``features_only``, 5 features at strides 2-32; JOINED's smp ``timm-resnest50d``)."""
+    """timm CNN (``features_only``, 5 features at strides 2-32; JOINED's smp ``timm-resnest50d``).
 
-    def __init__(self, cnn: nn.Module):
+    ``feature_channels`` [ours, CPU sizing]: a 1x1 conv + BN + ReLU per feature projects the CNN's widths (a
+    bottleneck ResNeSt's stage outputs are 4x its ``channels``) to these, so that the three UNet++ decoders, whose
+    dense nodes take the encoder widths, cost what they cost on the Swin encoder; None = the CNN's own (JOINED)."""
+
+    def __init__(self, cnn: nn.Module, feature_channels: Sequence[int] | None = None):
         super().__init__()
         self.cnn = cnn
-        self.out_channels = tuple(cnn.feature_info.channels())
+        native = tuple(cnn.feature_info.channels())
+        self.project = None
+        if feature_channels is not None:
+            if len(feature_channels) != len(native):
+                raise ValueError(f"model.feature_channels needs one width per CNN feature ({len(native)}), got "
+                                 f"{tuple(feature_channels)}")
+            self.project = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 1, bias=False), nn.BatchNorm2d(b),
+                                                       nn.ReLU(inplace=True)) for a, b in zip(native, feature_channels))
+        self.out_channels = tuple(feature_channels) if feature_channels is not None else native
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.cnn(x))
+        feats = list(self.cnn(x))
+        if self.project is None:
+            return feats
+        return [p(f) for p, f in zip(self.project, feats)]
 
 
 def build_encoder(cfg: ModelConfig, img_size: int, in_chans: int = 3) -> SwinEncoder | CNNEncoder:
@@ -174,7 +189,7 @@ def build_encoder(cfg: ModelConfig, img_size: int, in_chans: int = 3) -> SwinEnc
         kwargs["stem_width"] = cfg.stem_width
     cnn = create_timm_model(cfg.name, cfg.pretrained, features_only=True, in_chans=in_chans,
                             out_indices=(0, 1, 2, 3, 4), **kwargs)
-    return CNNEncoder(cnn)
+    return CNNEncoder(cnn, cfg.feature_channels)
 
 
 def _head(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -220,9 +235,10 @@ class UNet(nn.Module):
         super().__init__()
         if len(decoder_channels) != 4:
             raise ValueError(f"the fine U-Net has depth 4; decoder_channels needs 4 entries, got {decoder_channels}")
-        if prior_gain and (in_chans != 5 or out_channels != 3):
-            raise ValueError("fine.residual needs the coarse channels (in 5 = RGB + OC, OD; out 3 = OC, OD, BG); "
-                             "set fine.residual=0 with fine.use_coarse=false")
+        if prior_gain and (in_chans, out_channels) not in ((5, 3), (4, 1)):
+            raise ValueError(f"{config_key.split('.')[0]}.residual needs the coarse channels (fine: in 5 = RGB + OC, "
+                             f"OD, out 3 = OC, OD, BG; fovea: in 4 = RGB + heatmap, out 1); got in {in_chans}, out "
+                             f"{out_channels}: set it to 0 (fine: with fine.use_coarse=false)")
         self.encoder = create_timm_model(encoder_name, pretrained, config_key=config_key, features_only=True,
                                          in_chans=in_chans, out_indices=(0, 1, 2, 3))
         self.in_chans = in_chans
@@ -238,8 +254,11 @@ class UNet(nn.Module):
             raise ValueError(f"the network expects {self.in_chans} input channels, got {x.shape[1]}")
         logits = self.head(self.decoder(self.encoder(x)))
         if self.prior_gain:
-            od = x[:, 4:5]
-            prior = torch.cat([x[:, 3:4], od, 1 - od], 1)  # coarse [OC, OD, BG] as 0/1
+            if self.in_chans == 5:
+                od = x[:, 4:5]
+                prior = torch.cat([x[:, 3:4], od, 1 - od], 1)  # coarse [OC, OD, BG] as 0/1
+            else:
+                prior = x[:, 3:4]  # coarse fovea heatmap in [0, 1]
             logits = logits + self.prior_gain * (2 * prior - 1)
         return torch.sigmoid(logits)
 
@@ -281,8 +300,9 @@ def build_fine_model(cfg: FineConfig) -> UNet:
 
 
 def build_fovea_model(cfg: FoveaConfig) -> UNet:
-    """Fovea refinement U-Net: RGB + coarse fovea heatmap -> 1 heatmap channel."""
-    return UNet(cfg.encoder, 4, 1, cfg.decoder_channels, "none", "fovea.pretrained")
+    """Fovea refinement U-Net: RGB + coarse fovea heatmap -> 1 heatmap channel (``residual`` g > 0 [ours]: a
+    correction of ``g (2 heatmap - 1)`` in logit space from a zero-initialised head)."""
+    return UNet(cfg.encoder, 4, 1, cfg.decoder_channels, "none", "fovea.pretrained", prior_gain=cfg.residual)
 
 
 def build_pretrain_model(cfg: ModelConfig, size: int, kind: str) -> PretrainNet:

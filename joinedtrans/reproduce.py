@@ -39,8 +39,12 @@ PROJECT_DIR = Path(__file__).resolve().parent
 ROWS = ("joinedtrans", "coarse_only", "no_vessel_pretrain", "unet_baseline")
 ALL_ROWS = (*ROWS, "fine_rgb_only", "generic_pretrain", "no_distance_branch", "seg_only")
 METRICS = ("dice_disc", "dice_cup", "vcdr_mae", "fovea_dist_norm", "dice_disc_hard", "fovea_dist_norm_hard")
+# JOINED's CNN at CPU scale; [ours] CPU sizing: its 5 features are projected (1x1) to the CPU Swin widths, so the
+# three UNet++ decoders are the Swin model's (without it they take 4x wider inputs and a step costs ~4x the Swin
+# model's; see README). The paper configs keep JOINED's resnest50d with its own widths.
 CNN = ["model.encoder=cnn", "model.name=resnest14d", "model.channels=[32,64,128,256]", "model.stem_width=16",
-       "model.embed_dim=null", "model.depths=null", "model.num_heads=null"]
+       "model.embed_dim=null", "model.depths=null", "model.num_heads=null",
+       "model.feature_channels=[16,32,64,128,256]"]
 PRETRAIN_OF = {"joinedtrans": "vessel", "fine_rgb_only": "vessel", "no_distance_branch": "vessel",
                "seg_only": "vessel", "generic_pretrain": "denoise"}
 

@@ -83,7 +83,9 @@ class ModelConfig:
     ``encoder: swin`` = timm Swin ``name`` with ``features_only`` (strides 4-32) plus a 2-conv stem (stride-2 skip,
     ``stem_channels``); ``embed_dim``/``depths``/``num_heads`` null = the timm model's own. ``encoder: cnn`` = timm
     CNN ``name`` (JOINED: ``resnest50d``), whose own stride-2 feature is the skip; ``channels``/``stem_width`` null
-    = the model's own. ``pretrained: none | hub | /path`` = ImageNet weights of the timm model."""
+    = the model's own; ``feature_channels`` [ours, CPU sizing] = 1x1 projections of the CNN's 5 features to these
+    widths before the decoders (null = none, JOINED). ``pretrained: none | hub | /path`` = ImageNet weights of the
+    timm model."""
 
     encoder: Literal["swin", "cnn"] = "swin"
     name: str = "swin_base_patch4_window7_224"
@@ -96,6 +98,7 @@ class ModelConfig:
     stem_channels: int = 64
     channels: tuple[int, ...] | None = None
     stem_width: int | None = None
+    feature_channels: tuple[int, ...] | None = None
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
 
     def __post_init__(self) -> None:
@@ -103,8 +106,8 @@ class ModelConfig:
             raise ValueError(f"model.decoder_channels needs 5 entries (UNet++ depth 5), got {self.decoder_channels}")
         if self.encoder == "cnn" and (self.embed_dim or self.depths or self.num_heads):
             raise ValueError("model.embed_dim/depths/num_heads apply to encoder=swin only; set them to null")
-        if self.encoder == "swin" and (self.channels or self.stem_width):
-            raise ValueError("model.channels/stem_width apply to encoder=cnn only; set them to null")
+        if self.encoder == "swin" and (self.channels or self.stem_width or self.feature_channels):
+            raise ValueError("model.channels/stem_width/feature_channels apply to encoder=cnn only; set them to null")
 
 
 @dataclass
@@ -207,7 +210,9 @@ class FineConfig:
 class FoveaConfig:
     """Fovea refinement: a U-Net on ``roi`` px crops around the coarse fovea (RGB + coarse fovea heatmap) predicting
     a heatmap of sigma = ``sigma`` x roi; training crops are jittered up to ``max_offset`` x roi off the truth; the
-    refined point replaces the coarse one when its peak >= ``min_peak``."""
+    refined point replaces the coarse one when its peak >= ``min_peak``. [ours] ``residual`` g > 0: the U-Net predicts
+    a correction of ``g (2 heatmap - 1)`` in logit space from a zero-initialised head, so the untrained stage
+    returns (a monotone map of) the coarse heatmap; 0 = a plain U-Net."""
 
     enabled: bool = True
     encoder: str = "efficientnet_b0"
@@ -220,8 +225,11 @@ class FoveaConfig:
     epochs: int = 300
     steps: int = 0
     batch_size: int = 16
+    residual: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.residual < 0:
+            raise ValueError(f"fovea.residual must be >= 0 (0 = plain U-Net), got {self.residual}")
         if self.roi % 16:
             raise ValueError(f"fovea.roi must be a multiple of 16 (U-Net depth 4), got {self.roi}")
 

@@ -3,6 +3,8 @@ term trains, the pre-trained encoder transfers strictly, input-channel checks.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -53,6 +55,27 @@ def test_cpu_encoders_have_the_stated_sizes() -> None:
     assert count_parameters(cnn.encoder) == 2_148_656
     assert swin.encoder.out_channels == (16, 32, 64, 128, 256)
     assert cnn.encoder.out_channels == (32, 128, 256, 512, 1024)
+
+
+def test_cpu_cnn_projection_gives_the_swin_decoders() -> None:
+    """[ours] CPU sizing of JOINED's CNN: 1x1 projections (conv + BN) of its 5 features to the CPU Swin widths, so
+    the three UNet++ decoders are exactly the Swin model's and only the encoders differ."""
+    with torch.device("meta"):
+        swin = build_model(CPU_SWIN, 96)
+        cnn = build_model(replace(CPU_CNN, feature_channels=(16, 32, 64, 128, 256)), 96)
+    assert cnn.encoder.out_channels == swin.encoder.out_channels
+    assert count_parameters(cnn.encoder.cnn) == 2_148_656
+    proj = (32 * 16 + 128 * 32 + 256 * 64 + 512 * 128 + 1024 * 256) + 2 * (16 + 32 + 64 + 128 + 256)
+    assert count_parameters(cnn.encoder.project) == proj == 349_664
+    for name in ("seg_decoder", "heatmap_decoder", "distance_decoder"):
+        assert count_parameters(getattr(cnn, name)) == count_parameters(getattr(swin, name))
+    x = torch.randn(2, 3, 96, 96)
+    out = build_model(replace(CPU_CNN, feature_channels=(16, 32, 64, 128, 256)), 96)(x)
+    assert out["seg"].shape == (2, 3, 96, 96)
+    with pytest.raises(ValueError, match="feature_channels"):
+        build_model(replace(CPU_CNN, feature_channels=(16, 32)), 96)
+    with pytest.raises(ValueError, match="feature_channels"):
+        replace(CPU_SWIN, feature_channels=(16, 32, 64, 128, 256))
 
 
 def test_ablation_branches_drop_their_decoders() -> None:
@@ -154,6 +177,26 @@ def test_residual_fine_stage_starts_at_its_coarse_input() -> None:
     assert fine.head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="fine.residual"):
         FineConfig(use_coarse=False, residual=3.0)
+
+
+def test_residual_fovea_stage_starts_at_its_coarse_heatmap() -> None:
+    """[ours] ``fovea.residual``: the untrained fovea U-Net returns sigmoid(g (2 h - 1)) of the coarse heatmap h, so
+    its peak is the coarse peak; the head still receives a gradient."""
+    import math
+
+    torch.manual_seed(0)
+    net = build_fovea_model(FoveaConfig(decoder_channels=(16, 16, 8, 8), roi=64, residual=3.0))
+    x = torch.randn(2, 4, 64, 64)
+    x[:, 3] = 0
+    x[:, 3, 20, 41] = 1.0
+    out = net(x)
+    assert torch.allclose(out[:, 0], torch.sigmoid(3.0 * (2 * x[:, 3] - 1)))
+    assert int(out[0, 0].argmax()) == 20 * 64 + 41
+    assert math.isclose(float(out.max()), 1 / (1 + math.exp(-3.0)), rel_tol=1e-6)
+    out.sum().backward()
+    assert net.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fovea.residual"):
+        FoveaConfig(residual=-1.0)
 
 
 def test_hub_weights_fail_with_instructions() -> None:
