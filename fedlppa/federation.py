@@ -143,7 +143,7 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
                old_state: Mapping[str, torch.Tensor], names: Sequence[str],
                batches: Sequence[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable, *, eta: float = 1.0,
                start_phase: bool = False, threshold: float = 0.1, num_pre_loss: int = 10, max_epochs: int = 50,
-               weights: Mapping[str, torch.Tensor] | None = None, w_init: float = 1.0
+               weights: Mapping[str, torch.Tensor] | None = None, w_init: float = 1.0, per_tensor: bool = False
                ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Learnable element-wise aggregation as released (FedALA with W on theta_old - theta_G).
 
@@ -152,13 +152,20 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
     One pass over ``batches``; in the start phase passes repeat until the std of the last ``num_pre_loss`` pass
     losses is below ``threshold`` (at most ``max_epochs``). W starts at ``weights`` or, without them, at ``w_init``
     everywhere (1: theta_old, as released; 0: theta_G, FedALA's start, whose W_F is 1 - W). The model is left at the
-    final theta with the BatchNorm buffers it came with. Returns (W, the loss of the last batch of every pass)."""
+    final theta with the BatchNorm buffers it came with. ``per_tensor`` (ours): one scalar W per parameter tensor
+    instead of one per element, stepped by its exact gradient ``dL/dW = sum(dL/dtheta * (theta_old - theta_G))``
+    (W of 0-dim tensors). Returns (W, the loss of the last batch of every pass)."""
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
     base = {n: global_state[n].detach().to(device, copy=True) for n in names}
     delta = {n: old_state[n].detach().to(device) - base[n] for n in names}
-    w = {n: (weights[n].to(device, copy=True) if weights is not None else torch.full_like(base[n], w_init))
-         for n in names}
+    shape = {n: () if per_tensor else base[n].shape for n in names}
+    w = {n: (weights[n].to(device, copy=True) if weights is not None
+             else torch.full(shape[n], float(w_init), dtype=base[n].dtype, device=device)) for n in names}
+    bad = [n for n in names if w[n].shape != shape[n]]
+    if bad:
+        raise ValueError(f"ALA weights of {bad[0]} have shape {tuple(w[bad[0]].shape)}, expected {tuple(shape[bad[0]])}"
+                         f" (ala.granularity changed between rounds? start a new run)")
     buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
     model.train()
     losses: list[float] = []
@@ -177,7 +184,8 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
             with torch.no_grad():
                 for n in names:
                     if params[n].grad is not None:
-                        w[n] = torch.clamp(w[n] - eta * params[n].grad * delta[n], 0, 1)
+                        step = params[n].grad * delta[n]
+                        w[n] = torch.clamp(w[n] - eta * (step.sum() if per_tensor else step), 0, 1)
             assign()
         losses.append(float(loss.detach()))
         if not start_phase or (len(losses) > num_pre_loss and np.std(losses[-num_pre_loss:]) < threshold):
@@ -189,7 +197,8 @@ def ala_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
 
 def ala_weight_stats(weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Summary of W over all ALA values: ``ala_w_mean``, ``ala_w_old`` (fraction >= 0.999: theta_old kept) and
-    ``ala_w_global`` (fraction <= 0.001: theta_G taken); everything else is a learned mixture."""
+    ``ala_w_global`` (fraction <= 0.001: theta_G taken); everything else is a learned mixture. With one W per
+    tensor the statistics are over tensors (each counted once)."""
     w = torch.cat([v.detach().flatten().float().cpu() for v in weights.values()])
     return {"ala_w_mean": float(w.mean()), "ala_w_old": float((w >= 0.999).float().mean()),
             "ala_w_global": float((w <= 0.001).float().mean())}
@@ -252,7 +261,7 @@ def personalised_model(cfg: Config, spec: SiteSpec, state: ClientState, global_s
                                eta=a.eta, start_phase=not state.ala_started, threshold=a.threshold,
                                num_pre_loss=a.num_pre_loss, max_epochs=a.max_start_epochs,
                                weights=state.ala_weights if a.persist_weights else None,
-                               w_init=1.0 if a.init == "released" else 0.0)
+                               w_init=1.0 if a.init == "released" else 0.0, per_tensor=a.granularity == "tensor")
         if ala_log is not None:
             ala_log.update({**ala_weight_stats(w), "ala_passes": float(len(losses))})
         if update_state:

@@ -4,8 +4,9 @@
 [k=v ...]``
 
 Rows (each a full ``train.py`` run in ``runs/fedlppa/reproduce-<row>-s<seed>/``): ``fedlppa`` (as released),
-``fedlppa_ala_global_local_bn`` (ours: FedALA's ALA start + site-local BatchNorm statistics), ``fedavg``, ``local``
-over ``SEEDS``; ``fedprox``, ``fedbn``, ``fedala``, ``centralized_full``, ``fedlppa_no_prompts``, ``fedavg_local_bn``
+``fedlppa_ala_tensor_local_bn`` (ours: FedALA's ALA start with one weight per tensor + site-local BatchNorm
+statistics), ``fedavg``, ``local`` over ``SEEDS``; ``fedprox``, ``fedbn``, ``fedala`` (the same ALA rule on the plain
+UNet), ``centralized_full``, ``fedlppa_no_prompts``, ``fedavg_local_bn``
 over the first seed
 (all seeds with ``--all``, which also adds ``centralized_weak`` and the ablations). Writes
 ``runs/fedlppa/reproduce/<timestamp>/comparison.csv`` + ``comparison.md``: mean over seeds of the mean over sites of
@@ -15,6 +16,7 @@ over seeds, and per-site columns. ``runtime.pool`` runs rows in that many one-th
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,19 +35,23 @@ __all__ = ["ROWS", "EXTRA_ROWS", "SEEDS", "row_overrides", "plan", "run_row", "a
 
 PROJECT_DIR = Path(__file__).resolve().parent
 SEEDS = (2022, 2023, 2024)
+# ours (README "ALA with one weight per tensor"): FedALA's start (W = 0 at theta_G, W kept across rounds) with one
+# scalar W per parameter tensor, eta = 300; the `fedala` row takes the same ALA rule on the plain UNet's decoder
+TENSOR_ALA = ["ala.init=global", "ala.persist_weights=true", "ala.granularity=tensor", "ala.eta=300"]
 ROWS = {
     "fedlppa": [],
     "fedavg": ["federation.method=fedavg"],
     "local": ["federation.method=local"],
     "fedprox": ["federation.method=fedprox"],
     "fedbn": ["federation.method=fedbn"],
-    "fedala": ["federation.method=fedala"],
+    # FedALA's code overwrites parameters only, so BatchNorm buffers stay local there too
+    "fedala": ["federation.method=fedala", *TENSOR_ALA, "federation.bn_stats=local"],
     "centralized_full": ["federation.method=centralized_full"],
     "fedlppa_no_prompts": ["model.prompts=false"],
-    # ours, the best FedLPPA variant measured on the CPU set (README "FedALA's ALA start"): FedALA's ALA (W starts
-    # at theta_G, kept across rounds) and each site's own BatchNorm running statistics; with its BatchNorm-matched
-    # FedAvg (one seed by default)
-    "fedlppa_ala_global_local_bn": ["ala.init=global", "ala.persist_weights=true", "federation.bn_stats=local"],
+    # ours, the best FedLPPA variant measured on the CPU set (README "ALA with one weight per tensor"): FedALA's
+    # start, one W per tensor, each site's own BatchNorm running statistics; with its BatchNorm-matched FedAvg
+    # (one seed by default)
+    "fedlppa_ala_tensor_local_bn": [*TENSOR_ALA, "federation.bn_stats=local"],
     "fedavg_local_bn": ["federation.method=fedavg", "federation.bn_stats=local"],
 }
 EXTRA_ROWS = {
@@ -63,10 +69,15 @@ EXTRA_ROWS = {
     "fedlppa_ala_warmup0": ["ala.warmup_iters=0"],
     # ours: FedALA's ALA (Zhang et al., AAAI 2023): W starts at theta_G and is kept across rounds
     "fedlppa_ala_global": ["ala.init=global", "ala.persist_weights=true"],
+    # ours: FedALA's element-wise ALA with site-local BatchNorm statistics (W does not move at eta = 1)
+    "fedlppa_ala_global_local_bn": ["ala.init=global", "ala.persist_weights=true", "federation.bn_stats=local"],
+    # ours: one W per tensor from the released start (the site's own last model)
+    "fedlppa_ala_tensor_released_local_bn": ["ala.init=released", "ala.persist_weights=true",
+                                             "ala.granularity=tensor", "ala.eta=300", "federation.bn_stats=local"],
     # ours: each site keeps its own BatchNorm running statistics (FedALA's code, SiloBN), FedLPPA and FedAvg
     "fedlppa_local_bn": ["federation.bn_stats=local"],
 }
-MULTI_SEED = ("fedlppa", "fedlppa_ala_global_local_bn", "fedavg", "local")
+MULTI_SEED = ("fedlppa", "fedlppa_ala_tensor_local_bn", "fedavg", "local")
 
 
 def row_overrides(row: str) -> list[str]:
@@ -118,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     jobs = plan(rows, args.all, args.seeds)
     out = create_run_dir("fedlppa", "reproduce", cfg, root=cfg.runs_root)
     if cfg.runtime.pool > 1:
-        with ProcessPoolExecutor(cfg.runtime.pool) as pool:
+        # spawn: a parent that already ran torch (data generation, autograd) must not fork its workers
+        with ProcessPoolExecutor(cfg.runtime.pool, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(run_row, [base] * len(jobs), *zip(*jobs)))
     else:
         results = [run_row(base, row, seed) for row, seed in jobs]

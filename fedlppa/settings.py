@@ -150,10 +150,16 @@ class ALAConfig:
     i.e. at theta_old, the site's own last model (the released client deep-copies its model before theta_G is
     loaded); ``global`` W = 0, i.e. at theta_G (ours for FedLPPA: FedALA's rule, Zhang et al. AAAI 2023, which writes
     ``theta = theta_old + W_F * (theta_G - theta_old)`` with W_F = 1 - W initialised to ones; with
-    ``persist_weights=true`` this is FedALA's ALA: start at the global model, W kept across rounds)."""
+    ``persist_weights=true`` this is FedALA's ALA: start at the global model, W kept across rounds).
+
+    ``granularity``: ``element`` (as released and in FedALA's ``ALA.py``: W has the shape of every parameter) or
+    ``tensor`` (ours: one scalar W per parameter tensor, i.e. per layer weight/bias, stepped by its exact gradient
+    ``sum(dL/dtheta * (theta_old - theta_G))``; the element-wise step at ``eta = 1`` is of order 1e-5 per batch on
+    the CPU configs, so an element-wise W never leaves its start)."""
 
     enabled: bool = True
     init: Literal["released", "global"] = "released"
+    granularity: Literal["element", "tensor"] = "element"
     eta: float = 1.0
     warmup_iters: int = 50
     threshold: float = 0.1

@@ -127,6 +127,27 @@ def test_ala_one_step_matches_hand_computation():
         assert torch.allclose(model.state_dict()[n], glob[n] + w[n] * (old[n] - glob[n]), atol=1e-6)
 
 
+def test_ala_per_tensor_step_matches_hand_computation():
+    """``per_tensor`` (``ala.granularity=tensor``): one scalar W per tensor, stepped by the exact gradient
+    dL/dW = sum(dL/dtheta * (theta_old - theta_G)), from both starts (W = 1 released, W = 0 FedALA's)."""
+    model, names, glob, old, batches, loss = _ala_setup()
+    for w0, start in ((1.0, {**glob, **{n: old[n] for n in names}}), (0.0, glob)):
+        grads = _reference_grads(start, batches, loss)
+        expected = {n: torch.clamp(w0 - 30.0 * (grads[n] * (old[n] - glob[n])).sum(), 0, 1) for n in names}
+        model.load_state_dict(glob)
+        torch.manual_seed(1)
+        w, _ = ala_update(model, glob, old, names, batches, loss, eta=30.0, w_init=w0, per_tensor=True)
+        for n in names:
+            assert w[n].shape == ()
+            assert torch.allclose(w[n], expected[n], atol=1e-6), n
+            assert torch.allclose(model.state_dict()[n], glob[n] + w[n] * (old[n] - glob[n]), atol=1e-6), n
+        moved = [n for n in names if abs(float(w[n]) - w0) > 1e-4]
+        assert moved, "a per-tensor W that cannot move makes this test vacuous"
+    with pytest.raises(ValueError, match="granularity"):
+        ala_update(model, glob, old, names, batches, loss, weights={n: torch.ones_like(glob[n]) for n in names},
+                   per_tensor=True)
+
+
 def test_ala_start_phase_repeats_until_stable():
     model, names, glob, old, batches, loss = _ala_setup()
     model.load_state_dict(glob)
