@@ -15,8 +15,10 @@ run as two single-thread jobs at a time; the table goes to ``runs/joinedtrans/re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,7 @@ METRICS = ("dice_disc", "dice_cup", "vcdr_mae", "fovea_dist_norm", "dice_disc_ha
 CNN = ["model.encoder=cnn", "model.name=resnest14d", "model.channels=[32,64,128,256]", "model.stem_width=16",
        "model.embed_dim=null", "model.depths=null", "model.num_heads=null",
        "model.feature_channels=[16,32,64,128,256]"]
+_TIMINGS_LOCK = threading.Lock()
 PRETRAIN_OF = {"joinedtrans": "vessel", "fine_rgb_only": "vessel", "no_distance_branch": "vessel",
                "seg_only": "vessel", "generic_pretrain": "denoise"}
 
@@ -58,14 +61,26 @@ def row_overrides(row: str) -> list[str]:
 
 
 def _run(script: str, experiment: str, args: list[str], log: Path) -> float:
-    """One sub-run in a fresh single-thread process; returns its wall time (s)."""
+    """One sub-run in a fresh single-thread process; returns its wall time (s) and appends its wall and CPU
+    seconds (user, system; from the child's own ``wait4`` usage, so exact with two jobs running) to
+    ``timings.csv`` beside ``log``'s folder."""
     cmd = [sys.executable, script, *args, f"experiment={experiment}", "runtime.threads=1"]
     tic = time.time()
     with log.open("w") as handle:
-        done = subprocess.run(cmd, cwd=PROJECT_DIR, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log}")
-    return time.time() - tic
+        proc = subprocess.Popen(cmd, cwd=PROJECT_DIR, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - tic
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    timings = log.parent.parent / "timings.csv"
+    with _TIMINGS_LOCK:
+        new = not timings.is_file()
+        with timings.open("a") as handle:
+            if new:
+                handle.write("experiment,wall_s,user_s,sys_s\n")
+            handle.write(f"{experiment},{wall:.1f},{usage.ru_utime:.1f},{usage.ru_stime:.1f}\n")
+    return wall
 
 
 def _pool(jobs: list[tuple], workers: int = 2) -> list[float]:
