@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +83,22 @@ def _run(script: str, experiment: str, args: list[str], log: Path) -> float:
     return wall
 
 
-def _pool(jobs: list[tuple], workers: int = 2) -> list[float]:
+def _schedule(jobs: dict, needs: dict, workers: int = 2) -> dict:
+    """Run ``jobs`` (key -> ``_run`` arguments), ``workers`` at a time, each as soon as the jobs it ``needs`` are
+    done, in the given order otherwise (so the seeds finish in order and the second core never waits on a phase
+    boundary); returns key -> wall time (s)."""
+    pending, running, times = list(jobs), {}, {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda j: _run(*j), jobs))
+        while pending or running:
+            for key in [k for k in pending if all(d in times for d in needs.get(k, ()))][:workers - len(running)]:
+                pending.remove(key)
+                running[pool.submit(_run, *jobs[key])] = key
+            if not running:
+                raise RuntimeError(f"jobs {pending} wait on jobs that are not scheduled")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                times[running.pop(future)] = future.result()
+    return times
 
 
 def _summary(runs_root: str, experiment: str) -> dict:
@@ -152,21 +165,24 @@ def _train_job(row: str, s: int, base: list[str], logs: Path) -> tuple:
 
 
 def _jobs(rows: Sequence[str], seeds: Sequence[int], base: list[str], logs: Path) -> tuple[dict, dict]:
-    """Seed by seed (an interrupted comparison still holds complete seeds): first the pre-trainings of the seed
-    beside the rows that need none, then the rows that load a pre-trained encoder; two jobs at a time."""
+    """Seed by seed (an interrupted comparison still holds complete seeds): the pre-trainings of a seed first, the
+    rows that load a pre-trained encoder once it is done; two jobs at a time, the next ready job whenever one
+    ends."""
     kinds = sorted({PRETRAIN_OF[r] for r in rows if r in PRETRAIN_OF} | ({"vessel"} if "coarse_only" in rows
                                                                           else set()))
     trained = [r for r in rows if r != "coarse_only"]
     if "coarse_only" in rows and "joinedtrans" not in trained:
         trained.append("joinedtrans")
-    pre_times, train_times = {}, {}
+    jobs, needs = {}, {}
     for s in seeds:
-        first = {("pre", k): _pretrain_job(k, s, base, logs) for k in kinds}
-        first |= {("row", r): _train_job(r, s, base, logs) for r in trained if r not in PRETRAIN_OF}
-        second = {("row", r): _train_job(r, s, base, logs) for r in trained if r in PRETRAIN_OF}
-        for phase in (first, second):
-            for (what, name), t in zip(phase, _pool(list(phase.values()))):
-                (pre_times if what == "pre" else train_times)[(name, s)] = t
+        jobs |= {("pre", k, s): _pretrain_job(k, s, base, logs) for k in kinds}
+        for r in sorted(trained, key=lambda r: r not in PRETRAIN_OF):  # rows waiting on a pre-training first
+            jobs[("row", r, s)] = _train_job(r, s, base, logs)
+            if r in PRETRAIN_OF:
+                needs[("row", r, s)] = [("pre", PRETRAIN_OF[r], s)]
+    times = _schedule(jobs, needs)
+    pre_times = {(name, s): t for (what, name, s), t in times.items() if what == "pre"}
+    train_times = {(name, s): t for (what, name, s), t in times.items() if what == "row"}
     return pre_times, train_times
 
 

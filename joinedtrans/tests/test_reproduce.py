@@ -25,3 +25,30 @@ def test_reproduce_writes_the_comparison(synth_root: Path, tmp_path: Path, monke
     info = json.loads((out / "figures" / "retina_smoke.json").read_text())
     assert info["image_size"] == [1411, 1411] and (out / "figures" / "retina_smoke.png").is_file()
     assert "PASS" in (out / "comparison.md").read_text() or "FAIL" in (out / "comparison.md").read_text()
+
+
+def test_schedule_runs_dependents_after_their_needs_two_at_a_time(monkeypatch) -> None:
+    """The driver's scheduler: never more than two jobs at once, a job only after the jobs it needs, all run."""
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"now": 0, "peak": 0, "order": []}
+
+    def fake_run(name: str, delay: float) -> float:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+            state["order"].append(("start", name))
+        time.sleep(delay)
+        with lock:
+            state["now"] -= 1
+            state["order"].append(("end", name))
+        return delay
+
+    monkeypatch.setattr(reproduce, "_run", fake_run)
+    jobs = {"pre": ("pre", 0.05), "a": ("a", 0.02), "b": ("b", 0.01), "c": ("c", 0.01)}
+    times = reproduce._schedule(jobs, {"a": ["pre"]})
+    assert set(times) == set(jobs) and state["peak"] == 2
+    order = state["order"]
+    assert order.index(("start", "a")) > order.index(("end", "pre"))
+    assert order.index(("start", "b")) < order.index(("end", "pre"))  # b does not wait for pre's dependents
