@@ -6,8 +6,8 @@ entropy (bits) of the refined probability over dilate(m_r | m_s, ``dilation`` px
 probability < ``neg_max_prob`` (at most ``neg_ratio`` negatives per selected positive). At most ``max_fraction``
 of the remaining candidates join per round, positives ranked by a - u, negatives by their SSL maximum. With
 ``rule: quantile`` the positives are instead the top ``top_fraction`` of the scored candidates by a - u, whatever
-their absolute values (OURS: the absolute thresholds chosen on one labelled subset selected nothing on another).
-Selected slices join the labelled set with m_r and are never candidates again.
+their absolute values, except a = 0 (OURS: the absolute thresholds chosen on one labelled subset selected nothing
+on another). Selected slices join the labelled set with m_r and are never candidates again.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def select(score: SliceScore, candidates: np.ndarray, cfg: SelectionConfig, rng:
         n_top = int(np.floor(cfg.top_fraction * scored.sum()))
         pos_ok = np.zeros(len(candidates), bool)
         pos_ok[np.argsort(-rank, kind="stable")[:n_top]] = True
-        pos_ok &= scored
+        # no overlap at all between the two masks is never reliable, however the round ranks it (a round whose
+        # candidates mostly disagree would otherwise fill its quota with them)
+        pos_ok &= scored & (np.nan_to_num(a, nan=0.0) > 0)
     else:
         pos_ok = np.isfinite(a) & (a >= cfg.min_agreement) & (u <= cfg.max_uncertainty)
     neg_ok = ~np.isfinite(a) & (score.ssl_max[candidates] < cfg.neg_max_prob)

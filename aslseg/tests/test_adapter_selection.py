@@ -115,6 +115,9 @@ def test_quantile_rule_selects_the_top_fraction_whatever_the_absolute_scores():
     cfg = SelectionConfig(rule="quantile", top_fraction=0.5, max_fraction=1.0)
     assert select(score, np.arange(4), cfg, rng).tolist() == [0, 1]  # the two best agreements
     assert select(score, np.array([1, 2, 3]), cfg, rng).tolist() == [1]  # relative to the remaining candidates
+    disjoint = score_slices(np.stack([_pair(0.0)[0]] * 2), np.stack([_pair(0.0)[1]] * 2))
+    assert disjoint.agreement.tolist() == [0.0, 0.0]
+    assert len(select(disjoint, np.arange(2), cfg, rng)) == 0  # no overlap is never reliable
 
 
 def test_gated_fusion_takes_sam_only_where_it_agrees():
