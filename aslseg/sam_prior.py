@@ -203,7 +203,10 @@ def ensure_pretrained(cfg: SAMPretrainConfig, size: int, progress: bool = False,
     path = cache_path(cfg, size, mask_prompt)
     if path.is_file():
         return path
-    model, report = pretrain_tiny_sam(cfg, size, progress, mask_prompt)
+    # the global RNG is left as a cache hit leaves it, so a run that pre-trains and one that finds the cache go on
+    # identically (the adapter's initialisation draws from it)
+    with torch.random.fork_rng(devices=[]):
+        model, report = pretrain_tiny_sam(cfg, size, progress, mask_prompt)
     atomic_torch_save(model.sam.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"[aslseg] pre-trained tiny SAM ({report['seconds']} s): held-out Dice {report['heldout_dice']:.3f} vs "
