@@ -49,15 +49,12 @@ from common.config import load_config
 from common.memory import current_rss_mb, peak_in_fresh_process, peak_memory_mb, reset_peak_memory
 from common.rundir import resolve_path, write_env_json
 from common.runtime import pick_device
-from pamsr.inference import bf16_supported, forward_tiled, set_attention, tile_corners
+from pamsr.inference import bf16_native, for_inference, forward_tiled, parse_inference_mode, tile_corners
 from pamsr.models import build_model
 from pamsr.settings import PROJECT_DIR, Config
 
-__all__ = ["bf16_supported", "set_attention", "parse_mode", "measure", "measure_in_this_process", "mode_grid",
+__all__ = ["parse_mode", "measure", "measure_in_this_process", "mode_grid",
            "main"]
-
-COMPILE = ("off", "inductor", "freezing")
-
 
 def mode(size: int, overlap: int | None, precision: str = "fp32", attention: str = "default",
          compiler: str = "off") -> dict:
@@ -70,11 +67,12 @@ def parse_mode(spec: str) -> dict:
     if len(parts) != 5:
         raise ValueError(f"mode {spec!r}: expected size:overlap:precision:attention:compile, "
                          f"e.g. 2048:8:fp32:default:off")
-    size, overlap, precision, attention, compiler = parts
-    if precision not in ("fp32", "bf16") or attention not in ("default", "fused", "materialised") or (
-            compiler not in COMPILE):
-        raise ValueError(f"mode {spec!r}: precision fp32|bf16, attention default|fused|materialised, "
-                         f"compile {'|'.join(COMPILE)}")
+    size, overlap, rest = parts[0], parts[1], ":".join(parts[2:])
+    try:
+        inference = parse_inference_mode(rest)
+    except ValueError as exc:
+        raise ValueError(f"mode {spec!r}: {exc}") from None
+    precision, attention, compiler = inference.values()
     return mode(int(size), None if overlap == "whole" else int(overlap), precision, attention, compiler)
 
 
@@ -161,19 +159,16 @@ def output_error(model: torch.nn.Module, mode_: dict, args: argparse.Namespace, 
 
 def measure_in_this_process(mode_: dict, args: argparse.Namespace, device: torch.device) -> dict:
     """One mode; ``forward_memory_mb`` = peak during the timed forwards minus the memory after setup."""
-    if mode_["precision"] == "bf16" and not bf16_supported(device):
+    if mode_["precision"] == "bf16" and not bf16_native(device):
         return {**mode_, "status": "unsupported (no bf16 matmul support reported by torch)"}
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, lr = build(args.model, args.scale, mode_["size"], device)
-    set_attention(model, mode_["attention"])
-    if mode_["compile"] != "off":
+    if mode_["compile"] != "off" and args.threads > 0:
         import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = mode_["compile"] == "freezing"
-        if args.threads > 0:
-            inductor_config.compile_threads = args.threads
-        model = torch.compile(model)
+        inductor_config.compile_threads = args.threads
+    model = for_inference(model, mode_["attention"], mode_["compile"])
     before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else current_rss_mb() or 0.0
     row = measure(model, lr, args.scale, mode_["overlap"], args.tile, args.repeats, device, mode_["precision"],
                   compiled=mode_["compile"] != "off", timed_tiles=args.timed_tiles, tile_batch=args.tile_batch,
@@ -266,7 +261,7 @@ def write_outputs(rows: list[dict], out: Path, device: torch.device) -> Path:
 
 def run_mode(mode_: dict, args: argparse.Namespace, device: torch.device) -> dict:
     """One mode in a fresh process (bf16 without support: answered here, no process needed); failures -> a row."""
-    if mode_["precision"] == "bf16" and not bf16_supported(device):  # decided at run time
+    if mode_["precision"] == "bf16" and not bf16_native(device):  # decided at run time
         return measure_in_this_process(mode_, args, device)
     try:
         return peak_in_fresh_process("pamsr.bench", child_args(args, mode_), timeout=args.timeout)

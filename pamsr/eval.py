@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,16 +37,13 @@ from pamsr.data import check_pair, list_flat, load_images, read_polar
 from pamsr.degradation import minmax
 from pamsr.engine import evaluate, predict_image
 from pamsr.figures import comparison_figure, nearest_upsample
-from pamsr.inference import bf16_supported, default_overlap, set_attention
+from pamsr.inference import bf16_native, default_overlap, for_inference, parse_inference_mode
 from pamsr.models import build_model
 from pamsr.pipeline import prepare_data
 from pamsr.settings import PROJECT_DIR, Config, ModelConfig
 
-__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "overlap_sweep", "parse_inference_mode",
+__all__ = ["METRICS", "load_model", "test_overlap", "summarise", "run_eval", "overlap_sweep",
            "mode_sweep", "predict_folder", "main"]
-
-INFERENCE_MODES = {"precision": ("fp32", "bf16"), "attention": ("default", "fused", "materialised"),
-                   "compile": ("off", "inductor", "freezing")}
 
 METRICS = ("psnr", "psnr_clean", "psnr_clean_displaced", "ssim_clean", "ssim", "psnr_cart", "ssim_cart",
            "psnr_displaced", "ssim_displaced")
@@ -145,32 +142,16 @@ def overlap_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Pat
     return target
 
 
-def parse_inference_mode(spec: str) -> dict[str, str]:
-    """``precision:attention:compile`` (e.g. ``bf16:fused:freezing``) -> dict; the same vocabulary as ``bench.py``."""
-    parts = spec.split(":")
-    mode = dict(zip(INFERENCE_MODES, parts))
-    if len(parts) != 3 or any(mode[k] not in allowed for k, allowed in INFERENCE_MODES.items()):
-        raise ValueError(f"inference mode {spec!r}: expected precision:attention:compile with precision fp32|bf16, "
-                         f"attention default|fused|materialised, compile off|inductor|freezing")
-    return mode
-
-
 def mode_model(cfg: Config, checkpoint: str | Path | None, device: torch.device, mode: dict[str, str]
-               ) -> torch.nn.Module:
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The checkpoint's network with the attention path of ``mode`` and, for ``inductor`` / ``freezing``,
-    ``torch.compile`` (freezing: ``torch._inductor.config.freezing``, weights folded as constants)."""
+    compiled for inference (:func:`pamsr.inference.for_inference`)."""
     model = load_model(replace(cfg, runtime=replace(cfg.runtime, compile=False)), checkpoint, device)
-    set_attention(model, mode["attention"])
-    if mode["compile"] == "off":
-        return model
-    import torch._dynamo
-    import torch._inductor.config as inductor_config
+    if mode["compile"] != "off":
+        import torch._dynamo
 
-    torch._dynamo.reset()  # a fresh compilation per mode (the freezing flag is read at compile time)
-    inductor_config.freezing = mode["compile"] == "freezing"
-    for p in model.parameters():
-        p.requires_grad_(False)  # inference only; freezing folds parameters that need no grad
-    return torch.compile(model)
+        torch._dynamo.reset()  # a fresh compilation per mode
+    return for_inference(model, mode["attention"], mode["compile"])
 
 
 def mode_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, modes: Sequence[str],
@@ -185,7 +166,7 @@ def mode_sweep(cfg: Config, checkpoint: str | Path | None, out_dir: str | Path, 
     rows, reference = [], None
     for spec in modes:
         mode = parse_inference_mode(spec)
-        if mode["precision"] == "bf16" and not bf16_supported(device):
+        if mode["precision"] == "bf16" and not bf16_native(device):
             rows.append({"mode": spec, "status": "unsupported (no bf16 matmul support reported by torch)"})
             continue
         amp = "bf16" if mode["precision"] == "bf16" else "off"

@@ -7,22 +7,35 @@ border); outputs of overlapping windows are averaged (sum / count). Official val
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-__all__ = ["bf16_supported", "set_attention", "tile_starts", "tile_corners", "forward_tiled", "dihedral", "realign",
-           "super_resolve", "default_overlap"]
+from common.runtime import bf16_support, compile_inference
+
+__all__ = ["INFERENCE_MODES", "parse_inference_mode", "bf16_native", "set_attention", "for_inference", "tile_starts",
+           "tile_corners", "forward_tiled", "dihedral", "realign", "super_resolve", "default_overlap"]
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: CUDA ``is_bf16_supported``; CPU ``torch.backends.mkldnn`` with AVX512-BF16/AMX
-    (``torch.cpu._is_avx512_bf16_supported`` where torch has it; else the reported CPU capability)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    if probe is not None:
-        return bool(probe())
-    return "AMX" in torch.backends.cpu.get_cpu_capability()
+INFERENCE_MODES = {"precision": ("fp32", "bf16"), "attention": ("default", "fused", "materialised"),
+                   "compile": ("off", "inductor", "freezing")}
+
+
+def parse_inference_mode(spec: str) -> dict[str, str]:
+    """``precision:attention:compile`` (e.g. ``bf16:fused:freezing``) -> dict; ``eval.py --modes`` and, after
+    ``size:overlap:``, ``bench.py --modes``."""
+    parts = spec.split(":")
+    mode = dict(zip(INFERENCE_MODES, parts))
+    if len(parts) != 3 or any(mode[k] not in allowed for k, allowed in INFERENCE_MODES.items()):
+        raise ValueError(f"inference mode {spec!r}: expected precision:attention:compile with precision fp32|bf16, "
+                         f"attention default|fused|materialised, compile off|inductor|freezing")
+    return mode
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bf16 rows are measured only on native bf16 units, as torch reports them (:func:`common.runtime.bf16_support`)."""
+    return bf16_support(device) == "native"
 
 
 def set_attention(model: nn.Module, attention: str) -> int:
@@ -34,6 +47,16 @@ def set_attention(model: nn.Module, attention: str) -> int:
     for module in modules:
         module.fused_attn = attention == "fused"
     return len(modules)
+
+
+def for_inference(model: nn.Module, attention: str = "default", compile: str = "off") -> Callable[..., torch.Tensor]:
+    """The network with the attention path of a mode and, for ``inductor`` / ``freezing``, compiled for inference
+    (:func:`common.runtime.compile_inference`; freezing folds the weights, which then need no grad, as constants)."""
+    set_attention(model, attention)
+    if compile == "off":
+        return model
+    model.requires_grad_(False)
+    return compile_inference(model, freeze=compile == "freezing")
 
 
 def default_overlap(scale: int, tile: int = 64) -> int:

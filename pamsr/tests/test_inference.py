@@ -68,8 +68,8 @@ def test_bench_mode_grid_from_fresh_processes(tmp_path):
     to the reference of the same run; bf16 is measured only where torch reports support, else marked."""
     import pandas as pd
 
-    from pamsr.bench import bf16_supported
     from pamsr.bench import main as bench_main
+    from pamsr.inference import bf16_native
 
     out = bench_main(["--model", "cpu", "--sizes", "128", "--overlaps", "8", "--precisions", "fp32,bf16",
                       "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
@@ -78,7 +78,7 @@ def test_bench_mode_grid_from_fresh_processes(tmp_path):
     assert ref["overlap"] != ref["overlap"] and ref["precision"] == "fp32" and ref["speed_vs_reference"] == 1.0
     assert len(rows) == 4  # reference + tiled 8 fp32 + {whole, tiled 8} bf16
     bf16 = rows[rows["precision"] == "bf16"]
-    if bf16_supported(torch.device("cpu")):
+    if bf16_native(torch.device("cpu")):
         assert (bf16["status"] == "ok").all()
     else:
         assert bf16["status"].str.startswith("unsupported").all()
@@ -127,7 +127,7 @@ def test_forward_tiled_max_tiles_stops_early_on_full_size_buffers():
 
 
 def test_attention_switch_changes_the_path_not_the_result():
-    from pamsr.bench import set_attention
+    from pamsr.inference import set_attention
 
     torch.manual_seed(0)
     model = SwinIR(2, embed_dim=16, depths=[2], num_heads=[2], num_feat=8).eval()

@@ -152,7 +152,7 @@ def test_mode_sweep_compares_inference_modes_on_the_same_weights(trained, tmp_pa
     PSNR as the materialised one (same maths); bf16, where the CPU has it, stays close; a bad mode is refused."""
     import pandas as pd
 
-    from pamsr.inference import bf16_supported
+    from pamsr.inference import bf16_native
 
     _, overrides, run = trained
     ckpt = str(run / "checkpoints" / "best.pt")
@@ -163,7 +163,7 @@ def test_mode_sweep_compares_inference_modes_on_the_same_weights(trained, tmp_pa
     assert rows.loc["fp32:materialised:off", "max_abs_diff_vs_first"] == 0
     assert abs(rows.loc["fp32:fused:off", "psnr_vs_first"]) < 1e-3
     assert rows.loc["fp32:fused:off", "max_abs_diff_vs_first"] < 1e-4  # another kernel, same maths
-    if bf16_supported(torch.device("cpu")):
+    if bf16_native(torch.device("cpu")):
         assert abs(rows.loc["bf16:fused:off", "psnr_vs_first"]) < 0.5
     else:
         assert rows.loc["bf16:fused:off", "status"].startswith("unsupported")
