@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from common.cli import parse_reproduce, reproduce_parser
+from common.jobs import run_when_ready
 from common.rundir import create_run_dir, latest_run, resolve_path
 from common.tracking import write_comparison
 from joinedtrans.model import count_parameters
@@ -47,9 +48,9 @@ METRICS = ("dice_disc", "dice_cup", "vcdr_mae", "fovea_dist_norm", "dice_disc_ha
 CNN = ["model.encoder=cnn", "model.name=resnest14d", "model.channels=[32,64,128,256]", "model.stem_width=16",
        "model.embed_dim=null", "model.depths=null", "model.num_heads=null",
        "model.feature_channels=[16,32,64,128,256]"]
-_TIMINGS_LOCK = threading.Lock()
 PRETRAIN_OF = {"joinedtrans": "vessel", "fine_rgb_only": "vessel", "no_distance_branch": "vessel",
                "seg_only": "vessel", "generic_pretrain": "denoise"}
+_TIMINGS_LOCK = threading.Lock()  # timings.csv rows of the two job threads
 
 
 def row_overrides(row: str) -> list[str]:
@@ -87,18 +88,8 @@ def _schedule(jobs: dict, needs: dict, workers: int = 2) -> dict:
     """Run ``jobs`` (key -> ``_run`` arguments), ``workers`` at a time, each as soon as the jobs it ``needs`` are
     done, in the given order otherwise (so the seeds finish in order and the second core never waits on a phase
     boundary); returns key -> wall time (s)."""
-    pending, running, times = list(jobs), {}, {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        while pending or running:
-            for key in [k for k in pending if all(d in times for d in needs.get(k, ()))][:workers - len(running)]:
-                pending.remove(key)
-                running[pool.submit(_run, *jobs[key])] = key
-            if not running:
-                raise RuntimeError(f"jobs {pending} wait on jobs that are not scheduled")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                times[running.pop(future)] = future.result()
-    return times
+        return run_when_ready(list(jobs), lambda key, _: pool.submit(_run, *jobs[key]), needs, workers)
 
 
 def _summary(runs_root: str, experiment: str) -> dict:

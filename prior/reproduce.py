@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import pandas as pd
 
 from common.cli import parse_reproduce, reproduce_parser
 from common.config import apply_overrides, from_dict, to_dict
+from common.jobs import run_when_ready
 from common.rundir import create_run_dir
 from common.tracking import write_comparison
 from prior.finetune import run_finetune
@@ -92,37 +93,31 @@ def _job(cfg: Config, row: str, seed: int, prior_run: Path | None) -> tuple[dict
 
 def _run_jobs(cfg: Config, rows: list[str], seeds: list[int], jobs: int) -> dict[str, list[dict[str, float]]]:
     """Every (row, seed) job, ``jobs`` at a time in fresh single-thread processes (in this process for 1)."""
-    pending = [(row, seed) for row in rows for seed in seeds if row != "no_reconstruction"]
-    waiting = [(row, seed) for row in rows for seed in seeds if row == "no_reconstruction"]
+    # no_reconstruction starts from its seed's prior run (stage 3 skipped), so it waits for it
+    if "no_reconstruction" in rows and "prior" not in rows:
+        raise ValueError("row no_reconstruction starts from the prior row's stage-3 checkpoint of its seed: "
+                         "run it together with the prior row")
+    keys = [(row, seed) for row in rows for seed in seeds if row != "no_reconstruction"]
+    keys += [(row, seed) for row in rows for seed in seeds if row == "no_reconstruction"]
+    needs = {(row, seed): [("prior", seed)] for row, seed in keys if row == "no_reconstruction"}
     results: dict[tuple[str, int], dict[str, float]] = {}
     prior_runs: dict[int, Path] = {}
 
-    def finished(row: str, seed: int, out: tuple[dict[str, float], Path | None, float]) -> None:
-        results[row, seed] = out[0] | {"cpu_seconds": out[2]}
+    def finished(key: tuple[str, int], out: tuple[dict[str, float], Path | None, float]) -> None:
+        row, seed = key
+        results[key] = out[0] | {"cpu_seconds": out[2]}
         if row == "prior" and out[1] is not None:
             prior_runs[seed] = out[1]
         print(f"reproduce: {row} seed {seed} done ({out[2]:.0f} CPU s)", flush=True)
 
     if jobs <= 1:
-        for row, seed in pending + waiting:
-            finished(row, seed, _job(cfg, row, seed, prior_runs.get(seed)))
+        for key in keys:
+            finished(key, _job(cfg, *key, prior_runs.get(key[1])))
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running: dict[Future, tuple[str, int]] = {}
-            while pending or waiting or running:
-                ready = [w for w in waiting if w[1] in prior_runs]
-                for w in ready:
-                    waiting.remove(w)
-                pending = ready + pending
-                while pending and len(running) < jobs:
-                    row, seed = pending.pop(0)
-                    running[pool.submit(_job, cfg, row, seed, prior_runs.get(seed))] = (row, seed)
-                if not running:
-                    raise RuntimeError(f"no_reconstruction needs the prior run of seeds {[s for _, s in waiting]}")
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finished(*running.pop(future), future.result())
+            run_when_ready(keys, lambda key, _: pool.submit(_job, cfg, *key, prior_runs.get(key[1])), needs, jobs,
+                           on_done=finished)
     return {row: [results[row, seed] for seed in seeds] for row in rows}
 
 
