@@ -25,17 +25,13 @@ from aslseg.prompts import box_prior, boxes_from_mask
 from aslseg.selection import score_slices
 from aslseg.semisup import SSLTrainer, build_segmenter, filter_components
 from aslseg.settings import Config
+from common.metrics import mask_dice
 
-__all__ = ["pooled_dice", "threshold_grid", "diagnose", "main"]
+__all__ = ["threshold_grid", "diagnose", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 AGREEMENTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 UNCERTAINTIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
-
-
-def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return float(2 * (pred & truth).sum() / total) if total else float("nan")
 
 
 def _ellipse_masks(masks: np.ndarray, min_area: int, margin: int) -> np.ndarray:
@@ -60,7 +56,7 @@ def threshold_grid(agreement: np.ndarray, uncertainty: np.ndarray, hard: dict[st
             row = {"min_agreement": a_min, "max_uncertainty": u_max, "n": int(ok.sum()),
                    "n_with_tumour": int(truth[ok].reshape(int(ok.sum()), -1).any(1).sum()) if ok.any() else 0}
             for name, m in hard.items():
-                row[f"{name}_true_dice"] = pooled_dice(m[ok], truth[ok]) if ok.any() else float("nan")
+                row[f"{name}_true_dice"] = mask_dice(m[ok], truth[ok]) if ok.any() else float("nan")
             rows.append(row)
     return rows
 
@@ -117,8 +113,8 @@ def quantile_grid(probs: dict[str, np.ndarray], score_probs: dict[str, np.ndarra
         for f in fractions:
             top = order[: int(np.floor(f * scored.sum()))]
             rows.append({"label": name, "top_fraction": f, "n": len(top),
-                         "label_true_dice": pooled_dice(prob[top] > 0.5, truth[top]),
-                         "ssl_true_dice": pooled_dice(ssl[top] > 0.5, truth[top]),
+                         "label_true_dice": mask_dice(prob[top] > 0.5, truth[top]),
+                         "ssl_true_dice": mask_dice(ssl[top] > 0.5, truth[top]),
                          "min_agreement": float(sc.agreement[top].min()) if len(top) else float("nan")})
     return rows
 
@@ -132,11 +128,11 @@ def variant_report(trainer, prep, cfg: Config, device, sam: SAMState, pl, ssl_ma
     from aslseg.prompts import components
 
     probs, score_probs = _variant_masks(prep, cfg, device, sam, pl, ssl_masks, trainer)
-    rep = {f"{k}_true_dice": pooled_dice(v > 0.5, truth) for k, v in probs.items()}
+    rep = {f"{k}_true_dice": mask_dice(v > 0.5, truth) for k, v in probs.items()}
     lab_truth = prep.labelled.tumour.astype(bool)
     from aslseg.engine import predict_probs
 
-    rep["ssl_labelled_true_dice"] = pooled_dice(predict_probs(trainer.student, prep.labelled.images, device) > 0.5,
+    rep["ssl_labelled_true_dice"] = mask_dice(predict_probs(trainer.student, prep.labelled.images, device) > 0.5,
                                                 lab_truth)
     touching = np.zeros_like(ssl_masks)
     for i, m in enumerate(ssl_masks):
@@ -144,8 +140,8 @@ def variant_report(trainer, prep, cfg: Config, device, sam: SAMState, pl, ssl_ma
             if (comp & truth[i]).any():
                 touching[i] |= comp
     sam_tp = sam_box_probs(sam.model, prep.unlabelled.images, touching, cfg, sam.embeddings) > 0.5
-    rep["ssl_tpcomponents_true_dice"] = pooled_dice(touching, truth)
-    rep["sam_tpboxes_true_dice"] = pooled_dice(sam_tp, truth)
+    rep["ssl_tpcomponents_true_dice"] = mask_dice(touching, truth)
+    rep["sam_tpboxes_true_dice"] = mask_dice(sam_tp, truth)
     rep["ssl_fp_component_px"] = int((ssl_masks & ~touching).sum())
     rep["sam_px_in_fp_boxes"] = int(((pl.sam > 0.5) & ~sam_tp).sum())
     hard = {"ssl": pl.ssl > 0.5, "refined": pl.refined > 0.5, **{k: v > 0.5 for k, v in probs.items()}}
@@ -153,7 +149,7 @@ def variant_report(trainer, prep, cfg: Config, device, sam: SAMState, pl, ssl_ma
     # the SSL masks ranked by their own entropy (agreement with themselves is 1): selection without SAM
     rows += quantile_grid({"ssl_own_entropy": pl.ssl}, {}, pl.ssl, truth, cfg.selection.dilation)
     pd.DataFrame(rows).to_csv(out / "quantile.csv", index=False)
-    pd.DataFrame([{"label": k, "true_dice": pooled_dice(v, truth)} for k, v in hard.items()]).to_csv(
+    pd.DataFrame([{"label": k, "true_dice": mask_dice(v, truth)} for k, v in hard.items()]).to_csv(
         out / "variants.csv", index=False)
     return rep
 
@@ -181,11 +177,11 @@ def diagnose(cfg: Config, round0: str | Path, out: Path, variants: bool = False)
     scored = np.isfinite(score.agreement)
     summary: dict = {"round0": str(round0), "seconds_round": round(seconds, 1), "n_slices": len(truth),
                      "n_scored": int(scored.sum()), "n_with_tumour": int(truth.reshape(len(truth), -1).any(1).sum()),
-                     "sam_gtbox_true_dice": pooled_dice(gt_sam, truth),
-                     "ellipse_gtbox_true_dice": pooled_dice(_ellipse_masks(truth, p.min_area, p.box_margin), truth)}
+                     "sam_gtbox_true_dice": mask_dice(gt_sam, truth),
+                     "ellipse_gtbox_true_dice": mask_dice(_ellipse_masks(truth, p.min_area, p.box_margin), truth)}
     for name, m in hard.items():
-        summary[f"{name}_true_dice"] = pooled_dice(m, truth)
-        summary[f"{name}_true_dice_scored"] = pooled_dice(m[scored], truth[scored])
+        summary[f"{name}_true_dice"] = mask_dice(m, truth)
+        summary[f"{name}_true_dice_scored"] = mask_dice(m[scored], truth[scored])
     a, u = score.agreement[scored], score.uncertainty[scored]
     for q in (10, 25, 50, 75, 90):
         summary[f"agreement_q{q}"] = float(np.percentile(a, q)) if len(a) else float("nan")

@@ -21,13 +21,9 @@ import torch.nn.functional as F
 
 from aslseg.prompts import boxes_from_mask, components
 from aslseg.sam_model import SAMSegmenter
+from common.metrics import mask_dice
 
 __all__ = ["gated_fusion", "mean_fusion", "ssl_mask_prompt_probs"]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 0.0
 
 
 def gated_fusion(ssl_masks: np.ndarray, sam_probs: np.ndarray, min_area: int, margin: int, min_dice: float
@@ -40,7 +36,7 @@ def gated_fusion(ssl_masks: np.ndarray, sam_probs: np.ndarray, min_area: int, ma
             inside = np.zeros(comp.shape, bool)
             inside[y0:y1, x0:x1] = True
             sam_comp = (sam_probs[i] > 0.5) & inside
-            out[i][sam_comp if _dice(sam_comp, comp) >= min_dice else comp] = 1.0
+            out[i][sam_comp if mask_dice(sam_comp, comp, empty=0.0) >= min_dice else comp] = 1.0
     return out
 
 

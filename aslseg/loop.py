@@ -29,6 +29,7 @@ from aslseg.sam_model import SAMSegmenter
 from aslseg.selection import score_slices, select
 from aslseg.semisup import SSLTrainer
 from aslseg.settings import Config
+from common.metrics import mask_dice
 
 __all__ = ["RoundResult", "SAMState", "refine_all", "run_round", "oracle_stats", "labelled_pool"]
 
@@ -60,11 +61,6 @@ def labelled_pool(prep: Prepared, rounds: list[RoundResult]) -> LabelledPool:
     return LabelledPool(np.concatenate(images), np.concatenate(labels).astype(np.uint8), prep.unlabelled.images)
 
 
-def _pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return float(2 * (pred & truth).sum() / total) if total else float("nan")
-
-
 def oracle_stats(pl: PseudoLabels, truth: np.ndarray, candidates: np.ndarray, chosen: np.ndarray,
                  positive: np.ndarray) -> dict[str, float]:
     """Reporting only: pooled true Dice of the selected / rejected refined pseudo-labels and of the SSL, raw-SAM
@@ -74,11 +70,11 @@ def oracle_stats(pl: PseudoLabels, truth: np.ndarray, candidates: np.ndarray, ch
     neg = chosen[~positive]
     hard = {k: v > 0.5 for k, v in (("ssl", pl.ssl), ("sam", pl.sam), ("refined", pl.refined))}
     return {
-        "selected_true_dice": _pooled_dice(hard["refined"][chosen], truth[chosen]),
-        "rejected_true_dice": _pooled_dice(hard["refined"][rejected], truth[rejected]),
-        "ssl_true_dice": _pooled_dice(hard["ssl"][candidates], truth[candidates]),
-        "sam_true_dice": _pooled_dice(hard["sam"][candidates], truth[candidates]),
-        "refined_true_dice": _pooled_dice(hard["refined"][candidates], truth[candidates]),
+        "selected_true_dice": mask_dice(hard["refined"][chosen], truth[chosen]),
+        "rejected_true_dice": mask_dice(hard["refined"][rejected], truth[rejected]),
+        "ssl_true_dice": mask_dice(hard["ssl"][candidates], truth[candidates]),
+        "sam_true_dice": mask_dice(hard["sam"][candidates], truth[candidates]),
+        "refined_true_dice": mask_dice(hard["refined"][candidates], truth[candidates]),
         "tumour_px_in_selected_neg": float(truth[neg].sum()) if len(neg) else 0.0,
     }
 

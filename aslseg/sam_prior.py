@@ -31,6 +31,7 @@ from aslseg.sam_model import SAMSegmenter, build_tiny_sam, set_trainable
 from aslseg.sam_tuning import SAMExample, sam_train_step
 from aslseg.settings import SAMPretrainConfig
 from common.checkpoint import atomic_torch_save
+from common.metrics import mask_dice
 from common.rundir import resolve_path
 from common.synthetic import as_rng, ellipse_mask, smooth_field, speckle_noise
 
@@ -144,10 +145,6 @@ def cache_path(cfg: SAMPretrainConfig, size: int, mask_prompt: str = "none") -> 
     return resolve_path(cfg.cache_dir) / f"tiny-{digest}.pth"
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 1.0 if not a.any() and not b.any() else float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
 def _heldout(model: SAMSegmenter, cfg: SAMPretrainConfig, size: int, n: int | None = None) -> dict[str, float]:
     """Held-out Dice of SAM and of the box's inscribed ellipse, on boxes drawn as in training and on tight ones
     (the same shapes; own seed, so never a training sample)."""
@@ -160,8 +157,8 @@ def _heldout(model: SAMSegmenter, cfg: SAMPretrainConfig, size: int, n: int | No
         tight = boxes_from_mask(target)[0]
         for suffix, box in (("", ex.box), ("_tight", tight)):
             pred = model.predict(torch.from_numpy(image)[None], box[None]) > 0.5
-            out[f"heldout_dice{suffix}"].append(_dice(pred, target))
-            out[f"ellipse_dice{suffix}"].append(_dice(ellipse_baseline(box, size), target))
+            out[f"heldout_dice{suffix}"].append(mask_dice(pred, target, empty=1.0))
+            out[f"ellipse_dice{suffix}"].append(mask_dice(ellipse_baseline(box, size), target, empty=1.0))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "auc_macro_ovr",
     "quadratic_kappa",
     "binary_segmentation_metrics",
+    "mask_dice",
     "segmentation_metrics",
     "psnr",
     "ssim",
@@ -115,6 +116,17 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, scores: np.ndarra
 def _diagonal(shape: Sequence[int], spacing: Sequence[float] | None) -> float:
     spacing = np.ones(len(shape)) if spacing is None else np.asarray(spacing, dtype=np.float64)
     return float(np.sqrt((((np.asarray(shape) - 1) * spacing) ** 2).sum()))
+
+
+def mask_dice(pred: np.ndarray, truth: np.ndarray, empty: float = float("nan")) -> float:
+    """Dice of two boolean masks of one shape, pooled over every element (a stack of slices counts as one mask);
+    ``empty``: the value when both are empty (nan: undefined, 1: both agree there is nothing). Plain NumPy, for
+    pseudo-label bookkeeping in loops; scored metrics go through :func:`binary_segmentation_metrics`."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    total = int(pred.sum()) + int(truth.sum())
+    return float(2 * (pred & truth).sum() / total) if total else float(empty)
 
 
 def binary_segmentation_metrics(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from common.metrics import binary_segmentation_metrics
+from common.metrics import binary_segmentation_metrics, mask_dice
 from fedlppa.data import Case, augment_pair, stack_batch
 
 __all__ = ["main_logits", "num_batches", "epoch_batches", "batch_at", "poly_lr", "set_lr", "train_iterations",
@@ -173,6 +173,4 @@ def dice_fg(pred: torch.Tensor, mask: torch.Tensor, ignore: int) -> float:
     known = mask != ignore
     if not bool(known.any()):
         return float("nan")
-    p, g = (pred > 0) & known, (mask > 0) & known
-    denom = int(p.sum() + g.sum())
-    return 1.0 if denom == 0 else float(2 * (p & g).sum() / denom)
+    return mask_dice(((pred > 0) & known).cpu().numpy(), ((mask > 0) & known).cpu().numpy(), empty=1.0)

@@ -90,7 +90,8 @@ def test_selection_on_agreements_growth_and_no_double_pick():
 
 
 def test_threshold_grid_counts_and_pooled_dice():
-    from aslseg.diagnose import pooled_dice, threshold_grid
+    from aslseg.diagnose import threshold_grid
+    from common.metrics import mask_dice
 
     truth = np.zeros((3, 8, 8), bool)
     truth[0, :4] = truth[1, :2] = True
@@ -102,7 +103,7 @@ def test_threshold_grid_counts_and_pooled_dice():
             for r in threshold_grid(agreement, uncertainty, {"refined": refined}, truth, (0.5, 0.8), (0.3, 0.6))}
     assert rows[(0.8, 0.3)]["n"] == 1 and rows[(0.8, 0.3)]["refined_true_dice"] == 1.0
     assert rows[(0.5, 0.6)]["n"] == 2 and rows[(0.5, 0.6)]["n_with_tumour"] == 2
-    assert np.isclose(rows[(0.5, 0.6)]["refined_true_dice"], pooled_dice(refined[:2], truth[:2]))
+    assert np.isclose(rows[(0.5, 0.6)]["refined_true_dice"], mask_dice(refined[:2], truth[:2]))
     assert rows[(0.5, 0.3)]["n"] == 1
 
 

@@ -87,3 +87,18 @@ def test_psnr_ssim():
     noise = rng.normal(0, 1, img.shape)
     mild, strong = ssim(img + 0.05 * noise, img, data_range=1.0), ssim(img + 0.3 * noise, img, data_range=1.0)
     assert 1.0 > mild > strong > 0.0
+
+
+def test_mask_dice_pools_slices_and_states_the_empty_case():
+    from common.metrics import mask_dice
+
+    a = np.zeros((2, 4, 4), bool)
+    b = np.zeros((2, 4, 4), bool)
+    a[0, :2, :2] = True  # 4 pixels on slice 0
+    b[0, :2, :1] = True  # 2 of them
+    b[1, 0, 0] = True  # 1 more on slice 1
+    assert mask_dice(a, b) == pytest.approx(2 * 2 / (4 + 3))
+    assert np.isnan(mask_dice(a[1], a[1])) and mask_dice(a[1], a[1], empty=1.0) == 1.0
+    assert mask_dice(a[1], b[1], empty=1.0) == 0.0
+    with pytest.raises(ValueError, match="mask shapes differ"):
+        mask_dice(a, b[0])
