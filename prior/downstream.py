@@ -152,17 +152,25 @@ def gap_features(encoder, loader: DataLoader, device: torch.device) -> tuple[np.
     return torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
-@torch.no_grad()
-def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxes: list[tuple[int, ...]],
-                  image_size: int, device: torch.device, quantize: bool = True) -> float:
-    """Fraction of finding sentences whose sentence->patch attention peaks in a grid cell overlapping the
-    finding's box (boxes in pixels of the ``image_size`` input); sentences through the SPB when ``quantize``."""
+def _sentence_maps(model: PRIOR, images: torch.Tensor, sentences: list[str], device: torch.device,
+                   quantize: bool):
+    """Patch tokens, sentence embeddings (through the SPB when ``quantize``) and the local cross-attention of one
+    finding sentence per image."""
     model.eval()
     emb = model.encode_image(images.to(device))
     text, mask = model.encode_sentences([[s] for s in sentences])
     if model.losses["spb"] and quantize:
         text, _ = model.quantize(text, mask)
-    att = model.local_cross_attention(emb.tokens, text, mask).sentence_attention[:, 0]  # (N, P)
+    return emb, text, model.local_cross_attention(emb.tokens, text, mask)
+
+
+@torch.no_grad()
+def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxes: list[tuple[int, ...]],
+                  image_size: int, device: torch.device, quantize: bool = True) -> float:
+    """Fraction of finding sentences whose sentence->patch attention peaks in a grid cell overlapping the
+    finding's box (boxes in pixels of the ``image_size`` input); sentences through the SPB when ``quantize``."""
+    _, _, out = _sentence_maps(model, images, sentences, device, quantize)
+    att = out.sentence_attention[:, 0]  # (N, P)
     hits = box_cells(boxes, model.grid[0], image_size)[np.arange(len(boxes)), att.argmax(-1).cpu().numpy()]
     return float(np.mean(hits)) if len(hits) else float("nan")
 
@@ -188,12 +196,7 @@ def grounding_diagnosis(model: PRIOR, images: torch.Tensor, sentences: list[str]
     rate of a peak drawn uniformly over the grid; ``peak_mode_share``: share of sentences whose peak is the most
     common peak cell (1 = every sentence points at the same cell); ``att_range``: mean over sentences of the
     max - min of the sigmoid sentence attention over patches (0 = a flat map)."""
-    model.eval()
-    emb = model.encode_image(images.to(device))
-    text, mask = model.encode_sentences([[s] for s in sentences])
-    if model.losses["spb"] and quantize:
-        text, _ = model.quantize(text, mask)
-    out = model.local_cross_attention(emb.tokens, text, mask)
+    emb, text, out = _sentence_maps(model, images, sentences, device, quantize)
     maps = {"sentence_attention": out.sentence_attention[:, 0], "patch_attention": out.patch_attention[:, :, 0],
             "cosine": torch.nn.functional.cosine_similarity(emb.tokens, text[:, :1], dim=-1)}
     cells = box_cells(boxes, model.grid[0], image_size)

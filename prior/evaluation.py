@@ -27,16 +27,25 @@ def _loader(cfg: Config, paths, labels) -> DataLoader:
     return DataLoader(ds, batch_size=32, shuffle=False, num_workers=cfg.data.num_workers)
 
 
-def grounding_cases(cfg: Config, data: PretrainData, limit: int = 200
-                    ) -> tuple[torch.Tensor, list[str], list[tuple[float, ...]]] | None:
-    """The pointing-game cases of the test studies (``synthetic-findings.csv``; None without it or without
-    localised findings): images ``(N, 1, H, W)``, finding sentences, boxes in pixels of the input size."""
+def _test_findings(data: PretrainData) -> pd.DataFrame | None:
+    """Rows of ``synthetic-findings.csv`` (absent for real MIMIC-CXR: None) of the test studies' first images."""
     table = data.root / "synthetic-findings.csv"
     if not table.is_file():
         return None
     frame = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
     test_ids = {d for s in data.test for d in s.dicom_ids[:1]}
-    rows = frame[frame["dicom_id"].isin(test_ids) & frame["finding"].isin(LOCALIZED)].head(limit)
+    return frame[frame["dicom_id"].isin(test_ids)]
+
+
+def grounding_cases(cfg: Config, data: PretrainData, limit: int = 200, findings: pd.DataFrame | None = None
+                    ) -> tuple[torch.Tensor, list[str], list[tuple[float, ...]]] | None:
+    """The pointing-game cases of the test studies (``synthetic-findings.csv``, or its test rows ``findings``
+    already read; None without it or without localised findings): images ``(N, 1, H, W)``, finding sentences,
+    boxes in pixels of the input size."""
+    findings = _test_findings(data) if findings is None else findings
+    if findings is None:
+        return None
+    rows = findings[findings["finding"].isin(LOCALIZED)].head(limit)
     if not len(rows):
         return None
     by_id = {d: p for s in data.test for d, p in zip(s.dicom_ids, s.images)}
@@ -53,13 +62,11 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
     """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR);
     ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game with the
     opposite choice, as ``pointing_game_<other>``."""
-    table = data.root / "synthetic-findings.csv"
-    if not table.is_file():
+    findings = _test_findings(data)
+    if findings is None:
         return {}
-    frame = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
-    test_ids = {d for s in data.test for d in s.dicom_ids[:1]}
     out: dict[str, float] = {}
-    grounding = grounding_cases(cfg, data, limit)
+    grounding = grounding_cases(cfg, data, limit, findings)
     if grounding is not None:
         stacked, sentences, boxes = grounding
         out["pointing_game"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size, device,
@@ -67,7 +74,7 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
         if other is not None:
             out[f"pointing_game_{other}"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size,
                                                           device, not quantize)
-    all_rows = frame[frame["dicom_id"].isin(test_ids)].head(4 * limit)
+    all_rows = findings.head(4 * limit)
     if model.losses["spb"] and len(all_rows):
         ids = pd.factorize(all_rows["finding"])[0]
         out |= prototype_stats(model, list(all_rows["sentence"]), ids)
