@@ -9,7 +9,11 @@ evaluates) in its own run ``runs/pamsr/reproduce-<row>-s<seed>/<timestamp>/``; `
 time, each with one thread.
 
     python reproduce.py [--config configs/default.yaml] [--data-root DIR] [--all] [--only ROW,ROW]
-                        [--seeds 1,2,3] [--jobs 2] [key=value ...]
+                        [--seeds 1,2,3] [--folds 0,1,2,3,4] [--jobs 2] [key=value ...]
+
+``--folds``: the test folds (default: ``data.fold`` alone; ``--all``: every fold of ``data.n_folds``). Test fold k
+validates on fold (k + 1) mod ``n_folds`` when the config has a separate validation fold (``data.val_fold`` set),
+on the test fold itself otherwise (official); rows are averaged over every (fold, seed) run.
 
 Rows: ``pamsr``, ``bicubic``, ``edsr``, ``no_registration`` (trained on the unregistered
 ``data.unregistered_dataset``), ``no_displacement`` (no displacement augmentation), ``no_patch_selection`` (uniform
@@ -109,14 +113,26 @@ def row_overrides(method: str, base: Config) -> list[str]:
     return list(dict(VARIANTS + EXTRA_VARIANTS)[method])
 
 
-def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
-                ) -> list[tuple[str, int, Config]]:
-    """Every (row, seed)'s validated config (before any work): the base overrides, then the row's own, one
-    experiment per row and seed (``reproduce-<row>-s<seed>``)."""
+def fold_overrides(base: Config, fold: int) -> list[str]:
+    """Test fold ``fold``; validation on the next fold when the config validates on a separate fold."""
+    if not 0 <= fold < base.data.n_folds:
+        raise ValueError(f"--folds: fold {fold} is outside 0..{base.data.n_folds - 1} (data.n_folds="
+                         f"{base.data.n_folds})")
+    val = [] if base.data.val_fold is None else [f"data.val_fold={(fold + 1) % base.data.n_folds}"]
+    return [f"data.fold={fold}", *val]
+
+
+def row_configs(config: str, base: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+                folds: Sequence[int] | None = None) -> list[tuple[str, int, Config]]:
+    """Every (row, fold, seed)'s validated config (before any work): the base overrides, then the fold's and the
+    row's own, one experiment per row, fold and seed (``reproduce-<row>-s<seed>``; ``reproduce-<row>-f<fold>-s<seed>``
+    when ``folds`` is given). ``folds=None``: the config's own test and validation folds."""
     cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])
-    return [(m, seed, load_config(Config, config, [*base, *row_overrides(m, cfg), f"seed={seed}",
-                                                   f"experiment=reproduce-{m}-s{seed}"], search_dirs=[PROJECT_DIR]))
-            for seed in seeds for m in methods]  # seed by seed: an interrupted run still has complete seeds
+    plan = [(None, [])] if folds is None else [(k, fold_overrides(cfg, k)) for k in folds]
+    return [(m, seed, load_config(Config, config, [*base, *fold_ov, *row_overrides(m, cfg), f"seed={seed}",
+                                                   f"experiment=reproduce-{m}{'' if k is None else f'-f{k}'}-s{seed}"],
+                                  search_dirs=[PROJECT_DIR]))
+            for k, fold_ov in plan for seed in seeds for m in methods]  # an interrupted run keeps complete seeds
 
 
 def eval_variants(method: str, cfg: Config, checkpoint: Path | None, run: Path) -> list[dict]:
@@ -128,7 +144,8 @@ def eval_variants(method: str, cfg: Config, checkpoint: Path | None, run: Path) 
     for name, override in EVAL_VARIANTS:
         variant = replace(cfg, eval=replace(cfg.eval, **override))
         summary, _, _ = run_eval(variant, checkpoint, run / f"eval_{name}")
-        rows.append({"method": name, "seed": cfg.seed, **{k: v for k, v in summary.items() if k != "n_cases"}})
+        rows.append({"method": name, "seed": cfg.seed, "fold": cfg.data.fold,
+                     **{k: v for k, v in summary.items() if k != "n_cases"}})
     return rows
 
 
@@ -145,7 +162,8 @@ def run_row(method: str, cfg: Config) -> tuple[list[dict], dict]:
     summary, _, preds = run_eval(cfg, checkpoint, run / "eval", figures_dir=run / "figures",
                                  keep_predictions=method in KEEP_PREDICTIONS)
     params = count_parameters(build_model(cfg.model, cfg.data.scale, cfg.data.patch_size))
-    row = {"method": method, "seed": cfg.seed, **{k: v for k, v in summary.items() if k != "n_cases"},
+    row = {"method": method, "seed": cfg.seed, "fold": cfg.data.fold,
+           **{k: v for k, v in summary.items() if k != "n_cases"},
            "params": params, "minutes": (time.time() - tic) / 60, "run": str(run)}
     print(f"== {method} seed {cfg.seed}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()), flush=True)
     extra = [r | {"params": params, "minutes": row["minutes"], "run": str(run)}
@@ -173,15 +191,15 @@ def run_all(tasks: Sequence[tuple[str, int, Config]], jobs: int, on_done: Callab
                 results[futures[future]] = future.result()
                 on_done(done())
     rows = done()
-    first = tasks[0][1] if tasks else None
-    preds = {tasks[i][0]: results[i][1] for i in range(len(tasks)) if tasks[i][1] == first}
+    first = (tasks[0][1], tasks[0][2].data.fold) if tasks else None
+    preds = {tasks[i][0]: results[i][1] for i in range(len(tasks)) if (tasks[i][1], tasks[i][2].data.fold) == first}
     return rows, preds
 
 
 def aggregate(per_seed: Sequence[dict]) -> list[dict]:
-    """One row per method: the mean over seeds of each of :data:`COLUMNS`, its ``_std`` (population std over
-    seeds) and the number of ``seeds``; headline column first (official-protocol ``psnr``). Every metric of every
-    seed is in ``per_seed.csv``."""
+    """One row per method: the mean over its runs (every fold and seed) of each of :data:`COLUMNS`, its ``_std``
+    (population std over those runs), the number of ``seeds`` and of ``folds``; headline column first
+    (official-protocol ``psnr``). Every metric of every run is in ``per_seed.csv``."""
     out = []
     for method in dict.fromkeys(r["method"] for r in per_seed):
         rows = [r for r in per_seed if r["method"] == method]
@@ -189,7 +207,8 @@ def aggregate(per_seed: Sequence[dict]) -> list[dict]:
         for key in [k for k in COLUMNS if k in rows[0]]:
             values = np.array([r[key] for r in rows], dtype=float)
             row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
-        row |= {"seeds": len(rows), "params": rows[0]["params"],
+        row |= {"seeds": len({r["seed"] for r in rows}), "folds": len({r.get("fold") for r in rows}),
+                "params": rows[0]["params"],
                 "minutes": float(np.mean([r["minutes"] for r in rows]))}
         out.append(row)
     return out
@@ -244,11 +263,18 @@ def notes(cfg: Config, rows: Sequence[dict], claims: Sequence[dict], reg: dict[s
           wall: float, room: dict[str, float] | None = None) -> str:
     """The comparison page's text: data, protocol, the claims as measured and the registration check."""
     seeds = sorted({r["seeds"] for r in rows})
-    val = "the test fold (official)" if cfg.data.val_fold is None else f"fold {cfg.data.val_fold}"
-    lines = [f"Data: `{cfg.data.root}` (dataset `{cfg.data.dataset}`), x{cfg.data.scale}, test fold {cfg.data.fold} "
-             f"of {cfg.data.n_folds} (KFold seed {cfg.data.split_seed}), validation (best epoch) on {val}; config "
-             f"`{config}`; {'/'.join(map(str, seeds))} seeds per row (mean, `_std` = std over seeds); wall time "
-             f"{wall:.1f} min.",
+    folds = sorted({r["folds"] for r in rows})
+    if folds == [1]:
+        val = "the test fold (official)" if cfg.data.val_fold is None else f"fold {cfg.data.val_fold}"
+        split = f"test fold {cfg.data.fold} of {cfg.data.n_folds} (KFold seed {cfg.data.split_seed}), validation " \
+                f"(best epoch) on {val}"
+    else:
+        val = "the test fold (official)" if cfg.data.val_fold is None else "the next fold"
+        split = f"{'/'.join(map(str, folds))} test folds of {cfg.data.n_folds} per row (KFold seed " \
+                f"{cfg.data.split_seed}), validation (best epoch) on {val}"
+    lines = [f"Data: `{cfg.data.root}` (dataset `{cfg.data.dataset}`), x{cfg.data.scale}, {split}; config "
+             f"`{config}`; {'/'.join(map(str, seeds))} seeds per row (mean, `_std` = std over every fold and seed "
+             f"run); wall time {wall:.1f} min.",
              "Metrics: psnr/ssim = official protocol (whole zero-padded polar image against the HR scan, SR quantised "
              "to 1/255); *_clean = the same against the noise-free ground truth; *_displaced = LR inputs whose odd "
              f"rows are shifted by a seeded offset in ±{cfg.displacement.max_shift} LR px. Figure columns: LR "
@@ -268,6 +294,8 @@ def notes(cfg: Config, rows: Sequence[dict], claims: Sequence[dict], reg: dict[s
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, list[tuple[str, int, Config]], Config]:
     parser = reproduce_parser("PAMSR: train + evaluate the method, baselines and ablations on the same data")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds (rows are averaged)")
+    parser.add_argument("--folds", default=None,
+                        help="comma-separated test folds (default: data.fold; with --all: every fold)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, each in its own process with 1 thread")
     _, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=ROWS)
     config = args.config or DEFAULT_CONFIG
@@ -279,7 +307,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, list[tup
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         cfg = load_config(Config, config, base, search_dirs=[PROJECT_DIR])
-        tasks = row_configs(config, base, methods, seeds)
+        folds = ([int(x) for x in args.folds.split(",") if x.strip()] if args.folds is not None
+                 else list(range(cfg.data.n_folds)) if args.all else None)
+        tasks = row_configs(config, base, methods, seeds, folds)
     except ValueError as exc:  # ConfigError is a ValueError, and so is a bad --seeds list
         parser.error(str(exc))
     return args, config, tasks, cfg

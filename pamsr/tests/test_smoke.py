@@ -209,11 +209,38 @@ def test_reproduce_writes_comparison(trained):
 def test_reproduce_all_evaluates_ema_and_self_ensemble_of_the_pamsr_run(trained, tmp_path):
     base, _, _ = trained
     out = reproduce.main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}", f"data.root={base / 'data'}",
-                          "optim.epochs=1", "--all", "--only", "pamsr", "--seeds", "1", "--jobs", "1"])
+                          "optim.epochs=1", "--all", "--only", "pamsr", "--seeds", "1", "--folds", "0", "--jobs", "1"])
     with (out / "comparison.csv").open() as handle:
         rows = {r["method"]: r for r in csv.DictReader(handle)}
     assert list(rows) == ["pamsr", "pamsr_ema", "pamsr_self_ensemble"]
     assert rows["pamsr_ema"]["psnr"] != rows["pamsr"]["psnr"] != rows["pamsr_self_ensemble"]["psnr"]
-    (run,) = list((tmp_path / "runs" / "pamsr" / "reproduce-pamsr-s1").iterdir())
+    (run,) = list((tmp_path / "runs" / "pamsr" / "reproduce-pamsr-f0-s1").iterdir())
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert set(ckpt["extra"]["ema"]) == set(ckpt["model"])  # the EMA weights are saved with the model
+
+
+def test_reproduce_all_runs_every_fold_validating_on_the_next_one():
+    _, _, tasks, _ = reproduce.parse(["--config", "configs/ci.yaml", "--all", "--only", "pamsr,bicubic",
+                                         "--seeds", "1,2", "data.val_fold=1"])
+    plan = [(m, s, c.data.fold, c.data.val_fold, c.experiment) for m, s, c in tasks]
+    assert len(plan) == 5 * 2 * 2 and {f for _, _, f, _, _ in plan} == {0, 1, 2, 3, 4}
+    assert plan[0] == ("pamsr", 1, 0, 1, "reproduce-pamsr-f0-s1")
+    assert ("bicubic", 2, 4, 0, "reproduce-bicubic-f4-s2") in plan  # the last fold validates on fold 0
+    _, _, official, _ = reproduce.parse(["--config", "configs/ci.yaml", "--folds", "3", "--only", "pamsr",
+                                         "data.val_fold=null"])
+    assert [(c.data.fold, c.data.val_fold) for _, _, c in official] == [(3, None)] * 3  # val = test, as official
+    _, _, default, _ = reproduce.parse(["--config", "configs/ci.yaml", "--only", "pamsr", "--seeds", "1"])
+    assert [c.experiment for _, _, c in default] == ["reproduce-pamsr-s1"]  # no --folds: the config's own split
+
+
+def test_reproduce_rejects_a_fold_outside_the_split(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.parse(["--config", "configs/ci.yaml", "--folds", "5", "--only", "pamsr"])
+    assert "fold 5 is outside 0..4" in capsys.readouterr().err
+
+
+def test_aggregate_counts_folds_and_seeds():
+    runs = [{"method": "pamsr", "seed": s, "fold": f, "psnr": 20.0 + f, "params": 1, "minutes": 1.0}
+            for f in (0, 1) for s in (1, 2, 3)]
+    (row,) = reproduce.aggregate(runs)
+    assert (row["seeds"], row["folds"], row["psnr"], row["psnr_std"]) == (3, 2, 20.5, 0.5)
