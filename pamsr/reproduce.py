@@ -330,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_table(per_seed, out.path / "per_seed.csv")
     if claims:
         write_table(claims, out.path / "claims.csv")
-    figures = crops_figure(cfg, preds, out.path)
-    room = headroom(cfg)
+    first = tasks[0][2] if tasks else cfg  # the figure and the headroom are of the first run's test fold
+    figures = crops_figure(first, preds, out.path)
+    room = headroom(first)
     wall = (time.time() - tic) / 60
     write_comparison(rows, out.path, f"PAMSR x{cfg.data.scale}: method vs baselines and ablations", figures,
                      notes=notes(cfg, rows, claims, registration_check(cfg), config, wall, room))

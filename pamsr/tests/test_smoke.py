@@ -209,12 +209,14 @@ def test_reproduce_writes_comparison(trained):
 def test_reproduce_all_evaluates_ema_and_self_ensemble_of_the_pamsr_run(trained, tmp_path):
     base, _, _ = trained
     out = reproduce.main(["--config", "configs/ci.yaml", f"runs_root={tmp_path / 'runs'}", f"data.root={base / 'data'}",
-                          "optim.epochs=1", "--all", "--only", "pamsr", "--seeds", "1", "--folds", "0", "--jobs", "1"])
+                          "optim.epochs=1", "--all", "--only", "pamsr,bicubic", "--seeds", "1", "--folds", "1",
+                          "--jobs", "1"])
     with (out / "comparison.csv").open() as handle:
         rows = {r["method"]: r for r in csv.DictReader(handle)}
-    assert list(rows) == ["pamsr", "pamsr_ema", "pamsr_self_ensemble"]
+    assert list(rows) == ["pamsr", "pamsr_ema", "pamsr_self_ensemble", "bicubic"]
+    assert (out / "figures" / "crops.png").is_file()  # drawn from the test images of fold 1, not the config's fold 0
     assert rows["pamsr_ema"]["psnr"] != rows["pamsr"]["psnr"] != rows["pamsr_self_ensemble"]["psnr"]
-    (run,) = list((tmp_path / "runs" / "pamsr" / "reproduce-pamsr-f0-s1").iterdir())
+    (run,) = list((tmp_path / "runs" / "pamsr" / "reproduce-pamsr-f1-s1").iterdir())
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert set(ckpt["extra"]["ema"]) == set(ckpt["model"])  # the EMA weights are saved with the model
 
