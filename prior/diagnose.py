@@ -23,6 +23,12 @@ peaking at the same cell, the spread of the sigmoid attention), with the SPB pro
 SPB, the raw sentences too (``raw_*``).
 
     python diagnose.py --checkpoint runs/prior/<exp>/<run>/checkpoints/last.pt --grounding
+
+``--lesions``: why the local alignment does not ground lesion sentences (``prior.grounding``): does the report
+name the lesion's location, is the lesion visible at the token grid, do the tokens and the sentence->patch maps
+carry it, can the (quantised) sentence embeddings tell lesion sites apart.
+
+    python diagnose.py --checkpoint runs/prior/<exp>/<run>/checkpoints/last.pt --lesions
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -38,13 +45,14 @@ from common.checkpoint import load_checkpoint
 from common.cli import eval_parser, parse_eval
 from common.runtime import setup_runtime
 from prior.downstream import grounding_diagnosis
-from prior.evaluation import grounding_cases
+from prior.evaluation import LOCALIZED, grounding_cases, test_findings
+from prior.grounding import LesionCases, lesion_grounding, location_agreement, text_location_stats
 from prior.models import build_model
 from prior.models.alignment import global_clip_loss
 from prior.pipeline import prepare_data, pretrain_loader
 from prior.settings import Config
 
-__all__ = ["GROUPS", "diagnose", "grounding", "main"]
+__all__ = ["GROUPS", "diagnose", "grounding", "lesions", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 GROUPS = {"image": ("image_encoder.",), "image_proj": ("global_image_projection.", "local_image_projection."),
@@ -126,17 +134,38 @@ def grounding(cfg: Config, model, data, device: torch.device) -> dict[str, float
     return out
 
 
+def lesions(cfg: Config, model, data, device: torch.device, limit: int = 400) -> dict[str, float]:
+    """``prior.grounding`` on the test studies' localised findings; the location agreement on every split."""
+    table = data.root / "synthetic-findings.csv"
+    findings = test_findings(data)
+    if findings is None:
+        raise SystemExit(f"{table}: missing (synthetic data only); nothing to diagnose")
+    rows = findings[findings["finding"].isin(LOCALIZED)].head(limit).reset_index(drop=True)
+    cases = grounding_cases(cfg, data, limit, rows)
+    if cases is None:
+        raise SystemExit(f"{table}: no localised test findings to diagnose")
+    everything = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
+    out = location_agreement(everything, cfg.data.synth.size) | text_location_stats(model, everything)
+    return out | lesion_grounding(model, LesionCases(cases[0], rows, cases[2], cfg.data.synth.size),
+                                  cfg.data.image_size, device)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = eval_parser("Gradient and collapse diagnostics of a PRIOR checkpoint's global loss [ours]")
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2, 3), help="loss terms of this stage")
     parser.add_argument("--batches", type=int, default=4, help="training batches to average over")
     parser.add_argument("--grounding", action="store_true", help="pointing-game diagnosis on the test studies")
+    parser.add_argument("--lesions", action="store_true", help="why sentences are not grounded (prior.grounding)")
     ev = parse_eval(Config, argv, parser, "prior", PROJECT_DIR)
     cfg = ev.config
     device = setup_runtime(cfg.runtime, cfg.seed)
     model = build_model(cfg.model, cfg.data.image_size, cfg.loss.method, cfg.loss.global_weight_stage3).to(device)
     model.load_state_dict(load_checkpoint(ev.checkpoint)["model"])
     data = prepare_data(cfg)
+    if ev.args.lesions:
+        out = lesions(cfg, model, data, device)
+        print(f"{ev.checkpoint} lesions: " + " ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)
+        return out
     if ev.args.grounding:
         out = grounding(cfg, model, data, device)
         print(f"{ev.checkpoint} grounding: " + " ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)

@@ -17,7 +17,7 @@ from prior.models.prior import PRIOR
 from prior.pipeline import PretrainData, retrieval_reports, retrieval_studies, zeroshot_set
 from prior.settings import Config
 
-__all__ = ["evaluate_pretrained", "grounding_cases", "grounding_metrics", "LOCALIZED"]
+__all__ = ["evaluate_pretrained", "grounding_cases", "test_findings", "grounding_metrics", "LOCALIZED"]
 
 LOCALIZED = ("consolidation", "atelectasis", "effusion", "pneumothorax")
 
@@ -27,7 +27,7 @@ def _loader(cfg: Config, paths, labels) -> DataLoader:
     return DataLoader(ds, batch_size=32, shuffle=False, num_workers=cfg.data.num_workers)
 
 
-def _test_findings(data: PretrainData) -> pd.DataFrame | None:
+def test_findings(data: PretrainData) -> pd.DataFrame | None:
     """Rows of ``synthetic-findings.csv`` (absent for real MIMIC-CXR: None) of the test studies' first images."""
     table = data.root / "synthetic-findings.csv"
     if not table.is_file():
@@ -42,7 +42,7 @@ def grounding_cases(cfg: Config, data: PretrainData, limit: int = 200, findings:
     """The pointing-game cases of the test studies (``synthetic-findings.csv``, or its test rows ``findings``
     already read; None without it or without localised findings): images ``(N, 1, H, W)``, finding sentences,
     boxes in pixels of the input size."""
-    findings = _test_findings(data) if findings is None else findings
+    findings = test_findings(data) if findings is None else findings
     if findings is None:
         return None
     rows = findings[findings["finding"].isin(LOCALIZED)].head(limit)
@@ -62,7 +62,7 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
     """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR);
     ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game with the
     opposite choice, as ``pointing_game_<other>``."""
-    findings = _test_findings(data)
+    findings = test_findings(data)
     if findings is None:
         return {}
     out: dict[str, float] = {}

@@ -198,3 +198,24 @@ def test_atelectasis_height_option():
         heights[h] = int(study.findings[0].mask.sum())  # area of the band, proportional to its height
     assert heights[0.03] > 2 * heights[0.012]
     assert SynthConfig().atelectasis_height == 0.012
+
+
+def test_reports_name_the_lesion_site_and_the_cell_probe(synth_root: Path):
+    """Every zone-specific finding sentence of the generator names the side and zone its box lies in
+    (``prior.grounding.location_agreement`` [ours]); the cell probe separates separable cells (AUC 1) and gives
+    about 0.5 on noise."""
+    import pandas as pd
+
+    from prior.grounding import location_agreement, probe_cells
+    from prior.synth import zone_of_point
+
+    assert zone_of_point(10, 20, 64) == ("right", "upper") and zone_of_point(50, 50, 64) == ("left", "lower")
+    rows = pd.read_csv(synth_root / DATASET_DIRS["mimic"] / "synthetic-findings.csv")
+    out = location_agreement(rows, SMALL.size)
+    assert out["location_n"] > 0 and out["location_side_agree"] == 1 and out["location_zone_agree"] == 1
+    flipped = rows.assign(sentence=rows["sentence"].map(swap_left_right))
+    assert location_agreement(flipped, SMALL.size)["location_side_agree"] == 0
+    rng = np.random.default_rng(0)
+    labels = rng.random((40, 16)) < 0.2
+    assert probe_cells(labels[..., None] + 0.01 * rng.normal(size=(40, 16, 1)), labels) == 1.0
+    assert abs(probe_cells(rng.normal(size=(40, 16, 3)), labels) - 0.5) < 0.15
