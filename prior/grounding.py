@@ -38,12 +38,21 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from prior.downstream import box_cells
 from prior.models.prior import PRIOR
-from prior.synth import zone_of_point
 
-__all__ = ["LesionCases", "location_agreement", "cell_visibility", "probe_cells", "attention_lesion_stats",
-           "text_location_stats", "lesion_grounding"]
+__all__ = ["zone_of_point", "LesionCases", "location_agreement", "cell_visibility", "probe_cells",
+           "attention_lesion_stats", "text_location_stats", "lesion_grounding"]
 
 ZONED = ("consolidation", "atelectasis")
+
+
+def zone_of_point(x: float, y: float, size: int) -> tuple[str, str]:
+    """Patient side and lung zone of image point ``(x, y)`` (pixels of a ``size`` generator image): patient right =
+    image left; zones split halfway between the rows the generator draws them at (both lungs centred at 0.52 x
+    size with half-height 0.33 x size; zone rows at -0.55, 0 and +0.5 half-heights, ``synth.py``)."""
+    side = "right" if x < size / 2 else "left"
+    cy, ay = 0.52 * size, 0.33 * size
+    zone = "upper" if y < cy - 0.275 * ay else ("mid" if y < cy + 0.25 * ay else "lower")
+    return side, zone
 
 
 @dataclass

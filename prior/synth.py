@@ -29,7 +29,7 @@ from common.datasets import ensure_dataset
 from prior.settings import SynthConfig
 
 __all__ = ["Finding", "Study", "FINDING_KINDS", "CHEXPERT_LABELS", "FIVE_CLASSES", "render_study", "write_all",
-           "zone_of_point", "write_dicom", "rle_encode", "ensure_synthetic", "main"]
+           "write_dicom", "rle_encode", "ensure_synthetic", "main"]
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -132,15 +132,6 @@ def _zone_center(rng: np.random.Generator, size: int, side: str, zone: str) -> t
     cy, cx, ay, ax = _lung_geometry(size)[side]
     row = {"upper": cy - 0.55 * ay, "mid": cy, "lower": cy + 0.5 * ay}[zone]
     return row + rng.uniform(-0.08, 0.08) * ay, cx + rng.uniform(-0.3, 0.3) * ax
-
-
-def zone_of_point(x: float, y: float, size: int) -> tuple[str, str]:
-    """Patient side and lung zone of image point ``(x, y)`` (pixels of a ``size`` image): patient right = image
-    left; zones split halfway between the rows :func:`render_study` draws them at."""
-    side = "right" if x < size / 2 else "left"
-    cy, _, ay, _ = _lung_geometry(size)[side]
-    zone = "upper" if y < cy - 0.275 * ay else ("mid" if y < cy + 0.25 * ay else "lower")
-    return side, zone
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -206,8 +206,7 @@ def test_reports_name_the_lesion_site_and_the_cell_probe(synth_root: Path):
     about 0.5 on noise."""
     import pandas as pd
 
-    from prior.grounding import location_agreement, probe_cells
-    from prior.synth import zone_of_point
+    from prior.grounding import location_agreement, probe_cells, zone_of_point
 
     assert zone_of_point(10, 20, 64) == ("right", "upper") and zone_of_point(50, 50, 64) == ("left", "lower")
     rows = pd.read_csv(synth_root / DATASET_DIRS["mimic"] / "synthetic-findings.csv")
