@@ -154,14 +154,54 @@ def variant_report(trainer, prep, cfg: Config, device, sam: SAMState, pl, ssl_ma
     return rep
 
 
-def diagnose(cfg: Config, round0: str | Path, out: Path, variants: bool = False) -> dict:
+def _snapshot_trainer(cfg: Config, path: str | Path, device) -> SSLTrainer:
     from common.checkpoint import load_checkpoint
+
+    trainer = SSLTrainer(cfg.ssl, cfg.optim, device, build_segmenter(cfg.model))
+    trainer.load_state_dict(load_checkpoint(path)["extra"]["trainer"])
+    return trainer
+
+
+def early_adapter_report(prep, cfg: Config, device, sam: SAMState, pl, truth: np.ndarray,
+                         snapshots: Sequence[str | Path], out: Path) -> dict:
+    """The adapter trained on an earlier segmenter snapshot's predictions on the labelled slices (``real``; and one
+    copy of those + one corrupted ground truth, ``mixed``): errors closer to those the round-0 segmenter makes on
+    the unlabelled slices than its own in-sample predictions. Oracle true Dice over all unlabelled slices, plus
+    the top-20 % ranking of each (``early_quantile.csv``)."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from aslseg.engine import predict_probs
+    from aslseg.pipeline import adapter_stage, pseudo_label
+
+    rep: dict = {}
+    probs: dict[str, np.ndarray] = {}
+    lab_truth = prep.labelled.tumour.astype(bool)
+    for path in snapshots:
+        name = Path(path).stem  # ssl_<it>
+        ssl_lab = predict_probs(_snapshot_trainer(cfg, path, device).student, prep.labelled.images, device)
+        rep[f"{name}_labelled_true_dice"] = mask_dice(ssl_lab > 0.5, lab_truth)
+        for mode in ("real", "mixed"):
+            c = replace(cfg, adapter=replace(cfg.adapter, training=mode))
+            adapter = adapter_stage(sam.model, prep.labelled, c, seed=cfg.seed * 100 + 1, device=device,
+                                    ssl_probs=ssl_lab)
+            probs[f"adapter_{mode}_{name}"] = pseudo_label(sam.model, adapter, prep.unlabelled.images, pl.ssl, c,
+                                                           device, sam.embeddings).refined
+    rep.update({f"{k}_true_dice": mask_dice(v > 0.5, truth) for k, v in probs.items()})
+    rows = quantile_grid({"refined": pl.refined, **probs}, {}, pl.ssl, truth, cfg.selection.dilation)
+    rows += quantile_grid({"ssl_own_entropy": pl.ssl}, {}, pl.ssl, truth, cfg.selection.dilation)
+    pd.DataFrame(rows).to_csv(out / "early_quantile.csv", index=False)
+    return rep
+
+
+def diagnose(cfg: Config, round0: str | Path, out: Path, variants: bool = False,
+             adapter_from: Sequence[str | Path] = ()) -> dict:
     from common.runtime import setup_runtime
 
     device = setup_runtime(cfg.runtime, cfg.seed)
     prep = prepare_data(cfg)
-    trainer = SSLTrainer(cfg.ssl, cfg.optim, device, build_segmenter(cfg.model))
-    trainer.load_state_dict(load_checkpoint(round0)["extra"]["trainer"])
+    trainer = _snapshot_trainer(cfg, round0, device)
     start = time.time()
     sam = SAMState()
     pl = refine_all(trainer, prep, cfg, device, sam, 1)
@@ -190,6 +230,8 @@ def diagnose(cfg: Config, round0: str | Path, out: Path, variants: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     if variants:
         summary.update(variant_report(trainer, prep, cfg, device, sam, pl, ssl_masks, truth, out))
+    if adapter_from:
+        summary.update(early_adapter_report(prep, cfg, device, sam, pl, truth, adapter_from, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     import pandas as pd
 
@@ -211,8 +253,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="folder for summary.json, grid.csv, scores.npz")
     parser.add_argument("--variants", action="store_true",
                         help="also score other prompts, fusions and adapter trainings (variants.csv, quantile.csv)")
+    parser.add_argument("--adapter-from", nargs="+", default=(), metavar="SNAPSHOT",
+                        help="earlier checkpoints/ssl_<it>.pt of the same run: also train the adapter on their "
+                             "predictions on the labelled slices (early_quantile.csv)")
     cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
-    return diagnose(cfg, args.round0, Path(args.out), args.variants)
+    return diagnose(cfg, args.round0, Path(args.out), args.variants, args.adapter_from)
 
 
 if __name__ == "__main__":

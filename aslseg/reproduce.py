@@ -2,11 +2,12 @@
 
 ``python reproduce.py [--config configs/default.yaml] [--all] [--only aslseg,bcp] [--seeds 3] [--workers 2]``
 
-Rows (``comparison.csv``, mean over seeds, ``_std`` = spread): ``aslseg``; ``bcp`` trained for as many iterations
-as ASLseg's segmenter over all rounds (ASLseg's round 0 *is* this run's snapshot at the round-0 length, so the two
-share everything up to the first selection); ``mean_teacher``; ``supervised_labeled`` (labelled volumes only);
-``sam_zero_shot_gtbox`` (pre-trained SAM, no target tuning, one ground-truth box per tumour component: the upper
-bound of prompting); ``supervised_full`` (every training volume labelled). ``--all`` adds ``ua_mt``,
+Rows (``comparison.csv``, mean over seeds, ``_std`` = spread), by default the rows of the claims only (they fit
+about 1,600 CPU-seconds for 3 seeds): ``aslseg``; ``bcp`` trained for as many iterations as ASLseg's segmenter over
+all rounds (ASLseg's round 0 *is* this run's snapshot at the round-0 length, so the two share everything up to the
+first selection); ``supervised_labeled`` (labelled volumes only). ``--all`` adds the reference rows
+``mean_teacher``, ``sam_zero_shot_gtbox`` (pre-trained SAM, no target tuning, one ground-truth box per tumour
+component: the upper bound of prompting) and ``supervised_full`` (every training volume labelled), ``ua_mt``,
 ``aslseg_lora``, ``aslseg_no_sam`` (student/teacher agreement instead of SAM), ``aslseg_no_adapter``,
 ``aslseg_no_selection``, ``aslseg_sam_random`` (randomly initialised SAM), ``aslseg_rounds1``/``aslseg_rounds3``,
 ``aslseg_20pct`` (with ``bcp_20pct``) and ``aslseg_roi_none`` (with ``bcp_roi_none``). Sub-runs live in
@@ -31,8 +32,11 @@ from common.config import to_dict
 __all__ = ["ROWS", "ALL_ROWS", "row_overrides", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
-ROWS = ("aslseg", "bcp", "mean_teacher", "supervised_labeled", "sam_zero_shot_gtbox", "supervised_full")
-ALL_ROWS = ROWS + ("ua_mt", "aslseg_lora", "aslseg_no_sam", "aslseg_no_adapter", "aslseg_no_selection",
+# the default: the rows of the claims (ASLseg vs BCP and vs the labelled-only segmenter), 3 seeds, sized to about
+# 1,600 CPU-seconds (cost per row: README "Reproduction cost"); the reference rows go to --all
+ROWS = ("aslseg", "bcp", "supervised_labeled")
+ALL_ROWS = ROWS + ("mean_teacher", "sam_zero_shot_gtbox", "supervised_full", "ua_mt", "aslseg_lora",
+                   "aslseg_no_sam", "aslseg_no_adapter", "aslseg_no_selection",
                    "aslseg_sam_random", "aslseg_rounds1", "aslseg_rounds3", "bcp_20pct", "aslseg_20pct",
                    "bcp_roi_none", "aslseg_roi_none")
 _VARIANTS = {  # row -> (its equal-budget BCP row, extra overrides)
