@@ -44,9 +44,16 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint
 from common.cli import eval_parser, parse_eval
 from common.runtime import setup_runtime
+from prior.data import ImageDataset
 from prior.downstream import grounding_diagnosis
 from prior.evaluation import LOCALIZED, grounding_cases, test_findings
-from prior.grounding import LesionCases, lesion_grounding, location_agreement, text_location_stats
+from prior.grounding import (
+    LesionCases,
+    lesion_grounding,
+    location_agreement,
+    shuffled_local_losses,
+    text_location_stats,
+)
 from prior.models import build_model
 from prior.models.alignment import global_clip_loss
 from prior.pipeline import prepare_data, pretrain_loader
@@ -146,6 +153,9 @@ def lesions(cfg: Config, model, data, device: torch.device, limit: int = 400) ->
         raise SystemExit(f"{table}: no localised test findings to diagnose")
     everything = pd.read_csv(table, dtype={"dicom_id": str, "study_id": str})
     out = location_agreement(everything, cfg.data.synth.size) | text_location_stats(model, everything)
+    images = torch.stack([ImageDataset([s.images[0]], [0], cfg.data.image_size, cfg.data.mean, cfg.data.std)[0][0]
+                          for s in data.test])
+    out |= shuffled_local_losses(model, images, [s.sentences for s in data.test], device)
     return out | lesion_grounding(model, LesionCases(cases[0], rows, cases[2], cfg.data.synth.size),
                                   cfg.data.image_size, device)
 

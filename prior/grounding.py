@@ -16,6 +16,10 @@ its box) and a pre-trained PRIOR, each answering one question:
   does its minimum fall on the lesion?
 - ``att_image_corr``: does the map depend on the image? Mean correlation between a sentence's map on its own
   image and on another test image (1 = a fixed spatial pattern per sentence, the image is ignored).
+- ``local_text_matched`` / ``local_text_shuffled`` (``shuffled_local_losses``): does the intra-report sentence
+  loss need the image? The sentence-side local loss (and ``local_image_*`` the patch-side one) of the test studies
+  with their own images and with the images rolled by one study (a loss as low with a wrong image is solved
+  without reading it).
 - ``loc_code_share`` / ``loc_code_nmi`` / ``side_decode_acc`` / ``cos_*``: can the text side tell the lesion's
   location? Among consolidation sentences: the share of pairs at different sites that get the same SPB code, the
   NMI of code vs site, the 4-fold accuracy of a logistic regression (C 10) reading the side (chance 0.5) and the
@@ -39,8 +43,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from prior.downstream import box_cells
 from prior.models.prior import PRIOR
 
-__all__ = ["zone_of_point", "LesionCases", "location_agreement", "cell_visibility", "probe_cells",
-           "attention_lesion_stats", "text_location_stats", "lesion_grounding"]
+__all__ = ["shuffled_local_losses", "zone_of_point", "LesionCases", "location_agreement", "cell_visibility",
+           "probe_cells", "attention_lesion_stats", "text_location_stats", "lesion_grounding"]
 
 ZONED = ("consolidation", "atelectasis")
 
@@ -212,6 +216,28 @@ def text_location_stats(model: PRIOR, rows: pd.DataFrame, kind: str = "consolida
         out["loc_codes_used"] = float(len(np.unique(codes)))
         out["loc_sites"] = float(len(np.unique(site_k)))
     return out
+
+
+@torch.no_grad()
+def shuffled_local_losses(model: PRIOR, images: torch.Tensor, reports: list[list[str]], device: torch.device,
+                          quantize: bool = True, chunk: int = 32) -> dict[str, float]:
+    """Local losses of ``images`` ``(N, 1, S, S)`` with their own ``reports`` and with the images rolled by one."""
+    model.eval()
+    sums = {"local_text_matched": 0.0, "local_text_shuffled": 0.0, "local_image_matched": 0.0,
+            "local_image_shuffled": 0.0}
+    n = 0
+    for start in range(0, len(reports), chunk):
+        batch = images[start : start + chunk].to(device)
+        if batch.shape[0] < 2:
+            continue
+        text = model.encode_text(reports[start : start + chunk], model.losses["spb"] and quantize)
+        for name, imgs in (("matched", batch), ("shuffled", batch.roll(1, 0))):
+            emb = model.encode_image(imgs)
+            terms = model.local_losses(emb, text, model.local_attention(emb, text))
+            sums[f"local_text_{name}"] += float(terms["local_text"]) * batch.shape[0]
+            sums[f"local_image_{name}"] += float(terms["local_image"]) * batch.shape[0]
+        n += batch.shape[0]
+    return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 def lesion_grounding(model: PRIOR, cases: LesionCases, image_size: int, device: torch.device) -> dict[str, float]:

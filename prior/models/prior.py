@@ -131,7 +131,7 @@ class PRIOR(nn.Module):
         return self.local_cross_attention(image.tokens, text.sentences, text.mask)
 
     # ------------------------------------------------------------------------------------------- losses
-    def _local_losses(self, image: ImageEmbedding, text: TextEmbedding, att: LocalAttentionOutput
+    def local_losses(self, image: ImageEmbedding, text: TextEmbedding, att: LocalAttentionOutput
                       ) -> dict[str, torch.Tensor]:
         return {"local_image": simsiam_patch_loss(image.tokens, att.text_to_image, self.predictor),
                 "local_text": intra_report_infonce(text.sentences, att.image_to_text, text.mask,
@@ -177,7 +177,7 @@ class PRIOR(nn.Module):
         needs_attention = self.losses["local"] or (stage == 3 and self.losses["image_rec"])
         att = self.local_attention(image, text) if needs_attention else None
         if self.losses["local"]:
-            terms |= self._local_losses(image, text, att)
+            terms |= self.local_losses(image, text, att)
         if use_spb:
             terms["proto"] = self.spb_weight * text.spb_loss
         if stage == 3 and self.losses["image_rec"]:
