@@ -163,7 +163,8 @@ class CoarseConfig:
 class PretrainConfig:
     """Encoder pre-training (``pretrain.py``): ``kind: vessel`` = vessel segmentation on ``datasets`` under
     ``root`` (DRIVE test held out for the vessel Dice), ``denoise`` = same-budget denoising of the fundus images
-    (a generic prior of equal cost). Encoder + one UNet++ decoder + 1-channel head, whole images at ``size``."""
+    (a generic prior of equal cost). Encoder + one UNet++ decoder + 1-channel head, whole images at ``size``.
+    [ours] ``pos_weight``: weight of the vessel pixels in the BCE term (1 = plain Dice + BCE)."""
 
     kind: Literal["vessel", "denoise"] = "vessel"
     root: str = ""
@@ -174,6 +175,11 @@ class PretrainConfig:
     steps: int = 0
     batch_size: int = 16
     flip_p: float = 0.5
+    pos_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pos_weight <= 0:
+            raise ValueError(f"pretrain.pos_weight={self.pos_weight}: must be > 0 (1 = plain BCE)")
 
 
 @dataclass

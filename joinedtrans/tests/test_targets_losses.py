@@ -139,3 +139,29 @@ def test_heatmap_pos_weight_scales_only_the_error_inside_the_target() -> None:
     inside, outside = 4 * 0.25**2, (128 - 4) * 0.25**2
     assert plain == pytest.approx((inside + outside) / 128)
     assert weighted == pytest.approx((10 * inside + outside) / 128)
+
+
+def test_vessel_loss_pos_weight_weights_only_the_vessel_pixels_and_bad_values_are_refused() -> None:
+    from joinedtrans.pipeline import vessel_loss
+    from joinedtrans.settings import PretrainConfig
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 3, :] = 1.0  # one thin "vessel" row: 1/8 of the pixels
+    pred = torch.full_like(target, 0.3)
+    model = lambda x: pred  # noqa: E731
+    batch = {"image": torch.zeros(1, 3, 8, 8), "target": target}
+    _, plain = vessel_loss(1.0)(model, batch, 0, 1)
+    _, weighted = vessel_loss(5.0)(model, batch, 0, 1)
+    bce_pos, bce_neg = -np.log(0.3), -np.log(0.7)
+    assert plain["bce"] == pytest.approx((bce_pos + 7 * bce_neg) / 8, rel=1e-5)
+    assert weighted["bce"] == pytest.approx((5 * bce_pos + 7 * bce_neg) / 8, rel=1e-5)
+    assert weighted["dice_loss"] == pytest.approx(plain["dice_loss"])
+    # at a constant output below 0.5 the weighted BCE pulls the output up, the plain one down
+    p = torch.full_like(target, 0.2, requires_grad=True)
+    for w, sign in ((1.0, 1), (12.0, -1)):
+        p.grad = None
+        bce = torch.nn.functional.binary_cross_entropy(p, target, weight=1 + (w - 1) * target)
+        bce.backward()
+        assert sign * float(p.grad.sum()) > 0
+    with pytest.raises(ValueError, match="pretrain.pos_weight"):
+        PretrainConfig(pos_weight=0.0)
