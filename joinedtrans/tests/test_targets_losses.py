@@ -165,3 +165,14 @@ def test_vessel_loss_pos_weight_weights_only_the_vessel_pixels_and_bad_values_ar
         assert sign * float(p.grad.sum()) > 0
     with pytest.raises(ValueError, match="pretrain.pos_weight"):
         PretrainConfig(pos_weight=0.0)
+
+
+def test_calibration_disc_rule_places_the_fovea_from_the_gt_disc(synth_root, ci_config, tmp_path) -> None:
+    from joinedtrans.calibrate import disc_geometry, disc_rule
+
+    cfg = ci_config(tmp_path / "runs", synth_root)
+    train = disc_geometry(cfg, "train")
+    assert train and all(r["dd"] > 0 and r["side"] in (1.0, -1.0) for r in train)
+    out = disc_rule(train, disc_geometry(cfg, "test"))
+    assert 2.0 < out["offset_temporal_dd"] < 3.0  # the generator puts the fovea 2.5 DD temporal of the disc
+    assert out["disc_rule"] < out["mean_position"]
