@@ -4,9 +4,9 @@
 [k=v ...]``
 
 Rows (each a full ``train.py`` run in ``runs/fedlppa/reproduce-<row>-s<seed>/``): ``fedlppa`` (as released),
-``fedlppa_ala_tensor_local_bn`` (ours: FedALA's ALA start with one weight per tensor + site-local BatchNorm
-statistics), ``fedavg``, ``local`` over ``SEEDS``; ``fedprox``, ``fedbn``, ``fedala`` (the same ALA rule on the plain
-UNet), ``centralized_full``, ``fedlppa_no_prompts``, ``fedavg_local_bn``
+``fedlppa_ala_global_local_bn`` (ours: FedALA's ALA start, with the ALA settings chosen on a development set by
+``select_ala.py``, + site-local BatchNorm statistics), ``fedavg``, ``local`` over ``SEEDS``; ``fedprox``, ``fedbn``,
+``fedala`` (the same ALA rule on the plain UNet), ``centralized_full``, ``fedlppa_no_prompts``, ``fedavg_local_bn``
 over the first seed
 (all seeds with ``--all``, which also adds ``centralized_weak`` and the ablations). Writes
 ``runs/fedlppa/reproduce/<timestamp>/comparison.csv`` + ``comparison.md``: mean over seeds of the mean over sites of
@@ -29,15 +29,21 @@ from common.rundir import create_run_dir
 from common.tracking import write_comparison
 from fedlppa import train
 from fedlppa.pipeline import data_root
+from fedlppa.select_ala import CANDIDATES
 from fedlppa.settings import SITE_LETTERS, Config
 
-__all__ = ["ROWS", "EXTRA_ROWS", "SEEDS", "row_overrides", "plan", "run_row", "aggregate", "main"]
+__all__ = ["ALA_CHOICE", "CHOSEN_ALA", "TENSOR_ALA", "ROWS", "EXTRA_ROWS", "SEEDS", "row_overrides", "plan",
+           "run_row", "aggregate", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 SEEDS = (2022, 2023, 2024)
-# ours (README "ALA with one weight per tensor"): FedALA's start (W = 0 at theta_G, W kept across rounds) with one
-# scalar W per parameter tensor, eta = 300; the `fedala` row takes the same ALA rule on the plain UNet's decoder
-TENSOR_ALA = ["ala.init=global", "ala.persist_weights=true", "ala.granularity=tensor", "ala.eta=300"]
+# ours (README "ALA settings chosen on a development set"): start point, granularity and eta are the candidate
+# `select_ala.py` chose on the development set (configs/dev_small.yaml), never on the test split of the reported
+# seeds: FedALA's start (W = 0 at theta_G, W kept across rounds), element-wise W, eta = 1. The `fedala` row takes the
+# same ALA rule on the plain UNet's decoder.
+ALA_CHOICE = "element_global_eta1"
+CHOSEN_ALA = [o for o in CANDIDATES[ALA_CHOICE] if o.startswith("ala.")]
+TENSOR_ALA = [o for o in CANDIDATES["tensor_global_eta300"] if o.startswith("ala.")]
 ROWS = {
     "fedlppa": [],
     "fedavg": ["federation.method=fedavg"],
@@ -45,13 +51,12 @@ ROWS = {
     "fedprox": ["federation.method=fedprox"],
     "fedbn": ["federation.method=fedbn"],
     # FedALA's code overwrites parameters only, so BatchNorm buffers stay local there too
-    "fedala": ["federation.method=fedala", *TENSOR_ALA, "federation.bn_stats=local"],
+    "fedala": ["federation.method=fedala", *CHOSEN_ALA, "federation.bn_stats=local"],
     "centralized_full": ["federation.method=centralized_full"],
     "fedlppa_no_prompts": ["model.prompts=false"],
-    # ours, the best FedLPPA variant measured on the CPU set (README "ALA with one weight per tensor"): FedALA's
-    # start, one W per tensor, each site's own BatchNorm running statistics; with its BatchNorm-matched FedAvg
-    # (one seed by default)
-    "fedlppa_ala_tensor_local_bn": [*TENSOR_ALA, "federation.bn_stats=local"],
+    # ours, with the ALA settings chosen on the development set (FedALA's start and element-wise W, eta = 1) and
+    # each site's own BatchNorm running statistics; with its BatchNorm-matched FedAvg (one seed by default)
+    "fedlppa_ala_global_local_bn": [*CHOSEN_ALA, "federation.bn_stats=local"],
     "fedavg_local_bn": ["federation.method=fedavg", "federation.bn_stats=local"],
 }
 EXTRA_ROWS = {
@@ -69,15 +74,16 @@ EXTRA_ROWS = {
     "fedlppa_ala_warmup0": ["ala.warmup_iters=0"],
     # ours: FedALA's ALA (Zhang et al., AAAI 2023): W starts at theta_G and is kept across rounds
     "fedlppa_ala_global": ["ala.init=global", "ala.persist_weights=true"],
-    # ours: FedALA's element-wise ALA with site-local BatchNorm statistics (W does not move at eta = 1)
-    "fedlppa_ala_global_local_bn": ["ala.init=global", "ala.persist_weights=true", "federation.bn_stats=local"],
+    # ours: one W per tensor, eta = 300 (chosen on seed 2022's test split in an earlier study; the development set
+    # preferred the element-wise rule, README "ALA settings chosen on a development set")
+    "fedlppa_ala_tensor_local_bn": [*TENSOR_ALA, "federation.bn_stats=local"],
     # ours: one W per tensor from the released start (the site's own last model)
     "fedlppa_ala_tensor_released_local_bn": ["ala.init=released", "ala.persist_weights=true",
                                              "ala.granularity=tensor", "ala.eta=300", "federation.bn_stats=local"],
     # ours: each site keeps its own BatchNorm running statistics (FedALA's code, SiloBN), FedLPPA and FedAvg
     "fedlppa_local_bn": ["federation.bn_stats=local"],
 }
-MULTI_SEED = ("fedlppa", "fedlppa_ala_tensor_local_bn", "fedavg", "local")
+MULTI_SEED = ("fedlppa", "fedlppa_ala_global_local_bn", "fedavg", "local")
 
 
 def row_overrides(row: str) -> list[str]:

@@ -179,7 +179,8 @@ def test_config_rejects_mismatched_sites(tmp_path, make_cfg):
 
 
 @pytest.mark.parametrize("name,sites,size", [("faz", 5, 256), ("odoc", 5, 384), ("polyp", 4, 384),
-                                             ("prostate", 6, 384), ("default", 5, 64), ("cpu_small", 5, 32)])
+                                             ("prostate", 6, 384), ("default", 5, 32), ("cpu_small", 5, 32),
+                                             ("cpu64", 5, 64), ("dev_small", 5, 32)])
 def test_every_config_loads(name, sites, size):
     from common.config import load_config
     from fedlppa.settings import Config
