@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         start = _cpu_s()
         run_cfg = from_dict(Config, apply_overrides(base, [*CANDIDATES[name], f"experiment=select_ala-{name}"]))
         result = train.run(run_cfg)
-        row = {"method": name, "dice": result.summary["dice"], "hd95_px": result.summary["hd95_px"]}
+        row = {"method": name, "dice": result.summary["dice"], "hd95_px": result.summary.get("hd95_px", float("nan"))}
         for k in SITE_LETTERS[:cfg.data.num_sites]:
             row[f"dice_{k}"] = result.summary[f"dice_{k}"]
         row["cpu_s"] = round(_cpu_s() - start, 1)
