@@ -5,6 +5,8 @@ fovea-hidden images. No network: an upper bound of what a model that finds the d
 could do for the fovea, and a check that the data tie the fovea to the disc at all.
 
     python calibrate.py [--config configs/default.yaml] [key=value ...]
+
+Reads the dataset as it is (the synthetic set is written by ``synth.py`` or on the first training run).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from common.config import load_config
-from common.rundir import resolve_path
 from joinedtrans.data import list_cases, load_cases
 from joinedtrans.scoring import FOVEA_HARD
 from joinedtrans.settings import Config
@@ -71,10 +72,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     cfg = load_config(Config, args.config, args.overrides)
-    if cfg.data.synthetic:
-        from joinedtrans.synth import ensure_synthetic
-
-        ensure_synthetic(resolve_path(cfg.data.root), cfg.data.synth)
     train = disc_geometry(cfg, "train")
     out = {split: disc_rule(train, disc_geometry(cfg, split)) for split in ("val", "test")}
     for split, r in out.items():
