@@ -257,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="earlier checkpoints/ssl_<it>.pt of the same run: also train the adapter on their "
                              "predictions on the labelled slices (early_quantile.csv)")
     cfg, args = parse_train(Config, argv, parser, PROJECT_DIR)
+    for flag, path in [("--round0", args.round0)] + [("--adapter-from", p) for p in args.adapter_from]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"diagnose.py {flag} {path}: no such checkpoint; pass checkpoints/ssl_<it>.pt of "
+                                    "an SSL run with ssl.snapshot_iters naming that iteration")
     return diagnose(cfg, args.round0, Path(args.out), args.variants, args.adapter_from)
 
 

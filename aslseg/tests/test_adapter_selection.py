@@ -1,6 +1,7 @@
 """Adaptation network (learns to undo its corruption) and reliable pseudo-label selection."""
 
 import numpy as np
+import pytest
 import torch
 
 from aslseg.adapter import AdapterPool, build_adapter, corrupt_mask, refine, train_adapter
@@ -147,3 +148,14 @@ def test_adapter_on_real_predictions_needs_them():
     cfg.adapter.training = "real"
     with pytest.raises(ValueError, match="adapter.training=real"):
         adapter_stage(None, None, cfg, seed=0, device=torch.device("cpu"))
+
+
+def test_diagnose_names_a_missing_snapshot_before_any_work(tmp_path):
+    from aslseg import diagnose
+
+    round0 = tmp_path / "ssl_1800.pt"
+    round0.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="--adapter-from .*ssl_600.pt"):
+        diagnose.main(["--config", "configs/ci.yaml", "--round0", str(round0), "--out", str(tmp_path / "d"),
+                       "--adapter-from", str(tmp_path / "ssl_600.pt")])
+    assert not (tmp_path / "d").exists()
