@@ -7,7 +7,7 @@ BatchNorm statistics) is one full ``train.py`` run on the development set of ``c
 synthetic set, generator seed 1, training seed 7; the reported runs use generator seed 0 and training seeds
 2022-2024). Writes ``runs/fedlppa/select_ala/<timestamp>/comparison.csv`` (mean and per-site Dice / HD95 of each
 candidate on the development set's test split, CPU-s per run) and prints the candidate with the highest mean Dice.
-The choice is then written by hand into ``reproduce.TENSOR_ALA`` (README "ALA settings chosen on a development set").
+The choice is then written by hand into ``reproduce.ALA_CHOICE`` (README "ALA settings chosen on a development set").
 """
 
 from __future__ import annotations
