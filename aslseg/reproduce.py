@@ -2,8 +2,9 @@
 
 ``python reproduce.py [--config configs/default.yaml] [--all] [--only aslseg,bcp] [--seeds 3] [--workers 2]``
 
-Rows (``comparison.csv``, mean over seeds, ``_std`` = spread), by default the rows of the claims only (they fit
-about 1,600 CPU-seconds for 3 seeds): ``aslseg``; ``bcp`` trained for as many iterations as ASLseg's segmenter over
+Rows (``comparison.csv``, mean over seeds, ``_std`` = spread), by default the rows of the claims only (about
+1,700 CPU-seconds for 3 seeds, estimated from the per-row cost; README): ``aslseg``; ``bcp`` trained for as
+many iterations as ASLseg's segmenter over
 all rounds (ASLseg's round 0 *is* this run's snapshot at the round-0 length, so the two share everything up to the
 first selection); ``supervised_labeled`` (labelled volumes only). ``--all`` adds the reference rows
 ``mean_teacher``, ``sam_zero_shot_gtbox`` (pre-trained SAM, no target tuning, one ground-truth box per tumour
@@ -33,7 +34,7 @@ __all__ = ["ROWS", "ALL_ROWS", "row_overrides", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 # the default: the rows of the claims (ASLseg vs BCP and vs the labelled-only segmenter), 3 seeds, sized to about
-# 1,600 CPU-seconds (cost per row: README "Reproduction cost"); the reference rows go to --all
+# 1,700 CPU-seconds estimated from the cost per row (README "Reproduction cost"); the reference rows go to --all
 ROWS = ("aslseg", "bcp", "supervised_labeled")
 ALL_ROWS = ROWS + ("mean_teacher", "sam_zero_shot_gtbox", "supervised_full", "ua_mt", "aslseg_lora",
                    "aslseg_no_sam", "aslseg_no_adapter", "aslseg_no_selection",
