@@ -79,7 +79,8 @@ class SynthConfig:
 
     Odd-row displacement of a scan: sign ``shift_sign`` (1 or -1; 0 = random per scan) times a magnitude in
     ``[max_shift / 2, max_shift]``, plus a slow sinusoidal ``drift`` (px). Vessels: Gaussian blur ``blur`` px,
-    minimum radius ``min_radius`` px, ``capillaries`` thin trees from the border. Noise: Gamma speckle with
+    minimum radius ``min_radius`` px, ``capillaries`` thin trees from the border, vessels only in a smooth random
+    region of ``coverage`` of the disc (1 = everywhere). Noise: Gamma speckle with
     ``speckle_looks`` looks and additive Gaussian noise ``noise``."""
 
     n_samples: int = 12
@@ -93,6 +94,7 @@ class SynthConfig:
     blur: float = 0.4
     min_radius: float = 0.4
     capillaries: int = 12
+    coverage: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,6 +108,9 @@ class SynthConfig:
         _at_least("data.synth.blur", self.blur, 0)
         _at_least("data.synth.min_radius", self.min_radius, 0.05)
         _at_least("data.synth.capillaries", self.capillaries, 0)
+        if not 0 < self.coverage <= 1:
+            raise ValueError(f"data.synth.coverage (fraction of the disc holding vessels) must be in (0, 1], "
+                             f"got {self.coverage}")
         if self.shift_sign not in (-1, 0, 1):
             raise ValueError(f"data.synth.shift_sign must be -1, 0 (random per scan) or 1, got {self.shift_sign}")
         if self.speckle_looks <= 0:

@@ -47,12 +47,14 @@ HR_NAME = "1_X1_X1.png"
 
 
 def render_cartesian(size: int, rng: int | np.random.Generator | None = None, blur: float = 0.4,
-                     min_radius: float = 0.4, capillaries: int = 12) -> np.ndarray:
+                     min_radius: float = 0.4, capillaries: int = 12, coverage: float = 1.0) -> np.ndarray:
     """``(size, size)`` float32 Cartesian PAM image in [0, 1] (vessels on a dim background, zero outside the disc).
 
     A tree of vessels from near the centre (root radius ``size / 100``, tapering to ``min_radius`` px), plus
     ``capillaries`` thin short trees (radius 0.7 px) entering from the border, Gaussian blur ``blur`` px (the optical
-    point spread), a smoothly varying brightness and a dim background."""
+    point spread), a smoothly varying brightness and a dim background. ``coverage < 1`` keeps vessels only in a
+    smooth random region covering that fraction of the disc (soft edge), as a scan whose field of view holds
+    vessel-free tissue; ``1`` = vessels everywhere (no random numbers drawn for the region)."""
     rng = as_rng(rng)
     tree = vessel_tree((size, size), rng, roots=int(rng.integers(4, 7)), depth=7, root_radius=size / 100,
                        taper=0.75, min_radius=min_radius, segment_length=0.14, root_positions="center")
@@ -61,13 +63,17 @@ def render_cartesian(size: int, rng: int | np.random.Generator | None = None, bl
         fine = vessel_tree((size, size), rng, roots=capillaries, depth=3, root_radius=0.7, taper=0.9,
                            min_radius=0.2, segment_length=0.06, root_positions="border", wobble=25.0)
         vessels = np.maximum(vessels, 0.6 * fine.intensity)
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.hypot(yy - size / 2, xx - size / 2) <= size / 2
+    if coverage < 1:
+        field = smooth_field((size, size), size / 8, rng)
+        region = (field >= np.quantile(field[disc], 1 - coverage)).astype(np.float32)
+        vessels = vessels * cv2.GaussianBlur(region, (0, 0), size / 100)
     if blur > 0:
         vessels = cv2.GaussianBlur(vessels, (0, 0), blur)
     brightness = 0.45 + 0.55 * smooth_field((size, size), size / 12, rng)
     background = 0.06 * smooth_field((size, size), size / 25, rng)
     image = np.clip(vessels * brightness + background, 0, 1)
-    yy, xx = np.mgrid[:size, :size]
-    disc = np.hypot(yy - size / 2, xx - size / 2) <= size / 2
     return (image * disc).astype(np.float32)
 
 
@@ -90,7 +96,7 @@ def make_sample(size: int, shift: float | np.ndarray, rng: np.random.Generator, 
     """One sample: ``clean`` (registered, noise-free) and ``raw`` (displaced + speckle + noise), both uint8.
     ``style`` gives the vessel parameters (blur, minimum radius, capillaries; default :class:`SynthConfig`)."""
     style = style or SynthConfig()
-    cart = render_cartesian(size, rng, style.blur, style.min_radius, style.capillaries)
+    cart = render_cartesian(size, rng, style.blur, style.min_radius, style.capillaries, style.coverage)
     clean = render_polar(cart, size, 0.0)
     displaced = render_polar(cart, size, shift)
     noisy = speckle_noise(displaced, speckle_looks, rng) + rng.normal(0, noise, displaced.shape)

@@ -78,3 +78,35 @@ def test_minimum_score_window_is_never_chosen():
     rng = np.random.default_rng(1)
     corners = [sample_patch(img, 32, rng) for _ in range(500)]
     assert not any(y == 96 and x == 96 for y, x in corners)
+
+
+def _empty_fraction(lr: np.ndarray, corners: list[tuple[int, int]], patch: int) -> float:
+    return float(np.mean([(lr[y:y + patch, x:x + patch] > 0.25).mean() < 0.01 for y, x in corners]))
+
+
+def test_partial_coverage_leaves_vessel_free_patches_that_selection_avoids():
+    """On scans whose vessels fill a third of the field (the default's ``coverage``), uniform LR patches are often
+    vessel-free and the gradient sampler rarely picks one; at full coverage almost none are empty."""
+    from pamsr.settings import SynthConfig
+    from pamsr.synth import make_sample
+
+    rng = np.random.default_rng(0)
+    fractions = {}
+    for coverage in (1.0, 0.35):
+        style = SynthConfig(size=160, coverage=coverage)
+        uniform, selected = [], []
+        for _ in range(4):
+            lr = make_sample(160, 2.0, rng, style=style)["clean"].astype(np.float64)[::2, ::2] / 255
+            uniform.append(_empty_fraction(lr, [sample_patch(lr, 16, rng, "random") for _ in range(100)], 16))
+            selected.append(_empty_fraction(lr, [sample_patch(lr, 16, rng) for _ in range(100)], 16))
+        fractions[coverage] = (np.mean(uniform), np.mean(selected))
+    assert fractions[1.0][0] < 0.15
+    assert fractions[0.35][0] > 0.3
+    assert fractions[0.35][1] < fractions[0.35][0] / 3
+
+
+def test_coverage_out_of_range_is_refused():
+    from pamsr.settings import SynthConfig
+
+    with pytest.raises(ValueError, match="data.synth.coverage"):
+        SynthConfig(coverage=0.0)
