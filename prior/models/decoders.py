@@ -71,11 +71,11 @@ def _bert_decoder_class():
 
         causal = True
 
-        def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
-                                    encoder_hidden_states, cache):
+        def _create_attention_masks(self, *args, **kwargs):
+            # The hook's arguments vary across transformers releases (5.x added ``position_ids``): pass them on
+            # untouched. No mask at all lets SDPA attend bidirectionally (``is_causal`` is cleared below).
             if self.causal:
-                return super()._create_attention_masks(attention_mask, encoder_attention_mask, embedding_output,
-                                                       encoder_hidden_states, cache)
+                return super()._create_attention_masks(*args, **kwargs)
             return None, None
 
     return _BertDecoder
