@@ -84,6 +84,30 @@ def _run_one(config_path: str, overrides: list[str]) -> dict:
             "selection": result.selection}
 
 
+def _pretrain_sam(config_path: str, overrides: list[str]) -> str:
+    from aslseg import pretrain_sam
+
+    return str(pretrain_sam.main(["--config", config_path, *overrides]))
+
+
+def sam_caches(rows: Sequence[str], cfg: Config, config_path: str, common: list[str]) -> dict[Path, list[str]]:
+    """The pre-trained tiny SAMs that ``rows`` will load: cache file -> the overrides of one row that needs it.
+    Trained once, beside the first stage, so that parallel ASLseg runs do not each pre-train the same model."""
+    from aslseg.sam_prior import cache_path
+    from common.config import load_config
+
+    caches: dict[Path, list[str]] = {}
+    for row in rows:
+        if row not in _VARIANTS:
+            continue
+        overrides = [*common, *row_overrides(row, cfg, 0)]
+        row_cfg = load_config(Config, config_path, overrides, [PROJECT_DIR])
+        if row_cfg.sam.arch == "tiny" and row_cfg.sam.checkpoint == "pretrained":
+            caches.setdefault(cache_path(row_cfg.sam_pretrain, row_cfg.data.size, row_cfg.sam.mask_prompt),
+                              overrides)
+    return caches
+
+
 def _snapshot(results: dict, row: str, seed: int, cfg: Config) -> str:
     bcp_row = _VARIANTS[row][0]
     run_dir = Path(results[(bcp_row, seed)]["run_dir"])
@@ -92,7 +116,8 @@ def _snapshot(results: dict, row: str, seed: int, cfg: Config) -> str:
 
 def _run_all(rows: list[str], seeds: list[int], cfg: Config, config_path: str, common: list[str],
              workers: int) -> dict:
-    """First every non-ASLseg row (ASLseg rows need their BCP snapshot), then the ASLseg rows; 2 processes."""
+    """First every non-ASLseg row (ASLseg rows need their BCP snapshot) and the tiny-SAM pre-training they need,
+    then the ASLseg rows; ``workers`` processes."""
     needed = set(rows) | {_VARIANTS[r][0] for r in rows if r in _VARIANTS}
     first = [r for r in ALL_ROWS if r in needed and r not in _VARIANTS]
     second = [r for r in ALL_ROWS if r in rows and r in _VARIANTS]
@@ -101,12 +126,16 @@ def _run_all(rows: list[str], seeds: list[int], cfg: Config, config_path: str, c
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for stage in (first, second):
             jobs = {}
+            if stage is first:
+                jobs.update({("pretrain_sam", str(path)): pool.submit(_pretrain_sam, config_path, overrides)
+                             for path, overrides in sam_caches(second, cfg, config_path, common).items()
+                             if not path.is_file()})
             for row in stage:
                 for seed in seeds:
                     extra = [f"loop.round0={_snapshot(results, row, seed, cfg)}"] if row in _VARIANTS else []
                     jobs[(row, seed)] = pool.submit(_run_one, config_path,
                                                     [*common, *row_overrides(row, cfg, seed), *extra])
-            results.update({k: f.result() for k, f in jobs.items()})
+            results.update({k: f.result() for k, f in jobs.items() if k[0] != "pretrain_sam"})
     return results
 
 

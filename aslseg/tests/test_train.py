@@ -94,3 +94,22 @@ def test_reproduce_writes_the_comparison(shared):
     assert table["method"].tolist() == ["aslseg", "bcp"]
     assert table.loc[0, "n_iterations"] == table.loc[1, "n_iterations"]  # equal segmenter budget
     assert (out / "selection.csv").is_file() and (out / "rounds.csv").is_file()
+
+
+def test_reproduce_pretrains_each_tiny_sam_once(tmp_path):
+    """The ASLseg rows that load the same pre-trained tiny SAM share one cache entry (trained once, beside the first
+    stage); a row with a random SAM needs none, and another mask prompt is another model."""
+    from aslseg import reproduce
+    from aslseg.sam_prior import cache_path
+    from aslseg.settings import Config
+    from common.config import load_config
+
+    common = [f"sam_pretrain.cache_dir={tmp_path}"]
+    cfg = load_config(Config, "configs/ci.yaml", common)
+    caches = reproduce.sam_caches(["bcp", "aslseg", "aslseg_lora", "aslseg_sam_random", "aslseg_rounds1"], cfg,
+                                  "configs/ci.yaml", common)
+    assert list(caches) == [cache_path(cfg.sam_pretrain, cfg.data.size, cfg.sam.mask_prompt)]
+    assert reproduce.sam_caches(["aslseg_sam_random"], cfg, "configs/ci.yaml", common) == {}
+    flipped = "none" if cfg.sam.mask_prompt == "ellipse" else "ellipse"
+    other = reproduce.sam_caches(["aslseg"], cfg, "configs/ci.yaml", [*common, f"sam.mask_prompt={flipped}"])
+    assert list(other) != list(caches)
