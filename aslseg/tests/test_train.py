@@ -105,7 +105,7 @@ def test_reproduce_pretrains_each_tiny_sam_once(tmp_path):
     from common.config import load_config
 
     common = [f"sam_pretrain.cache_dir={tmp_path}"]
-    cfg = load_config(Config, "configs/ci.yaml", common)
+    cfg = load_config(Config, "configs/ci.yaml", common, [reproduce.PROJECT_DIR])
     caches = reproduce.sam_caches(["bcp", "aslseg", "aslseg_lora", "aslseg_sam_random", "aslseg_rounds1"], cfg,
                                   "configs/ci.yaml", common)
     assert list(caches) == [cache_path(cfg.sam_pretrain, cfg.data.size, cfg.sam.mask_prompt)]
