@@ -124,18 +124,19 @@ def _run_all(rows: list[str], seeds: list[int], cfg: Config, config_path: str, c
     results: dict = {}
     # spawn, not fork: a parent that has already run autograd (tiny-SAM pre-training, a test) cannot fork workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pretraining = [pool.submit(_pretrain_sam, config_path, overrides)
+                       for path, overrides in sam_caches(second, cfg, config_path, common).items()
+                       if not path.is_file()]
         for stage in (first, second):
             jobs = {}
-            if stage is first:
-                jobs.update({("pretrain_sam", str(path)): pool.submit(_pretrain_sam, config_path, overrides)
-                             for path, overrides in sam_caches(second, cfg, config_path, common).items()
-                             if not path.is_file()})
             for row in stage:
                 for seed in seeds:
                     extra = [f"loop.round0={_snapshot(results, row, seed, cfg)}"] if row in _VARIANTS else []
                     jobs[(row, seed)] = pool.submit(_run_one, config_path,
                                                     [*common, *row_overrides(row, cfg, seed), *extra])
-            results.update({k: f.result() for k, f in jobs.items() if k[0] != "pretrain_sam"})
+            results.update({k: f.result() for k, f in jobs.items()})
+            for job in pretraining:  # done before the ASLseg rows, which load what it wrote
+                job.result()
     return results
 
 
