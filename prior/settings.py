@@ -121,6 +121,9 @@ class ModelConfig:
     image_decoder: ImageDecoderConfig = field(default_factory=ImageDecoderConfig)
     temperature: float = 0.01
     local_temperature: float = 0.01
+    # [ours] ``images``: the sentence InfoNCE also contrasts each sentence's attended vector on its own image with
+    # those on the batch's other images (``models/alignment.py: cross_image_infonce``); ``report`` = official.
+    local_negatives: Literal["report", "images"] = "report"
 
 
 @dataclass

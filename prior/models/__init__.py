@@ -43,7 +43,8 @@ def build_prior(cfg: ModelConfig, image_encoder: ImageEncoder, text_encoder: Tex
                  rec_size=cfg.image_decoder.rec_size, rec_blocks=cfg.image_decoder.blocks,
                  rec_dropout=cfg.image_decoder.dropout, temperature=cfg.temperature,
                  local_temperature=cfg.local_temperature, losses=method_losses(method),
-                 global_weight_stage3=global_weight_stage3, official_token_order=cfg.image.official_token_order)
+                 global_weight_stage3=global_weight_stage3, official_token_order=cfg.image.official_token_order,
+                 local_negatives=cfg.local_negatives)
 
 
 def build_model(cfg: ModelConfig, image_size: int, method: str = "prior", global_weight_stage3: float = 10.0

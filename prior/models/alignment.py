@@ -19,7 +19,7 @@ from torch import nn
 from common.runtime import all_gather_with_grad
 
 __all__ = ["LocalCrossAttention", "LocalAttentionOutput", "SentenceAttentionPool", "simsiam_patch_loss",
-           "intra_report_infonce", "global_clip_loss", "rank_offset"]
+           "intra_report_infonce", "cross_image_infonce", "global_clip_loss", "rank_offset"]
 
 
 @dataclass
@@ -56,6 +56,15 @@ class LocalCrossAttention(nn.Module):
             patch_attention = patch_attention * mask[:, None, :].to(patch_attention.dtype)
         text_to_image = patch_attention @ v2
         return LocalAttentionOutput(text_to_image, patch_attention, image_to_text, sentence_attention)
+
+    def sentences_over_images(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Every report's sentences attending over every image of the batch: ``image`` ``(C, P, D)``, ``text``
+        ``(B, S, D)`` -> ``(B, S, C, D)``; entry ``[b, :, b]`` is ``forward(...).image_to_text[b]``."""
+        q2 = self.query2(text)
+        k1, v1 = self.key1(image), self.value1(image)
+        scale = 1.0 / math.sqrt(self.embed_dim)
+        attention = torch.sigmoid(torch.einsum("bsd,cpd->bscp", q2, k1) * scale)
+        return torch.einsum("bscp,cpd->bscd", attention, v1)
 
 
 class SentenceAttentionPool(nn.Module):
@@ -113,6 +122,27 @@ def intra_report_infonce(sentences: torch.Tensor, attended: torch.Tensor, mask: 
     m = mask.to(per_row.dtype)
     per_report = (per_row * m).sum(1) / m.sum(1).clamp(min=1)
     return per_report.mean()
+
+
+def cross_image_infonce(sentences: torch.Tensor, attended: torch.Tensor, mask: torch.Tensor,
+                        same_text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """[ours] Image-side local loss: each sentence against its attended vectors over the batch's images, the
+    positive its own image, negatives the other images (one direction). An image whose report carries the same
+    sentence is no negative and is left out. Unlike :func:`intra_report_infonce` it cannot be met by a sentence->patch
+    map that ignores the image.
+
+    ``sentences`` ``(B, S, D)``, ``attended`` ``(B, S, B, D)`` (:meth:`LocalCrossAttention.sentences_over_images`),
+    ``mask`` ``(B, S)``, ``same_text`` ``(B, S, B)`` bool (report ``c`` holds sentence ``[b, s]``);
+    mean over valid sentences; 0 for a batch of one image."""
+    b = sentences.shape[0]
+    a = F.normalize(sentences, dim=-1)
+    v = F.normalize(attended, dim=-1)
+    logits = logit_scale * torch.einsum("bsd,bscd->bsc", a, v)
+    own = torch.eye(b, dtype=torch.bool, device=sentences.device)[:, None, :].expand_as(same_text)
+    logits = logits.masked_fill(same_text & ~own, torch.finfo(logits.dtype).min)
+    target = torch.arange(b, device=sentences.device)[:, None].expand(mask.shape)
+    per_sentence = F.cross_entropy(logits[mask], target[mask], reduction="none")
+    return per_sentence.mean() if per_sentence.numel() else logits.sum() * 0.0
 
 
 def rank_offset(local_batch: int) -> int:

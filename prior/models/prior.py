@@ -20,6 +20,7 @@ from prior.models.alignment import (
     LocalAttentionOutput,
     LocalCrossAttention,
     SentenceAttentionPool,
+    cross_image_infonce,
     global_clip_loss,
     intra_report_infonce,
     simsiam_patch_loss,
@@ -29,9 +30,10 @@ from prior.models.image_encoder import ImageEncoder, feature_tokens, tokens_to_m
 from prior.models.spb import SPB
 from prior.models.text_encoder import TextEncoder
 
-__all__ = ["PRIOR", "ImageEmbedding", "TextEmbedding", "LOSS_TERMS"]
+__all__ = ["PRIOR", "ImageEmbedding", "TextEmbedding", "LOSS_TERMS", "LOCAL_NEGATIVES", "same_sentence_mask"]
 
-LOSS_TERMS = ("global", "local_image", "local_text", "proto", "image_rec", "spg", "kl", "gpa")
+LOSS_TERMS = ("global", "local_image", "local_text", "local_images", "proto", "image_rec", "spg", "kl", "gpa")
+LOCAL_NEGATIVES = ("report", "images")
 
 
 @dataclass
@@ -70,8 +72,11 @@ class PRIOR(nn.Module):
                  official_matching: bool = False, image_size: int = 224, rec_size: int = 224, rec_blocks: int = 5,
                  rec_dropout: float = 0.5, temperature: float = 0.01, local_temperature: float = 0.01,
                  losses: dict[str, bool] | None = None, global_weight_stage3: float = 10.0,
-                 official_token_order: bool = False):
+                 official_token_order: bool = False, local_negatives: str = "report"):
         super().__init__()
+        if local_negatives not in LOCAL_NEGATIVES:
+            raise ValueError(f"local_negatives must be one of {LOCAL_NEGATIVES}, got {local_negatives!r}")
+        self.local_negatives = local_negatives
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.embed_dim = embed_dim
@@ -131,11 +136,18 @@ class PRIOR(nn.Module):
         return self.local_cross_attention(image.tokens, text.sentences, text.mask)
 
     # ------------------------------------------------------------------------------------------- losses
-    def local_losses(self, image: ImageEmbedding, text: TextEmbedding, att: LocalAttentionOutput
-                      ) -> dict[str, torch.Tensor]:
-        return {"local_image": simsiam_patch_loss(image.tokens, att.text_to_image, self.predictor),
-                "local_text": intra_report_infonce(text.sentences, att.image_to_text, text.mask,
-                                                   self.local_logit_scale.exp())}
+    def local_losses(self, image: ImageEmbedding, text: TextEmbedding, att: LocalAttentionOutput,
+                     same_text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Patch SimSiam and intra-report sentence InfoNCE (official); with ``local_negatives: images`` [ours] and
+        ``same_text`` (:func:`same_sentence_mask`) also the cross-image sentence InfoNCE ``local_images``."""
+        terms = {"local_image": simsiam_patch_loss(image.tokens, att.text_to_image, self.predictor),
+                 "local_text": intra_report_infonce(text.sentences, att.image_to_text, text.mask,
+                                                    self.local_logit_scale.exp())}
+        if self.local_negatives == "images" and same_text is not None:
+            attended = self.local_cross_attention.sentences_over_images(image.tokens, text.sentences)
+            terms["local_images"] = cross_image_infonce(text.sentences, attended, text.mask, same_text,
+                                                        self.local_logit_scale.exp())
+        return terms
 
     def reconstruct_image(self, image: ImageEmbedding, att: LocalAttentionOutput, with_text: bool = True
                           ) -> torch.Tensor:
@@ -177,7 +189,8 @@ class PRIOR(nn.Module):
         needs_attention = self.losses["local"] or (stage == 3 and self.losses["image_rec"])
         att = self.local_attention(image, text) if needs_attention else None
         if self.losses["local"]:
-            terms |= self.local_losses(image, text, att)
+            same = same_sentence_mask(reports, text.mask, text.spb_index) if self.local_negatives == "images" else None
+            terms |= self.local_losses(image, text, att, same)
         if use_spb:
             terms["proto"] = self.spb_weight * text.spb_loss
         if stage == 3 and self.losses["image_rec"]:
@@ -186,3 +199,27 @@ class PRIOR(nn.Module):
             terms |= self.report_losses(image, text)
         terms["loss"] = sum(weights.get(k, 1.0) * v for k, v in terms.items())
         return terms
+
+
+def same_sentence_mask(reports: list[list[str]], mask: torch.Tensor, spb_index: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """``(B, S, B)`` bool: report ``c`` holds sentence ``s`` of report ``b``: the same text or, after the SPB, the
+    same prototype (``spb_index`` of the valid sentences in row-major order). ``reports`` as encoded (cut to
+    ``mask.shape[1]`` sentences)."""
+    b, s = mask.shape
+    ids: dict[str, int] = {}
+    text_keys = torch.full((b, s), -1, dtype=torch.long)
+    for i, report in enumerate(reports):
+        for j, sentence in enumerate(report[:s]):
+            text_keys[i, j] = ids.setdefault(sentence, len(ids))
+    key_sets = [text_keys.to(mask.device)]
+    if spb_index is not None:
+        codes = torch.full((b, s), -1, dtype=torch.long, device=mask.device)
+        codes[mask] = spb_index.to(mask.device)
+        key_sets.append(codes)
+    hit = torch.zeros(b, s, b, dtype=torch.bool, device=mask.device)
+    for keys in key_sets:
+        keys = keys.masked_fill(~mask, -1)
+        same = (keys[:, :, None, None] == keys[None, None, :, :]) & mask[None, None, :, :]  # (B, S, C, T)
+        hit |= same.any(-1)
+    return hit & mask[:, :, None]

@@ -16,12 +16,14 @@ from prior.models import build_prior, count_parameters
 from prior.models.alignment import (
     LocalCrossAttention,
     SentenceAttentionPool,
+    cross_image_infonce,
     global_clip_loss,
     intra_report_infonce,
     simsiam_patch_loss,
 )
 from prior.models.decoders import ImageDecoder, ReportDecoder, decoder_bert_config, hungarian_match, matched_outputs
 from prior.models.image_encoder import AttentionPool2d, ImageEncoder, feature_tokens, load_rgb_resnet_weights
+from prior.models.prior import PRIOR, same_sentence_mask
 from prior.models.spb import SPB
 from prior.models.text_encoder import TextEncoder, build_text_encoder, builtin_tokenizer
 from prior.settings import (
@@ -282,9 +284,76 @@ def test_hungarian_matching():
     assert F.l1_loss(official, targets) > 0
 
 
-def _tiny_model(method: str = "prior", mode: str = "token"):
-    cfg = ModelConfig(embed_dim=32, image=ImageEncoderConfig(arch="resnet_small", channels=[8, 16, 16, 32],
-                                                             output_stride=16),
+def test_sentences_over_images_holds_the_own_image_attention_on_its_diagonal():
+    torch.manual_seed(0)
+    att = LocalCrossAttention(8)
+    image, text = torch.randn(3, 5, 8), torch.randn(3, 4, 8)
+    over = att.sentences_over_images(image, text)
+    assert over.shape == (3, 4, 3, 8)
+    own = att(image, text).image_to_text
+    torch.testing.assert_close(over[torch.arange(3), :, torch.arange(3)], own)
+    # entry [b, :, c] is report b's sentences attending over image c alone
+    torch.testing.assert_close(over[0, :, 2], att(image[2:3], text[0:1]).image_to_text[0])
+
+
+def test_same_sentence_mask_by_text_and_by_prototype():
+    reports = [["a", "b", "c"], ["a", "d"], ["e", "f", "b"]]
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    same = same_sentence_mask(reports, mask)
+    assert same[0, 0].tolist() == [True, True, False]  # "a" is in reports 0 and 1
+    assert same[0, 1].tolist() == [True, False, True]  # "b" is in reports 0 and 2
+    assert same[1, 1].tolist() == [False, True, False]
+    assert not same[1, 2].any()  # padding
+    # after the SPB, sentences sharing a prototype count as the same: "c" (code 5) and "f" (code 5)
+    codes = torch.tensor([0, 1, 5, 0, 2, 3, 5, 1])
+    same = same_sentence_mask(reports, mask, codes)
+    assert same[0, 2].tolist() == [True, False, True]
+    assert same[2, 1].tolist() == [True, False, True]
+
+
+def test_cross_image_infonce_needs_the_matching_image():
+    torch.manual_seed(0)
+    b, s, d = 4, 3, 16
+    sentences = torch.randn(b, s, d)
+    mask = torch.ones(b, s, dtype=torch.bool)
+    no_same = torch.zeros(b, s, b, dtype=torch.bool)
+    scale = torch.tensor(20.0)
+    # attended vectors that equal the sentence on its own image and are random elsewhere
+    attended = torch.randn(b, s, b, d)
+    attended[torch.arange(b), :, torch.arange(b)] = sentences
+    grounded = cross_image_infonce(sentences, attended, mask, no_same, scale)
+    # an image-independent attended vector (the same on every image) scores chance, log(b)
+    fixed = sentences[:, :, None, :].expand(b, s, b, d)
+    assert cross_image_infonce(sentences, fixed, mask, no_same, scale).item() == pytest.approx(math.log(b), abs=1e-5)
+    assert grounded.item() < 0.1
+    # an image whose report holds the same sentence is no negative: masking every other image leaves loss 0
+    all_same = torch.ones(b, s, b, dtype=torch.bool)
+    assert cross_image_infonce(sentences, fixed, mask, all_same, scale).item() == pytest.approx(0.0, abs=1e-6)
+    # equals the per-sentence cross-entropy, padded sentences left out
+    mask[1, 2] = False
+    a, v = F.normalize(sentences, dim=-1), F.normalize(attended, dim=-1)
+    expected = torch.stack([F.cross_entropy(scale * (v[i, j] @ a[i, j])[None], torch.tensor([i]))
+                            for i in range(b) for j in range(s) if mask[i, j]]).mean()
+    torch.testing.assert_close(cross_image_infonce(sentences, attended, mask, no_same, scale), expected)
+
+
+def test_image_negatives_add_a_term_that_reaches_the_attention():
+    torch.manual_seed(0)
+    model = _tiny_model(local_negatives="images")
+    for stage in (3, 1):
+        out = model(torch.randn(2, 1, 64, 64), REPORTS, stage)
+        assert set(out) - {"loss"} == STAGE_TERMS[stage] | {"local_images"}
+    model.zero_grad()
+    out["local_images"].backward()  # stage 1: no two sentences of REPORTS are equal, so each has a negative
+    assert model.local_cross_attention.key1.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_encoder.parameters())
+    with pytest.raises(ValueError, match="local_negatives"):
+        PRIOR(model.image_encoder, model.text_encoder, local_negatives="batch")
+
+
+def _tiny_model(method: str = "prior", mode: str = "token", local_negatives: str = "report"):
+    cfg = ModelConfig(embed_dim=32, local_negatives=local_negatives,
+                      image=ImageEncoderConfig(arch="resnet_small", channels=[8, 16, 16, 32], output_stride=16),
                       text=TextEncoderConfig(encoder="tiny", tiny_hidden=32, frozen=mode == "sentence", mode=mode),
                       spb=SPBConfig(k=8), decoder=ReportDecoderConfig(num_queries=4, layers=1, heads=2,
                                                                       intermediate=64, vocab_size=0),
