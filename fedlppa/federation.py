@@ -38,7 +38,7 @@ from fedlppa.engine import (
     poly_lr,
     train_iterations,
 )
-from fedlppa.losses import fedlppa_loss, partial_cross_entropy
+from fedlppa.losses import fedlppa_loss, partial_cross_entropy, pls_weight
 from fedlppa.model import ala_parameter_names, bn_buffer_keys, build_model, is_bn_key
 from fedlppa.settings import Config, resolved_arch
 
@@ -284,7 +284,7 @@ def _loss_fn(cfg: Config, spec: SiteSpec, global_state: Mapping[str, torch.Tenso
         if method == "fedlppa":
             out = model(x)
             terms = fedlppa_loss(out.logits, out.aux_logits, out.fused, target, spec.site, float(lam_rng.uniform()),
-                                 cfg.loss, c)
+                                 cfg.loss, c, pls_weight(cfg.loss, t, cfg.federation.total_iters))
             return {"loss": terms.total, "pce": terms.pce, "uni": terms.uni, "pls": terms.pls,
                     "pseudo_dice": dice_fg(terms.pseudo, mask, c)}
         loss = partial_cross_entropy(model(x), target, c)

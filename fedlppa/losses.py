@@ -14,10 +14,16 @@
   channel-softmax maps, finite for any sign of the features.
 
 The auxiliary-decoder pCE (``aux_pce``) exists in the released script as a commented-out line; off by default.
+
+``beta_rampup`` (ours; 0 = released, a constant beta): beta grows with the sigmoid ramp-up
+``exp(-5 (1 - t / T)^2)`` of WSL4MIS / mean teacher (``ramps.sigmoid_rampup``) over the first ``T = beta_rampup``
+fraction of the local iterations, so that the pseudo labels of the still untrained decoders of the first rounds
+weigh little; see :func:`pls_weight`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossConfig", "partial_cross_entropy", "partial_dice_loss", "kl_div_torch110", "uni_loss",
+__all__ = ["LossConfig", "pls_weight", "partial_cross_entropy", "partial_dice_loss", "kl_div_torch110", "uni_loss",
            "pseudo_label", "pls_loss", "fedlppa_loss", "LossTerms"]
 
 
@@ -38,11 +44,23 @@ class LossConfig:
     uni_kl: Literal["torch110", "softmax"] = "torch110"
     aux_pce: bool = False
     gated_crf: bool = False
+    beta_rampup: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.beta_rampup <= 1.0:
+            raise ValueError(f"loss.beta_rampup is a fraction of the local iterations in [0, 1] (0 = constant beta, "
+                             f"as released), got {self.beta_rampup}")
         if self.gated_crf:
             raise ValueError("loss.gated_crf: the gated CRF loss is instantiated but never called in the released "
                              "FedLPPA script and is not implemented here; set loss.gated_crf=false")
+
+
+def pls_weight(cfg: LossConfig, t: int, total: int) -> float:
+    """Weight of ``L_pls`` at local iteration ``t`` of ``total``: ``beta``, ramped up as in the module docstring."""
+    length = cfg.beta_rampup * total
+    if length <= 0 or t >= length:
+        return cfg.beta
+    return cfg.beta * math.exp(-5.0 * (1.0 - max(t, 0) / length) ** 2)
 
 
 def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -121,12 +139,13 @@ class LossTerms:
 
 
 def fedlppa_loss(logits: torch.Tensor, aux_logits: torch.Tensor, fused: Sequence[torch.Tensor], target: torch.Tensor,
-                 site: int, lam: float, cfg: LossConfig, num_classes: int) -> LossTerms:
-    """The full client objective of FedLPPA (module docstring); ``target`` (B, H, W) with ``C`` = unlabelled."""
+                 site: int, lam: float, cfg: LossConfig, num_classes: int, beta: float | None = None) -> LossTerms:
+    """The full client objective of FedLPPA (module docstring); ``target`` (B, H, W) with ``C`` = unlabelled;
+    ``beta`` overrides ``cfg.beta`` (:func:`pls_weight`)."""
     pce = partial_cross_entropy(logits, target, num_classes)
     if cfg.aux_pce:
         pce = pce + partial_cross_entropy(aux_logits, target, num_classes)
     uni = uni_loss(fused, site, cfg.uni_kl)
     pls, y_hat = pls_loss(logits, aux_logits, lam, num_classes)
-    total = pce + cfg.alpha * uni + cfg.beta * pls
+    total = pce + cfg.alpha * uni + (cfg.beta if beta is None else beta) * pls
     return LossTerms(total, float(pce.detach()), float(uni.detach()), float(pls.detach()), y_hat)

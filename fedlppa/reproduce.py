@@ -1,17 +1,23 @@
 """``make reproduce-fedlppa``: FedLPPA against its baselines on the same data and iterations.
 
-``python reproduce.py [--config configs/default.yaml] [--all] [--only fedlppa,fedavg] [--seeds N] [--data-root DIR]
-[k=v ...]``
+``python reproduce.py [--config configs/default.yaml] [--all] [--only fedlppa,fedavg] [--seeds N] [--draws]
+[--data-root DIR] [k=v ...]``
 
 Rows (each a full ``train.py`` run in ``runs/fedlppa/reproduce-<row>-s<seed>/``): ``fedlppa`` (as released),
 ``fedlppa_ala_global_local_bn`` (ours: FedALA's ALA start, with the ALA settings chosen on a development set by
-``select_ala.py``, + site-local BatchNorm statistics), ``fedavg``, ``local`` over ``SEEDS``; ``fedprox``, ``fedbn``,
-``fedala`` (the same ALA rule on the plain UNet), ``centralized_full``, ``fedlppa_no_prompts``, ``fedavg_local_bn``
-over the first seed
+``select_ala.py``, + site-local BatchNorm statistics), ``fedlppa_ours`` (the same + the L_pls ramp-up chosen on the
+development draws), ``fedavg``, ``local``, ``fedavg_local_bn`` over ``SEEDS``;
+``fedprox``, ``fedbn``, ``fedala`` (the same ALA rule on the plain UNet), ``centralized_full``,
+``fedlppa_no_prompts`` over the first seed
 (all seeds with ``--all``, which also adds ``centralized_weak`` and the ablations). Writes
 ``runs/fedlppa/reproduce/<timestamp>/comparison.csv`` + ``comparison.md``: mean over seeds of the mean over sites of
 per-image Dice / HD95 (pixels) of the final-round personalised models (no test-split model selection), the spread
 over seeds, and per-site columns. ``runtime.pool`` runs rows in that many one-thread worker processes.
+
+``--draws`` (synthetic data only): the i-th seed trains and is scored on its own synthetic draw (generator seed
+``DRAWS[i]``, written beside the default set as ``<data.root>_draw<k>``), so that the spread over seeds holds the
+spread over data draws too; the draws share nothing with the default draw (generator seed 0) or the development
+draws used for choices (``DEVELOPMENT_DRAWS``).
 """
 
 from __future__ import annotations
@@ -32,11 +38,15 @@ from fedlppa.pipeline import data_root
 from fedlppa.select_ala import CANDIDATES
 from fedlppa.settings import SITE_LETTERS, Config
 
-__all__ = ["ALA_CHOICE", "CHOSEN_ALA", "TENSOR_ALA", "ROWS", "EXTRA_ROWS", "SEEDS", "row_overrides", "plan",
-           "run_row", "aggregate", "main"]
+__all__ = ["ALA_CHOICE", "CHOSEN_ALA", "TENSOR_ALA", "PLS_CHOICE", "CHOSEN_PLS", "ROWS", "EXTRA_ROWS", "SEEDS",
+           "DRAWS", "DEVELOPMENT_DRAWS", "draw_overrides", "row_overrides", "plan", "run_row", "aggregate", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 SEEDS = (2022, 2023, 2024)
+# generator seeds of ``--draws``, disjoint from the default draw (0) and from the development draws on which choices
+# were made (select_ala.py's dev_small.yaml: 1; the README's L_pls ramp-up study: 1, 2, 6, 7)
+DRAWS = (3, 4, 5)
+DEVELOPMENT_DRAWS = (1, 2, 6, 7)
 # ours (README "ALA settings chosen on a development set"): start point, granularity and eta are the candidate
 # `select_ala.py` chose on the development set (configs/dev_small.yaml), never on the test split of the reported
 # seeds: FedALA's start (W = 0 at theta_G, W kept across rounds), element-wise W, eta = 1. The `fedala` row takes the
@@ -44,6 +54,10 @@ SEEDS = (2022, 2023, 2024)
 ALA_CHOICE = "element_global_eta1"
 CHOSEN_ALA = [o for o in CANDIDATES[ALA_CHOICE] if o.startswith("ala.")]
 TENSOR_ALA = [o for o in CANDIDATES["tensor_global_eta300"] if o.startswith("ala.")]
+# ours (README "L_pls ramp-up"): beta ramped up over the first quarter of the local iterations, the best mean Dice of
+# {constant (released), 0.25, 0.5} over the development draws DEVELOPMENT_DRAWS with the chosen ALA settings
+PLS_CHOICE = 0.25
+CHOSEN_PLS = [f"loss.beta_rampup={PLS_CHOICE}"]
 ROWS = {
     "fedlppa": [],
     "fedavg": ["federation.method=fedavg"],
@@ -55,8 +69,10 @@ ROWS = {
     "centralized_full": ["federation.method=centralized_full"],
     "fedlppa_no_prompts": ["model.prompts=false"],
     # ours, with the ALA settings chosen on the development set (FedALA's start and element-wise W, eta = 1) and
-    # each site's own BatchNorm running statistics; with its BatchNorm-matched FedAvg (one seed by default)
+    # each site's own BatchNorm running statistics; with its BatchNorm-matched FedAvg
     "fedlppa_ala_global_local_bn": [*CHOSEN_ALA, "federation.bn_stats=local"],
+    # ours: the same + the L_pls ramp-up chosen on the development draws (README "L_pls ramp-up")
+    "fedlppa_ours": [*CHOSEN_ALA, "federation.bn_stats=local", *CHOSEN_PLS],
     "fedavg_local_bn": ["federation.method=fedavg", "federation.bn_stats=local"],
 }
 EXTRA_ROWS = {
@@ -83,7 +99,7 @@ EXTRA_ROWS = {
     # ours: each site keeps its own BatchNorm running statistics (FedALA's code, SiloBN), FedLPPA and FedAvg
     "fedlppa_local_bn": ["federation.bn_stats=local"],
 }
-MULTI_SEED = ("fedlppa", "fedlppa_ala_global_local_bn", "fedavg", "local")
+MULTI_SEED = ("fedlppa", "fedlppa_ala_global_local_bn", "fedlppa_ours", "fedavg", "local", "fedavg_local_bn")
 
 
 def row_overrides(row: str) -> list[str]:
@@ -95,10 +111,23 @@ def plan(rows: Sequence[str], all_seeds: bool, max_seeds: int = len(SEEDS)) -> l
     return [(row, seed) for row in rows for seed in (seeds if all_seeds or row in MULTI_SEED else seeds[:1])]
 
 
-def run_row(base: dict, row: str, seed: int) -> dict:
-    """One sub-run; returns its per-site summary (runs in a worker process)."""
-    cfg = from_dict(Config, apply_overrides(base, [*row_overrides(row), f"seed={seed}",
-                                                   f"experiment=reproduce-{row}-s{seed}"]))
+def draw_overrides(cfg: Config, seed: int) -> list[str]:
+    """``--draws``: the overrides that put ``seed`` (one of ``SEEDS``) on its own synthetic draw."""
+    if not cfg.data.synthetic:
+        raise ValueError("--draws writes synthetic draws; it cannot be combined with a real dataset "
+                         "(--data-root / data.synthetic=false)")
+    if seed not in SEEDS:
+        raise ValueError(f"--draws pairs the seeds {SEEDS} with the draws {DRAWS}; got seed {seed}")
+    draw = DRAWS[SEEDS.index(seed)]
+    return [f"data.synth.seed={draw}", f"data.root={cfg.data.root.rstrip('/')}_draw{draw}"]
+
+
+def run_row(base: dict, row: str, seed: int, extra: Sequence[str] = ()) -> dict:
+    """One sub-run (``extra``: further overrides, e.g. :func:`draw_overrides`); returns its per-site summary (runs
+    in a worker process)."""
+    tag = "-draw" if extra else ""
+    cfg = from_dict(Config, apply_overrides(base, [*row_overrides(row), *extra, f"seed={seed}",
+                                                   f"experiment=reproduce{tag}-{row}-s{seed}"]))
     result = train.run(cfg)
     return {"row": row, "seed": seed, "summary": result.summary, "run": str(result.run_dir)}
 
@@ -111,11 +140,12 @@ def aggregate(results: Sequence[dict], rows: Sequence[str], sites: int) -> list[
         if not runs:
             continue
         out: dict = {"method": row}
-        for metric in ("dice", "hd95_px"):
+        metrics = [m for m in ("dice", "hd95_px") if m in runs[0]["summary"]]  # no HD95 with eval.surface=false
+        for metric in metrics:
             vals = [r["summary"][metric] for r in runs]
             out[metric], out[f"{metric}_std"] = float(np.mean(vals)), float(np.std(vals))
         for k in SITE_LETTERS[:sites]:
-            for metric in ("dice", "hd95_px"):
+            for metric in metrics:
                 out[f"{metric}_{k}"] = float(np.mean([r["summary"][f"{metric}_{k}"] for r in runs]))
         out["seeds"] = len(runs)
         table.append(out)
@@ -126,23 +156,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows_all = [*ROWS, *EXTRA_ROWS]
     parser = reproduce_parser("FedLPPA vs. baselines (comparison.csv)")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"use the first N of {SEEDS}")
+    parser.add_argument("--draws", action="store_true",
+                        help=f"seed i on its own synthetic draw (generator seeds {DRAWS}) instead of one shared draw")
     cfg, args = parse_reproduce(Config, argv, parser, PROJECT_DIR, rows=rows_all)
     if args.out:
         cfg.runs_root = str(Path(args.out).resolve())
     rows = args.only or (rows_all if args.all else list(ROWS))
-    data_root(cfg)  # generate the synthetic set once, before the workers start
     base = to_dict(cfg)
-    jobs = plan(rows, args.all, args.seeds)
+    jobs = [(row, seed, draw_overrides(cfg, seed) if args.draws else [])
+            for row, seed in plan(rows, args.all, args.seeds)]
+    for extra in {tuple(e) for _, _, e in jobs}:  # generate each synthetic set once, before the workers start
+        data_root(from_dict(Config, apply_overrides(base, list(extra))))
     out = create_run_dir("fedlppa", "reproduce", cfg, root=cfg.runs_root)
     if cfg.runtime.pool > 1:
         # spawn: a parent that already ran torch (data generation, autograd) must not fork its workers
         with ProcessPoolExecutor(cfg.runtime.pool, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(run_row, [base] * len(jobs), *zip(*jobs)))
     else:
-        results = [run_row(base, row, seed) for row, seed in jobs]
+        results = [run_row(base, row, seed, extra) for row, seed, extra in jobs]
     table = aggregate(results, rows, cfg.data.num_sites)
     notes = "Runs: " + ", ".join(f"{r['row']} s{r['seed']}: `{r['run']}`" for r in results)
-    csv_path, _ = write_comparison(table, out.path, "FedLPPA reproduction (synthetic multi-site set)", notes=notes)
+    title = "FedLPPA reproduction (synthetic multi-site set" + (", one draw per seed)" if args.draws else ")")
+    csv_path, _ = write_comparison(table, out.path, title, notes=notes)
     print(f"[fedlppa] comparison -> {csv_path}")
     return csv_path
 

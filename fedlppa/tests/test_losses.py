@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -10,10 +11,12 @@ import torch.nn.functional as F
 
 from fedlppa.losses import (
     LossConfig,
+    fedlppa_loss,
     kl_div_torch110,
     partial_cross_entropy,
     partial_dice_loss,
     pls_loss,
+    pls_weight,
     pseudo_label,
     uni_loss,
 )
@@ -88,3 +91,28 @@ def test_uni_torch110_is_linear_in_own_feature():
 def test_gated_crf_refused():
     with pytest.raises(ValueError, match="gated_crf"):
         LossConfig(gated_crf=True)
+
+
+def test_pls_weight_ramps_up_then_stays_at_beta():
+    released = LossConfig()
+    assert [pls_weight(released, t, 300) for t in (0, 150, 299)] == [0.5, 0.5, 0.5]  # constant as released
+    ramp = LossConfig(beta_rampup=0.5)
+    w = [pls_weight(ramp, t, 300) for t in range(0, 301, 10)]
+    assert w[0] == pytest.approx(0.5 * math.exp(-5.0))
+    assert all(b >= a for a, b in zip(w, w[1:]))  # non-decreasing
+    assert pls_weight(ramp, 75, 300) == pytest.approx(0.5 * math.exp(-5.0 * 0.25))
+    assert all(pls_weight(ramp, t, 300) == 0.5 for t in (150, 200, 300))
+    with pytest.raises(ValueError, match="beta_rampup"):
+        LossConfig(beta_rampup=1.5)
+
+
+def test_fedlppa_loss_beta_override_weights_only_l_pls():
+    torch.manual_seed(0)
+    logits, aux = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    fused = [torch.randn(2, 4, 2, 2) for _ in range(3)]
+    target = torch.randint(0, 3, (2, 8, 8))
+    cfg = LossConfig()
+    full = fedlppa_loss(logits, aux, fused, target, 0, 0.4, cfg, 2)
+    zero = fedlppa_loss(logits, aux, fused, target, 0, 0.4, cfg, 2, beta=0.0)
+    assert zero.pls == pytest.approx(full.pls)
+    assert full.total.item() - zero.total.item() == pytest.approx(cfg.beta * full.pls, rel=1e-5)

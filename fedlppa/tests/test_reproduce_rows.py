@@ -3,6 +3,8 @@ row (so the two rows differ only in the network and its losses)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedlppa.reproduce import EXTRA_ROWS, MULTI_SEED, ROWS, row_overrides
 
 
@@ -58,3 +60,50 @@ def test_select_ala_runs_and_picks_the_best(tmp_path):
     assert list(table["method"]) == ["tensor_global_eta30", "element_global_eta1"]
     assert choice == table.loc[table["dice"].idxmax(), "method"]
     assert (table["cpu_s"] > 0).all() and table["dice"].between(0, 1).all()
+
+
+def test_our_row_adds_only_the_chosen_pls_ramp(tmp_path, make_cfg):
+    from fedlppa.reproduce import PLS_CHOICE
+
+    ala = make_cfg(tmp_path, *row_overrides("fedlppa_ala_global_local_bn"))
+    ours = make_cfg(tmp_path, *row_overrides("fedlppa_ours"))
+    assert ours.loss.beta_rampup == PLS_CHOICE > 0 and ala.loss.beta_rampup == 0.0
+    assert ours.ala == ala.ala and ours.federation == ala.federation and ours.model == ala.model
+    assert {"fedlppa_ours", "fedavg_local_bn", "local", "fedavg"} <= set(MULTI_SEED)
+
+
+def test_draws_put_each_seed_on_its_own_unused_draw(tmp_path, make_cfg):
+    """``--draws``: seed i on generator seed DRAWS[i], never the default draw nor a development draw."""
+    import pytest
+
+    from common.config import load_config
+    from fedlppa.reproduce import DEVELOPMENT_DRAWS, DRAWS, SEEDS, draw_overrides
+    from fedlppa.select_ala import DEV_CONFIG, PROJECT_DIR
+    from fedlppa.settings import Config
+
+    cfg = make_cfg(tmp_path)
+    cfgs = [make_cfg(tmp_path, *draw_overrides(cfg, seed)) for seed in SEEDS]
+    assert [c.data.synth.seed for c in cfgs] == list(DRAWS)
+    assert len({c.data.root for c in cfgs} | {cfg.data.root}) == len(SEEDS) + 1
+    used = {load_config(Config, PROJECT_DIR / "configs" / "default.yaml").data.synth.seed,
+            load_config(Config, PROJECT_DIR / DEV_CONFIG).data.synth.seed, *DEVELOPMENT_DRAWS}
+    assert not used & set(DRAWS)
+    with pytest.raises(ValueError, match="real dataset"):
+        draw_overrides(make_cfg(tmp_path, "data.synthetic=false"), SEEDS[0])
+    with pytest.raises(ValueError, match="pairs the seeds"):
+        draw_overrides(cfg, 7)
+
+
+def test_reproduce_with_draws_trains_each_seed_on_its_draw(tmp_path):
+    import pandas as pd
+
+    from fedlppa.reproduce import DRAWS, PROJECT_DIR, main
+
+    csv = main(["--config", str(PROJECT_DIR / "configs" / "ci.yaml"), "--draws", "--only", "local", "--seeds", "2",
+                f"data.root={tmp_path / 'data'}", f"runs_root={tmp_path / 'runs'}", "runtime.pool=1"])
+    for draw in DRAWS[:2]:
+        assert (tmp_path / f"data_draw{draw}").is_dir()
+    assert not (tmp_path / "data").exists()  # the shared draw is not written when every seed has its own
+    table = pd.read_csv(csv)
+    assert list(table["method"]) == ["local"] and int(table["seeds"].iloc[0]) == 2
+    assert "one draw per seed" in (Path(csv).with_suffix(".md")).read_text()
