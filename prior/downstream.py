@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from prior.models.prior import PRIOR
 
 __all__ = ["encode_images", "encode_reports", "pair_scores", "zeroshot", "located_prompts", "retrieval",
-           "precision_at_k", "gap_features", "pointing_game", "box_cells", "grounding_diagnosis", "prototype_stats"]
+           "retrieval_scores", "retrieval_metrics", "precision_at_k", "gap_features", "sentence_maps",
+           "pointing_game", "box_cells", "grounding_diagnosis", "prototype_stats", "report_reconstruction_f1"]
 
 
 @torch.no_grad()
@@ -129,16 +130,26 @@ def precision_at_k(scores: np.ndarray, query_labels: np.ndarray, item_labels: np
     return float((item_labels[top] == query_labels[:, None]).mean())
 
 
-def retrieval(model: PRIOR, loader: DataLoader, labels: np.ndarray, reports: list[list[str]],
-              report_labels: np.ndarray, device: torch.device, local_weight: float = 0.5, quantize: bool = True
-              ) -> dict[str, float]:
-    """Image -> report retrieval P@1/5/10, scored like zero-shot with the reports as prompts (``quantize`` as
-    there)."""
+def retrieval_scores(model: PRIOR, loader: DataLoader, reports: list[list[str]], device: torch.device,
+                     local_weight: float = 0.5, quantize: bool = True) -> np.ndarray:
+    """``(N images, M reports)`` image -> report scores, computed like zero-shot with the reports as prompts
+    (``quantize`` as there)."""
     ig, it = encode_images(model, loader, device)
     tg, ts, tm = encode_reports(model, reports, device, quantize=quantize)
     g, local = pair_scores(model, ig, it, tg, ts, tm, device)
-    scores = _combine(g, local, local_weight if model.losses["local"] else 0.0)
+    return _combine(g, local, local_weight if model.losses["local"] else 0.0)
+
+
+def retrieval_metrics(scores: np.ndarray, labels: np.ndarray, report_labels: np.ndarray) -> dict[str, float]:
     return {f"retrieval_p_at_{k}": precision_at_k(scores, labels, report_labels, k) for k in (1, 5, 10)}
+
+
+def retrieval(model: PRIOR, loader: DataLoader, labels: np.ndarray, reports: list[list[str]],
+              report_labels: np.ndarray, device: torch.device, local_weight: float = 0.5, quantize: bool = True
+              ) -> dict[str, float]:
+    """Image -> report retrieval P@1/5/10 (:func:`retrieval_scores`)."""
+    return retrieval_metrics(retrieval_scores(model, loader, reports, device, local_weight, quantize), labels,
+                             report_labels)
 
 
 @torch.no_grad()
@@ -152,7 +163,7 @@ def gap_features(encoder, loader: DataLoader, device: torch.device) -> tuple[np.
     return torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
 
-def _sentence_maps(model: PRIOR, images: torch.Tensor, sentences: list[str], device: torch.device,
+def sentence_maps(model: PRIOR, images: torch.Tensor, sentences: list[str], device: torch.device,
                    quantize: bool):
     """Patch tokens, sentence embeddings (through the SPB when ``quantize``) and the local cross-attention of one
     finding sentence per image."""
@@ -169,7 +180,7 @@ def pointing_game(model: PRIOR, images: torch.Tensor, sentences: list[str], boxe
                   image_size: int, device: torch.device, quantize: bool = True) -> float:
     """Fraction of finding sentences whose sentence->patch attention peaks in a grid cell overlapping the
     finding's box (boxes in pixels of the ``image_size`` input); sentences through the SPB when ``quantize``."""
-    _, _, out = _sentence_maps(model, images, sentences, device, quantize)
+    _, _, out = sentence_maps(model, images, sentences, device, quantize)
     att = out.sentence_attention[:, 0]  # (N, P)
     hits = box_cells(boxes, model.grid[0], image_size)[np.arange(len(boxes)), att.argmax(-1).cpu().numpy()]
     return float(np.mean(hits)) if len(hits) else float("nan")
@@ -196,7 +207,7 @@ def grounding_diagnosis(model: PRIOR, images: torch.Tensor, sentences: list[str]
     rate of a peak drawn uniformly over the grid; ``peak_mode_share``: share of sentences whose peak is the most
     common peak cell (1 = every sentence points at the same cell); ``att_range``: mean over sentences of the
     max - min of the sigmoid sentence attention over patches (0 = a flat map)."""
-    emb, text, out = _sentence_maps(model, images, sentences, device, quantize)
+    emb, text, out = sentence_maps(model, images, sentences, device, quantize)
     maps = {"sentence_attention": out.sentence_attention[:, 0], "patch_attention": out.patch_attention[:, :, 0],
             "cosine": torch.nn.functional.cosine_similarity(emb.tokens, text[:, :1], dim=-1)}
     cells = box_cells(boxes, model.grid[0], image_size)
@@ -220,3 +231,34 @@ def prototype_stats(model: PRIOR, sentences: list[str], finding_ids: np.ndarray)
     k = model.sentence_bank.embed.num_embeddings
     return {"proto_used_frac": float(len(np.unique(index)) / k),
             "proto_nmi": float(normalized_mutual_info_score(finding_ids, index))}
+
+
+@torch.no_grad()
+def report_reconstruction_f1(model: PRIOR, images: torch.Tensor, reports: list[list[str]], device: torch.device,
+                             chunk: int = 32) -> float:
+    """Conditional report reconstruction as set prediction: per study, the F1 between the set of SPB prototypes
+    of the report decoder's non-empty slots and the set of prototypes of the report's sentences (its first
+    ``num_queries``), averaged over studies (argmax assignments, no Gumbel noise). The decoder is trained to put
+    zero vectors in the slots no sentence is matched to, so a slot counts as empty when its norm is below half the
+    median prototype norm."""
+    model.eval()
+    q = model.num_queries
+    bank = model.sentence_bank
+    empty_below = 0.5 * float(bank.embed.weight.norm(dim=1).median())
+    scores = []
+    for start in range(0, len(reports), chunk):
+        batch = [r[:q] for r in reports[start : start + chunk]]
+        emb = model.encode_image(images[start : start + chunk].to(device))
+        slots = model.sentence_decoder(emb.tokens)  # (B, Q, D)
+        keep = slots.norm(dim=-1) >= empty_below
+        sents, mask = model.encode_sentences(batch)
+        true_codes = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        true_codes[mask] = bank(sents[mask]).index
+        gen_codes = torch.full(keep.shape, -1, dtype=torch.long, device=keep.device)
+        if keep.any():
+            gen_codes[keep] = bank(slots[keep]).index
+        for g_row, t_row in zip(gen_codes.tolist(), true_codes.tolist()):
+            gen, true = {c for c in g_row if c >= 0}, {c for c in t_row if c >= 0}
+            hit = len(gen & true)
+            scores.append(0.0 if not hit else 2 * hit / (len(gen) + len(true)))
+    return float(np.mean(scores)) if scores else float("nan")

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"predictions: {_predict(cfg, model, ev.args.predict, out, device)}")
         return {}
     out = Path(ev.args.out) if ev.args.out else run_dir / "eval"
-    summary, per_case = evaluate_pretrained(cfg, model, prepare_data(cfg), device)
+    summary, per_case = evaluate_pretrained(cfg, model, prepare_data(cfg), device, out / "figures")
     write_eval_tables(out, {"checkpoint": str(ev.checkpoint), **summary}, per_case)
     print(" ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     return summary

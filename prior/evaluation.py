@@ -12,12 +12,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from prior.data import FIVE_CLASSES, ImageDataset
-from prior.downstream import located_prompts, pointing_game, prototype_stats, retrieval, zeroshot
+from prior.downstream import (
+    located_prompts,
+    pointing_game,
+    prototype_stats,
+    report_reconstruction_f1,
+    retrieval,
+    retrieval_metrics,
+    retrieval_scores,
+    zeroshot,
+)
+from prior.figures import attention_overlays, prototype_usage, reconstructions, retrieval_examples
 from prior.models.prior import PRIOR
 from prior.pipeline import PretrainData, retrieval_reports, retrieval_studies, zeroshot_set
 from prior.settings import Config
 
-__all__ = ["evaluate_pretrained", "grounding_cases", "test_findings", "grounding_metrics", "LOCALIZED"]
+__all__ = ["evaluate_pretrained", "grounding_cases", "test_findings", "grounding_metrics", "test_images",
+           "report_metrics", "LOCALIZED"]
 
 LOCALIZED = ("consolidation", "atelectasis", "effusion", "pneumothorax")
 
@@ -81,9 +92,33 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
     return out
 
 
+def test_images(cfg: Config, data: PretrainData, limit: int = 200) -> tuple[torch.Tensor, list[list[str]]]:
+    """The first image and the report sentences of up to ``limit`` test studies."""
+    studies = data.test[:limit]
+    ds = ImageDataset([s.images[0] for s in studies], [0] * len(studies), cfg.data.image_size, cfg.data.mean,
+                      cfg.data.std)
+    return torch.stack([ds[i][0] for i in range(len(ds))]), [list(s.sentences) for s in studies]
+
+
+def report_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
+                   figures: Path | None = None) -> dict[str, float]:
+    """``report_rec_f1`` of a model with the report decoder (:func:`report_reconstruction_f1`, test studies);
+    with ``figures`` also the reconstruction figure of a model with the image decoder."""
+    out: dict[str, float] = {}
+    if not data.test or not (model.losses["report_rec"] or model.losses["image_rec"]):
+        return out
+    images, reports = test_images(cfg, data)
+    if model.losses["report_rec"] and model.losses["spb"]:
+        out["report_rec_f1"] = report_reconstruction_f1(model, images, reports, device)
+    if figures is not None and model.losses["image_rec"]:
+        reconstructions(model, images, reports, device, figures / "reconstructions.png")
+    return out
+
+
 def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
                         figures: Path | None = None) -> tuple[dict[str, float], list[dict]]:
-    """Zero-shot, retrieval and grounding metrics; per-case rows hold each 5x200 image's prediction."""
+    """Zero-shot, retrieval, grounding and report-reconstruction metrics; per-case rows hold each 5x200 image's
+    prediction; with ``figures`` (a folder) the figures of ``prior/figures.py``."""
     model.eval()
     paths, labels = zeroshot_set(cfg)
     loader = _loader(cfg, paths, labels)
@@ -101,7 +136,13 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
         summary |= {f"{k.replace('zeroshot_', 'zeroshot_located_')}": v for k, v in located.items()}
     try:
         reports, report_labels = retrieval_reports(retrieval_studies(cfg, data))
-        summary |= retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight, quantize)
+        scores = retrieval_scores(model, loader, reports, device, cfg.eval.local_weight, quantize)
+        summary |= retrieval_metrics(scores, labels, report_labels)
+        if figures is not None:
+            first = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:4]
+            retrieval_examples(torch.stack([loader.dataset[i][0] for i in first]),
+                               [FIVE_CLASSES[int(labels[i])] for i in first], scores[first], reports,
+                               [FIVE_CLASSES[int(c)] for c in report_labels], figures / "retrieval_examples.png")
         if other is not None:
             alt = retrieval(model, loader, labels, reports, report_labels, device, cfg.eval.local_weight,
                             not quantize)
@@ -110,6 +151,15 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
         print(f"retrieval skipped: {exc}")
         summary |= {f"retrieval_p_at_{k}": float("nan") for k in (1, 5, 10)}
     summary |= grounding_metrics(cfg, model, data, device, quantize=quantize, other=other)
+    summary |= report_metrics(cfg, model, data, device, figures)
+    if figures is not None:
+        grounding = grounding_cases(cfg, data)
+        if grounding is not None and model.losses["local"]:
+            images, sentences, boxes = grounding
+            attention_overlays(model, images, sentences, boxes, cfg.data.image_size, device,
+                               figures / "attention_overlays.png", quantize=quantize)
+        if model.losses["spb"] and data.test:
+            prototype_usage(model, [t for s in data.test for t in s.sentences], figures / "prototype_usage.png")
     per_case = [{"image": str(p), "label": FIVE_CLASSES[int(y)], "prediction": FIVE_CLASSES[int(np.argmax(q))]}
                 for p, y, q in zip(paths, labels, probs)]
     return summary, per_case

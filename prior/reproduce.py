@@ -153,9 +153,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
           f"{sum(r['cpu_seconds'] for v in results.values() for r in v):.0f} CPU s in the jobs", flush=True)
     out = create_run_dir("prior", "reproduce", cfg, root=cfg.runs_root)
     table = _aggregate(results, seeds)
-    notes = ("Synthetic data (prior/synth.py), CPU geometry of configs/default.yaml; report_rec_f1 and "
-             "det_map_rsna are not implemented yet (NaN); cpu_seconds = pre-training + downstream CPU time of one "
-             "(row, seed) job.")
+    notes = ("Synthetic data (prior/synth.py), CPU geometry of configs/default.yaml; det_map_rsna is not "
+             "implemented yet (NaN); report_rec_f1 only for rows with the report decoder; cpu_seconds = "
+             "pre-training + downstream CPU time of one (row, seed) job.")
     csv_path, _ = write_comparison(table, out.path, "PRIOR on synthetic chest radiographs", notes=notes)
     print(pd.read_csv(csv_path)[["method", "zeroshot_accuracy", "retrieval_p_at_1", "probe_auc_10", "seg_dice",
                                  "pointing_game"]].to_string(index=False))

@@ -351,6 +351,32 @@ def test_image_negatives_add_a_term_that_reaches_the_attention():
         PRIOR(model.image_encoder, model.text_encoder, local_negatives="batch")
 
 
+def test_report_reconstruction_f1_scores_the_decoded_prototype_sets(monkeypatch):
+    from prior.downstream import report_reconstruction_f1
+
+    torch.manual_seed(0)
+    model = _tiny_model().eval()
+    bank = model.sentence_bank
+    q = model.num_queries
+    with torch.no_grad():
+        sents, mask = model.encode_sentences([r[:q] for r in REPORTS])
+        true_codes = [bank(sents[i][mask[i]]).index.tolist() for i in range(len(REPORTS))]
+
+    def slots(first_only: bool):
+        out = torch.zeros(len(REPORTS), q, model.embed_dim)
+        for i, codes in enumerate(true_codes):
+            for j, c in enumerate(codes[:1] if first_only else codes):
+                out[i, j] = bank.embed.weight[c] * 3.0  # far from the empty-slot threshold, same argmax code
+        return out
+
+    images = torch.randn(len(REPORTS), 1, 64, 64)
+    for first_only, expected in ((False, 1.0), (True, np.mean([2 / (1 + len(set(c))) for c in true_codes]))):
+        monkeypatch.setattr(model.sentence_decoder, "forward", lambda tokens, f=first_only: slots(f))
+        assert report_reconstruction_f1(model, images, REPORTS, torch.device("cpu")) == pytest.approx(expected)
+    monkeypatch.setattr(model.sentence_decoder, "forward", lambda tokens: torch.zeros(len(REPORTS), q, model.embed_dim))
+    assert report_reconstruction_f1(model, images, REPORTS, torch.device("cpu")) == 0.0  # every slot empty
+
+
 def _tiny_model(method: str = "prior", mode: str = "token", local_negatives: str = "report"):
     cfg = ModelConfig(embed_dim=32, local_negatives=local_negatives,
                       image=ImageEncoderConfig(arch="resnet_small", channels=[8, 16, 16, 32], output_stride=16),

@@ -42,6 +42,9 @@ def test_smoke_all_stages_and_evaluation(uninterrupted):
     assert 0.0 <= summary["zeroshot_accuracy"] <= 1.0 and "retrieval_p_at_1" in summary
     assert len(pd.read_csv(run / "eval" / "per_case.csv")) == 20
     assert load_checkpoint(run / "checkpoints" / "stage3_start.pt")["epoch"] == 3
+    assert 0.0 <= summary["report_rec_f1"] <= 1.0
+    for name in ("loss_curve", "attention_overlays", "prototype_usage", "reconstructions"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 0, name
 
 
 def test_resume_in_stage2_equals_uninterrupted(uninterrupted, monkeypatch):
