@@ -9,9 +9,10 @@ all rounds (ASLseg's round 0 *is* this run's snapshot at the round-0 length, so 
 first selection); ``supervised_labeled`` (labelled volumes only). ``--all`` adds the reference rows
 ``mean_teacher``, ``sam_zero_shot_gtbox`` (pre-trained SAM, no target tuning, one ground-truth box per tumour
 component: the upper bound of prompting) and ``supervised_full`` (every training volume labelled), ``ua_mt``,
-``aslseg_lora``, ``aslseg_no_sam`` (student/teacher agreement instead of SAM), ``aslseg_no_adapter``,
-``aslseg_no_selection``, ``aslseg_sam_random`` (randomly initialised SAM), ``aslseg_rounds1``/``aslseg_rounds3``,
-``aslseg_20pct`` (with ``bcp_20pct``) and ``aslseg_roi_none`` (with ``bcp_roi_none``). Sub-runs live in
+``aslseg_lora``, ``aslseg_full`` (MedSAM's full fine-tuning of the tiny SAM), ``aslseg_no_sam`` (student/teacher
+agreement instead of SAM), ``aslseg_no_adapter``, ``aslseg_no_selection``, ``aslseg_sam_random`` (randomly
+initialised SAM), ``aslseg_rounds1``/``aslseg_rounds3``, ``aslseg_20pct`` (with ``bcp_20pct``) and
+``aslseg_roi_none`` (with ``bcp_roi_none``). Sub-runs live in
 ``runs/aslseg/reproduce-<row>-s<seed>/``; the table, ``selection.csv``, ``rounds.csv`` and figures in
 ``runs/aslseg/reproduce/<time>/``.
 """
@@ -37,11 +38,12 @@ PROJECT_DIR = Path(__file__).resolve().parent
 # 1,700 CPU-seconds estimated from the cost per row (README "Reproduction cost"); the reference rows go to --all
 ROWS = ("aslseg", "bcp", "supervised_labeled")
 ALL_ROWS = ROWS + ("mean_teacher", "sam_zero_shot_gtbox", "supervised_full", "ua_mt", "aslseg_lora",
-                   "aslseg_no_sam", "aslseg_no_adapter", "aslseg_no_selection",
+                   "aslseg_full", "aslseg_no_sam", "aslseg_no_adapter", "aslseg_no_selection",
                    "aslseg_sam_random", "aslseg_rounds1", "aslseg_rounds3", "bcp_20pct", "aslseg_20pct",
                    "bcp_roi_none", "aslseg_roi_none")
 _VARIANTS = {  # row -> (its equal-budget BCP row, extra overrides)
     "aslseg": ("bcp", []), "aslseg_lora": ("bcp", ["sam.finetune=lora", "sam.lr=5e-3"]),
+    "aslseg_full": ("bcp", ["sam.finetune=full"]),
     "aslseg_no_sam": ("bcp", ["loop.refiner=teacher"]), "aslseg_no_adapter": ("bcp", ["loop.refiner=sam_raw"]),
     "aslseg_no_selection": ("bcp", ["selection.mode=all"]), "aslseg_sam_random": ("bcp", ["sam.checkpoint=none"]),
     "aslseg_rounds1": ("bcp", ["loop.rounds=1"]), "aslseg_rounds3": ("bcp", ["loop.rounds=3"]),

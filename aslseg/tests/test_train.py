@@ -106,8 +106,8 @@ def test_reproduce_pretrains_each_tiny_sam_once(tmp_path):
 
     common = [f"sam_pretrain.cache_dir={tmp_path}"]
     cfg = load_config(Config, "configs/ci.yaml", common, [reproduce.PROJECT_DIR])
-    caches = reproduce.sam_caches(["bcp", "aslseg", "aslseg_lora", "aslseg_sam_random", "aslseg_rounds1"], cfg,
-                                  "configs/ci.yaml", common)
+    rows = ["bcp", "aslseg", "aslseg_lora", "aslseg_full", "aslseg_sam_random", "aslseg_rounds1"]
+    caches = reproduce.sam_caches(rows, cfg, "configs/ci.yaml", common)
     assert list(caches) == [cache_path(cfg.sam_pretrain, cfg.data.size, cfg.sam.mask_prompt)]
     assert reproduce.sam_caches(["aslseg_sam_random"], cfg, "configs/ci.yaml", common) == {}
     flipped = "none" if cfg.sam.mask_prompt == "ellipse" else "ellipse"
