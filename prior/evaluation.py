@@ -38,6 +38,12 @@ def _loader(cfg: Config, paths, labels) -> DataLoader:
     return DataLoader(ds, batch_size=32, shuffle=False, num_workers=cfg.data.num_workers)
 
 
+def _stacked_images(cfg: Config, paths) -> torch.Tensor:
+    """``(N, 1, S, S)``: the images at ``paths``, preprocessed as for evaluation."""
+    ds = ImageDataset(list(paths), [0] * len(paths), cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
 def test_findings(data: PretrainData) -> pd.DataFrame | None:
     """Rows of ``synthetic-findings.csv`` (absent for real MIMIC-CXR: None) of the test studies' first images."""
     table = data.root / "synthetic-findings.csv"
@@ -61,18 +67,18 @@ def grounding_cases(cfg: Config, data: PretrainData, limit: int = 200, findings:
         return None
     by_id = {d: p for s in data.test for d, p in zip(s.dicom_ids, s.images)}
     scale = cfg.data.image_size / cfg.data.synth.size
-    dataset = ImageDataset([by_id[d] for d in rows["dicom_id"]], [0] * len(rows), cfg.data.image_size,
-                           cfg.data.mean, cfg.data.std)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    images = _stacked_images(cfg, [by_id[d] for d in rows["dicom_id"]])
     boxes = [tuple(v * scale for v in (r.x0, r.y0, r.x1, r.y1)) for r in rows.itertuples(index=False)]
     return images, list(rows["sentence"]), boxes
 
 
 def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
-                      limit: int = 200, quantize: bool = True, other: str | None = None) -> dict[str, float]:
+                      limit: int = 200, quantize: bool = True, other: str | None = None,
+                      figures: Path | None = None) -> dict[str, float]:
     """Pointing game and prototype statistics from ``synthetic-findings.csv`` (absent for real MIMIC-CXR);
     ``quantize``: sentences through the SPB (official); ``other`` (a name): also the pointing game with the
-    opposite choice, as ``pointing_game_<other>``."""
+    opposite choice, as ``pointing_game_<other>``; with ``figures`` (a folder) also the attention overlays of the
+    same cases."""
     findings = test_findings(data)
     if findings is None:
         return {}
@@ -85,6 +91,9 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
         if other is not None:
             out[f"pointing_game_{other}"] = pointing_game(model, stacked, sentences, boxes, cfg.data.image_size,
                                                           device, not quantize)
+        if figures is not None and model.losses["local"]:
+            attention_overlays(model, stacked, sentences, boxes, cfg.data.image_size, device,
+                               figures / "attention_overlays.png", quantize=quantize)
     all_rows = findings.head(4 * limit)
     if model.losses["spb"] and len(all_rows):
         ids = pd.factorize(all_rows["finding"])[0]
@@ -95,9 +104,7 @@ def grounding_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: tor
 def test_images(cfg: Config, data: PretrainData, limit: int = 200) -> tuple[torch.Tensor, list[list[str]]]:
     """The first image and the report sentences of up to ``limit`` test studies."""
     studies = data.test[:limit]
-    ds = ImageDataset([s.images[0] for s in studies], [0] * len(studies), cfg.data.image_size, cfg.data.mean,
-                      cfg.data.std)
-    return torch.stack([ds[i][0] for i in range(len(ds))]), [list(s.sentences) for s in studies]
+    return _stacked_images(cfg, [s.images[0] for s in studies]), [list(s.sentences) for s in studies]
 
 
 def report_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.device,
@@ -105,12 +112,14 @@ def report_metrics(cfg: Config, model: PRIOR, data: PretrainData, device: torch.
     """``report_rec_f1`` of a model with the report decoder (:func:`report_reconstruction_f1`, test studies);
     with ``figures`` also the reconstruction figure of a model with the image decoder."""
     out: dict[str, float] = {}
-    if not data.test or not (model.losses["report_rec"] or model.losses["image_rec"]):
+    score = model.losses["report_rec"] and model.losses["spb"]
+    draw = figures is not None and model.losses["image_rec"]
+    if not data.test or not (score or draw):
         return out
     images, reports = test_images(cfg, data)
-    if model.losses["report_rec"] and model.losses["spb"]:
+    if score:
         out["report_rec_f1"] = report_reconstruction_f1(model, images, reports, device)
-    if figures is not None and model.losses["image_rec"]:
+    if draw:
         reconstructions(model, images, reports, device, figures / "reconstructions.png")
     return out
 
@@ -150,16 +159,10 @@ def evaluate_pretrained(cfg: Config, model: PRIOR, data: PretrainData, device: t
     except ValueError as exc:  # a test split too small to hold single-class reports (tiny configs)
         print(f"retrieval skipped: {exc}")
         summary |= {f"retrieval_p_at_{k}": float("nan") for k in (1, 5, 10)}
-    summary |= grounding_metrics(cfg, model, data, device, quantize=quantize, other=other)
+    summary |= grounding_metrics(cfg, model, data, device, quantize=quantize, other=other, figures=figures)
     summary |= report_metrics(cfg, model, data, device, figures)
-    if figures is not None:
-        grounding = grounding_cases(cfg, data)
-        if grounding is not None and model.losses["local"]:
-            images, sentences, boxes = grounding
-            attention_overlays(model, images, sentences, boxes, cfg.data.image_size, device,
-                               figures / "attention_overlays.png", quantize=quantize)
-        if model.losses["spb"] and data.test:
-            prototype_usage(model, [t for s in data.test for t in s.sentences], figures / "prototype_usage.png")
+    if figures is not None and model.losses["spb"] and data.test:
+        prototype_usage(model, [t for s in data.test for t in s.sentences], figures / "prototype_usage.png")
     per_case = [{"image": str(p), "label": FIVE_CLASSES[int(y)], "prediction": FIVE_CLASSES[int(np.argmax(q))]}
                 for p, y, q in zip(paths, labels, probs)]
     return summary, per_case
