@@ -39,9 +39,9 @@ from joinedtrans.model import (
 )
 from joinedtrans.roi import clean_mask, paste, roi_centre
 from joinedtrans.scoring import case_metrics, summarise
-from joinedtrans.settings import Config
+from joinedtrans.settings import CoarseConfig, Config
 from joinedtrans.synth import ensure_synthetic
-from joinedtrans.targets import decode_marginal, resize_area, resize_bilinear, resize_nearest
+from joinedtrans.targets import constrain_fovea_map, decode_marginal, resize_area, resize_bilinear, resize_nearest
 from joinedtrans.vessel_data import VesselDataset, list_vessel_cases
 
 __all__ = ["DataBundle", "prepare_data", "vessel_root", "train_pretrain", "load_encoder", "train_coarse",
@@ -219,8 +219,8 @@ def coarse_inputs(items: list[Loaded], size: int, mean: list[float], std: list[f
     return (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 - m) / s
 
 
-def _handoff(seg: np.ndarray, hmap: np.ndarray | None, width: int, height: int, floor: float = 0.0
-             ) -> CoarsePrediction:
+def _handoff(seg: np.ndarray, hmap: np.ndarray | None, image: np.ndarray, c: CoarseConfig) -> CoarsePrediction:
+    height, width = image.shape[:2]
     masks = []
     for channel in (0, 1):
         small = clean_mask(seg[channel])
@@ -229,8 +229,9 @@ def _handoff(seg: np.ndarray, hmap: np.ndarray | None, width: int, height: int, 
     fovea_map, fovea_xy, od_xy = None, None, (width / 2, height / 2)
     if hmap is not None:
         fovea_map = resize_bilinear(hmap[0], (width, height))
-        fovea_xy = decode_marginal(fovea_map, floor)
-        od_xy = decode_marginal(resize_bilinear(hmap[1], (width, height)), floor)
+        fovea_xy = decode_marginal(constrain_fovea_map(fovea_map, image, od, c.fovea_fov_threshold,
+                                                       c.fovea_disc_exclusion), c.decode_floor)
+        od_xy = decode_marginal(resize_bilinear(hmap[1], (width, height)), c.decode_floor)
     return CoarsePrediction(oc, od, fovea_map, fovea_xy, roi_centre(oc, od, od_xy))
 
 
@@ -244,8 +245,7 @@ def coarse_predict(model: CoarseNet, items: list[Loaded], cfg: Config, mean: lis
     preds = []
     for i, item in enumerate(items):
         hmap = out["heatmap"][i] if "heatmap" in out else None
-        preds.append(_handoff(out["seg"][i], hmap, item.image.shape[1], item.image.shape[0],
-                              cfg.coarse.decode_floor))
+        preds.append(_handoff(out["seg"][i], hmap, item.image, cfg.coarse))
     return preds
 
 

@@ -136,7 +136,9 @@ class CoarseConfig:
     ``encoder_lr_mult`` scales the encoder's learning rate. [ours] ``heatmap_pos_weight`` > 0 multiplies the
     squared error on pixels where the heatmap target is > 0 by (1 + weight) (0 = JOINED's plain MSE);
     ``decode_floor`` > 0 zeroes heatmap values below that fraction of the peak before the marginal argmax (0 =
-    JOINED's raw marginal argmax)."""
+    JOINED's raw marginal argmax). [ours] ``fovea_fov_threshold`` > 0 (0-255) and ``fovea_disc_exclusion`` > 0 (in
+    disc diameters) restrict the fovea map to the field of view and off the predicted disc before decoding
+    (``targets.constrain_fovea_map``; 0 = off, JOINED)."""
 
     size: int = 256
     sigma: float = 0.05
@@ -147,6 +149,8 @@ class CoarseConfig:
     encoder_lr_mult: float = 1.0
     heatmap_pos_weight: float = 0.0
     decode_floor: float = 0.0
+    fovea_fov_threshold: int = 0
+    fovea_disc_exclusion: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.curriculum
@@ -155,6 +159,9 @@ class CoarseConfig:
         if self.heatmap_pos_weight < 0 or not 0.0 <= self.decode_floor < 1.0:
             raise ValueError(f"coarse.heatmap_pos_weight must be >= 0 and coarse.decode_floor in [0, 1), got "
                              f"{self.heatmap_pos_weight}, {self.decode_floor}")
+        if not 0 <= self.fovea_fov_threshold < 255 or self.fovea_disc_exclusion < 0:
+            raise ValueError(f"coarse.fovea_fov_threshold must be in [0, 255) and coarse.fovea_disc_exclusion >= 0 "
+                             f"(0 = off), got {self.fovea_fov_threshold}, {self.fovea_disc_exclusion}")
         if self.size % 32:
             raise ValueError(f"coarse.size must be a multiple of 32 (encoder stride), got {self.size}")
 

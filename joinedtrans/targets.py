@@ -11,7 +11,8 @@ Coordinates: ``x`` = column (right), ``y`` = row (down), in pixels of the array 
   value 0 (the cup under the REFUGE/GAMMA encoding, the disc under PALM's). No fovea -> an all-zero map.
 - Distance map: Euclidean distance transform to the {fovea, OD centre} point set, divided by its maximum.
 - Decoding: marginal argmax (x = argmax of column sums, y = argmax of row sums), after a bilinear resize of the
-  network's map to the original W x H.
+  network's map to the original W x H. [ours] ``constrain_fovea_map`` first keeps only where a fovea can be: inside
+  the field of view and off the predicted disc.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["CUP", "RIM", "BACKGROUND", "largest_component", "fill_holes", "mask_to_channels", "channels_to_mask",
-           "label_map", "od_landmark", "heatmap", "distance_map", "decode_marginal", "resize_area",
+           "label_map", "od_landmark", "heatmap", "distance_map", "decode_marginal", "field_of_view",
+           "constrain_fovea_map", "resize_area",
            "resize_nearest", "resize_bilinear", "vertical_extent", "vcdr"]
 
 CUP, RIM, BACKGROUND = 0, 128, 255
@@ -121,6 +123,36 @@ def decode_marginal(hmap: np.ndarray, floor: float = 0.0) -> tuple[float, float]
     if floor > 0:
         hmap = np.where(hmap >= floor * hmap.max(), hmap, 0.0)
     return float(np.argmax(hmap.sum(axis=0))), float(np.argmax(hmap.sum(axis=1)))
+
+
+def field_of_view(image: np.ndarray, threshold: int) -> np.ndarray:
+    """Boolean ``(H, W)`` field of view of an RGB fundus photograph: brightest channel > ``threshold`` (0-255),
+    eroded by 3 % of the shorter side so that the dark rim of the circular aperture is outside it."""
+    inside = (np.asarray(image).max(axis=2) > threshold).astype(np.uint8)
+    k = max(3, int(round(0.03 * min(inside.shape))))
+    return cv2.erode(inside, np.ones((k, k), np.uint8)) > 0
+
+
+def constrain_fovea_map(fovea_map: np.ndarray, image: np.ndarray, od: np.ndarray, fov_threshold: int,
+                        disc_exclusion: float) -> np.ndarray:
+    """[ours] The fovea heatmap restricted to where a fovea can lie, before decoding (all at original size):
+
+    - ``fov_threshold`` > 0: zero outside ``field_of_view(image, fov_threshold)`` (a sigmoid head often leaves a
+      rim along the image border, which the marginal argmax then picks);
+    - ``disc_exclusion`` > 0: zero within ``disc_exclusion`` x the vertical diameter of the predicted disc ``od``
+      around its centroid (the heatmap's fovea channel also fires on the disc, the other landmark).
+
+    0 switches a rule off (JOINED decodes the raw map). If the rules leave no positive value, the map is returned
+    unchanged, so a prediction is always made."""
+    out = np.array(fovea_map, np.float32, copy=True)
+    if fov_threshold > 0:
+        out[~field_of_view(image, fov_threshold)] = 0.0
+    if disc_exclusion > 0 and od.any():
+        ys, xs = np.nonzero(od)
+        radius = disc_exclusion * (ys.max() - ys.min() + 1)
+        yy, xx = np.ogrid[:out.shape[0], :out.shape[1]]
+        out[(xx - xs.mean()) ** 2 + (yy - ys.mean()) ** 2 < radius ** 2] = 0.0
+    return out if out.max() > 0 else np.asarray(fovea_map, np.float32)
 
 
 def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -10,8 +10,10 @@ from common.synthetic import ellipse_mask
 from joinedtrans.losses import CoarseLoss, curriculum_terms, seg_dice_loss, soft_dice_loss
 from joinedtrans.targets import (
     channels_to_mask,
+    constrain_fovea_map,
     decode_marginal,
     distance_map,
+    field_of_view,
     heatmap,
     label_map,
     mask_to_channels,
@@ -165,6 +167,49 @@ def test_vessel_loss_pos_weight_weights_only_the_vessel_pixels_and_bad_values_ar
         assert sign * float(p.grad.sum()) > 0
     with pytest.raises(ValueError, match="pretrain.pos_weight"):
         PretrainConfig(pos_weight=0.0)
+
+
+def _fundus(h: int = 120, w: int = 140, radius: int = 55) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.uint8)
+    image[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 < radius ** 2] = (180, 80, 40)  # circular FOV on black
+    return image
+
+
+def test_field_of_view_is_the_eroded_bright_aperture() -> None:
+    image = _fundus()
+    fov = field_of_view(image, 20)
+    assert fov[60, 70] and not fov[0, 0] and not fov[60, 139]
+    assert not fov[60, 70 + 54]  # the aperture's rim (1 px inside the circle) is eroded away
+    assert fov.sum() < (image.max(axis=2) > 20).sum()
+
+
+def test_fovea_constraints_skip_the_disc_and_the_border_and_never_leave_an_empty_map() -> None:
+    h, w = 120, 140
+    image = _fundus(h, w)
+    od = np.zeros((h, w), bool)
+    od[50:70, 30:46] = True  # predicted disc, vertical diameter 20, centre (37.5, 59.5)
+    fovea = (95, 64)
+    hm = 0.6 * heatmap((h, w), fovea, 6.0)
+    hm = np.maximum(hm, heatmap((h, w), (38, 60), 6.0))  # the fovea channel also fires on the disc, brighter
+    assert decode_marginal(hm, 0.5)[0] == 38.0  # the raw decode lands on the disc
+    assert decode_marginal(constrain_fovea_map(hm, image, od, 0, 0.5), 0.5) == fovea
+    rim = hm.copy()
+    rim[:, :2] = 1.0  # a bright column on the black border, outside the field of view
+    assert decode_marginal(constrain_fovea_map(rim, image, od, 0, 0.5), 0.5)[0] == 0.0
+    assert decode_marginal(constrain_fovea_map(rim, image, od, 20, 0.5), 0.5) == fovea
+    assert np.array_equal(constrain_fovea_map(hm, image, od, 0, 0.0), hm.astype(np.float32))  # 0 = JOINED, off
+    only_disc = heatmap((h, w), (38, 60), 2.0)  # support (< 0.01 cut) inside the excluded disc
+    assert np.array_equal(constrain_fovea_map(only_disc, image, od, 20, 0.5), only_disc.astype(np.float32))
+
+
+def test_fovea_constraint_keys_are_validated() -> None:
+    from joinedtrans.settings import CoarseConfig
+
+    with pytest.raises(ValueError, match="fovea_fov_threshold"):
+        CoarseConfig(fovea_fov_threshold=300)
+    with pytest.raises(ValueError, match="fovea_disc_exclusion"):
+        CoarseConfig(fovea_disc_exclusion=-1.0)
 
 
 def test_calibration_disc_rule_places_the_fovea_from_the_gt_disc(synth_root, ci_config, tmp_path) -> None:
