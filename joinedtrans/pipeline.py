@@ -256,14 +256,24 @@ def _fine_loss(model: nn.Module, batch: dict, step: int, total: int) -> tuple[to
 
 
 def train_fine(cfg: Config, data: DataBundle, coarse_train: list[CoarsePrediction], run: RunDir,
-               device: torch.device, tracker: Tracker, resume: dict | None = None) -> UNet:
-    """Stage 4: the fine disc/cup U-Net on crops of the coarse training predictions (last weights kept)."""
+               device: torch.device, tracker: Tracker, resume: dict | None = None,
+               coarse_val: list[CoarsePrediction] | None = None) -> UNet:
+    """Stage 4: the fine disc/cup U-Net on crops of the coarse training predictions; with ``fine.val_every`` and
+    the coarse predictions of the validation split, the weights of the best validation disc + cup Dice are kept,
+    else the last."""
     f = cfg.fine
     model = build_fine_model(f).to(device)
     dataset = FineCrops(data.train, coarse_train, f.roi, f.ref_height, f.use_coarse, data.mean, data.std,
                         f.flip_p, cfg.seed)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        rows = [case_metrics(it, *_refine_disc(m, it, p, cfg, (data.mean, data.std), device), None)
+                for it, p in zip(data.val, coarse_val)]
+        return summarise(rows)
+
+    selects = bool(f.val_every and data.val and coarse_val)
     stage = Stage("fine", model, dataset, _fine_loss, torch.optim.Adam(model.parameters(), lr=f.lr), f.batch_size,
-                  f.steps, f.epochs, cfg.seed)
+                  f.steps, f.epochs, cfg.seed, validate=validate if selects else None, val_every=f.val_every)
     return fit(stage, run, _config_dict(cfg), device, tracker, amp=cfg.runtime.amp, grad_clip=cfg.optim.grad_clip,
                progress=cfg.runtime.progress, resume=resume)
 

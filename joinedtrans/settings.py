@@ -195,7 +195,10 @@ class FineConfig:
     input RGB + coarse OC, OD (``use_coarse``; RGB only otherwise). ``ref_height`` > 0 scales the ROI by image
     height / ref_height (0 = fixed size, as in JOINED). [ours] ``residual`` g > 0: the U-Net predicts a correction
     of the coarse mask, logits = head + g (2 coarse - 1) with a zero-initialised head, so that the untrained fine
-    stage returns its coarse input (0 = JOINED: the coarse channels are inputs only)."""
+    stage returns its coarse input (0 = JOINED: the coarse channels are inputs only). ``val_every`` > 0: every
+    that many epochs (and at the end) the fine pipeline is scored on the validation split (mean of disc and cup
+    Dice) and the best weights are kept, as JOINED's fine stage saves on its best validation Dice; 0 = the last
+    weights."""
 
     enabled: bool = True
     encoder: str = "tf_efficientnet_b4"
@@ -210,8 +213,11 @@ class FineConfig:
     steps: int = 0
     batch_size: int = 16
     flip_p: float = 0.8
+    val_every: int = 0
 
     def __post_init__(self) -> None:
+        if self.val_every < 0:
+            raise ValueError(f"fine.val_every must be >= 0 (epochs; 0 = keep the last weights), got {self.val_every}")
         if self.roi % 16:
             raise ValueError(f"fine.roi must be a multiple of 16 (U-Net depth 4), got {self.roi}")
         if self.residual < 0 or (self.residual and not self.use_coarse):

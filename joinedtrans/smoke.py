@@ -1,7 +1,7 @@
 """Smoke test on a real photograph: ``skimage.data.retina()`` (a fundus image shipped inside the scikit-image
 wheel, public domain). No ground truth, so no metric: the predicted disc/cup contours and fovea are drawn and
-written with their sizes, and two plausibility notes are printed (one disc component; disc-fovea distance of
-1.5-3.5 disc diameters). The synthetic generator is never tuned on this image."""
+written with their sizes, and plausibility notes are printed (one disc component; disc-fovea distance of
+1.5-3.5 disc diameters, fovea temporal to the disc and inside the field of view). The synthetic generator is never tuned on this image."""
 
 from __future__ import annotations
 
@@ -18,9 +18,22 @@ from joinedtrans.data import Case, Loaded
 from joinedtrans.figures import draw_contours
 from joinedtrans.pipeline import infer, load_pipeline
 from joinedtrans.settings import Config
-from joinedtrans.targets import vertical_extent
+from joinedtrans.targets import field_of_view, vertical_extent
 
-__all__ = ["retina_smoke"]
+__all__ = ["plausibility", "retina_smoke"]
+
+
+def plausibility(image: np.ndarray, disc_xy: tuple[float, float], disc_diameter: float,
+                 fovea_xy: tuple[float, float]) -> dict:
+    """Anatomical plausibility of a disc/fovea pair on a fundus photograph (no ground truth): the disc-fovea
+    distance in disc diameters (1.5-3.5 expected), whether the fovea lies on the side of the disc that faces the
+    centre of the image (temporal) and inside the field of view (``targets.field_of_view``, threshold 20)."""
+    dd = math.dist(disc_xy, fovea_xy) / disc_diameter
+    temporal = bool((fovea_xy[0] - disc_xy[0]) * (image.shape[1] / 2 - disc_xy[0]) > 0)
+    x, y = (min(max(int(round(v)), 0), n - 1) for v, n in zip(fovea_xy, image.shape[1::-1]))
+    inside = bool(field_of_view(image, 20)[y, x])
+    return {"disc_fovea_dd": dd, "fovea_temporal": temporal, "fovea_in_fov": inside,
+            "plausible": bool(1.5 <= dd <= 3.5 and temporal and inside)}
 
 
 def retina_smoke(checkpoint: Path, folder: Path) -> dict:
@@ -44,10 +57,11 @@ def retina_smoke(checkpoint: Path, folder: Path) -> dict:
     if pred.fovea is not None:
         info |= {"fovea_x": float(pred.fovea[0]), "fovea_y": float(pred.fovea[1])}
     if rows.size and pred.fovea is not None and info["disc_diameter"] > 0:
-        dd = math.dist((info["disc_x"], info["disc_y"]), pred.fovea) / info["disc_diameter"]
-        info["disc_fovea_dd"] = dd
-        print(f"retina smoke: disc-fovea distance {dd:.2f} DD ({'plausible' if 1.5 <= dd <= 3.5 else 'implausible'}"
-              f", expected 1.5-3.5); coarse disc components: {info['disc_components_coarse']}")
+        info |= plausibility(image, (info["disc_x"], info["disc_y"]), info["disc_diameter"], pred.fovea)
+        print(f"retina smoke: disc-fovea distance {info['disc_fovea_dd']:.2f} DD (expected 1.5-3.5), fovea temporal to "
+              f"the disc: {info['fovea_temporal']}, inside the field of view: {info['fovea_in_fov']} -> "
+              f"{'plausible' if info['plausible'] else 'implausible'}; coarse disc components: "
+              f"{info['disc_components_coarse']}")
     folder.mkdir(parents=True, exist_ok=True)
     save_png(draw_contours(image, pred.oc, pred.od, pred.fovea, (0, 255, 0), (40, 120, 255), thickness=4),
              folder / "retina_smoke.png")

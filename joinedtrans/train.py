@@ -68,8 +68,11 @@ def _stages(cfg: Config, data: DataBundle, run: RunDir, last: dict | None, devic
     if cfg.fine.enabled or cfg.fovea.enabled:
         train_preds = coarse_predict(coarse, data.train, cfg, data.mean, data.std, device)
         if cfg.fine.enabled:
+            val_preds = (coarse_predict(coarse, data.val, cfg, data.mean, data.std, device) if cfg.fine.val_every
+                         else None)
             fine = run_stage("fine", run, last, lambda: build_fine_model(cfg.fine),
-                             lambda r: train_fine(cfg, data, train_preds, run, device, tracker, r), device)
+                             lambda r: train_fine(cfg, data, train_preds, run, device, tracker, r, val_preds),
+                             device)
         if cfg.fovea.enabled and c.heatmap:
             fovea = run_stage("fovea", run, last, lambda: build_fovea_model(cfg.fovea),
                               lambda r: train_fovea(cfg, data, train_preds, run, device, tracker, r), device)

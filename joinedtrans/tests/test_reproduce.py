@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -52,3 +53,20 @@ def test_schedule_runs_dependents_after_their_needs_two_at_a_time(monkeypatch) -
     order = state["order"]
     assert order.index(("start", "a")) > order.index(("end", "pre"))
     assert order.index(("start", "b")) < order.index(("end", "pre"))  # b does not wait for pre's dependents
+
+
+def test_retina_plausibility_needs_distance_side_and_field_of_view() -> None:
+    from joinedtrans.smoke import plausibility
+
+    h = w = 400
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.uint8)
+    image[(xx - 200) ** 2 + (yy - 200) ** 2 < 190 ** 2] = (180, 80, 40)
+    disc, dd = (100.0, 200.0), 40.0  # disc on the left: the fovea lies to its right (towards the centre)
+    good = plausibility(image, disc, dd, (200.0, 210.0))
+    assert good["plausible"] and good["fovea_temporal"] and good["fovea_in_fov"]
+    assert good["disc_fovea_dd"] == pytest.approx(np.hypot(100, 10) / 40)
+    nasal = plausibility(image, disc, dd, (0.0, 200.0))  # right distance, wrong side, on the black border
+    assert not nasal["plausible"] and not nasal["fovea_temporal"] and not nasal["fovea_in_fov"]
+    far = plausibility(image, disc, dd, (290.0, 200.0))  # 4.75 DD
+    assert far["fovea_temporal"] and not far["plausible"]

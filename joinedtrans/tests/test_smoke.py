@@ -15,6 +15,7 @@ from joinedtrans import engine
 from joinedtrans import eval as eval_entry
 from joinedtrans import pretrain as pretrain_entry
 from joinedtrans import train as train_entry
+from joinedtrans.settings import FineConfig
 
 
 def _args(runs: Path, data: Path, *extra: str) -> list[str]:
@@ -85,3 +86,17 @@ def test_pretrained_encoder_transfers_and_a_foreign_one_is_refused(synth_root: P
     assert key in state and torch.allclose(coarse[key], state[key], atol=1e-6)
     with pytest.raises(CheckpointError, match="does not match model"):
         train_entry.main(_args(tmp_path, synth_root, f"coarse.encoder_init={ckpt}", "model.embed_dim=16"))
+
+
+def test_fine_stage_selected_on_validation(synth_root: Path, tmp_path: Path) -> None:
+    run = train_entry.main(_args(tmp_path, synth_root, "fine.val_every=1", "fine.steps=6"))
+    best = load_checkpoint(run / "checkpoints" / "fine_best.pt")
+    kept = load_checkpoint(run / "checkpoints" / "fine.pt")
+    metrics = pd.read_csv(run / "metrics.csv")
+    scores = metrics["fine/val_score"].dropna()
+    assert len(scores) == 2  # every epoch (6 training crops, batch 2: 3 steps per epoch, 6 steps)
+    assert best["best_metric"] == pytest.approx(scores.max())
+    for key, value in best["model"].items():
+        assert torch.equal(value, kept["model"][key]), key  # the stage's weights are the best-scoring ones
+    with pytest.raises(ValueError, match="fine.val_every"):
+        FineConfig(val_every=-1)
