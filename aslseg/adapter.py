@@ -20,6 +20,7 @@ from scipy import ndimage
 from aslseg.prompts import components
 from aslseg.semisup import dice_ce_loss
 from aslseg.settings import AdapterConfig
+from common.runtime import dist_info, wrap_ddp
 
 __all__ = ["build_adapter", "corrupt_mask", "AdapterPool", "adapter_input", "train_adapter", "refine"]
 
@@ -94,17 +95,24 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
 
 def train_adapter(model: torch.nn.Module, pool: AdapterPool, cfg: AdapterConfig, seed: int,
                   device: torch.device) -> list[float]:
-    """``cfg.steps`` Adam steps of Dice + CE on random pool items (flip/rot90 augmented); returns the losses."""
+    """``cfg.steps`` Adam steps of Dice + CE on random pool items (flip/rot90 augmented); returns the losses.
+    Under torchrun the model is DDP-wrapped (rank 0's initialisation) and each rank trains on its equal contiguous
+    share of every step's batch (the draws are those of one process, so independent of the rank)."""
+    info = dist_info()
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"adapter.batch_size={cfg.batch_size} must be a multiple of the {info.world_size} ranks")
+    per = cfg.batch_size // info.world_size
     model.to(device).train()
+    train_model = wrap_ddp(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     x_all = adapter_input(pool.images, pool.sam_probs, pool.ssl_probs)
     y_all = torch.from_numpy(pool.targets.astype(np.int64))
     losses = []
     for step in range(cfg.steps):
         rng = np.random.default_rng([seed, 313, step])
-        idx = rng.integers(0, len(x_all), size=cfg.batch_size)
+        idx = rng.integers(0, len(x_all), size=cfg.batch_size)[info.rank * per:(info.rank + 1) * per]
         x, y = _augment(x_all[idx], y_all[idx], rng)
-        loss = dice_ce_loss(model(x.to(device)), y.to(device))
+        loss = dice_ce_loss(train_model(x.to(device)), y.to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"adapter: non-finite loss at step {step}; lower adapter.lr")
         opt.zero_grad(set_to_none=True)

@@ -2,10 +2,12 @@
 
 ``python eval.py [--checkpoint auto|PATH] [--out DIR] [key=value ...]``: the test split of the checkpoint's own
 config (rebuilt from the checkpoint); per-volume Dice, Jaccard, HD95 and ASD (mm) on the original grid ->
-``eval/summary.csv`` + ``eval/per_case.csv``.
+``eval/summary.csv`` + ``eval/per_case.csv``. Under torchrun the test volumes are strided over the ranks and
+gathered (each volume once); rank 0 writes.
 
 ``python eval.py --checkpoint PATH --predict DIR``: every ``*.nii``/``*.nii.gz`` under DIR (no labels: the whole
-slice is the ROI) -> ``<out>/<name>_tumour.nii.gz`` (uint8, RAS affine) and ``predictions.csv``.
+slice is the ROI) -> ``<out>/<name>_tumour.nii.gz`` (uint8, RAS affine) and ``predictions.csv`` (under torchrun each
+rank writes the masks of its share of the volumes, rank 0 the table).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from aslseg.data import Case, extract_slices, load_volume, paste_back
-from aslseg.engine import evaluate_volumes, predict_probs
+from aslseg.engine import evaluate_test, predict_probs
 from aslseg.pipeline import prepare_data
 from aslseg.semisup import build_segmenter
 from aslseg.settings import Config
+from aslseg.sharding import rank_items
 from common.checkpoint import load_checkpoint
-from common.runtime import setup_runtime
+from common.runtime import dist_info, gather_by_index, is_main_process, setup_runtime
 from common.tracking import write_eval_tables
 
 __all__ = ["evaluate_checkpoint", "predict_folder", "main"]
@@ -39,10 +42,11 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, out: Path) -> dict[str, f
     device = setup_runtime(cfg.runtime, cfg.seed)
     prep = prepare_data(cfg)
     model = _model(cfg, checkpoint, device)
-    probs = [predict_probs(model, c.slices.images, device) for c in prep.test]
-    rows, summary = evaluate_volumes(prep.test, probs, surface=cfg.eval.surface)
+    rows, summary = evaluate_test(prep.test, lambda c: predict_probs(model, c.slices.images, device),
+                                  surface=cfg.eval.surface)
     write_eval_tables(out, summary, rows)
-    print(f"[aslseg] eval {checkpoint}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()) + f" -> {out}")
+    if is_main_process():
+        print(f"[aslseg] eval {checkpoint}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()) + f" -> {out}")
     return summary
 
 
@@ -58,7 +62,8 @@ def predict_folder(cfg: Config, checkpoint: Path, folder: Path, out: Path) -> li
         raise FileNotFoundError(f"--predict {folder}: no .nii / .nii.gz volumes found")
     out.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
-    for path in files:
+    mine = rank_items(len(files))
+    for path in (files[i] for i in mine):
         vol = load_volume(Case(path.name.split(".")[0], path, None))
         s = extract_slices(vol, cfg.data.size, cfg.data.hu_window, "none", 0, 0)
         mask = paste_back(predict_probs(model, s.images, device), s.meta[vol.case_id])
@@ -67,7 +72,11 @@ def predict_folder(cfg: Config, checkpoint: Path, folder: Path, out: Path) -> li
         written.append(target)
         rows.append({"volume": str(path), "mask": str(target), "tumour_voxels": int(mask.sum()),
                      "tumour_ml": float(mask.sum() * np.prod(vol.spacing) / 1000.0)})
-    pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
+    if dist_info().distributed:
+        _, gathered = gather_by_index(mine, np.array(rows + [None], dtype=object)[:-1])
+        rows = list(gathered)
+    if is_main_process():
+        pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
     return written
 
 

@@ -5,6 +5,10 @@ unlabelled slices; SAM fine-tuned on the ground-truth slices (in round 1, and ag
 ``sam.refit_each_round``); the adaptation network trained; every remaining unlabelled slice pseudo-labelled
 (SSL -> boxes -> SAM -> adapter, or the EMA teacher with ``loop.refiner: teacher``); reliable ones selected. The
 unlabelled tumour labels are read only after selection, by :func:`oracle_stats`, for the report.
+
+Under torchrun the per-slice work (segmenter probabilities, SAM embeddings and prompts, the adapter's refinement)
+is strided over the ranks and gathered in slice order (``sharding.map_sharded``), SAM and the adapter train under
+DDP, and every rank scores and selects on the same gathered arrays, so all ranks expand the labelled set alike.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from aslseg.sam_model import SAMSegmenter
 from aslseg.selection import score_slices, select
 from aslseg.semisup import SSLTrainer
 from aslseg.settings import Config
+from aslseg.sharding import map_sharded, rank_items
 from common.metrics import mask_dice
+from common.runtime import dist_info, gather_by_index
 
 __all__ = ["RoundResult", "SAMState", "refine_all", "run_round", "oracle_stats", "labelled_pool"]
 
@@ -47,7 +53,8 @@ class RoundResult:
 
 @dataclass
 class SAMState:
-    """SAM across rounds: the model and, while its encoder is frozen, the cached unlabelled-slice embeddings."""
+    """SAM across rounds: the model and, while its encoder is frozen, the cached embeddings of this rank's
+    unlabelled slices (``sharding.rank_items``: all of them in one process)."""
 
     model: SAMSegmenter | None = None
     embeddings: torch.Tensor | None = None
@@ -79,27 +86,38 @@ def oracle_stats(pl: PseudoLabels, truth: np.ndarray, candidates: np.ndarray, ch
     }
 
 
+def _probs(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Segmenter probabilities of ``images``, each rank predicting its share (gathered in order)."""
+    return map_sharded(len(images), lambda idx: predict_probs(model, images[idx], device))
+
+
 def refine_all(trainer: SSLTrainer, prep: Prepared, cfg: Config, device: torch.device, sam: SAMState,
                 round_index: int) -> PseudoLabels:
-    ssl_unl = predict_probs(trainer.student, prep.unlabelled.images, device)
+    ssl_unl = _probs(trainer.student, prep.unlabelled.images, device)
     if cfg.loop.refiner == "teacher":  # no SAM: the EMA teacher refines, agreement = student vs teacher
-        teacher = predict_probs(trainer.teacher, prep.unlabelled.images, device)
+        teacher = _probs(trainer.teacher, prep.unlabelled.images, device)
         return PseudoLabels(ssl_unl, teacher, teacher)
     if sam.model is None:
         sam.model = prepare_sam(cfg, device)
-    ssl_lab = predict_probs(trainer.student, prep.labelled.images, device)
+    ssl_lab = _probs(trainer.student, prep.labelled.images, device)
     if sam.tuned_rounds == 0 or cfg.sam.refit_each_round:
         finetune_stage(sam.model, prep.labelled, ssl_lab, cfg, seed=cfg.seed * 100 + round_index)
         sam.tuned_rounds += 1
         if cfg.sam.finetune != "decoder":
             sam.embeddings = None
+    mine = rank_items(len(prep.unlabelled))
     if sam.embeddings is None:
-        sam.embeddings = embed_all(sam.model, prep.unlabelled.images)
+        sam.embeddings = embed_all(sam.model, prep.unlabelled.images[mine])
     adapter = None
     if cfg.loop.refiner == "sam" and cfg.adapter.enabled:
         adapter = adapter_stage(sam.model, prep.labelled, cfg, seed=cfg.seed * 100 + round_index, device=device,
                                 ssl_probs=ssl_lab)
-    return pseudo_label(sam.model, adapter, prep.unlabelled.images, ssl_unl, cfg, device, sam.embeddings)
+    part = pseudo_label(sam.model, adapter, prep.unlabelled.images[mine], ssl_unl[mine], cfg, device, sam.embeddings)
+    if not dist_info().distributed:
+        return part
+    keys = sorted(part.extra)
+    _, sam_p, refined, *extra = gather_by_index(mine, part.sam, part.refined, *(part.extra[k] for k in keys))
+    return PseudoLabels(ssl_unl, sam_p, refined, dict(zip(keys, extra)))
 
 
 def _score_summary(score, candidates: np.ndarray, cfg: Config) -> dict[str, float]:

@@ -37,8 +37,10 @@ from aslseg.sam_model import SAMSegmenter, build_sam, input_norm_for
 from aslseg.sam_tuning import finetune_sam
 from aslseg.semisup import SSLBatch, filter_components
 from aslseg.settings import Config
+from aslseg.sharding import map_sharded, rank_items
 
-__all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "make_affine", "sample_batch", "prepare_sam",
+__all__ = ["Prepared", "TestCase", "prepare_data", "LabelledPool", "make_affine", "AugmentDraw", "BatchPlan",
+           "plan_batch", "batch_share", "sample_batch", "prepare_sam",
            "finetune_stage", "embed_all", "sam_box_probs", "adapter_stage", "PseudoLabels", "pseudo_label",
            "sam_gtbox_probs"]
 
@@ -70,14 +72,16 @@ def prepare_data(cfg: Config) -> Prepared:
     from aslseg.synth import ensure_synthetic
     from common.datasets import split_path, verify_files
     from common.rundir import resolve_path
+    from common.runtime import main_process_first
 
     d = cfg.data
-    root = ensure_synthetic(d.root, d.synth) if d.synthetic else resolve_path(d.root)
-    cases = {c.case_id: c for c in list_cases(d.dataset, root)}
-    verify_files([p for c in cases.values() for p in (c.image, c.label) if p is not None], d.verify,
-                 what=f"{d.dataset} volume")
-    split = load_or_make_split(split_path("aslseg", root, f"split-test{d.n_test}-seed{d.split_seed}.json",
-                                          d.split_file or None), list(cases), d.n_test, d.split_seed)
+    with main_process_first():  # under torchrun rank 0 writes the synthetic set and the split, the others read
+        root = ensure_synthetic(d.root, d.synth) if d.synthetic else resolve_path(d.root)
+        cases = {c.case_id: c for c in list_cases(d.dataset, root)}
+        verify_files([p for c in cases.values() for p in (c.image, c.label) if p is not None], d.verify,
+                     what=f"{d.dataset} volume")
+        split = load_or_make_split(split_path("aslseg", root, f"split-test{d.n_test}-seed{d.split_seed}.json",
+                                              d.split_file or None), list(cases), d.n_test, d.split_seed)
     train_ids = split["train"][: d.max_train_volumes or None]
     labelled_ids = labelled_subset(train_ids, d.labelled_fraction, cfg.seed)
     unlabelled_ids = [c for c in train_ids if c not in labelled_ids]
@@ -102,14 +106,30 @@ class LabelledPool:
     unlabelled: np.ndarray
 
 
-def _augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, affine) -> tuple:
+@dataclass(frozen=True)
+class AugmentDraw:
+    """One sample's augmentation: ``k`` quarter turns, a horizontal flip, and the seed of MONAI's ``RandAffine``
+    (None: no affine)."""
+
+    k: int
+    flip: bool
+    affine_seed: int | None
+
+
+def _draw_augment(rng: np.random.Generator, affine: bool) -> AugmentDraw:
     k = int(rng.integers(4))
-    image, label = np.rot90(image, k), np.rot90(label, k)
-    if rng.random() < 0.5:
+    flip = bool(rng.random() < 0.5)
+    seed = int(rng.integers(2**31)) if affine and rng.random() < 0.5 else None
+    return AugmentDraw(k, flip, seed)
+
+
+def _augment_pair(image: np.ndarray, label: np.ndarray, draw: AugmentDraw, affine) -> tuple:
+    image, label = np.rot90(image, draw.k), np.rot90(label, draw.k)
+    if draw.flip:
         image, label = image[:, ::-1], label[:, ::-1]
     image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
-    if affine is not None and rng.random() < 0.5:
-        affine.set_random_state(seed=int(rng.integers(2**31)))
+    if draw.affine_seed is not None:
+        affine.set_random_state(seed=draw.affine_seed)
         affine.randomize(None)
         image = np.asarray(affine(image[None], mode="bilinear", randomize=False))[0]
         label = np.asarray(affine(label[None].astype(np.float32), mode="nearest", randomize=False))[0]
@@ -122,26 +142,65 @@ def make_affine():
     return RandAffine(prob=1.0, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1), padding_mode="border")
 
 
-def sample_batch(pool: LabelledPool, cfg: Config, it: int, affine=None) -> SSLBatch:
-    """The batch of iteration ``it``: a function of (seed, it) only, so a resumed run sees the same batches."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """Iteration ``it``'s batch as drawn from (seed, it) alone: pool rows of the ``L`` labelled and ``U`` unlabelled
+    samples and each sample's augmentation (labelled first; None without ``data.augment``). Sample ``j``'s row and
+    augmentation are the same whichever rank realises it and however many ranks share the batch."""
+
+    labelled: np.ndarray
+    unlabelled: np.ndarray
+    augment: tuple[AugmentDraw | None, ...]
+
+
+def plan_batch(pool: LabelledPool, cfg: Config, it: int, affine: bool = False) -> BatchPlan:
+    """The random draws of iteration ``it``'s batch (cheap: no image is touched), a function of (seed, it) only.
+    The draw order is that of one process realising the whole batch, so a run's batches do not depend on the
+    number of ranks (and a resumed run sees the same batches)."""
     rng = np.random.default_rng([cfg.seed, 4711, it])
     o = cfg.optim
     idx_l = rng.integers(0, len(pool.images), size=o.labelled_bs)
     n_u = o.batch_size - o.labelled_bs
     src_u = pool.unlabelled if len(pool.unlabelled) else pool.images
     idx_u = rng.integers(0, len(src_u), size=n_u)
+    draws = tuple(_draw_augment(rng, affine) if cfg.data.augment else None for _ in range(len(idx_l) + len(idx_u)))
+    return BatchPlan(idx_l, idx_u, draws)
+
+
+def batch_share(n: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Positions (0 .. n-1) of a batch part that rank ``rank`` of ``world_size`` trains on: an equal contiguous
+    chunk of each BCP half (a = the first n // 2, b = the rest), so every rank's share pairs its halves as the
+    whole batch does. One process: every position. ``n`` must be a multiple of 2 x ``world_size``."""
+    if world_size == 1:
+        return np.arange(n)
+    if n % (2 * world_size):
+        raise ValueError(f"a batch part of {n} samples cannot be split into equal BCP halves over {world_size} ranks")
+    per, half = n // (2 * world_size), n // 2
+    chunk = np.arange(rank * per, (rank + 1) * per)
+    return np.concatenate([chunk, half + chunk])
+
+
+def sample_batch(pool: LabelledPool, cfg: Config, it: int, affine=None, rank: int = 0, world_size: int = 1
+                 ) -> SSLBatch:
+    """The batch of iteration ``it`` (:func:`plan_batch`), or this rank's share of it (:func:`batch_share` of the
+    labelled and of the unlabelled part): a function of (seed, it, sample position) only."""
+    plan = plan_batch(pool, cfg, it, affine is not None)
+    o = cfg.optim
+    src_u = pool.unlabelled if len(pool.unlabelled) else pool.images
     imgs, labs, unl = [], [], []
-    for i in idx_l:
-        im, lb = (pool.images[i], pool.labels[i])
-        if cfg.data.augment:
-            im, lb = _augment_pair(im, lb, rng, affine)
+    for j in batch_share(o.labelled_bs, rank, world_size):
+        im, lb = (pool.images[plan.labelled[j]], pool.labels[plan.labelled[j]])
+        if plan.augment[j] is not None:
+            im, lb = _augment_pair(im, lb, plan.augment[j], affine)
         imgs.append(im)
         labs.append(lb)
-    for i in idx_u:
-        im = src_u[i]
-        if cfg.data.augment:
-            im, _ = _augment_pair(im, np.zeros_like(im), rng, affine)
+    for j in batch_share(o.batch_size - o.labelled_bs, rank, world_size):
+        im = src_u[plan.unlabelled[j]]
+        draw = plan.augment[o.labelled_bs + j]
+        if draw is not None:
+            im, _ = _augment_pair(im, np.zeros_like(im), draw, affine)
         unl.append(im)
+
     def to_t(a):
         return (torch.from_numpy(np.stack(a).astype(np.float32))[:, None])
     unl_t = to_t(unl) if unl else torch.zeros(0, 1, *pool.images.shape[1:])
@@ -197,10 +256,11 @@ def adapter_stage(sam: SAMSegmenter | None, labelled: SliceSet, cfg: Config, see
     channel is that mask itself)."""
     rng = np.random.default_rng([seed, 515])
     images, sam_p, ssl_p, targets = [], [], [], []
-    emb = embed_all(sam, labelled.images) if sam is not None else None
     mode = cfg.adapter.training
     if mode != "corrupt" and ssl_probs is None:
         raise ValueError(f"adapter.training={mode} needs the segmenter's predictions on the labelled slices")
+    share = rank_items(len(labelled))  # SAM's answers on this rank's labelled slices, gathered below
+    emb = embed_all(sam, labelled.images[share]) if sam is not None else None
     sources = {"corrupt": ["corrupt"] * copies, "real": ["real"], "mixed": ["real", "corrupt"]}[mode]
     for source in sources:
         if source == "real":
@@ -208,7 +268,11 @@ def adapter_stage(sam: SAMSegmenter | None, labelled: SliceSet, cfg: Config, see
         else:
             masks = np.stack([corrupt_mask(t, lv, rng, cfg.adapter) for t, lv in zip(labelled.tumour, labelled.liver)])
         soft = masks.astype(np.float32)
-        sam_p.append(sam_box_probs(sam, labelled.images, masks, cfg, emb) if sam is not None else soft)
+        if sam is not None:
+            sam_p.append(map_sharded(len(labelled), lambda idx, m=masks: sam_box_probs(
+                sam, labelled.images[idx], m[idx], cfg, emb)))
+        else:
+            sam_p.append(soft)
         images.append(labelled.images)
         ssl_p.append(soft)
         targets.append(labelled.tumour.astype(np.float32))

@@ -11,6 +11,10 @@ near-tight boxes met 3 px looser ones at inference). Loss: Dice + BCE on the mas
 result is cached under ``sam_pretrain.cache_dir`` keyed by the settings (reused, never silently retrained), with a
 report of the held-out Dice against the box's inscribed ellipse (what a box alone says about the shape), for
 boxes drawn as in training and for tight boxes, and optionally a learning curve (``eval_every``).
+
+Under torchrun the ranks pre-train together (each its equal share of every step's images, DDP with
+``find_unused_parameters``: a step without a point prompt leaves the point embeddings unused); rank 0 alone scores
+the held-out shapes and writes the cache, the others wait at a barrier before reading it.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from scipy import ndimage
 
 from aslseg.prompts import box_prior, boxes_from_mask, component_points, margin_box
 from aslseg.sam_model import SAMSegmenter, build_tiny_sam, set_trainable
-from aslseg.sam_tuning import SAMExample, sam_train_step
+from aslseg.sam_tuning import SAMExample, rank_examples, sam_train_step, wrap_sam_ddp
 from aslseg.settings import SAMPretrainConfig
 from common.checkpoint import atomic_torch_save
 from common.metrics import mask_dice
 from common.rundir import resolve_path
+from common.runtime import barrier, broadcast_object, dist_info
 from common.synthetic import as_rng, ellipse_mask, smooth_field, speckle_noise
 
 __all__ = ["SHAPES", "random_shape", "shape_sample", "shape_scene", "cache_path", "ellipse_baseline",
@@ -172,16 +177,21 @@ def pretrain_tiny_sam(cfg: SAMPretrainConfig, size: int, progress: bool = False,
     params = set_trainable(model.sam, "all")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    info = dist_info()
+    if info.distributed and torch.cuda.is_available():  # NCCL reduces CUDA tensors; one process trains on the CPU
+        model.to(torch.device("cuda", info.local_rank))
+    step_model = wrap_sam_ddp(model)
     start, losses, curve = time.time(), [], []
-    for step in tqdm(range(cfg.steps), desc="pretrain_sam", disable=not progress, leave=False):
+    for step in tqdm(range(cfg.steps), desc="pretrain_sam", disable=not progress or not info.is_main, leave=False):
         rng = as_rng(np.random.default_rng([cfg.seed, step]))
         samples = [shape_scene(size, rng, cfg.empty_box_prob, cfg.point_prob, cfg.box_margin, cfg.box_jitter,
                                cfg.prompts_per_image) for _ in range(cfg.batch_size)]
-        images = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
-        examples = [SAMExample(i, e.box, e.target, e.point) for i, s in enumerate(samples) for e in s[1]]
-        losses.append(sam_train_step(model, opt, images, examples, iou_w=1.0)["loss"])
+        mine = rank_examples(samples, info.rank, info.world_size)  # this rank's images, drawn as one process would
+        images = torch.from_numpy(np.stack([s[0] for s in mine]))[:, None]
+        examples = [SAMExample(i, e.box, e.target, e.point) for i, s in enumerate(mine) for e in s[1]]
+        losses.append(sam_train_step(model, opt, images, examples, iou_w=1.0, step_model=step_model)["loss"])
         sched.step()
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and info.is_main:
             model.eval()
             point = {"step": step + 1, "seconds": round(time.time() - start, 1),
                      "loss": float(np.mean(losses[-cfg.eval_every:])), **_heldout(model, cfg, size, 32)}
@@ -189,23 +199,29 @@ def pretrain_tiny_sam(cfg: SAMPretrainConfig, size: int, progress: bool = False,
             print(f"[aslseg] pretrain_sam {json.dumps(point)}", flush=True)
     model.eval()
     report = {"steps": cfg.steps, "seconds": round(time.time() - start, 1), "mask_prompt": mask_prompt,
-              "final_loss": float(np.mean(losses[-50:])), **_heldout(model, cfg, size)}
+              "final_loss": float(np.mean(losses[-50:]))}
+    if info.is_main:  # the weights are the same on every rank; one scores them
+        report.update(_heldout(model, cfg, size))
     if curve:
         report["curve"] = curve
     return model, report
 
 
 def ensure_pretrained(cfg: SAMPretrainConfig, size: int, progress: bool = False, mask_prompt: str = "none") -> Path:
-    """The cached pre-trained tiny SAM for these settings, trained (and its report written) on first use."""
+    """The cached pre-trained tiny SAM for these settings, trained (and its report written) on first use. Under
+    torchrun rank 0 decides whether the cache exists, all ranks train, rank 0 writes, and every rank returns only
+    once the file is there."""
     path = cache_path(cfg, size, mask_prompt)
-    if path.is_file():
+    if broadcast_object(path.is_file()):
         return path
     # the global RNG is left as a cache hit leaves it, so a run that pre-trains and one that finds the cache go on
     # identically (the adapter's initialisation draws from it)
     with torch.random.fork_rng(devices=[]):
         model, report = pretrain_tiny_sam(cfg, size, progress, mask_prompt)
-    atomic_torch_save(model.sam.state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    print(f"[aslseg] pre-trained tiny SAM ({report['seconds']} s): held-out Dice {report['heldout_dice']:.3f} vs "
-          f"inscribed ellipse {report['ellipse_dice']:.3f} -> {path}")
+    if dist_info().is_main:
+        atomic_torch_save({k: v.cpu() for k, v in model.sam.state_dict().items()}, path)
+        path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        print(f"[aslseg] pre-trained tiny SAM ({report['seconds']} s): held-out Dice {report['heldout_dice']:.3f} "
+              f"vs inscribed ellipse {report['ellipse_dice']:.3f} -> {path}")
+    barrier()
     return path

@@ -9,6 +9,11 @@ a component of the SSL segmenter's prediction on that labelled slice with the gr
 as the target (empty for an SSL false positive), so SAM meets the prompt noise it will see and learns to answer a
 wrong box with nothing. Loss: Dice + BCE (MedSAM) for ``decoder``/``full``, 0.2 CE + 0.8 Dice (SAMed) for
 ``lora``; AdamW, SAMed's linear warm-up and poly-0.9 decay for ``lora``, a constant rate otherwise.
+
+Under torchrun every rank draws a step's whole batch of examples (a function of (seed, step)) and trains on its
+equal contiguous share of them through :class:`PromptedSAM` wrapped in DDP with ``find_unused_parameters``: the
+prompts never reach some trainable parameters (the point embeddings without a point, the IoU head when its loss
+is off, the dense-mask path that the other mask-prompt setting uses), and which ones varies from step to step.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import torch.nn.functional as F
 from aslseg.prompts import boxes_from_mask, components, margin_box
 from aslseg.sam_model import SAMSegmenter, add_lora, default_lr, set_trainable
 from aslseg.settings import SAMConfig
+from common.runtime import dist_info, wrap_ddp
 
-__all__ = ["SAMExample", "soft_dice_loss", "sam_loss", "sam_train_step", "sample_finetune_examples",
-           "lr_factor", "finetune_sam"]
+__all__ = ["SAMExample", "PromptedSAM", "soft_dice_loss", "sam_loss", "sam_train_step", "sample_finetune_examples",
+           "rank_examples", "wrap_sam_ddp", "lr_factor", "finetune_sam"]
 
 
 @dataclass
@@ -35,6 +41,38 @@ class SAMExample:
     box: np.ndarray
     target: np.ndarray
     point: np.ndarray | None = None
+
+
+class PromptedSAM(torch.nn.Module):
+    """One training forward of a :class:`SAMSegmenter` as a module (what DDP wraps): images ``(B, 1, H, W)`` (or
+    cached embeddings, ``embedded=True``) -> the mask logits of every (image, prompt) pair, and the predicted IoU
+    only when the loss uses it (an output no loss reaches would leave DDP waiting for its gradients)."""
+
+    def __init__(self, model: SAMSegmenter):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, pair_index: torch.Tensor, boxes: torch.Tensor, slice_size: tuple[int, int],
+                points: tuple[torch.Tensor, torch.Tensor] | None = None, embedded: bool = False,
+                with_iou: bool = False):
+        emb = x if embedded else self.model.embed(x)
+        logits, iou = self.model.decode_pairs(emb[pair_index], boxes, slice_size, points)
+        return (logits, iou) if with_iou else logits
+
+
+def wrap_sam_ddp(model: SAMSegmenter) -> torch.nn.Module:
+    """:class:`PromptedSAM` of ``model``, DDP-wrapped under torchrun (rank 0's weights, e.g. LoRA's random
+    initialisation, are broadcast); call after the trainable parameters are set."""
+    return wrap_ddp(PromptedSAM(model), model.mean.device, find_unused_parameters=True)
+
+
+def rank_examples(examples: list, rank: int, world_size: int) -> list:
+    """This rank's equal contiguous share of a step's examples (all of them in one process)."""
+    if len(examples) % world_size:
+        raise ValueError(f"{len(examples)} SAM training examples per step cannot be split evenly over {world_size} "
+                         f"ranks; make sam.batch_size (sam_pretrain.batch_size) a multiple of the number of ranks")
+    per = len(examples) // world_size
+    return examples[rank * per:(rank + 1) * per]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -50,18 +88,18 @@ def sam_loss(logits: torch.Tensor, target: torch.Tensor, dice_w: float, bce_w: f
 
 def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                    examples: list[SAMExample], dice_w: float = 1.0, bce_w: float = 1.0, iou_w: float = 0.0,
-                   embeddings: torch.Tensor | None = None) -> dict[str, float]:
+                   embeddings: torch.Tensor | None = None, step_model: torch.nn.Module | None = None
+                   ) -> dict[str, float]:
     """One AdamW step on ``examples`` (their ``index`` points into ``images (N, 1, H, W)``, or into cached
     ``embeddings``). All pairs go through one batched decoder call (:meth:`SAMSegmenter.decode_pairs`).
-    ``iou_w`` > 0 also regresses the IoU head on the true IoU of the thresholded mask."""
+    ``iou_w`` > 0 also regresses the IoU head on the true IoU of the thresholded mask. ``step_model``: the
+    :func:`wrap_sam_ddp` of ``model`` (built here when None)."""
     model.train()
+    step_model = step_model if step_model is not None else PromptedSAM(model)
     device = model.mean.device
     idx = sorted({e.index for e in examples})
     pos = {i: k for k, i in enumerate(idx)}
-    if embeddings is None:
-        emb = model.embed(images[idx].to(device))
-    else:
-        emb = embeddings[idx].to(device)
+    x = images[idx].to(device) if embeddings is None else embeddings[idx].to(device)
     h, w = images.shape[-2:]
     boxes = torch.as_tensor(np.stack([e.box for e in examples]), dtype=torch.float32)
     pts = None
@@ -69,8 +107,9 @@ def sam_train_step(model: SAMSegmenter, optimizer: torch.optim.Optimizer, images
         coords = np.stack([e.point if e.point is not None else np.zeros(2, np.float32) for e in examples])
         labels = torch.tensor([1 if e.point is not None else -1 for e in examples], dtype=torch.int)[:, None]
         pts = (torch.as_tensor(coords, dtype=torch.float32)[:, None], labels)
-    emb_pairs = emb[torch.tensor([pos[e.index] for e in examples])]
-    logits_t, iou_t = model.decode_pairs(emb_pairs, boxes, (h, w), pts)
+    out = step_model(x, torch.tensor([pos[e.index] for e in examples]), boxes, (h, w), pts,
+                     embedded=embeddings is not None, with_iou=iou_w > 0)
+    logits_t, iou_t = out if iou_w > 0 else (out, None)
     target_t = torch.as_tensor(np.stack([e.target for e in examples]), dtype=torch.float32)[:, None].to(device)
     loss = sam_loss(logits_t, target_t, dice_w, bce_w)
     logs = {"loss_mask": float(loss.detach())}
@@ -149,13 +188,17 @@ def finetune_sam(model: SAMSegmenter, images: np.ndarray, labels: np.ndarray, ss
         with torch.no_grad():
             embeddings = torch.cat([model.embed(x[i:i + 16].to(model.mean.device)) for i in range(0, len(x), 16)])
     dice_w, bce_w = (0.8, 0.2) if cfg.finetune == "lora" else (1.0, 1.0)
+    info = dist_info()
+    step_model = wrap_sam_ddp(model)
     losses = []
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = base_lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.finetune)
         rng = np.random.default_rng([seed, 77, step])
-        examples = sample_finetune_examples(labels, ssl_masks, cfg, min_area, margin, rng)
-        losses.append(sam_train_step(model, optimizer, x, examples, dice_w, bce_w, embeddings=embeddings)["loss"])
+        examples = rank_examples(sample_finetune_examples(labels, ssl_masks, cfg, min_area, margin, rng), info.rank,
+                                 info.world_size)
+        losses.append(sam_train_step(model, optimizer, x, examples, dice_w, bce_w, embeddings=embeddings,
+                                     step_model=step_model)["loss"])
     set_trainable(model.sam, "decoder")
     model.eval()
     return losses

@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from aslseg.model import SEGMENTER_PARAMS, build_model
 from aslseg.settings import ModelConfig, OptimConfig, SSLConfig
+from common.runtime import wrap_ddp
 
 __all__ = ["SEGMENTER_PARAMS", "build_segmenter", "generate_mask", "masked_dice_loss", "mix_loss", "dice_ce_loss",
            "ema_update", "filter_components", "pseudo_labels", "sigmoid_rampup", "uncertainty_mask", "SSLBatch",
@@ -153,13 +154,16 @@ class SSLBatch:
 
 class SSLTrainer:
     """Student + EMA teacher + SGD of one ``ssl.method``; :meth:`step` is one iteration (``it`` counts from 0
-    over the whole schedule, BCP's stage 2 starting at ``pretrain_iters``)."""
+    over the whole schedule, BCP's stage 2 starting at ``pretrain_iters``). Under torchrun the student trains
+    through DDP (``train_model``; rank 0's initialisation is broadcast before the teacher copies it) on this rank's
+    share of the batch; ``student`` is the plain module (prediction, EMA, checkpoints)."""
 
     def __init__(self, cfg: SSLConfig, optim: OptimConfig, device: torch.device,
                  student: torch.nn.Module | None = None, horizon: int = 0):
         self.cfg, self.optim_cfg, self.device = cfg, optim, device
         self.horizon = horizon or cfg.pretrain_iters + cfg.self_iters  # the poly schedule's length
         self.student = (student if student is not None else build_segmenter(ModelConfig())).to(device)
+        self.train_model = wrap_ddp(self.student, device)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -203,7 +207,7 @@ class SSLTrainer:
             loss, logs = (self._bcp_pretrain(x_l, y_l, rng) if self.phase == "pretrain"
                           else self._bcp_self(x_l, y_l, x_u, rng))
         elif self.cfg.method == "supervised":
-            loss = dice_ce_loss(self.student(x_l), y_l)
+            loss = dice_ce_loss(self.train_model(x_l), y_l)
             logs = {}
         else:
             loss, logs = self._mean_teacher(x_l, y_l, x_u, it)
@@ -228,7 +232,7 @@ class SSLTrainer:
         img_a, img_b, lab_a, lab_b = x_l[:half], x_l[half:], y_l[:half], y_l[half:]
         mask = generate_mask(*x_l.shape[-2:], rng, self.cfg.mask_ratio).to(self.device)
         net_input = img_a * mask + img_b * (1 - mask)
-        dice, ce = mix_loss(self.student(net_input), lab_a, lab_b, mask, u_weight=1.0, unlabelled_image=True)
+        dice, ce = mix_loss(self.train_model(net_input), lab_a, lab_b, mask, u_weight=1.0, unlabelled_image=True)
         return (dice + ce) / 2, {"dice": float(dice.detach()), "ce": float(ce.detach())}
 
     def _bcp_self(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, rng: np.random.Generator):
@@ -242,7 +246,7 @@ class SSLTrainer:
         mask = generate_mask(*x_l.shape[-2:], rng, self.cfg.mask_ratio).to(self.device)
         input_unl = uimg_a * mask + img_a * (1 - mask)
         input_l = img_b * mask + uimg_b * (1 - mask)
-        out = self.student(torch.cat([input_unl, input_l]))
+        out = self.train_model(torch.cat([input_unl, input_l]))
         out_unl, out_l = out[: input_unl.shape[0]], out[input_unl.shape[0]:]
         unl_dice, unl_ce = mix_loss(out_unl, plab_a, lab_a, mask, self.cfg.u_weight, unlabelled_image=True)
         l_dice, l_ce = mix_loss(out_l, lab_b, plab_b, mask, self.cfg.u_weight)
@@ -252,7 +256,7 @@ class SSLTrainer:
     def _mean_teacher(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, it: int):
         cfg = self.cfg
         n_l = x_l.shape[0]
-        outputs = self.student(torch.cat([x_l, x_u]))
+        outputs = self.train_model(torch.cat([x_l, x_u]))
         supervised = dice_ce_loss(outputs[:n_l], y_l)
         self.teacher.eval()
         with torch.no_grad():

@@ -9,6 +9,12 @@ set. ``checkpoints/last.pt`` holds the full trainer state (student, teacher, SGD
 pseudo-labels; batches and masks are functions of (seed, iteration), so ``--resume auto`` continues with the same
 next loss. The prediction is the last segmenter (``checkpoints/best.pt``; no validation split picks another).
 Writes ``eval/summary.csv``, ``eval/per_case.csv``, ``rounds.csv``, ``selection.csv`` and ``figures/``.
+
+Multi-GPU (or several CPU processes, gloo): ``torchrun --nproc_per_node=N train.py ...``. Each rank trains on its
+share of every segmenter, SAM and adapter batch (DDP; a sample's rows, augmentation and BCP rectangle are drawn
+from (seed, iteration) as one process draws them, whichever rank realises it), the per-slice round work and the
+test volumes are strided over the ranks and gathered, and rank 0 alone writes the run folder. Every rank prints
+a checksum of its final segmenter weights (equal on all ranks).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aslseg.engine import evaluate_volumes, predict_probs, train_segmenter
+from aslseg.engine import evaluate_test, predict_probs, train_segmenter
 from aslseg.loop import RoundResult, SAMState, labelled_pool, run_round
 from aslseg.pipeline import LabelledPool, Prepared, prepare_data, prepare_sam, sam_gtbox_probs
 from aslseg.semisup import SSLTrainer, build_segmenter
@@ -29,10 +35,10 @@ from aslseg.settings import Config
 from common.checkpoint import atomic_torch_save, load_checkpoint, load_init_weights, save_checkpoint, set_rng_state
 from common.config import to_dict
 from common.rundir import RunDir, open_run
-from common.runtime import dist_info, setup_runtime
+from common.runtime import cleanup_distributed, dist_info, is_main_process, reduce_mean, setup_runtime
 from common.tracking import Tracker, write_eval_tables
 
-__all__ = ["RunResult", "run", "main"]
+__all__ = ["RunResult", "check_world_size", "weights_checksum", "run", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
@@ -98,6 +104,8 @@ class _Runner:
             self.trainer.teacher.load_state_dict(self.trainer.student.state_dict())
 
     def save(self, path_name: str = "last.pt") -> None:
+        if not is_main_process():
+            return
         save_checkpoint(self.run.checkpoints / path_name, model=self.trainer.student, config=to_dict(self.cfg),
                         epoch=len(self.results), step=self.it,
                         extra={"trainer": self.trainer.state_dict(), "offset": self.offset,
@@ -110,8 +118,8 @@ class _Runner:
 
         def on_step(it: int, losses: dict[str, float]) -> None:
             self.it = it
-            if it % log_every == 0:
-                self.tracker.log({f"train/{k}": v for k, v in losses.items()}, step=it)
+            if it % log_every == 0:  # every rank gets here: the losses are averaged over the ranks
+                self.tracker.log({f"train/{k}": reduce_mean(v) for k, v in losses.items()}, step=it)
             if it % save_every == 0 or it == end:
                 self.save()
             if it in snaps:
@@ -124,9 +132,11 @@ class _Runner:
         if self.it < end:
             train_segmenter(_Shifted(), pool, self.cfg, self.it, end, on_step)
 
+    def predict_case(self, case) -> np.ndarray:
+        return predict_probs(self.trainer.student, case.slices.images, self.device)
+
     def test_dice(self, label: str) -> None:
-        probs = [predict_probs(self.trainer.student, c.slices.images, self.device) for c in self.prep.test]
-        _, summary = evaluate_volumes(self.prep.test, probs, surface=False)
+        _, summary = evaluate_test(self.prep.test, self.predict_case, surface=False)
         self.round_rows.append({"round": label, "iteration": self.it, "dice": summary["dice"],
                                 "dice_global": summary["dice_global"]})
         self.tracker.log({"test/dice": summary["dice"]}, step=self.it)
@@ -137,21 +147,22 @@ class _Runner:
         self.test_dice(f"{r - 1}")
         res = run_round(r, self.trainer, self.prep, self.results, self.cfg, self.device, self.sam)
         self.results.append(res)
-        if res.scores:  # per-slice selection scores (and, on synthetic data, the oracle's counts) for the report
+        if res.scores and is_main_process():  # per-slice selection scores (and the oracle's counts) for the report
             np.savez_compressed(self.run.path / f"scores_round{r}.npz", **res.scores)
         self.tracker.log({f"select/{k}": v for k, v in res.stats.items()}, step=self.it)
         if self.cfg.loop.reinit:
             self.trainer = self._new_trainer(self._reinit_ssl())
             self.offset = start
-        atomic_torch_save({"selected": torch.from_numpy(res.selected), "masks": torch.from_numpy(res.masks),
-                           "stats": res.stats, "round_rows": self.round_rows}, self.run.checkpoints / f"round{r}.pt")
+        if is_main_process():
+            atomic_torch_save({"selected": torch.from_numpy(res.selected), "masks": torch.from_numpy(res.masks),
+                               "stats": res.stats, "round_rows": self.round_rows},
+                              self.run.checkpoints / f"round{r}.pt")
         self.save()
 
 
 def _finish(runner: _Runner, cfg: Config) -> RunResult:
     run = runner.run
-    probs = [predict_probs(runner.trainer.student, c.slices.images, runner.device) for c in runner.prep.test]
-    rows, summary = evaluate_volumes(runner.prep.test, probs, surface=cfg.eval.surface)
+    rows, summary = evaluate_test(runner.prep.test, runner.predict_case, surface=cfg.eval.surface)
     summary["n_iterations"] = runner.it
     if cfg.method == "aslseg":
         runner.test_dice(str(len(runner.results)))
@@ -161,15 +172,34 @@ def _finish(runner: _Runner, cfg: Config) -> RunResult:
         summary["selected_true_dice"] = float(np.mean(true)) if true else float("nan")
     write_eval_tables(run.eval, summary, rows)
     selection = [{"round": r.round, **r.stats} for r in runner.results]
-    _write_csv(run.path / "rounds.csv", runner.round_rows)
-    _write_csv(run.path / "selection.csv", selection)
-    save_checkpoint(run.checkpoints / "best.pt", model=runner.trainer.student, config=to_dict(cfg), epoch=1,
-                    step=runner.it, best_metric=summary["dice"], extra={"method": cfg.method})
+    info = dist_info()
+    if info.is_main:
+        _write_csv(run.path / "rounds.csv", runner.round_rows)
+        _write_csv(run.path / "selection.csv", selection)
+        save_checkpoint(run.checkpoints / "best.pt", model=runner.trainer.student, config=to_dict(cfg), epoch=1,
+                        step=runner.it, best_metric=summary["dice"], extra={"method": cfg.method})
     runner.tracker.log({f"test/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=runner.it + 1)
     runner.tracker.close()
-    print(f"[aslseg] {cfg.method}/{cfg.ssl.method} ({cfg.experiment}): dice {summary['dice']:.4f} "
-          f"hd95 {summary['hd95_mm']:.2f} mm -> {run.path}")
+    if info.distributed:  # the same on every rank (DDP); SAM's too when a round fine-tuned it
+        sam = runner.sam.model
+        print(f"[aslseg] rank {info.rank}/{info.world_size} weights sha1 "
+              f"{weights_checksum(runner.trainer.student.state_dict())}"
+              + (f" sam sha1 {weights_checksum(sam.state_dict())}" if sam is not None else ""), flush=True)
+    if info.is_main:
+        print(f"[aslseg] {cfg.method}/{cfg.ssl.method} ({cfg.experiment}): dice {summary['dice']:.4f} "
+              f"hd95 {summary['hd95_mm']:.2f} mm -> {run.path}")
     return RunResult(run.path, summary, runner.round_rows, selection)
+
+
+def weights_checksum(state: dict) -> str:
+    """SHA-1 of a state dict's tensors (names and bytes, in name order): equal iff the weights are bitwise equal."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -181,25 +211,46 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def _zero_shot(cfg: Config, prep: Prepared, run: RunDir, tracker: Tracker, device: torch.device) -> RunResult:
     """SAM of ``sam.checkpoint`` without target tuning, one ground-truth box per tumour component."""
     sam = prepare_sam(cfg, device)
-    probs = [sam_gtbox_probs(sam, c.slices, cfg) for c in prep.test]
-    rows, summary = evaluate_volumes(prep.test, probs, surface=cfg.eval.surface)
+    rows, summary = evaluate_test(prep.test, lambda c: sam_gtbox_probs(sam, c.slices, cfg), surface=cfg.eval.surface)
     summary["n_iterations"] = 0
     write_eval_tables(run.eval, summary, rows)
     tracker.close()
-    print(f"[aslseg] sam_zero_shot_gtbox: dice {summary['dice']:.4f} -> {run.path}")
+    if is_main_process():
+        print(f"[aslseg] sam_zero_shot_gtbox: dice {summary['dice']:.4f} -> {run.path}")
     return RunResult(run.path, summary)
+
+
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """Every batch must split into equal per-rank shares (the segmenter's BCP halves, SAM's and the adapter's
+    batches); raises before any work, naming the key."""
+    o, parts = cfg.optim, {}
+    if cfg.method != "sam_zero_shot_gtbox":
+        parts["optim.labelled_bs"] = (o.labelled_bs, 2 * world_size)
+        parts["optim.batch_size - optim.labelled_bs"] = (o.batch_size - o.labelled_bs, 2 * world_size)
+    sam_used = cfg.method == "sam_zero_shot_gtbox" or (cfg.method == "aslseg" and cfg.loop.refiner != "teacher")
+    if cfg.method == "aslseg" and cfg.loop.refiner != "teacher":
+        parts["sam.batch_size"] = (cfg.sam.batch_size, world_size)
+        if cfg.loop.refiner == "sam" and cfg.adapter.enabled:
+            parts["adapter.batch_size"] = (cfg.adapter.batch_size, world_size)
+    if sam_used and cfg.sam.arch == "tiny" and cfg.sam.checkpoint == "pretrained":
+        parts["sam_pretrain.batch_size"] = (cfg.sam_pretrain.batch_size, world_size)
+    for key, (value, multiple) in parts.items():
+        if value % multiple:
+            raise ValueError(f"{key} = {value} must be a multiple of {multiple} under torchrun with {world_size} "
+                             f"ranks (each rank trains on an equal share of every batch)")
 
 
 def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> RunResult:
     """Run ``cfg.method`` (see ``settings``): data checked first, then the run folder, then the stages."""
-    if dist_info().world_size > 1:
-        raise RuntimeError("aslseg trains in one process (no torchrun path yet); run `python train.py` without it")
+    check_world_size(cfg, dist_info().world_size)
     device = setup_runtime(cfg.runtime, cfg.seed)
     prep = prepare_data(cfg)
     opened = open_run("aslseg", cfg, resume=resume, device=device)
     tracker = Tracker(opened.run.path)
     if cfg.method == "sam_zero_shot_gtbox":
-        return _zero_shot(cfg, prep, opened.run, tracker, device)
+        result = _zero_shot(cfg, prep, opened.run, tracker, device)
+        cleanup_distributed()
+        return result
     runner = _Runner(cfg, prep, opened.run, tracker, device)
     runner.restore(load_checkpoint(opened.resume_from) if opened.resume_from else None, init_weights)
     base, starts = schedule(cfg)
@@ -207,7 +258,9 @@ def run(cfg: Config, resume: str | None = None, init_weights: str | None = None)
     for r, start in enumerate(starts, start=1):
         runner.do_round(r, start)
         runner.train_until(start + cfg.loop.retrain_iters, labelled_pool(prep, runner.results))
-    return _finish(runner, cfg)
+    result = _finish(runner, cfg)
+    cleanup_distributed()
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:
