@@ -11,15 +11,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from common.runtime import dist_info, gather_by_index
+from common.runtime import dist_info, gather_by_index, shard
 
 __all__ = ["rank_items", "map_sharded"]
 
 
 def rank_items(n: int) -> np.ndarray:
     """Indices 0 .. n-1 this rank handles: ``rank, rank + world, ...`` (``arange(n)`` in one process)."""
-    info = dist_info()
-    return np.arange(info.rank, n, info.world_size, dtype=np.int64)
+    return np.asarray(shard(np.arange(n, dtype=np.int64)), dtype=np.int64)
 
 
 def map_sharded(n: int, fn: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
