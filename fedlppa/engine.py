@@ -5,6 +5,10 @@ Batch stream (official ``_train``: the batches of one epoch are materialised, th
 ``e`` of site ``k`` is a permutation of its training images with the official augmentation, both drawn from
 ``default_rng([seed, k, e])``; iteration ``t`` of the site reads batch ``t % n_batches`` of epoch
 ``t // n_batches`` (``drop_last``). The stream is therefore a function of (seed, site, t) alone.
+
+Under torchrun (centralised rows only) every rank draws the same global batch from that stream and trains on its
+contiguous slice (``rank_share``), so the images and augmentations of a step are those of the one-process run;
+``evaluate`` scores each rank's strided share of the cases once and gathers the rows in case order.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import numpy as np
 import torch
 
 from common.metrics import binary_segmentation_metrics, mask_dice
+from common.runtime import dist_info, gather_by_index
 from fedlppa.data import Case, augment_pair, stack_batch
 
 __all__ = ["main_logits", "num_batches", "epoch_batches", "batch_at", "poly_lr", "set_lr", "train_iterations",
-           "predict", "case_metrics", "evaluate", "summarise", "CLASS_SETS", "dice_fg"]
+           "rank_share", "distributed", "predict", "case_metric_names", "case_metrics", "evaluate", "summarise",
+           "CLASS_SETS", "dice_fg"]
 
 # evaluated structures per number of classes: binary -> fg; fundus -> cup (1) and disc (>= 1)
 CLASS_SETS = {2: {"fg": [1]}, 3: {"cup": [1], "disc": [1, 2]}}
@@ -57,6 +63,25 @@ def batch_at(cache: dict[int, list], cases: Sequence[Case], batch_size: int, see
         cache.clear()
         cache[epoch] = epoch_batches(cases, batch_size, seed, site, epoch, **kwargs)
     return cache[epoch][index]
+
+
+def distributed() -> bool:
+    """Whether a torchrun process group is up (the centralised rows' multi-process path)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank_share(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's contiguous slice of a global batch ``(images (B, ...), labels (B, ...))``; the batch itself in
+    one process. Slices differ by at most one image (``np.array_split``); an empty slice is an error."""
+    info = dist_info()
+    if not distributed() or info.world_size == 1:
+        return batch
+    rows = np.array_split(np.arange(len(batch[0])), info.world_size)[info.rank]
+    if len(rows) == 0:
+        raise ValueError(f"a batch of {len(batch[0])} images cannot feed {info.world_size} ranks; raise "
+                         f"optim.batch_size to at least the number of processes")
+    index = torch.from_numpy(rows)
+    return batch[0][index], batch[1][index]
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float = 0.9) -> float:
@@ -138,6 +163,14 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, rule: str =
     return out
 
 
+def case_metric_names(num_classes: int, surface: bool = True) -> list[str]:
+    """The keys of a :func:`case_metrics` row, in its order."""
+    names = []
+    for name in CLASS_SETS[num_classes]:
+        names += [f"dice_{name}", *([f"hd95_px_{name}"] if surface else []), f"skip_{name}"]
+    return names
+
+
 def summarise(rows: Sequence[dict[str, float]], num_classes: int) -> dict[str, float]:
     """Mean of per-image metrics (official_val skips flagged rows); ``dice``/``hd95_px`` average the structures."""
     summary: dict[str, float] = {}
@@ -159,12 +192,36 @@ def evaluate(model: torch.nn.Module, cases: Sequence[Case], num_classes: int, ru
              surface: bool = True, device: torch.device | str = "cpu", keep: list | None = None
              ) -> tuple[list[dict], dict[str, float]]:
     """Per-image rows (``case`` = stem) and their summary on ``cases`` (labels = full masks); the predictions
-    ``(N, H, W)`` are appended to ``keep`` when given."""
+    ``(N, H, W)`` are appended to ``keep`` when given. Under torchrun each rank scores its share (module
+    docstring) and every rank returns all rows."""
+    if distributed():
+        return _evaluate_shared(model, cases, num_classes, rule, surface, device, keep)
     _, targets, preds = predict(model, cases, device)
     if keep is not None:
         keep.append(preds)
     rows = [{"case": c.stem, **case_metrics(p, t, num_classes, rule, surface)}
             for c, p, t in zip(cases, preds, targets)]
+    return rows, summarise(rows, num_classes)
+
+
+def _evaluate_shared(model: torch.nn.Module, cases: Sequence[Case], num_classes: int, rule: str, surface: bool,
+                     device: torch.device | str, keep: list | None) -> tuple[list[dict], dict[str, float]]:
+    """:func:`evaluate` over ranks: rank r predicts and scores cases r, r + W, ...; the per-case metric rows (and
+    predictions) are gathered by case index, so each case is scored exactly once."""
+    info = dist_info()
+    share = np.arange(len(cases))[info.rank:: info.world_size]
+    names = case_metric_names(num_classes, surface)
+    values = np.zeros((0, len(names)), np.float64)
+    preds = np.zeros((0, *cases[0].image.shape[1:]), np.uint8)
+    if len(share):
+        _, targets, preds = predict(model, [cases[int(i)] for i in share], device)
+        values = np.array([[case_metrics(p, t, num_classes, rule, surface)[k] for k in names]
+                           for p, t in zip(preds, targets)], np.float64)
+    index, values, preds = gather_by_index(share, values, preds)
+    if keep is not None:
+        keep.append(preds)
+    rows = [{"case": cases[int(i)].stem, **{k: float(v) for k, v in zip(names, row)}}
+            for i, row in zip(index, values)]
     return rows, summarise(rows, num_classes)
 
 

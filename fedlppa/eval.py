@@ -19,10 +19,11 @@ import numpy as np
 
 from common.cli import eval_parser, parse_eval
 from common.readers import list_images, read_image
+from common.runtime import dist_info
 from common.tracking import write_eval_tables
 from fedlppa.data import Case
 from fedlppa.engine import predict
-from fedlppa.federation import client_device, personalised_model, seed_client
+from fedlppa.federation import FederationError, client_device, personalised_model, seed_client
 from fedlppa.fl_sequential import evaluate_sites, load_server_state, summarise_sites
 from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import CENTRALIZED, SITE_LETTERS, Config
@@ -75,6 +76,9 @@ def predict_folder(cfg: Config, checkpoint: Path, folder: Path, out: Path) -> in
 def main(argv: Sequence[str] | None = None) -> dict[str, float] | int:
     parsed = parse_eval(Config, argv, eval_parser("Evaluate FedLPPA personalised models"), "fedlppa", PROJECT_DIR)
     cfg, checkpoint, args = parsed.config, parsed.checkpoint, parsed.args
+    if dist_info().world_size > 1:
+        raise FederationError("eval.py scores a checkpoint in one process; run it without torchrun (training under "
+                              "torchrun already writes the gathered eval/ tables)")
     run_dir = checkpoint.parent.parent
     if args.predict:
         return predict_folder(cfg, checkpoint, Path(args.predict), Path(args.out or run_dir / "predict"))

@@ -14,6 +14,10 @@ Round r (official ``code_v4/flower_common_v4_addprostate.py``, strategy FedUniV2
    (``drop_last``), summed in site order; it keeps each site's uploaded auxiliary decoder for step 1.
 
 ``client_evaluate`` scores the model a site would start the next round with (its personalised model).
+
+Under torchrun (centralised rows only: one pooled site, ``fl_sequential.check_world_size``) ``client_train`` wraps
+the model in DDP, every rank trains on its slice of the global batch with the shared pCE, the ranks' parameters are
+checked equal after the round and rank 0's state (its BatchNorm running statistics) is what every rank uploads.
 """
 
 from __future__ import annotations
@@ -26,26 +30,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.runtime import pick_device
+from common.runtime import all_gather_arrays, broadcast_object, dist_info, pick_device, reduce_mean, wrap_ddp
 from fedlppa.data import SiteData
 from fedlppa.engine import (
     batch_at,
     dice_fg,
+    distributed,
     epoch_batches,
     evaluate,
     main_logits,
     num_batches,
     poly_lr,
+    rank_share,
     train_iterations,
 )
-from fedlppa.losses import fedlppa_loss, partial_cross_entropy, pls_weight
+from fedlppa.losses import fedlppa_loss, partial_cross_entropy, pls_weight, shared_partial_cross_entropy
 from fedlppa.model import ala_parameter_names, bn_buffer_keys, build_model, is_bn_key
 from fedlppa.settings import Config, resolved_arch
 
 __all__ = ["ClientState", "SiteSpec", "TrainReply", "ClientFailureError", "FederationError", "initial_global_state",
            "make_site_model", "client_device", "seed_client", "personalised_model", "ala_update", "ala_weight_stats",
-           "client_train", "client_evaluate", "aux_keys", "aux_for_site", "prompt_similarity", "weighted_average",
-           "Aggregator"]
+           "client_train", "check_replicas", "client_evaluate", "aux_keys", "aux_for_site", "prompt_similarity",
+           "weighted_average", "Aggregator"]
 
 AUX_PREFIX = "decoder_auxiliary."
 
@@ -105,8 +111,9 @@ def _clone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def client_device(cfg: Config) -> torch.device:
-    """Where a client trains and evaluates (``runtime.device``: ``auto`` = CUDA when present)."""
-    return pick_device(cfg.runtime.device)
+    """Where a client trains and evaluates (``runtime.device``: ``auto`` = CUDA when present, ``cuda:<local rank>``
+    under torchrun)."""
+    return pick_device(cfg.runtime.device, dist_info().local_rank)
 
 
 def _on(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +133,9 @@ def initial_global_state(cfg: Config) -> dict[str, torch.Tensor]:
 
 
 def seed_client(cfg: Config, site: int, rnd: int, stream: int = 0) -> np.random.Generator:
-    """Seed torch (dropout) from (seed, site, round, stream); return a numpy generator of the same stream."""
-    seq = np.random.SeedSequence([cfg.seed, site, rnd, stream])
+    """Seed torch (dropout) from (seed, site, round, stream); return a numpy generator of the same stream. Under
+    torchrun the rank joins the entropy (each rank's slice of the batch gets its own dropout masks)."""
+    seq = np.random.SeedSequence([cfg.seed, site, rnd, stream, *([dist_info().rank] if distributed() else [])])
     torch.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] % (2**63)))
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
@@ -287,7 +295,8 @@ def _loss_fn(cfg: Config, spec: SiteSpec, global_state: Mapping[str, torch.Tenso
                                  cfg.loss, c, pls_weight(cfg.loss, t, cfg.federation.total_iters))
             return {"loss": terms.total, "pce": terms.pce, "uni": terms.uni, "pls": terms.pls,
                     "pseudo_dice": dice_fg(terms.pseudo, mask, c)}
-        loss = partial_cross_entropy(model(x), target, c)
+        pce = shared_partial_cross_entropy if distributed() else partial_cross_entropy
+        loss = pce(model(x), target, c)
         logs = {"pce": float(loss.detach())}
         if anchors is not None:
             prox = sum(((p - anchors[n]) ** 2).sum() for n, p in model.named_parameters())
@@ -321,18 +330,33 @@ def client_train(cfg: Config, spec: SiteSpec, state: ClientState, global_state: 
     start, total = state.iter_global, cfg.federation.total_iters
     device = client_device(cfg)
     logs = train_iterations(
-        model, optimizer, start, cfg.federation.iters_per_round,
-        lambda t: _on(batch_at(cache, spec.data.train, o.batch_size, cfg.seed, spec.site, t, **_batch_kwargs(cfg)),
-                      device),
+        wrap_ddp(model, device), optimizer, start, cfg.federation.iters_per_round,
+        lambda t: _on(rank_share(batch_at(cache, spec.data.train, o.batch_size, cfg.seed, spec.site, t,
+                                          **_batch_kwargs(cfg))), device),
         _loss_fn(cfg, spec, global_state, lam_rng), lambda t: poly_lr(o.lr, t, total, o.poly_power),
         _failure_hook(cfg, spec.site, rnd, start))
-    uploaded = _clone(model.state_dict())
+    if distributed():
+        check_replicas(model, rnd)
+    uploaded = broadcast_object(_clone(model.state_dict()))  # rank 0's BatchNorm statistics on every rank
     new_state.iter_global = start + cfg.federation.iters_per_round
     new_state.rounds_done = rnd
     new_state.old_state = uploaded
-    metrics = {**{k: float(np.nanmean([log[k] for log in logs])) for k in logs[0]}, **ala_log}
+    metrics = {**{k: reduce_mean(np.nanmean([log[k] for log in logs])) for k in logs[0]}, **ala_log}
     nb = num_batches(len(spec.data.train), o.batch_size)
     return TrainReply(spec.site, uploaded, nb, metrics), new_state
+
+
+def check_replicas(model: torch.nn.Module, rnd: int) -> None:
+    """Raise unless every rank holds the same parameters after round ``rnd`` (DDP averaged the gradients). Compared
+    per tensor through its float64 sum and sum of squares, which bit-identical tensors reproduce exactly. The
+    BatchNorm running statistics may differ (each rank saw its own slice); rank 0's replace them."""
+    mine = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                        for p in model.parameters()]).flatten().cpu().numpy()  # a fingerprint per tensor
+    every = all_gather_arrays(mine[None])
+    gap = float(np.abs(every - every[0]).max())
+    if gap != 0.0:
+        raise FederationError(f"round {rnd}: the {len(every)} ranks hold different parameters after the round (max "
+                              f"|difference| {gap:.3g}); DDP did not synchronise the gradients")
 
 
 def client_evaluate(cfg: Config, spec: SiteSpec, state: ClientState, global_state: Mapping[str, torch.Tensor],

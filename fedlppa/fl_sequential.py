@@ -5,6 +5,9 @@ run resumed with ``--resume auto`` continues exactly where it stopped.
 
 Faults: a site that raises is left out of that round (``federation.on_failure: continue``; its state unchanged,
 ``metrics.csv`` names it in ``failed``) or stops the run (``abort``); fewer than ``min_sites`` replies always stop.
+
+Under torchrun only the centralised rows run (one pooled site trained with DDP, ``check_world_size``); rank 0
+writes ``last.pt``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from common.checkpoint import SCHEMA_VERSION, atomic_torch_save, load_checkpoint
 from common.config import to_dict
 from common.rundir import RunDir
+from common.runtime import DistInfo, is_main_process
 from common.tracking import Tracker
 from fedlppa.data import SiteData
 from fedlppa.federation import (
@@ -33,7 +37,8 @@ from fedlppa.federation import (
 from fedlppa.settings import CENTRALIZED, SITE_LETTERS, Config
 
 __all__ = ["FederationRun", "ServerState", "new_server_state", "load_server_state", "save_server_state",
-           "run_round", "evaluate_sites", "round_row", "run_federation", "failure_message", "summarise_sites"]
+           "run_round", "evaluate_sites", "round_row", "run_federation", "failure_message", "summarise_sites",
+           "check_world_size"]
 
 
 @dataclass
@@ -78,6 +83,25 @@ def load_server_state(path: Path, cfg: Config, num_clients: int) -> ServerState:
     agg.load_state_dict(ckpt["aggregator"])
     return ServerState(agg, [ClientState.from_dict(c) for c in ckpt["clients"]], int(ckpt["round"]),
                        list(ckpt["history"]))
+
+
+def check_world_size(cfg: Config, info: DistInfo) -> None:
+    """Refuse a torchrun launch with more than one process unless the method is a centralised row (one model on
+    the pooled sites, trained with DDP). Federated methods and ``local`` run their sites in one process or as
+    Flower SuperNodes, and the batch must give every rank at least one image."""
+    if info.world_size <= 1:
+        return
+    method = cfg.federation.method
+    if method not in CENTRALIZED:
+        raise FederationError(
+            f"federation.method={method} under torchrun with {info.world_size} processes: only the centralised rows "
+            f"({', '.join(CENTRALIZED)}) train with DDP. Run federated methods and `local` without torchrun "
+            f"(`python train.py ...`, the sequential driver) or as a Flower federation (flower_app.py, one SuperNode "
+            f"per site)")
+    if cfg.optim.batch_size < info.world_size:
+        raise FederationError(f"optim.batch_size = {cfg.optim.batch_size} is the global batch and cannot be split "
+                              f"over {info.world_size} processes; use optim.batch_size >= {info.world_size} or fewer "
+                              f"processes")
 
 
 def failure_message(site: int, rnd: int, reason: str, checkpoint: Path | None) -> str:
@@ -167,7 +191,8 @@ def run_federation(cfg: Config, run: RunDir, specs: Sequence[SiteSpec], eval_sit
             row["dice"] = float(np.mean([v["dice"] for v in per_site.values()]))
         state.round = rnd
         state.history.append({k: (str(v) if isinstance(v, str) else float(v)) for k, v in row.items()})
-        save_server_state(last, cfg, state)
+        if is_main_process():
+            save_server_state(last, cfg, state)
         _log(tracker, row)
     rows, per_site = evaluate_sites(cfg, specs, eval_sites, state, state.round)
     summary = summarise_sites(per_site)

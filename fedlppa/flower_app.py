@@ -9,7 +9,8 @@
   batch-stream position) lives in ``context.state`` and is mirrored atomically to ``<state_dir>/site_<k>.pt``
   (the state after the last two rounds), so a restarted run continues from the round the server resumes.
 
-``run_simulation`` takes no run config, so these factories bind the config. ``flwr run fedlppa/fl_app`` (deployment)
+``run_simulation`` takes no run config, so these factories bind the config; ``backend_config(cfg)`` is its
+``backend_config`` (the ``client_resources`` section). ``flwr run fedlppa/fl_app`` (deployment)
 uses ``server_app``/``client_app`` below, which read ``config``/``overrides``/``run-dir`` from the run config and
 ``state-dir``/``data-root`` from the node config.
 """
@@ -43,9 +44,16 @@ from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import SITE_LETTERS, Config
 
 __all__ = ["make_server_app", "make_client_app", "site_map", "encode_state", "decode_state", "train_message",
-           "server_app", "client_app", "FlowerResult"]
+           "server_app", "client_app", "FlowerResult", "backend_config"]
 
 NODE_WAIT_S = 120.0
+
+
+def backend_config(cfg: Config) -> dict:
+    """``run_simulation(..., backend_config=backend_config(cfg))``: the Simulation Engine's per-ClientApp resources
+    from ``cfg.client_resources``."""
+    r = cfg.client_resources
+    return {"client_resources": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}}
 
 
 def encode_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:

@@ -31,8 +31,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossConfig", "pls_weight", "partial_cross_entropy", "partial_dice_loss", "kl_div_torch110", "uni_loss",
-           "pseudo_label", "pls_loss", "fedlppa_loss", "LossTerms"]
+from common.runtime import reduce_mean
+
+__all__ = ["LossConfig", "pls_weight", "partial_cross_entropy", "shared_partial_cross_entropy", "partial_dice_loss",
+           "kl_div_torch110", "uni_loss", "pseudo_label", "pls_loss", "fedlppa_loss", "LossTerms"]
 
 
 @dataclass
@@ -70,6 +72,19 @@ def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_ind
     if not bool((target != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+def shared_partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """This rank's part of the global batch's pCE under DDP: ``W * (CE summed over the local labelled pixels) /
+    (labelled pixels of all W ranks)``. DDP averages the ranks' gradients, so the step follows the gradient of the
+    mean CE over every labelled pixel of the global batch, as one process would (the ranks' slices hold different
+    numbers of labelled pixels: weak labels, rotated-in corners). Without a process group it is
+    :func:`partial_cross_entropy` up to rounding. ``logits`` (B, C, H, W), ``target`` (B, H, W) long."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    total = reduce_mean(float((target != ignore_index).sum())) * world
+    if total == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") * (world / total)
 
 
 def partial_dice_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -21,7 +21,8 @@ from fedlppa.losses import LossConfig
 from fedlppa.model import SUP_TYPES, ModelConfig
 
 __all__ = ["Config", "DataConfig", "SynthConfig", "OptimConfig", "FederationConfig", "FailureConfig", "ALAConfig",
-           "RuntimeConfig", "EvalConfig", "METHODS", "FEDERATED", "CENTRALIZED", "SITE_LETTERS", "resolved_arch"]
+           "RuntimeConfig", "ClientResourcesConfig", "EvalConfig", "METHODS", "FEDERATED", "CENTRALIZED",
+           "SITE_LETTERS", "resolved_arch"]
 
 METHODS = ("fedlppa", "fedavg", "fedprox", "fedbn", "fedala", "local", "centralized_full", "centralized_weak")
 FEDERATED = ("fedlppa", "fedavg", "fedprox", "fedbn", "fedala")
@@ -172,19 +173,37 @@ class ALAConfig:
 @dataclass
 class RuntimeConfig(CommonRuntime):
     """``threads``: intra-op threads of a client step (1 = results independent of the process running a client;
-    0 = torch default). ``pool``: worker processes of ``reproduce.py``. ``num_cpus``/``num_gpus``: Flower
-    simulation client resources."""
+    0 = torch default). ``pool``: worker processes of ``reproduce.py``. ``amp``: ``off`` only (clients train,
+    run ALA and score in float32, as released); ``compile``: ``false`` only. ``device``: where every client runs
+    (``cuda:<local rank>`` under torchrun)."""
 
     threads: int = 1
     progress: bool = False
     pool: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # clients train in float32, eager: keys that would ask for more are refused, not ignored
         refuse_unsupported(self, amp=False, compile=False, project="fedlppa")
+
+
+@dataclass
+class ClientResourcesConfig:
+    """What the Flower Simulation Engine reserves for one ClientApp (``flower_app.backend_config`` turns this into
+    ``run_simulation``'s ``backend_config={"client_resources": ...}``): ``num_cpus`` cores and ``num_gpus``, the
+    share of one GPU (0 = CPU clients; 0.25 = four clients on a GPU at once). The sequential driver, torchrun and
+    a deployment (one SuperNode per site, its own hardware) do not read it."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_cpus <= 0:
+            raise ValueError(f"client_resources.num_cpus must be > 0 (cores per simulated client), got "
+                             f"{self.num_cpus}")
+        if not 0.0 <= self.num_gpus <= 1.0:
+            raise ValueError(f"client_resources.num_gpus is the share of one GPU a client uses, in [0, 1] (a client "
+                             f"trains on one device), got {self.num_gpus}")
 
 
 @dataclass
@@ -212,6 +231,7 @@ class Config:
     ala: ALAConfig = field(default_factory=ALAConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    client_resources: ClientResourcesConfig = field(default_factory=ClientResourcesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -222,6 +242,10 @@ class Config:
         if self.federation.inject_failure.site >= self.data.num_sites:
             raise ValueError(f"federation.inject_failure.site = {self.federation.inject_failure.site} but there are "
                              f"only {self.data.num_sites} sites")
+        if self.client_resources.num_gpus > 0 and self.runtime.device == "cpu":
+            raise ValueError(f"client_resources.num_gpus = {self.client_resources.num_gpus} reserves a GPU share for "
+                             f"clients that runtime.device=cpu keeps on the CPU; set client_resources.num_gpus=0 or "
+                             f"runtime.device=auto")
         if self.federation.min_sites > self.data.num_sites:
             raise ValueError(f"federation.min_sites = {self.federation.min_sites} > number of sites "
                              f"{self.data.num_sites}")

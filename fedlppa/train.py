@@ -7,6 +7,10 @@ Writes ``runs/fedlppa/<experiment>/<timestamp>/``: ``metrics.csv`` (one row per 
 pseudo-label Dice, prompt similarity, failed sites), ``checkpoints/last.pt`` (full federation state after every
 round), ``eval/summary.csv`` (mean over sites and one row per site) + ``eval/per_case.csv`` (per test image) of the
 final-round personalised models, and ``figures/`` (per-site Dice, prompt similarity, pseudo-label Dice, overlays).
+
+The centralised rows also run under torchrun (``python -m torch.distributed.run --nproc_per_node=N train.py ...
+federation.method=centralized_full``): DDP over the pooled sites, the global ``optim.batch_size`` split over the
+ranks, the test cases scored once across the ranks, one run folder written by rank 0. Federated methods refuse it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ from pathlib import Path
 from common.checkpoint import load_init_weights
 from common.cli import parse_train, train_parser
 from common.rundir import open_run
+from common.runtime import (
+    barrier,
+    cleanup_distributed,
+    dist_info,
+    init_distributed,
+    is_main_process,
+    main_process_first,
+)
 from common.tracking import Tracker, write_eval_tables
 from fedlppa import figures
 from fedlppa.federation import client_device, make_site_model
-from fedlppa.fl_sequential import FederationRun, new_server_state, run_federation, save_server_state
+from fedlppa.fl_sequential import (
+    FederationRun,
+    check_world_size,
+    new_server_state,
+    run_federation,
+    save_server_state,
+)
 from fedlppa.pipeline import prepare_sites
 from fedlppa.settings import Config
 
@@ -35,7 +53,11 @@ def _init_from(cfg: Config, specs: list, init_weights: str, run_dir: Path) -> Pa
     load_init_weights(model, init_weights)
     state = new_server_state(cfg, specs)
     state.aggregator.global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return save_server_state(run_dir / "checkpoints" / "last.pt", cfg, state)
+    path = run_dir / "checkpoints" / "last.pt"
+    if is_main_process():
+        save_server_state(path, cfg, state)
+    barrier()
+    return path
 
 
 def write_outputs(result: FederationRun, eval_sites: list, cfg: Config, predictions: list | None = None) -> None:
@@ -53,17 +75,25 @@ def write_outputs(result: FederationRun, eval_sites: list, cfg: Config, predicti
 
 def run(cfg: Config, resume: str | None = None, init_weights: str | None = None) -> FederationRun:
     """Data (checked first), run folder (new or resumed), all rounds, final evaluation, tables and figures."""
-    specs, eval_sites = prepare_sites(cfg)
+    check_world_size(cfg, dist_info())
+    info = init_distributed()
+    with main_process_first():  # rank 0 generates a missing synthetic set, the others then read it
+        specs, eval_sites = prepare_sites(cfg)
     opened = open_run("fedlppa", cfg, resume=resume, device=client_device(cfg))
     resume_from = opened.resume_from
     if init_weights and resume_from is None:
         resume_from = _init_from(cfg, specs, init_weights, opened.run.path)
     with Tracker(opened.run.path) as tracker:
         result = run_federation(cfg, opened.run, specs, eval_sites, resume_from, tracker)
-    write_outputs(result, eval_sites, cfg)
-    per_site = ", ".join(f"{s} {v['dice']:.3f}" for s, v in result.per_site.items())
-    print(f"[fedlppa] {cfg.federation.method} ({cfg.experiment}): mean Dice {result.summary['dice']:.4f} "
-          f"({per_site}) -> {result.run_dir}")
+    if info.is_main:
+        write_outputs(result, eval_sites, cfg)
+        per_site = ", ".join(f"{s} {v['dice']:.3f}" for s, v in result.per_site.items())
+        if info.distributed:
+            print(f"[fedlppa] torchrun: {info.world_size} processes, the same parameters on every rank after every "
+                  f"round trained")
+        print(f"[fedlppa] {cfg.federation.method} ({cfg.experiment}): mean Dice {result.summary['dice']:.4f} "
+              f"({per_site}) -> {result.run_dir}")
+    cleanup_distributed()
     return result
 
 

@@ -23,7 +23,7 @@ from common.rundir import RunDir
 from common.tracking import Tracker
 from fedlppa.federation import FederationError
 from fedlppa.fl_sequential import run_federation
-from fedlppa.flower_app import FlowerResult, make_client_app, make_server_app, site_map
+from fedlppa.flower_app import FlowerResult, backend_config, make_client_app, make_server_app, site_map
 from fedlppa.pipeline import prepare_sites
 
 
@@ -126,7 +126,7 @@ def test_run_simulation_equals_sequential(ci_data, make_cfg, tmp_path):
     (tmp_path / "sim" / "checkpoints").mkdir(parents=True)
     result = FlowerResult()
     run_simulation(make_server_app(cfg, tmp_path / "sim", result=result), make_client_app(cfg, tmp_path / "st"),
-                   num_supernodes=3, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+                   num_supernodes=3, backend_config=backend_config(cfg))
     _assert_same(seq, result.per_site)
 
 
